@@ -1,0 +1,1 @@
+"""The cloud trainer: log ingest, retraining, compression, the model registry and model push."""

@@ -1,0 +1,1 @@
+"""The roadside inference service: answers hard frames for many cars over MQTT v5."""

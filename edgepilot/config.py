@@ -1,0 +1,220 @@
+"""TOML profiles read into typed dataclasses.
+
+A profile (``launch/profiles/<name>.toml``) holds the settings of one deployable: the
+car, the simulator, the edge node or the cloud trainer. Every section is optional and
+falls back to the defaults below, so a profile says only what differs. Unknown keys
+and wrong types are errors that name the file, the key and what was expected — a typo
+in a calibration value must not silently drive the car on defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgepilot import EdgepilotError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_DIR = Path(os.environ.get("EDGEPILOT_PROFILES", REPO_ROOT / "launch" / "profiles"))
+
+
+@dataclass
+class BrokerConfig:
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None  # read at start-up; keeps secrets out of the profile
+    tls_ca: str | None = None  # a CA file turns TLS on (mqtts)
+    keepalive_s: int = 10
+
+
+@dataclass
+class CameraConfig:
+    source: str = "0"  # V4L2 index, device path, or a GStreamer pipeline string
+    width: int = 160
+    height: int = 120
+    fps: int = 20
+
+
+@dataclass
+class ActuatorConfig:
+    """Pulse widths in microseconds, as the servo and ESC see them."""
+
+    kind: str = "sim"  # sim | robohat | framed | none
+    port: str = "/dev/ttyACM0"
+    baud: int = 115200
+    steering_left_us: int = 1000
+    steering_center_us: int = 1500
+    steering_right_us: int = 2000
+    throttle_reverse_us: int = 1000
+    throttle_neutral_us: int = 1500
+    throttle_forward_us: int = 2000
+    steering_reverse: bool = False
+    throttle_reverse: bool = False
+    heartbeat_ms: int = 50
+    reconnect_max_s: float = 2.0
+
+
+@dataclass
+class DriveConfig:
+    mode: str = "user"  # user | local_angle | local
+    rate_hz: float = 20.0
+    throttle_cap: float = 0.6
+    auto_record: bool = True  # record while throttle > 0 (DonkeyCar's auto_record_on_throttle)
+    record_dir: str = "datasets/recordings"
+    delete_seconds: float = 5.0  # the delete key removes this many seconds of log
+
+
+@dataclass
+class GamepadConfig:
+    steering_axis: int = 0
+    throttle_axis: int = 1
+    invert_throttle: bool = True
+    deadzone: float = 0.05
+    record_button: int = 0
+    mode_button: int = 1
+    estop_button: int = 2
+    delete_button: int = 3
+
+
+@dataclass
+class SimConfig:
+    track: str = "oval"
+    rate: str = "max"  # max | realtime
+    scene_seed: int = 0
+    latency_ms: float = 0.0
+    dt_s: float = 0.05
+    laps: int = 1
+
+
+@dataclass
+class ModelConfig:
+    package: str | None = None  # the car's model package (.eppkg)
+    trusted_keys: list[str] = field(default_factory=list)  # public keys that may sign packages
+    threads: int = 1
+
+
+@dataclass
+class EdgeConfig:
+    model: str | None = None
+    max_batch: int = 16
+    batch_wait_ms: float = 1.0
+    group: str = "edge"
+    node_id: str = "edge-1"
+
+
+@dataclass
+class CloudConfig:
+    store: str = "var/cloud"
+    retrain_min_frames: int = 2000
+    epochs: int = 8
+
+
+@dataclass
+class Profile:
+    name: str = "default"
+    car_id: str = "car-1"
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
+    drive: DriveConfig = field(default_factory=DriveConfig)
+    gamepad: GamepadConfig = field(default_factory=GamepadConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except EdgepilotError:
+                pass
+        raise EdgepilotError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise EdgepilotError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise EdgepilotError(f"{where}: expected true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise EdgepilotError(f"{where}: expected an integer, got {value!r}")
+    if tp in (str, float) and not isinstance(value, tp):
+        raise EdgepilotError(f"{where}: expected {'a string' if tp is str else 'a number'}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
+    if not isinstance(data, dict):
+        raise EdgepilotError(f"{where}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kw: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise EdgepilotError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        tp = hints[key]
+        if is_dataclass(tp):
+            kw[key] = from_dict(tp, value, f"{where}.{key}")
+        else:
+            kw[key] = _coerce(value, tp, f"{where}.{key}")
+    return cls(**kw)
+
+
+def profile_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    return PROFILE_DIR / f"{name_or_path}.toml"
+
+
+def load_profile(name_or_path: str | None, default: str = "sim") -> Profile:
+    """Read a profile by name (``launch/profiles/NAME.toml``) or path.
+
+    Errors name the file and the offending key: ``car.toml: actuator.baud: expected an
+    integer, got '115200'``."""
+    path = profile_path(name_or_path or default)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if name_or_path is None:
+            return Profile(name=default)  # an installed package without launch/: defaults
+        raise EdgepilotError(f"{path}: no such profile") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise EdgepilotError(f"{path}: not valid TOML: {e}") from None
+    data.setdefault("name", path.stem)
+    try:
+        return from_dict(Profile, data, str(path))
+    except EdgepilotError as e:
+        # from_dict names "<path>.<key>"; show it as "<path>: <key>"
+        msg = str(e)
+        prefix = f"{path}."
+        raise EdgepilotError(f"{path}: {msg[len(prefix):]}" if msg.startswith(prefix) else msg) from None
+
+
+def override(section: Any, **values: Any) -> Any:
+    """A copy of ``section`` with the CLI flags that were given (not None) applied."""
+    return replace(section, **{k: v for k, v in values.items() if v is not None})

@@ -1,0 +1,259 @@
+"""Write and read driving logs (the format is defined in ``edgepilot.schema.log``).
+
+Writing happens on a background thread so the control loop only pays for a queue put:
+the thread encodes the JPEG (OpenCV releases the GIL while it does), writes the image
+file, then appends the record line. Lines are flushed to the OS whenever the queue runs
+dry, so ``kill -9`` loses only what was still queued; an image is always on disk before
+the line that names it.
+
+Reading never crashes on a damaged log: a truncated or corrupt line, a 0-byte or
+undecodable JPEG is skipped with one warning and counted in ``LogReader.skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgepilot import EdgepilotError
+from edgepilot.schema.log import (
+    DeleteRange,
+    Record,
+    RecordError,
+    SessionMeta,
+    decode_line,
+    encode_delete,
+    encode_record,
+)
+
+log = logging.getLogger(__name__)
+
+RECORDS = "records.jsonl"
+META = "meta.json"
+IMAGES = "images"
+
+
+def image_name(i: int) -> str:
+    return f"{IMAGES}/{i:06d}.jpg"
+
+
+def new_session_dir(root: str | Path, prefix: str = "") -> Path:
+    """A fresh, sortable session directory name under ``root``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{prefix}{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+class LogWriter:
+    """Append-only, crash-safe recorder for one session.
+
+    ``write()`` never blocks the caller unless ``block=True`` (benchmarks, offline
+    conversion); when the queue is full a frame is dropped and counted in ``dropped``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        meta: SessionMeta | None = None,
+        *,
+        jpeg_quality: int = 90,
+        queue_frames: int = 512,
+        block: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        (self.path / IMAGES).mkdir(parents=True, exist_ok=True)
+        if (self.path / RECORDS).exists() and (self.path / RECORDS).stat().st_size:
+            raise EdgepilotError(f"{self.path}: already holds a driving log; pick a new directory")
+        self.meta = meta or SessionMeta(session=uuid.uuid4().hex, created=time.time(), source="car")
+        tmp = self.path / (META + ".tmp")
+        tmp.write_text(self.meta.to_json())
+        os.replace(tmp, self.path / META)
+        self._lines = open(self.path / RECORDS, "ab", buffering=1 << 16)  # noqa: SIM115
+        self._params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        self._q: queue.Queue = queue.Queue(maxsize=queue_frames)
+        self._block = block
+        self.written = 0
+        self.dropped = 0
+        self.errors = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    # -- the control loop's side -------------------------------------------------
+    def write(self, rec: Record, frame: np.ndarray | bytes | None = None) -> bool:
+        """Queue one record and its frame (BGR array, or JPEG bytes already encoded).
+
+        Returns False when the frame was dropped because the writer is behind."""
+        if self._closed:
+            raise EdgepilotError(f"{self.path}: log is closed")
+        if frame is not None and rec.image is None:
+            rec.image = image_name(rec.i)
+        try:
+            self._q.put((rec, frame), block=self._block)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def delete(self, first: int, last: int) -> None:
+        """Mark records ``first..last`` deleted (appends a line; rewrites nothing)."""
+        self._q.put((DeleteRange(first, last), None), block=True)
+
+    def close(self) -> None:
+        """Drain the queue, flush and fsync. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(None)
+        self._thread.join()
+        self._lines.flush()
+        os.fsync(self._lines.fileno())
+        self._lines.close()
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread -------------------------------------------------------
+    def _run(self) -> None:
+        q = self._q
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            self._write_one(*item)
+            if q.empty():
+                self._lines.flush()  # hand the lines to the OS: they now survive kill -9
+
+    def _write_one(self, rec: Record | DeleteRange, frame: np.ndarray | bytes | None) -> None:
+        if isinstance(rec, DeleteRange):
+            self._lines.write(encode_delete(rec))
+            return
+        try:
+            if frame is not None:
+                if isinstance(frame, np.ndarray):
+                    ok, buf = cv2.imencode(".jpg", frame, self._params)
+                    if not ok:
+                        raise OSError("JPEG encoding failed")
+                    data = buf.data
+                else:
+                    data = frame
+                fd = os.open(self.path / rec.image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+            self._lines.write(encode_record(rec))
+            self.written += 1
+        except OSError as e:  # disk full, permissions: count it, keep the thread alive
+            self.errors += 1
+            if self.errors == 1 or self.errors % 1000 == 0:
+                log.error("%s: could not write record %d: %s (%d errors)", self.path, rec.i, e, self.errors)
+
+
+@dataclass
+class LogReader:
+    """A driving log opened for reading. Damaged parts are skipped, counted and warned about."""
+
+    path: Path
+    meta: SessionMeta = field(init=False)
+    skipped: int = 0
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.skipped = 0
+        if not (self.path / RECORDS).is_file():
+            raise EdgepilotError(f"{self.path}: not a driving log (no {RECORDS})")
+        try:
+            self.meta = SessionMeta.from_json((self.path / META).read_text())
+        except FileNotFoundError:
+            log.warning("%s: no %s; using defaults", self.path, META)
+            self.meta = SessionMeta(session=self.path.name, created=0.0, source="unknown")
+        except RecordError as e:
+            raise EdgepilotError(f"{self.path / META}: {e}") from None
+        self._records: list[Record] | None = None
+
+    def records(self) -> list[Record]:
+        """Every live record, in order, deleted ranges removed. Cached."""
+        if self._records is None:
+            recs: list[Record] = []
+            deletes: list[DeleteRange] = []
+            with open(self.path / RECORDS, "rb") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        item = decode_line(line)
+                    except RecordError as e:
+                        self._warn(f"{RECORDS} line {n}: {e}; skipped")
+                        continue
+                    (deletes if isinstance(item, DeleteRange) else recs).append(item)
+            if deletes:
+                recs = [r for r in recs if not any(d.first <= r.i <= d.last for d in deletes)]
+            self._records = recs
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self.records())
+
+    def jpeg(self, rec: Record) -> bytes | None:
+        """The frame's JPEG bytes, or None (with a warning) when missing or empty."""
+        if rec.image is None:
+            return None
+        try:
+            data = (self.path / rec.image).read_bytes()
+        except OSError as e:
+            self._warn(f"{rec.image}: {e.strerror}; skipped")
+            return None
+        if not data:
+            self._warn(f"{rec.image}: 0-byte image; skipped")
+            return None
+        return data
+
+    def image(self, rec: Record) -> np.ndarray | None:
+        """The decoded BGR frame, or None (with a warning) when it cannot be read."""
+        data = self.jpeg(rec)
+        if data is None:
+            return None
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            self._warn(f"{rec.image}: not a decodable JPEG; skipped")
+        return img
+
+    def frames(self) -> Iterator[tuple[Record, np.ndarray]]:
+        """(record, frame) for every record whose frame decodes."""
+        for rec in self.records():
+            img = self.image(rec)
+            if img is not None:
+                yield rec, img
+
+    def _warn(self, msg: str) -> None:
+        self.skipped += 1
+        log.warning("%s: %s", self.path, msg)
+
+
+def find_logs(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand arguments into log directories: a log itself, or a folder of logs."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / RECORDS).is_file():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(d.parent for d in p.glob(f"*/{RECORDS}"))
+            if not found:
+                raise EdgepilotError(f"{p}: no driving logs in it")
+            out.extend(found)
+        else:
+            raise EdgepilotError(f"{p}: no such driving log")
+    return out

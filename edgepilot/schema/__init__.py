@@ -1,0 +1,26 @@
+"""The one definition of every record on disk and every message on the wire.
+
+Everything that is written by one part of edgepilot and read by another is defined in
+this package, typed and versioned, so that a reader never has to guess what a writer
+meant: ``log`` for the driving log (records on disk).
+"""
+
+from edgepilot.schema.log import (
+    LOG_SCHEMA_VERSION,
+    MODES,
+    DeleteRange,
+    Record,
+    SessionMeta,
+    decode_line,
+    encode_record,
+)
+
+__all__ = [
+    "LOG_SCHEMA_VERSION",
+    "MODES",
+    "DeleteRange",
+    "Record",
+    "SessionMeta",
+    "decode_line",
+    "encode_record",
+]

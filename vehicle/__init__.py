@@ -1,0 +1,1 @@
+"""The onboard runtime: sources (camera, simulator, replay), the autopilot loop, actuators, recorder, UI."""
