@@ -35,9 +35,13 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def mosquitto_binary() -> str:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if exe is None:
-        raise EdgepilotError("Eclipse Mosquitto is not installed: run ./launch/setup (or apt-get install mosquitto)")
+        raise EdgepilotError(
+            "Eclipse Mosquitto is not installed: run ./launch/setup (or apt-get install mosquitto)"
+        )
     return exe
 
 
@@ -73,7 +77,9 @@ class Broker:
         self.proc = fresh.proc
 
 
-def start_broker(state: str | Path, port: int | None = None, extra: str | None = None, _conf: Path | None = None) -> Broker:
+def start_broker(
+    state: str | Path, port: int | None = None, extra: str | None = None, _conf: Path | None = None
+) -> Broker:
     """Start mosquitto in the foreground as a child; returns once it accepts connections.
 
     ``extra`` is appended to the config (auth, ACL)."""

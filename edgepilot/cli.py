@@ -24,7 +24,9 @@ NOT_BUILT = 2
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)"
+    )
     p.add_argument("--profile", help="profile name in launch/profiles/ or a path to a TOML file")
 
 
@@ -91,19 +93,39 @@ def build_parser() -> argparse.ArgumentParser:
         _broker(p)
         _sim_look(p)
         p.add_argument("--headless", action="store_true", help="no window even when a display exists")
-        p.add_argument("--perturb", type=float, default=0.0, help="expert: steering perturbation strength (0..1)")
-        p.add_argument("--randomize", action="store_true", help="domain randomisation per frame (training data)")
+        p.add_argument(
+            "--perturb", type=float, default=0.0, help="expert: steering perturbation strength (0..1)"
+        )
+        p.add_argument(
+            "--randomize", action="store_true", help="domain randomisation per frame (training data)"
+        )
         p.add_argument("--seed", type=int, default=0, help="seed of perturbations and randomisation")
         p.add_argument("--max-seconds", type=float, help="stop after this much simulated time")
-        p.add_argument("--plot", metavar="PNG", help="trajectory plot path (default: next to the log, or none)")
+        p.add_argument(
+            "--plot", metavar="PNG", help="trajectory plot path (default: next to the log, or none)"
+        )
 
-    t.add(simsub, "drive", "edgepilot.sim.cli:drive", "closed-loop drive in the simulator, scored per the contract", sim_drive)
+    t.add(
+        simsub,
+        "drive",
+        "edgepilot.sim.cli:drive",
+        "closed-loop drive in the simulator, scored per the contract",
+        sim_drive,
+    )
 
     def sim_tracks(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", help="write a generated track to this JSON file")
-        p.add_argument("--generate", type=int, metavar="SEED", help="generate a random closed track from SEED")
+        p.add_argument(
+            "--generate", type=int, metavar="SEED", help="generate a random closed track from SEED"
+        )
 
-    t.add(simsub, "tracks", "edgepilot.sim.cli:tracks", "list the shipped tracks, or generate a new one", sim_tracks)
+    t.add(
+        simsub,
+        "tracks",
+        "edgepilot.sim.cli:tracks",
+        "list the shipped tracks, or generate a new one",
+        sim_tracks,
+    )
 
     # -- replay --------------------------------------------------------------------
     def replay(p: argparse.ArgumentParser) -> None:
@@ -113,7 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--edge", action="store_true", help="offload hard frames to the edge node")
         _broker(p)
 
-    t.add(s, "replay", "vehicle.cli:replay", "recorded frames through the onboard loop (simulator replay mode)", replay, 5)
+    t.add(
+        s,
+        "replay",
+        "vehicle.cli:replay",
+        "recorded frames through the onboard loop (simulator replay mode)",
+        replay,
+        5,
+    )
 
     # -- model ---------------------------------------------------------------------
     def train(p: argparse.ArgumentParser) -> None:
@@ -131,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("package", metavar="PKG")
         p.add_argument("logs", nargs="+", metavar="LOG")
 
-    t.add(s, "eval", "edgepilot.model.cli:evaluate", "open-loop evaluation of a model package on logs", eval_, 4)
+    t.add(
+        s, "eval", "edgepilot.model.cli:evaluate", "open-loop evaluation of a model package on logs", eval_, 4
+    )
 
     def compress(p: argparse.ArgumentParser) -> None:
         p.add_argument("package", metavar="PKG")
@@ -139,13 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--calib", nargs="+", metavar="LOG", help="logs to draw calibration frames from")
         p.add_argument("--key", help="private key to sign with")
 
-    t.add(s, "compress", "edgepilot.model.cli:compress", "int8 quantisation (+ pruning) of a model package", compress, 4)
+    t.add(
+        s,
+        "compress",
+        "edgepilot.model.cli:compress",
+        "int8 quantisation (+ pruning) of a model package",
+        compress,
+        4,
+    )
 
     def keys(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", default="keys", help="directory for signing.key / signing.pub")
         p.add_argument("--force", action="store_true", help="overwrite existing keys")
 
-    t.add(s, "keys", "edgepilot.model.cli:keys", "make an Ed25519 key pair for signing model packages", keys, 4)
+    t.add(
+        s, "keys", "edgepilot.model.cli:keys", "make an Ed25519 key pair for signing model packages", keys, 4
+    )
 
     # -- benchmarks ----------------------------------------------------------------
     bench = s.add_parser("bench", help="benchmarks (JSON out): record, sim, model, loop, offload")
@@ -155,26 +195,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--frames", type=int, default=3000)
         p.add_argument("--out", help="directory to write into (default: a temporary one)")
 
-    t.add(bsub, "record", "edgepilot.bench_record:run", "driving-log recorder throughput vs bare JPEG encoding", b_record)
+    t.add(
+        bsub,
+        "record",
+        "edgepilot.bench_record:run",
+        "driving-log recorder throughput vs bare JPEG encoding",
+        b_record,
+    )
 
     def b_sim(p: argparse.ArgumentParser) -> None:
         p.add_argument("--track", default="oval")
         p.add_argument("--steps", type=int, default=3000)
 
-    t.add(bsub, "sim", "edgepilot.sim.cli:bench", "simulator steps (physics + render) per second, one core", b_sim, 3)
+    t.add(
+        bsub,
+        "sim",
+        "edgepilot.sim.cli:bench",
+        "simulator steps (physics + render) per second, one core",
+        b_sim,
+        3,
+    )
 
     def b_model(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, metavar="PKG")
         p.add_argument("--baseline", required=True, metavar="PKG")
         p.add_argument("--data", required=True, nargs="+", metavar="LOG")
 
-    t.add(bsub, "model", "edgepilot.model.cli:bench", "per-frame compute of a model vs a baseline, side by side", b_model, 4)
+    t.add(
+        bsub,
+        "model",
+        "edgepilot.model.cli:bench",
+        "per-frame compute of a model vs a baseline, side by side",
+        b_model,
+        4,
+    )
 
     def b_loop(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, metavar="PKG")
         p.add_argument("--data", required=True, metavar="LOG")
 
-    t.add(bsub, "loop", "vehicle.cli:bench_loop", "the whole onboard loop in replay: fps and latency", b_loop, 5)
+    t.add(
+        bsub, "loop", "vehicle.cli:bench_loop", "the whole onboard loop in replay: fps and latency", b_loop, 5
+    )
 
     def b_offload(p: argparse.ArgumentParser) -> None:
         _broker(p)
@@ -182,34 +244,74 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rate", type=float, default=30.0, help="frames per second per vehicle")
         p.add_argument("--duration", type=float, default=10.0, help="seconds")
 
-    t.add(bsub, "offload", "edge_node.bench:run", "offload round trips through a running edge node", b_offload, 6)
+    t.add(
+        bsub,
+        "offload",
+        "edge_node.bench:run",
+        "offload round trips through a running edge node",
+        b_offload,
+        6,
+    )
 
     # -- data ----------------------------------------------------------------------
     data = s.add_parser("data", help="driving-log tools: DonkeyCar tub import/export, info")
     dsub = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    t.add(dsub, "info", "edgepilot.data_cli:info", "records, duration and a steering histogram of a log",
-          lambda p: p.add_argument("log", metavar="LOG"))
+    t.add(
+        dsub,
+        "info",
+        "edgepilot.data_cli:info",
+        "records, duration and a steering histogram of a log",
+        lambda p: p.add_argument("log", metavar="LOG"),
+    )
 
     def two(p: argparse.ArgumentParser) -> None:
         p.add_argument("src", metavar="SRC")
         p.add_argument("dst", metavar="OUT")
 
-    t.add(dsub, "import-donkey", "edgepilot.donkey:import_cli", "convert a DonkeyCar tub (v2) into a driving log", two)
-    t.add(dsub, "export-donkey", "edgepilot.donkey:export_cli", "convert a driving log into a DonkeyCar tub (v2)", two)
+    t.add(
+        dsub,
+        "import-donkey",
+        "edgepilot.donkey:import_cli",
+        "convert a DonkeyCar tub (v2) into a driving log",
+        two,
+    )
+    t.add(
+        dsub,
+        "export-donkey",
+        "edgepilot.donkey:export_cli",
+        "convert a driving log into a DonkeyCar tub (v2)",
+        two,
+    )
 
     # -- the whole loop, and fleet plumbing ----------------------------------------
     def demo(p: argparse.ArgumentParser) -> None:
         p.add_argument("--headless", action="store_true")
         _broker(p)
-        p.add_argument("--workdir", default="var/demo", help="where the demo keeps its logs, store and models")
+        p.add_argument(
+            "--workdir", default="var/demo", help="where the demo keeps its logs, store and models"
+        )
 
-    t.add(s, "demo", "edgepilot.demo:run", "the whole loop on one machine: collect, train, drive, offload, retrain, push", demo, 8)
+    t.add(
+        s,
+        "demo",
+        "edgepilot.demo:run",
+        "the whole loop on one machine: collect, train, drive, offload, retrain, push",
+        demo,
+        8,
+    )
 
     def upload(p: argparse.ArgumentParser) -> None:
         p.add_argument("log", metavar="LOG")
         _broker(p)
 
-    t.add(s, "upload", "vehicle.upload:cli", "send a driving log to the cloud trainer (resumable, idempotent)", upload, 7)
+    t.add(
+        s,
+        "upload",
+        "vehicle.upload:cli",
+        "send a driving log to the cloud trainer (resumable, idempotent)",
+        upload,
+        7,
+    )
 
     def edge(p: argparse.ArgumentParser) -> None:
         _broker(p)
@@ -222,7 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
         _broker(p)
         p.add_argument("--store", help="store directory (logs, model registry)")
 
-    t.add(s, "cloud", "cloud_trainer.service:cli", "run the cloud trainer: ingest logs, retrain, gate, push", cloud, 7)
+    t.add(
+        s,
+        "cloud",
+        "cloud_trainer.service:cli",
+        "run the cloud trainer: ingest logs, retrain, gate, push",
+        cloud,
+        7,
+    )
 
     models = s.add_parser("models", help="the cloud's model registry: list, promote, rollback")
     msub = models.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
@@ -232,10 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", choices=["car", "edge"], default="car")
 
     t.add(msub, "list", "cloud_trainer.registry:cli_list", "list model versions", store, 7)
-    t.add(msub, "promote", "cloud_trainer.registry:cli_promote", "make a version current and push it",
-          lambda p: (store(p), p.add_argument("version"), _broker(p)), 7)
-    t.add(msub, "rollback", "cloud_trainer.registry:cli_rollback", "put the previous version back on the fleet",
-          lambda p: (store(p), _broker(p)), 7)
+    t.add(
+        msub,
+        "promote",
+        "cloud_trainer.registry:cli_promote",
+        "make a version current and push it",
+        lambda p: (store(p), p.add_argument("version"), _broker(p)),
+        7,
+    )
+    t.add(
+        msub,
+        "rollback",
+        "cloud_trainer.registry:cli_rollback",
+        "put the previous version back on the fleet",
+        lambda p: (store(p), _broker(p)),
+        7,
+    )
 
     def drive(p: argparse.ArgumentParser) -> None:
         _broker(p)
@@ -244,9 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--edge", action="store_true")
         p.add_argument("--headless", action="store_true")
 
-    t.add(s, "drive", "vehicle.cli:drive", "drive the real car on the autopilot (headless works, e.g. over SSH)", drive, 5)
-    t.add(s, "collect", "vehicle.cli:collect", "drive the real car by keyboard or gamepad and record",
-          lambda p: (_broker(p), p.add_argument("--record", metavar="DIR")), 5)
+    t.add(
+        s,
+        "drive",
+        "vehicle.cli:drive",
+        "drive the real car on the autopilot (headless works, e.g. over SSH)",
+        drive,
+        5,
+    )
+    t.add(
+        s,
+        "collect",
+        "vehicle.cli:collect",
+        "drive the real car by keyboard or gamepad and record",
+        lambda p: (_broker(p), p.add_argument("--record", metavar="DIR")),
+        5,
+    )
     return t.parser
 
 
@@ -274,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fn = getattr(importlib.import_module(module), func)
     except (ModuleNotFoundError, AttributeError) as e:
-        if not str(getattr(e, "name", "") or "").startswith(module.split(".")[0]) and isinstance(e, ModuleNotFoundError):
+        if not str(getattr(e, "name", "") or "").startswith(module.split(".")[0]) and isinstance(
+            e, ModuleNotFoundError
+        ):
             raise
         issue = f" (issue #{args.issue})" if args.issue else ""
         print(f"edgepilot {name}: not built yet{issue}", file=sys.stderr)

@@ -212,7 +212,7 @@ def load_profile(name_or_path: str | None, default: str = "sim") -> Profile:
         # from_dict names "<path>.<key>"; show it as "<path>: <key>"
         msg = str(e)
         prefix = f"{path}."
-        raise EdgepilotError(f"{path}: {msg[len(prefix):]}" if msg.startswith(prefix) else msg) from None
+        raise EdgepilotError(f"{path}: {msg[len(prefix) :]}" if msg.startswith(prefix) else msg) from None
 
 
 def override(section: Any, **values: Any) -> Any:

@@ -16,7 +16,9 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def bar(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it") -> tqdm:
+def bar(
+    iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"
+) -> tqdm:
     return tqdm(
         iterable,
         total=total,

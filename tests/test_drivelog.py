@@ -27,8 +27,15 @@ def frame(i: int) -> np.ndarray:
 def write_log(path: Path, n: int = 20) -> None:
     with LogWriter(path, SessionMeta(session="s1", created=1.0, source="sim")) as w:
         for i in range(n):
-            rec = Record(i=i, t=i * 0.05, steering=(i % 21 - 10) / 10, throttle=0.3, mode="user",
-                         latency_ms={"capture": 0.1}, exit=i % 3)
+            rec = Record(
+                i=i,
+                t=i * 0.05,
+                steering=(i % 21 - 10) / 10,
+                throttle=0.3,
+                mode="user",
+                latency_ms={"capture": 0.1},
+                exit=i % 3,
+            )
             w.write(rec, frame(i))
 
 
@@ -47,17 +54,36 @@ def test_round_trip(tmp_path):
 
 
 def test_encode_decode_is_identity():
-    rec = Record(i=7, t=1.5, steering=0.25, throttle=-0.5, mode="local", image="images/000007.jpg",
-                 pilot_steering=0.2, exit=1, confidence=0.9, offloaded=True, edge_steering=0.3,
-                 model_version="v3", sim={"cte": 0.01})
+    rec = Record(
+        i=7,
+        t=1.5,
+        steering=0.25,
+        throttle=-0.5,
+        mode="local",
+        image="images/000007.jpg",
+        pilot_steering=0.2,
+        exit=1,
+        confidence=0.9,
+        offloaded=True,
+        edge_steering=0.3,
+        model_version="v3",
+        sim={"cte": 0.01},
+    )
     assert decode_line(encode_record(rec)) == rec
 
 
 @pytest.mark.parametrize(
     "line",
-    [b"{", b"[]", b'{"i": -1, "t": 0, "steering": 0, "throttle": 0}', b'{"i": 1, "t": 0, "steering": 2, "throttle": 0}',
-     b'{"i": 1, "t": 0, "steering": 0}', b'{"i": 1, "t": 0, "steering": 0, "throttle": 0, "mode": "warp"}',
-     b'{"i": 1, "t": 0, "steering": 0, "throttle": 0, "image": "../../etc/passwd"}', b"\xff\xfe"],
+    [
+        b"{",
+        b"[]",
+        b'{"i": -1, "t": 0, "steering": 0, "throttle": 0}',
+        b'{"i": 1, "t": 0, "steering": 2, "throttle": 0}',
+        b'{"i": 1, "t": 0, "steering": 0}',
+        b'{"i": 1, "t": 0, "steering": 0, "throttle": 0, "mode": "warp"}',
+        b'{"i": 1, "t": 0, "steering": 0, "throttle": 0, "image": "../../etc/passwd"}',
+        b"\xff\xfe",
+    ],
 )
 def test_bad_lines_raise_record_error(line):
     with pytest.raises(RecordError):

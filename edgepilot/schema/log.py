@@ -167,7 +167,11 @@ def decode_line(line: bytes | str) -> Record | DeleteRange:
             raise RecordError(f"{name!r} must be an object")
     if "image" in kw and not (kw["image"] is None or isinstance(kw["image"], str)):
         raise RecordError("'image' must be a string")
-    if "image" in kw and isinstance(kw["image"], str) and (".." in kw["image"] or kw["image"].startswith("/")):
+    if (
+        "image" in kw
+        and isinstance(kw["image"], str)
+        and (".." in kw["image"] or kw["image"].startswith("/"))
+    ):
         raise RecordError(f"'image' must stay inside the log, got {kw['image']!r}")
     try:
         return Record(**kw)
