@@ -1,0 +1,183 @@
+"""Frame sources: a live camera, the simulator, and replay of a recorded log.
+
+All three hand the loop a ``vehicle.parts.Frame``; the loop cannot tell them apart,
+which is the point (openpilot's replay drives the processes that run live).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgepilot import EdgepilotError
+from edgepilot.config import CameraConfig
+from edgepilot.drivelog import LogReader
+from vehicle.parts import Frame
+
+log = logging.getLogger(__name__)
+
+
+class ReplaySource:
+    """Frames of a recorded log, at recorded timing (``realtime``) or as fast as possible.
+
+    The JPEG bytes are handed on with the decoded image so that recording a replay does
+    not re-encode, and the recorded label rides along for scoring (``steering_mae``)."""
+
+    def __init__(self, path: str | Path, rate: str = "max", loop: bool = False) -> None:
+        self.reader = LogReader(path)
+        self.records = self.reader.records()
+        if not self.records:
+            raise EdgepilotError(f"{path}: the log holds no records")
+        self.rate = rate
+        self.loop = loop
+        self._pos = 0
+        self._t0_wall: float | None = None
+        self._t0_rec = self.records[0].t
+        self.decode_errors = 0
+
+    def read(self) -> Frame | None:
+        while True:
+            if self._pos >= len(self.records):
+                if not self.loop:
+                    return None
+                self._pos, self._t0_wall = 0, None
+            rec = self.records[self._pos]
+            self._pos += 1
+            data = self.reader.jpeg(rec)
+            img = None if data is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                self.decode_errors += 1  # counted; the reader already warned for missing/empty files
+                continue
+            if self.rate == "realtime":
+                now = time.monotonic()
+                if self._t0_wall is None:
+                    self._t0_wall = now
+                wait = (rec.t - self._t0_rec) - (now - self._t0_wall)
+                if wait > 0:
+                    time.sleep(wait)
+            return Frame(
+                img, rec.t, rec.i, jpeg=data, label=(rec.steering, rec.throttle), truth=dict(rec.sim)
+            )
+
+    def close(self) -> None:
+        pass
+
+
+def _open_capture(source: str) -> cv2.VideoCapture:
+    if source.isdigit():
+        return (
+            cv2.VideoCapture(int(source), cv2.CAP_V4L2)
+            if Path("/dev/video0").exists()
+            else cv2.VideoCapture(int(source))
+        )
+    if "!" in source:  # a GStreamer pipeline, e.g. a CSI camera through nvarguscamerasrc / libcamerasrc
+        return cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+    return cv2.VideoCapture(source)
+
+
+class CameraSource:
+    """An OpenCV camera read by a thread that keeps only the newest frame.
+
+    A control loop must act on the freshest image: a queue of stale frames adds latency
+    that no model can make up for. ``read()`` waits for a frame newer than the last one it
+    returned (up to ``timeout_s``) and drops any in between (counted in ``dropped``)."""
+
+    def __init__(self, cfg: CameraConfig, timeout_s: float = 1.0) -> None:
+        self.cfg = cfg
+        self.timeout_s = timeout_s
+        self.cap = _open_capture(cfg.source)
+        if not self.cap.isOpened():
+            raise EdgepilotError(
+                f"camera {cfg.source!r} did not open (check the device, permissions: `groups` should list video)"
+            )
+        self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+        self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        self.cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+        self._cond = threading.Condition()
+        self._latest: tuple[np.ndarray, float, int] | None = None
+        self._served = -1
+        self._count = 0
+        self.dropped = 0
+        self._ended = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._grab, name="camera", daemon=True)
+        self._thread.start()
+
+    def _grab(self) -> None:
+        while not self._stop:
+            ok, img = self.cap.read()
+            if not ok:
+                with self._cond:
+                    self._ended = True
+                    self._cond.notify_all()
+                return
+            if img.shape[1] != self.cfg.width or img.shape[0] != self.cfg.height:
+                img = cv2.resize(img, (self.cfg.width, self.cfg.height), interpolation=cv2.INTER_AREA)
+            with self._cond:
+                if self._latest is not None and self._latest[2] > self._served:
+                    self.dropped += 1  # never handed over: a newer one replaces it
+                self._latest = (img, time.time(), self._count)
+                self._count += 1
+                self._cond.notify_all()
+
+    def read(self) -> Frame | None:
+        deadline = time.monotonic() + self.timeout_s
+        with self._cond:
+            while self._latest is None or self._latest[2] <= self._served:
+                if self._ended:
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EdgepilotError(f"camera {self.cfg.source!r}: no frame for {self.timeout_s:.1f} s")
+                self._cond.wait(left)
+            img, t, i = self._latest
+            self._served = i
+        return Frame(img, t, i)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2)
+        self.cap.release()
+
+
+class SimSource:
+    """The simulator's camera: renders the world as it is now (the actuator steps it)."""
+
+    def __init__(self, world) -> None:  # edgepilot.sim.world.SimWorld
+        self.world = world
+        self.laps: int | None = None
+        self.max_seconds: float | None = None
+
+    def until(self, laps: int | None, max_seconds: float | None) -> SimSource:
+        self.laps, self.max_seconds = laps, max_seconds
+        return self
+
+    def read(self) -> Frame | None:
+        w = self.world
+        if w.done(self.laps or 0, self.max_seconds) if (self.laps or self.max_seconds) else False:
+            return None
+        return Frame(w.render(), w.t, w.frames, truth=w.truth())
+
+    def close(self) -> None:
+        pass
+
+
+class SimActuator:
+    """The simulator's car: each command advances simulated time by one step."""
+
+    def __init__(self, world) -> None:
+        self.world = world
+
+    def run(self, steering: float, throttle: float) -> None:
+        self.world.step(steering, throttle)
+
+    def neutral(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
