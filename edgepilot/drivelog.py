@@ -1,10 +1,15 @@
 """Write and read driving logs (the format is defined in ``edgepilot.schema.log``).
 
-Writing happens on a background thread so the control loop only pays for a queue put:
-the thread encodes the JPEG (OpenCV releases the GIL while it does), writes the image
-file, then appends the record line. Lines are flushed to the OS whenever the queue runs
-dry, so ``kill -9`` loses only what was still queued; an image is always on disk before
-the line that names it.
+Writing happens on background threads so the control loop only pays for a queue put.
+Two workers (by default) take queued frames in turn; each encodes its JPEG and writes the
+image file -- OpenCV and the file syscalls release the GIL, so two frames are encoded at
+once on two cores. Finished lines are committed strictly in queue order: a line waits
+(in memory, not a thread) until every earlier one is written, so the file never has a
+hole. A single worker ran at about half the speed of bare JPEG encoding because it
+serialised encoding and file creation; two keep the recorder near the encoder's speed
+(``edgepilot bench record``, docs/benchmarks.md). Lines are flushed to the OS whenever
+the queue runs dry, so ``kill -9`` loses only what was still queued; an image is always
+on disk before the line that names it.
 
 Reading never crashes on a damaged log: a truncated or corrupt line, a 0-byte or
 undecodable JPEG is skipped with one warning and counted in ``LogReader.skipped``.
@@ -58,6 +63,8 @@ class LogWriter:
 
     ``write()`` never blocks the caller unless ``block=True`` (benchmarks, offline
     conversion); when the queue is full a frame is dropped and counted in ``dropped``.
+    ``workers`` threads encode and write frames in parallel; record lines still land in
+    the order ``write()``/``delete()`` were called.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class LogWriter:
         jpeg_quality: int = 90,
         queue_frames: int = 512,
         block: bool = False,
+        workers: int = 2,
     ) -> None:
         self.path = Path(path)
         (self.path / IMAGES).mkdir(parents=True, exist_ok=True)
@@ -79,14 +87,26 @@ class LogWriter:
         os.replace(tmp, self.path / META)
         self._lines = open(self.path / RECORDS, "ab", buffering=1 << 16)  # noqa: SIM115
         self._params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        self._dir = str(self.path)
         self._q: queue.Queue = queue.Queue(maxsize=queue_frames)
         self._block = block
         self.written = 0
         self.dropped = 0
         self.errors = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
-        self._thread.start()
+        # Ordering: a worker takes an item and its ticket under ``_take``; finished lines
+        # wait in ``_ready`` until every earlier ticket is committed.
+        self._take = threading.Lock()
+        self._taken = 0
+        self._commit = threading.Lock()
+        self._ready: dict[int, tuple[bytes | None, bool]] = {}
+        self._committed = 0
+        self._threads = [
+            threading.Thread(target=self._run, name=f"log-writer-{k}", daemon=True)
+            for k in range(max(1, int(workers)))
+        ]
+        for th in self._threads:
+            th.start()
 
     # -- the control loop's side -------------------------------------------------
     def write(self, rec: Record, frame: np.ndarray | bytes | None = None) -> bool:
@@ -113,8 +133,10 @@ class LogWriter:
         if self._closed:
             return
         self._closed = True
-        self._q.put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._q.put(None)
+        for th in self._threads:
+            th.join()
         self._lines.flush()
         os.fsync(self._lines.fileno())
         self._lines.close()
@@ -125,21 +147,42 @@ class LogWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the writer thread -------------------------------------------------------
+    # -- the writer threads ------------------------------------------------------
     def _run(self) -> None:
         q = self._q
+        ready = self._ready
         while True:
-            item = q.get()
+            with self._take:
+                item = q.get()
+                ticket = self._taken
+                self._taken += 1
             if item is None:
-                return
-            self._write_one(*item)
-            if q.empty():
-                self._lines.flush()  # hand the lines to the OS: they now survive kill -9
+                return  # sentinels come after every real item; nothing to commit
+            line = self._prepare(*item)
+            with self._commit:
+                # Commit every line that is ready, in ticket order: no worker ever waits
+                # for another's encoding, and the file never gets a hole.
+                ready[ticket] = line
+                n = self._committed
+                while n in ready:
+                    out, is_record = ready.pop(n)
+                    if out is None:
+                        self.errors += 1
+                    else:
+                        self._lines.write(out)
+                        self.written += is_record
+                    n += 1
+                self._committed = n
+                if q.empty():
+                    self._lines.flush()  # hand the lines to the OS: they now survive kill -9
 
-    def _write_one(self, rec: Record | DeleteRange, frame: np.ndarray | bytes | None) -> None:
+    def _prepare(
+        self, rec: Record | DeleteRange, frame: np.ndarray | bytes | None
+    ) -> tuple[bytes | None, bool]:
+        """Write the frame's image file; return (the line to append or None on an I/O
+        error, whether it is a record line)."""
         if isinstance(rec, DeleteRange):
-            self._lines.write(encode_delete(rec))
-            return
+            return encode_delete(rec), False
         try:
             if frame is not None:
                 if isinstance(frame, np.ndarray):
@@ -149,17 +192,18 @@ class LogWriter:
                     data = buf.data
                 else:
                     data = frame
-                fd = os.open(self.path / rec.image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = os.open(f"{self._dir}/{rec.image}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
                     os.write(fd, data)
                 finally:
                     os.close(fd)
-            self._lines.write(encode_record(rec))
-            self.written += 1
+            return encode_record(rec), True
         except OSError as e:  # disk full, permissions: count it, keep the thread alive
-            self.errors += 1
-            if self.errors == 1 or self.errors % 1000 == 0:
-                log.error("%s: could not write record %d: %s (%d errors)", self.path, rec.i, e, self.errors)
+            if self.errors == 0 or self.errors % 1000 == 999:
+                log.error(
+                    "%s: could not write record %d: %s (%d errors so far)", self.path, rec.i, e, self.errors
+                )
+            return None, True
 
 
 @dataclass
