@@ -193,7 +193,15 @@ def load_profile(name_or_path: str | None, default: str = "sim") -> Profile:
     """Read a profile by name (``launch/profiles/NAME.toml``) or path.
 
     Errors name the file and the offending key: ``car.toml: actuator.baud: expected an
-    integer, got '115200'``."""
+    integer, got '115200'``. ``EDGEPILOT_CAR_ID`` overrides ``car_id`` (a fleet of
+    simulated cars shares one profile)."""
+    prof = _load_profile(name_or_path, default)
+    if os.environ.get("EDGEPILOT_CAR_ID"):
+        prof.car_id = os.environ["EDGEPILOT_CAR_ID"]
+    return prof
+
+
+def _load_profile(name_or_path: str | None, default: str) -> Profile:
     path = profile_path(name_or_path or default)
     try:
         text = path.read_text()
