@@ -2,7 +2,7 @@
 
 Everything that is written by one part of edgepilot and read by another is defined in
 this package, typed and versioned, so that a reader never has to guess what a writer
-meant: ``log`` for the driving log (records on disk).
+meant: ``log`` for the driving log (records on disk), ``wire`` for MQTT messages.
 """
 
 from edgepilot.schema.log import (
@@ -14,6 +14,18 @@ from edgepilot.schema.log import (
     decode_line,
     encode_record,
 )
+from edgepilot.schema.wire import (
+    WIRE_VERSION,
+    EdgeHealth,
+    InferReply,
+    InferRequest,
+    ModelAnnouncement,
+    WireError,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+)
 
 __all__ = [
     "LOG_SCHEMA_VERSION",
@@ -23,4 +35,14 @@ __all__ = [
     "SessionMeta",
     "decode_line",
     "encode_record",
+    "WIRE_VERSION",
+    "EdgeHealth",
+    "InferReply",
+    "InferRequest",
+    "ModelAnnouncement",
+    "WireError",
+    "decode_reply",
+    "decode_request",
+    "encode_reply",
+    "encode_request",
 ]

@@ -1,0 +1,323 @@
+"""The edge node: answer the fleet's hard frames over MQTT v5, within their deadlines.
+
+One node subscribes to ``$share/<group>/edgepilot/v1/car/+/infer`` so that N nodes in
+one group split the fleet's requests (the broker hands each message to one of them).
+The network thread only queues a message; one worker thread forms micro-batches across
+cars, drops what is already past its deadline (answering late wastes the link and the
+car ignores it anyway), decodes the JPEGs, runs the model once per batch and replies on
+each request's Response Topic with its Correlation Data.
+
+Micro-batching waits at most ``batch_wait_ms`` for a batch to fill, and only when
+another request is *expected* within that window (inter-arrival gap, averaged): with a
+lone car, waiting would add latency and batch nothing. Under load the queue fills while
+the previous batch computes, so batches form without waiting at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import paho.mqtt.client as paho
+
+from edge_node.metrics import EdgeMetrics
+from edge_node.model import load_edge_model
+from edgepilot import EdgepilotError
+from edgepilot.config import BrokerConfig, load_profile
+from edgepilot.mqtt import Connection, broker_config, properties
+from edgepilot.schema import wire
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_SIDE = 4096  # a decoded frame larger than this is refused (memory bomb)
+
+
+@dataclass(slots=True)
+class _Pending:
+    payload: bytes
+    topic: str
+    response_topic: str | None
+    correlation: bytes | None
+    t_mono: float
+
+
+class EdgeService:
+    """An edge node. ``start()`` connects and starts the worker; ``stop()`` ends both."""
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        model: Any,
+        *,
+        node_id: str = "edge-1",
+        group: str = "edge",
+        max_batch: int = 16,
+        batch_wait_ms: float = 1.0,
+        health_every_s: float = 1.0,
+        model_loader: Any = None,
+        trusted_keys: list[str] | None = None,
+    ) -> None:
+        self.node_id = wire.check_id(node_id, "node id")
+        self.group = group
+        self.model = model
+        self.max_batch = max(1, max_batch)
+        self.batch_wait_s = max(0.0, batch_wait_ms) / 1e3
+        self.health_every_s = health_every_s
+        self.metrics = EdgeMetrics()
+        self._loader = model_loader or load_edge_model
+        self._trusted = trusted_keys
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._gap_s = 1.0  # smoothed inter-arrival gap
+        self._last_arrival = 0.0
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self.swaps = 0
+        self.swap_error: str | None = None
+        offline = wire.encode_health(wire.EdgeHealth(node=self.node_id, status="offline"))
+        self.conn = Connection(broker, self.node_id, will=(wire.health_topic(self.node_id), offline, True))
+
+    # -- network thread ------------------------------------------------------------------
+    def _on_request(self, msg: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        props = msg.properties
+        item = _Pending(
+            msg.payload,
+            msg.topic,
+            getattr(props, "ResponseTopic", None),
+            getattr(props, "CorrelationData", None),
+            now,
+        )
+        if self._last_arrival:
+            self._gap_s = 0.8 * self._gap_s + 0.2 * (now - self._last_arrival)
+        self._last_arrival = now
+        with self._cond:
+            self._queue.append(item)
+            self._cond.notify()
+
+    def _on_model(self, msg: paho.MQTTMessage) -> None:
+        try:
+            ann = wire.decode_announcement(msg.payload)
+        except wire.WireError as e:
+            log.warning("edge %s: ignoring model announcement: %s", self.node_id, e)
+            return
+        if ann.target != "edge" or ann.version == getattr(self.model, "version", None):
+            return
+        threading.Thread(target=self.swap_model, args=(ann,), daemon=True, name="edge-swap").start()
+
+    # -- model hot-swap ------------------------------------------------------------------
+    def swap_model(self, ann: wire.ModelAnnouncement) -> bool:
+        """Load, verify and warm the announced package off the worker; swap between batches."""
+        try:
+            if ann.path is None:
+                raise EdgepilotError("only path announcements are supported by this node")
+            data = Path(ann.path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != ann.sha256:
+                raise EdgepilotError(f"{ann.path}: sha256 does not match the announcement")
+            model = self._loader(ann.path, trusted_keys=self._trusted)
+        except (OSError, EdgepilotError) as e:
+            self.swap_error = str(e)
+            log.warning("edge %s: model %s not swapped in: %s", self.node_id, ann.version, e)
+            return False
+        self.model = model  # one attribute store: the worker reads it once per batch
+        self.swaps += 1
+        self.swap_error = None
+        log.info("edge %s: now serving model %s", self.node_id, getattr(model, "version", "?"))
+        self._publish_health()
+        return True
+
+    # -- worker --------------------------------------------------------------------------
+    def _take_batch(self) -> list[_Pending]:
+        with self._cond:
+            while self._running and not self._queue:
+                self._cond.wait(0.2)
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            if batch and len(batch) < self.max_batch and self._gap_s < self.batch_wait_s:
+                until = batch[0].t_mono + self.batch_wait_s
+                while len(batch) < self.max_batch and self._running:
+                    if self._queue:
+                        batch.append(self._queue.popleft())
+                        continue
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+        return batch
+
+    def _reply(self, item: _Pending, car: str | None, rep: wire.InferReply) -> None:
+        topic = item.response_topic
+        if topic is None:
+            if car is None:
+                return  # nowhere to answer: counted as an error already
+            topic = wire.reply_topic(car)
+        props = properties(correlation=item.correlation) if item.correlation is not None else None
+        self.conn.publish(topic, wire.encode_reply(rep), qos=0, props=props)
+
+    def _error(self, item: _Pending, why: str, car: str | None = None, frame: int | None = None) -> None:
+        self.metrics.error(why)
+        if car is None:
+            car, frame = wire.peek_identity(item.payload)
+            with contextlib.suppress(wire.WireError):
+                car = wire.car_of_infer_topic(item.topic)
+        log.debug("edge %s: error reply to %s: %s", self.node_id, car, why)
+        self._reply(item, car, wire.InferReply("error", car=car, frame=frame, node=self.node_id, error=why))
+
+    def _expired(self, req: wire.InferRequest, item: _Pending, now_mono: float, now_wall: float) -> bool:
+        if req.deadline is not None and now_wall > req.deadline:
+            return True
+        return req.budget_ms is not None and (now_mono - item.t_mono) * 1e3 > req.budget_ms
+
+    def process(self, batch: list[_Pending]) -> None:
+        """Validate, drop the expired, decode, infer once, reply. Never raises."""
+        t0 = time.monotonic()
+        wall0 = time.time()
+        model = self.model
+        good: list[tuple[_Pending, wire.InferRequest]] = []
+        for item in batch:
+            try:
+                req = wire.decode_request(item.payload)
+                if req.car != wire.car_of_infer_topic(item.topic):
+                    raise wire.WireError(f"car id {req.car!r} does not match the topic {item.topic!r}")
+            except wire.WireError as e:
+                self._error(item, str(e))
+                continue
+            if self._expired(req, item, t0, wall0):
+                self.metrics.dropped_expired += 1
+                continue
+            if req.kind != "jpeg":
+                self._error(item, f"kind {req.kind!r} is not served by this node", req.car, req.frame)
+                continue
+            good.append((item, req))
+        frames: list[np.ndarray] = []
+        ready: list[tuple[_Pending, wire.InferRequest]] = []
+        for item, req in good:
+            img = cv2.imdecode(np.frombuffer(req.body, np.uint8), cv2.IMREAD_COLOR)
+            if img is None or img.ndim != 3 or max(img.shape[:2]) > MAX_FRAME_SIDE:
+                self._error(item, "body is not a decodable JPEG frame", req.car, req.frame)
+                continue
+            frames.append(img)
+            ready.append((item, req))
+        if not ready:
+            return
+        try:
+            decisions = model.infer_batch(frames)
+        except Exception as e:  # a model bug answers errors; it must not stop the node
+            log.exception("edge %s: inference failed", self.node_id)
+            for item, req in ready:
+                self._error(item, f"inference failed: {type(e).__name__}", req.car, req.frame)
+            return
+        t1 = time.monotonic()
+        compute_ms = (t1 - t0) * 1e3
+        version = getattr(model, "version", None)
+        late_wall = time.time()
+        self.metrics.batch(len(ready))
+        for (item, req), d in zip(ready, decisions, strict=True):
+            if self._expired(req, item, t1, late_wall):
+                self.metrics.dropped_expired += 1
+                continue
+            rep = wire.InferReply(
+                "ok",
+                car=req.car,
+                frame=req.frame,
+                steering=max(-1.0, min(1.0, float(d.steering))),
+                throttle=max(-1.0, min(1.0, float(d.throttle))),
+                confidence=float(d.confidence),
+                model=version,
+                node=self.node_id,
+                compute_ms=round(compute_ms, 3),
+                batch=len(ready),
+                queue_ms=round((t0 - item.t_mono) * 1e3, 3),
+            )
+            self._reply(item, req.car, rep)
+            self.metrics.answered(time.monotonic() - item.t_mono)
+
+    def _work(self) -> None:
+        next_health = time.monotonic()
+        while self._running:
+            batch = self._take_batch()
+            self.metrics.requests += len(batch)
+            if batch:
+                self.process(batch)
+            if time.monotonic() >= next_health:
+                self._publish_health()
+                next_health = time.monotonic() + self.health_every_s
+
+    def health(self) -> wire.EdgeHealth:
+        return self.metrics.snapshot(self.node_id, getattr(self.model, "version", None))
+
+    def _publish_health(self) -> None:
+        self.conn.publish(
+            wire.health_topic(self.node_id), wire.encode_health(self.health()), qos=1, retain=True
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, wait_s: float = 5.0) -> EdgeService:
+        self.conn.subscribe(wire.shared_infer_filter(self.group), self._on_request)
+        self.conn.subscribe(wire.model_topic("edge"), self._on_model, qos=1)
+        self._running = True
+        self._worker = threading.Thread(target=self._work, daemon=True, name=f"edge-{self.node_id}")
+        self._worker.start()
+        try:
+            self.conn.start(wait_s, required=True)
+        except EdgepilotError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._running = False
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(5)
+        if self.conn.connected.is_set():
+            offline = wire.encode_health(wire.EdgeHealth(node=self.node_id, status="offline"))
+            info = self.conn.client.publish(wire.health_topic(self.node_id), offline, qos=1, retain=True)
+            info.wait_for_publish(1.0)
+        self.conn.close()
+
+
+def cli(args: argparse.Namespace) -> dict[str, Any]:
+    """``edgepilot edge``: run until SIGINT/SIGTERM, then print the node's metrics."""
+    import torch
+
+    prof = load_profile(args.profile, default="edge")
+    torch.set_num_threads(max(1, prof.model.threads))
+    spec = args.model or prof.edge.model
+    if not spec:
+        raise EdgepilotError(
+            "no edge model: pass --model PKG (or --model builtin:pilotnet for transport tests)"
+        )
+    model = load_edge_model(spec, prof.model.trusted_keys or None)
+    svc = EdgeService(
+        broker_config(prof.broker, args.broker),
+        model,
+        node_id=args.node_id or prof.edge.node_id,
+        group=prof.edge.group,
+        max_batch=prof.edge.max_batch,
+        batch_wait_ms=prof.edge.batch_wait_ms,
+        trusted_keys=prof.model.trusted_keys or None,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    svc.start()
+    log.warning(
+        "edge %s: serving %s on %s (group %s)", svc.node_id, model.version, svc.conn.cfg.url, svc.group
+    )
+    print(f"edge {svc.node_id} ready", flush=True)  # tests and scripts wait for this line
+    while not stop.wait(0.5):
+        pass
+    svc.stop()
+    return {"node": svc.node_id, "model": model.version, **asdict(svc.health())}

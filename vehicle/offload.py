@@ -1,0 +1,281 @@
+"""The car's offload client: hard frames to the edge node, never at the cost of a deadline.
+
+Used by the onboard loop (``vehicle.loop``): ``submit`` a frame the local model is
+unsure of, keep going, then ``poll`` for the answer until the frame's deadline at the
+latest. QoS 0, because a retransmitted frame would arrive after its deadline anyway.
+
+Three promises the loop relies on:
+
+- ``poll`` never waits past the deadline the loop gives it; no answer means the local
+  answer drives. An answer that arrives after the deadline is counted ("late") and
+  ignored: steering from a stale frame is worse than the local guess on a fresh one.
+- ``submit`` never blocks: publishing is a buffer append handed to paho's thread.
+- A circuit breaker stops offloading after a few misses in a row (edge slow, gone, or
+  the link down), so a dead edge costs nothing but a counter. While open it lets one
+  probe frame through every ``probe_s`` (doubling up to ``probe_max_s``); an answer in
+  time closes it again, so offloading resumes by itself when the edge comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+
+from edgepilot import EdgepilotError
+from edgepilot.config import BrokerConfig
+from edgepilot.mqtt import Connection, properties
+from edgepilot.schema import wire
+
+log = logging.getLogger(__name__)
+
+MODES = ("frame",)  # "split" (intermediate features, issue 6 item 5) is not built yet
+_REMEMBER = 512  # frames whose late answers we can still recognise
+
+
+@dataclass(slots=True)
+class EdgeAnswer:
+    frame: int
+    steering: float
+    throttle: float
+    confidence: float | None
+    model: str | None
+    node: str | None
+    rtt_ms: float
+    compute_ms: float | None = None
+    batch: int | None = None
+
+
+class CircuitBreaker:
+    """closed -> (``trip_after`` failures in a row) -> open -> (probe answered) -> closed."""
+
+    def __init__(self, trip_after: int = 3, probe_s: float = 0.25, probe_max_s: float = 2.0) -> None:
+        self.trip_after = trip_after
+        self.probe_s = probe_s
+        self.probe_max_s = probe_max_s
+        self.open = False
+        self.failures = 0
+        self.trips = 0
+        self._wait = probe_s
+        self._next_probe = 0.0
+        self._probing = False
+
+    def allow(self, now: float) -> bool:
+        if not self.open:
+            return True
+        if self._probing or now < self._next_probe:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        if self.open:
+            log.info("offload: edge answered the probe; offloading resumes")
+        self.open = self._probing = False
+        self.failures = 0
+        self._wait = self.probe_s
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.open:
+            if self._probing:  # the probe failed: back off
+                self._probing = False
+                self._wait = min(self._wait * 2, self.probe_max_s)
+                self._next_probe = now + self._wait
+        elif self.failures >= self.trip_after:
+            self.open = True
+            self.trips += 1
+            self._probing = False
+            self._wait = self.probe_s
+            self._next_probe = now + self._wait
+            log.warning("offload: %d misses in a row; breaker open, driving on local answers", self.failures)
+
+
+@dataclass(slots=True)
+class _Sent:
+    t: float
+    deadline: float
+
+
+class OffloadClient:
+    """One car's connection to the edge nodes (see the module docstring)."""
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        car_id: str,
+        *,
+        deadline_s: float = 0.05,
+        mode: str = "frame",
+        breaker: CircuitBreaker | None = None,
+        wall_clock_deadline: bool = True,
+        model_version: str | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise EdgepilotError(f"offload mode {mode!r} is not available (built: {', '.join(MODES)})")
+        self.car_id = wire.check_id(car_id, "car id")
+        self.deadline_s = deadline_s
+        self.mode = mode
+        self.breaker = breaker or CircuitBreaker()
+        self.wall_clock_deadline = wall_clock_deadline
+        self.model_version = model_version
+        self._infer_topic = wire.infer_topic(car_id)
+        self._reply_topic = wire.reply_topic(car_id)
+        self._cond = threading.Condition()
+        self._pending: dict[int, _Sent] = {}
+        self._expired: OrderedDict[int, float] = OrderedDict()  # frame -> send time, for late answers
+        self._answers: OrderedDict[int, EdgeAnswer] = OrderedDict()
+        self._rtts: deque[float] = deque(maxlen=4096)
+        self.counts = dict(sent=0, answered=0, late=0, missed=0, dropped=0, errors=0, stray=0)
+        self.conn = Connection(broker, car_id)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, wait_s: float = 2.0) -> None:
+        """Connect (waiting up to ``wait_s``); without a broker the car drives locally and
+        the client keeps reconnecting in the background."""
+        self.conn.subscribe(self._reply_topic, self._on_reply)
+        if not self.conn.start(wait_s, required=False):
+            log.warning("offload: broker %s not reachable; driving locally until it is", self.conn.cfg.url)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- network thread --------------------------------------------------------------------
+    def _on_reply(self, msg: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        try:
+            rep = wire.decode_reply(msg.payload)
+        except wire.WireError as e:
+            log.debug("offload: bad reply: %s", e)
+            with self._cond:
+                self.counts["errors"] += 1
+            return
+        corr = getattr(msg.properties, "CorrelationData", None)
+        frame = int.from_bytes(corr, "big") if corr and len(corr) == 8 else rep.frame
+        with self._cond:
+            sent = self._pending.pop(frame, None) if frame is not None else None
+            if sent is None:
+                t_sent = self._expired.pop(frame, None) if frame is not None else None
+                if t_sent is None:
+                    self.counts["stray"] += 1
+                elif rep.status == "ok":
+                    self.counts["late"] += 1
+                    self._rtts.append((now - t_sent) * 1e3)
+                return
+            if rep.status != "ok":
+                self.counts["errors"] += 1
+                log.debug("offload: edge refused frame %s: %s", frame, rep.error)
+                return
+            rtt = (now - sent.t) * 1e3
+            self._rtts.append(rtt)
+            if now > sent.deadline:
+                self.counts["late"] += 1
+                self.counts["missed"] += 1
+                self.breaker.failure(now)
+                return
+            self.counts["answered"] += 1
+            self.breaker.success()
+            self._answers[frame] = EdgeAnswer(
+                frame=frame,  # type: ignore[arg-type]
+                steering=float(rep.steering),  # type: ignore[arg-type]
+                throttle=float(rep.throttle),  # type: ignore[arg-type]
+                confidence=rep.confidence,
+                model=rep.model,
+                node=rep.node,
+                rtt_ms=rtt,
+                compute_ms=rep.compute_ms,
+                batch=rep.batch,
+            )
+            while len(self._answers) > _REMEMBER:
+                self._answers.popitem(last=False)
+            self._cond.notify_all()
+
+    # -- loop side -------------------------------------------------------------------------
+    def _sweep(self, now: float) -> None:
+        """Frames past their deadline without an answer are misses (caller holds the lock)."""
+        for frame in [f for f, s in self._pending.items() if now > s.deadline]:
+            sent = self._pending.pop(frame)
+            self._expired[frame] = sent.t
+            self.counts["missed"] += 1
+            self.breaker.failure(now)
+        while len(self._expired) > _REMEMBER:
+            self._expired.popitem(last=False)
+
+    def submit(self, frame_index: int, jpeg: bytes, deadline_s: float | None = None) -> bool:
+        """Send one frame; False (and nothing sent) when the breaker is open or the broker
+        is not connected. Never blocks."""
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        now = time.monotonic()
+        with self._cond:
+            self._sweep(now)
+            if not self.conn.connected.is_set():
+                self.counts["dropped"] += 1
+                return False
+            if not self.breaker.allow(now):
+                self.counts["dropped"] += 1
+                return False
+            self._pending[frame_index] = _Sent(now, now + budget)
+        wall = time.time()
+        req = wire.InferRequest(
+            car=self.car_id,
+            frame=frame_index,
+            body=jpeg,
+            sent=round(wall, 6),
+            deadline=round(wall + budget, 6) if self.wall_clock_deadline else None,
+            budget_ms=round(budget * 1e3, 3),
+            model=self.model_version,
+        )
+        props = properties(
+            response_topic=self._reply_topic,
+            correlation=frame_index.to_bytes(8, "big"),
+            expiry_s=math.ceil(budget),
+        )
+        ok = self.conn.publish(self._infer_topic, wire.encode_request(req), qos=0, props=props)
+        with self._cond:
+            if ok:
+                self.counts["sent"] += 1
+            else:
+                self._pending.pop(frame_index, None)
+                self.counts["dropped"] += 1
+                self.breaker.failure(now)
+        return ok
+
+    def poll(self, frame_index: int, wait_until: float) -> EdgeAnswer | None:
+        """The edge's answer for ``frame_index`` if it comes before ``wait_until``
+        (``time.monotonic()`` seconds); returns at ``wait_until`` at the latest."""
+        with self._cond:
+            while True:
+                ans = self._answers.pop(frame_index, None)
+                if ans is not None:
+                    return ans
+                left = wait_until - time.monotonic()
+                if left <= 0 or frame_index not in self._pending:
+                    self._sweep(time.monotonic())
+                    return None
+                self._cond.wait(left)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            rtts = np.array(self._rtts) if self._rtts else None
+            out: dict[str, Any] = dict(self.counts)
+            out["breaker_open"] = self.breaker.open
+            out["breaker_trips"] = self.breaker.trips
+            out["connected"] = self.conn.connected.is_set()
+        out["rtt_ms"] = (
+            {
+                "p50": round(float(np.percentile(rtts, 50)), 3),
+                "p99": round(float(np.percentile(rtts, 99)), 3),
+                "n": int(rtts.size),
+            }
+            if rtts is not None
+            else {}
+        )
+        return out
