@@ -140,8 +140,8 @@ class EdgeService:
     # -- worker --------------------------------------------------------------------------
     def _take_batch(self) -> list[_Pending]:
         with self._cond:
-            while self._running and not self._queue:
-                self._cond.wait(0.2)
+            if self._running and not self._queue:
+                self._cond.wait(min(0.2, self.health_every_s))  # idle: wake for health
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             if batch and len(batch) < self.max_batch and self._gap_s < self.batch_wait_s:
                 until = batch[0].t_mono + self.batch_wait_s

@@ -1,0 +1,226 @@
+"""The edge node in-process against a real Mosquitto: round trip, expiry, malformed
+payloads, micro-batching, health, model hot-swap."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import queue
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge_node.model import BuiltinPilotNet, load_edge_model
+from edge_node.service import EdgeService
+from edgepilot.config import BrokerConfig
+from edgepilot.mqtt import Connection, properties
+from edgepilot.schema import wire
+from vehicle.offload import OffloadClient
+
+torch.set_num_threads(1)
+_n = itertools.count()
+
+
+def frame(seed: int = 0) -> tuple[np.ndarray, bytes]:
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur((rng.random((120, 160, 3)) * 255).astype(np.uint8), (7, 7), 0)
+    return img, cv2.imencode(".jpg", img)[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_edge_model("builtin:pilotnet")
+
+
+@pytest.fixture
+def edge(broker, model):
+    svc = EdgeService(BrokerConfig(url=broker.url), model, node_id=f"edge-t{next(_n)}", health_every_s=0.2)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+class Listener:
+    """A plain MQTT v5 client that publishes raw payloads and collects what comes back."""
+
+    def __init__(self, broker, topic: str) -> None:
+        self.got: queue.Queue = queue.Queue()
+        self.conn = Connection(BrokerConfig(url=broker.url), f"listener-{next(_n)}")
+        self.conn.subscribe(topic, self.got.put)
+        self.conn.start()
+        deadline = time.monotonic() + 2
+        while topic not in self.conn.suback and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def next(self, timeout: float = 2.0):
+        return self.got.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def test_round_trip_answers_with_the_edge_models_own_output(broker, edge, model):
+    car = OffloadClient(BrokerConfig(url=broker.url), "car-rt", deadline_s=0.5)
+    car.start()
+    try:
+        answers = {}
+        for i in range(5):
+            img, jpeg = frame(i)
+            assert car.submit(100 + i, jpeg)
+            answers[i] = car.poll(100 + i, time.monotonic() + 0.5)
+        for i, ans in answers.items():
+            assert ans is not None and ans.frame == 100 + i
+            img, jpeg = frame(i)
+            local = model.infer(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+            assert ans.steering == pytest.approx(local.steering, abs=1e-5)
+            assert ans.throttle == pytest.approx(local.throttle, abs=1e-5)
+            assert ans.model == model.version and ans.node == edge.node_id
+            assert 0 < ans.rtt_ms < 500
+        st = car.stats
+        assert st["sent"] == 5 and st["answered"] == 5 and st["missed"] == 0
+        assert st["rtt_ms"]["n"] == 5
+    finally:
+        car.close()
+
+
+def test_reply_goes_to_the_requests_response_topic_with_its_correlation_data(broker, edge):
+    lis = Listener(broker, "custom/inbox")
+    try:
+        _, jpeg = frame(1)
+        payload = wire.encode_request(wire.InferRequest(car="car-x", frame=42, body=jpeg))
+        lis.conn.publish(
+            wire.infer_topic("car-x"),
+            payload,
+            props=properties(response_topic="custom/inbox", correlation=b"my-token"),
+        )
+        msg = lis.next()
+        assert msg.properties.CorrelationData == b"my-token"
+        rep = wire.decode_reply(msg.payload)
+        assert (rep.status, rep.car, rep.frame, rep.batch) == ("ok", "car-x", 42, 1)
+        assert rep.compute_ms > 0
+    finally:
+        lis.close()
+
+
+def test_without_response_topic_the_reply_goes_to_the_cars_reply_topic(broker, edge):
+    lis = Listener(broker, wire.reply_topic("car-v3"))
+    try:
+        _, jpeg = frame(2)
+        lis.conn.publish(
+            wire.infer_topic("car-v3"), wire.encode_request(wire.InferRequest("car-v3", 5, jpeg))
+        )
+        rep = wire.decode_reply(lis.next().payload)
+        assert rep.status == "ok" and rep.frame == 5
+    finally:
+        lis.close()
+
+
+def test_expired_requests_are_dropped_not_answered(broker, edge):
+    lis = Listener(broker, "exp/inbox")
+    try:
+        _, jpeg = frame(3)
+        props = properties(response_topic="exp/inbox")
+        past = wire.InferRequest("car-e", 1, jpeg, deadline=time.time() - 0.01)
+        lis.conn.publish(wire.infer_topic("car-e"), wire.encode_request(past), props=props)
+        fresh = wire.InferRequest("car-e", 2, jpeg, deadline=time.time() + 5, budget_ms=5000)
+        lis.conn.publish(wire.infer_topic("car-e"), wire.encode_request(fresh), props=props)
+        rep = wire.decode_reply(lis.next().payload)
+        assert rep.frame == 2  # the expired frame 1 got no answer; frame 2 did
+        with pytest.raises(queue.Empty):
+            lis.next(timeout=0.3)
+        assert edge.metrics.dropped_expired == 1
+    finally:
+        lis.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"\x00\x01garbage", "no header line"),
+        (b'{"v":7,"car":"car-m","frame":1}\nxx', "unsupported version 7"),
+        (b'{"v":1,"car":"car-m","frame":1}\nnot a jpeg at all', "not a decodable JPEG"),
+        (b'{"v":1,"car":"car-m","frame":1,"kind":"features"}\nxx', "not served"),
+        (b'{"v":1,"car":"someone-else","frame":1}\nxx', "does not match the topic"),
+    ],
+)
+def test_malformed_payloads_get_an_error_reply_and_the_node_carries_on(broker, edge, payload, why):
+    lis = Listener(broker, "bad/inbox")
+    try:
+        props = properties(response_topic="bad/inbox", correlation=b"c1")
+        lis.conn.publish(wire.infer_topic("car-m"), payload, props=props)
+        rep = wire.decode_reply(lis.next().payload)
+        assert rep.status == "error" and why in rep.error and rep.car == "car-m"
+        _, jpeg = frame(4)
+        lis.conn.publish(
+            wire.infer_topic("car-m"), wire.encode_request(wire.InferRequest("car-m", 9, jpeg)), props=props
+        )
+        assert wire.decode_reply(lis.next().payload).status == "ok"
+        assert edge.metrics.errors == 1
+    finally:
+        lis.close()
+
+
+def test_a_burst_from_many_cars_is_micro_batched(broker, edge):
+    lis = Listener(broker, "burst/inbox")
+    try:
+        _, jpeg = frame(5)
+        props = properties(response_topic="burst/inbox")
+        n = 48
+        for i in range(n):
+            car = f"car-b{i % 8}"
+            lis.conn.publish(
+                wire.infer_topic(car), wire.encode_request(wire.InferRequest(car, i, jpeg)), props=props
+            )
+        reps = [wire.decode_reply(lis.next(5).payload) for _ in range(n)]
+        assert sorted(r.frame for r in reps) == list(range(n))
+        assert max(r.batch for r in reps) > 1
+        assert max(r.batch for r in reps) <= edge.max_batch
+        sizes = {int(k): v for k, v in edge.health().batch_sizes.items()}
+        assert sum(k * v for k, v in sizes.items()) == n
+        assert len(sizes) > 1 or 1 not in sizes
+    finally:
+        lis.close()
+
+
+def test_health_is_published_retained(broker, edge):
+    lis = Listener(broker, wire.health_topic(edge.node_id))
+    try:
+        h = wire.decode_health(lis.next().payload)
+        assert h.node == edge.node_id and h.status == "up" and h.model.startswith("builtin-pilotnet")
+    finally:
+        lis.close()
+
+
+def test_model_hot_swap_on_announcement(broker, model, tmp_path):
+    def loader(path, trusted_keys=None):
+        return BuiltinPilotNet(seed=int(open(path).read()))  # noqa: SIM115
+
+    svc = EdgeService(BrokerConfig(url=broker.url), model, node_id="edge-swap", model_loader=loader).start()
+    cloud = Connection(BrokerConfig(url=broker.url), "cloud-t")
+    cloud.start()
+    try:
+        pkg = tmp_path / "e2.pkg"
+        pkg.write_text("7")
+        bad = wire.ModelAnnouncement("edge", "e-bad", sha256="0" * 64, path=str(pkg))
+        cloud.publish(wire.model_topic("edge"), wire.encode_announcement(bad), qos=1)
+        deadline = time.monotonic() + 3
+        while svc.swap_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "sha256" in svc.swap_error and svc.model is model
+        good = wire.ModelAnnouncement("edge", "e2", sha256=hashlib.sha256(b"7").hexdigest(), path=str(pkg))
+        cloud.publish(wire.model_topic("edge"), wire.encode_announcement(good), qos=1)
+        while svc.swaps == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert svc.swaps == 1 and svc.model.version == "builtin-pilotnet-untrained-s7"
+        car = OffloadClient(BrokerConfig(url=broker.url), "car-swap", deadline_s=0.5)
+        car.start()
+        _, jpeg = frame(6)
+        car.submit(1, jpeg)
+        assert car.poll(1, time.monotonic() + 0.5).model == "builtin-pilotnet-untrained-s7"
+        car.close()
+    finally:
+        cloud.close()
+        svc.stop()
