@@ -1,0 +1,205 @@
+"""Handlers of ``edgepilot sim drive``, ``sim tracks`` and ``bench sim``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from edgepilot import EdgepilotError
+from edgepilot.config import load_profile
+from edgepilot.progress import table
+
+log = logging.getLogger(__name__)
+
+
+def has_display() -> bool:
+    """A window can open: an X/Wayland display, or an SDL driver chosen explicitly."""
+    return bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("SDL_VIDEODRIVER")
+    )
+
+
+def drive(args: argparse.Namespace) -> dict[str, Any]:
+    from edgepilot.sim.drive import open_log, run_drive
+    from edgepilot.sim.expert import Expert
+    from edgepilot.sim.plot import plot_trajectory
+    from edgepilot.sim.tracks import load_track
+    from edgepilot.sim.world import SimWorld
+
+    prof = load_profile(args.profile, "sim")
+    sim = prof.sim
+    if args.pilot == "model":
+        raise EdgepilotError("--pilot model needs the onboard loop (issue 5)")
+    track = load_track(args.track or sim.track)
+    laps = args.laps if args.laps is not None else sim.laps
+    if laps < 1:
+        raise EdgepilotError("--laps must be at least 1")
+    scene_seed = args.scene_seed if args.scene_seed is not None else sim.scene_seed
+    latency = args.latency_ms if args.latency_ms is not None else sim.latency_ms
+    if not (0 <= latency <= 5000):
+        raise EdgepilotError(f"--latency-ms must be 0..5000, got {latency}")
+    if not (0 <= args.perturb <= 1):
+        raise EdgepilotError(f"--perturb must be 0..1, got {args.perturb}")
+    if args.edge:
+        log.warning("--edge offloads the model pilot's hard frames; the %s pilot ignores it", args.pilot)
+    windowed = not args.headless and has_display()
+    if args.pilot == "keyboard" and not windowed:
+        raise EdgepilotError("--pilot keyboard needs a window (no display, or --headless given)")
+    rate = args.rate or ("realtime" if windowed or args.edge else sim.rate)
+    max_seconds = args.max_seconds
+    if max_seconds is None and args.pilot == "expert":
+        max_seconds = max(120.0, laps * track.length / 0.25)  # a stuck drive ends, scored
+
+    world = SimWorld(
+        track,
+        scene_seed=scene_seed,
+        latency_ms=latency,
+        dt=sim.dt_s,
+        randomize=args.randomize,
+        seed=args.seed,
+    )
+    expert = Expert(track, perturb=args.perturb if args.pilot == "expert" else 0.0, seed=args.seed)
+    notes = {
+        "pilot": args.pilot,
+        "scene_seed": scene_seed,
+        "latency_ms": latency,
+        "randomize": args.randomize,
+        "perturb": args.perturb,
+        "seed": args.seed,
+        "dt_s": sim.dt_s,
+    }
+    writer = open_log(args.record, world, notes) if args.record else None
+    window = None
+    if windowed:
+        from vehicle.ui import DriveWindow
+
+        window = DriveWindow(
+            track,
+            gamepad=prof.gamepad,
+            title=f"edgepilot sim: {track.name} ({args.pilot})",
+            autopilot=args.pilot == "expert",
+        )
+        if writer is None:
+            window.recording = False
+    res = run_drive(
+        world,
+        pilot=args.pilot,
+        laps=laps,
+        max_seconds=max_seconds,
+        expert=expert,
+        writer=writer,
+        window=window,
+        realtime=rate == "realtime",
+        delete_seconds=prof.drive.delete_seconds,
+    )
+    score = world.score
+    plot = args.plot or (str(Path(args.record) / "trajectory.png") if args.record else None)
+    if plot and world.trail is not None:
+        xs, ys, cte = world.trail.arrays()
+        plot_trajectory(
+            track,
+            xs,
+            ys,
+            cte,
+            world.trail.interventions,
+            plot,
+            title=(
+                f"{track.name}: {args.pilot}, {score.laps} laps, autonomy {score.autonomy:.3f}, "
+                f"{score.interventions} interventions, mean |CTE| {score.mean_abs_cte_m:.3f} m"
+            ),
+        )
+    out: dict[str, Any] = {
+        **score.as_dict(),
+        "exit_rate": {},
+        "offload_rate": 0.0,
+        "track": track.name,
+        "pilot": args.pilot,
+        "scene_seed": scene_seed,
+        "latency_ms": latency,
+        "records": res.records,
+        "record": str(args.record) if args.record else None,
+        "plot": plot,
+        "wall_s": round(res.wall_s, 3),
+        "x_realtime": round(score.elapsed_s / res.wall_s, 1) if res.wall_s > 0 else None,
+    }
+    return out
+
+
+def tracks(args: argparse.Namespace) -> dict[str, Any]:
+    from edgepilot.sim.generator import generate_track
+    from edgepilot.sim.tracks import list_tracks, load_track, save_track
+
+    def info(t: Any) -> dict[str, Any]:
+        return {
+            "name": t.name,
+            "length_m": round(t.length, 2),
+            "width_m": t.width_m,
+            "min_radius_m": round(t.min_radius(), 2),
+        }
+
+    if args.generate is not None:
+        t = generate_track(args.generate)
+        result = info(t)
+        if args.out:
+            result["out"] = str(save_track(t, args.out))
+        return result
+    if args.out:
+        raise EdgepilotError("--out goes with --generate SEED")
+    rows = [info(load_track(n)) for n in list_tracks()]
+    if not args.json:
+        print(table([list(r.values()) for r in rows], header=list(rows[0]) if rows else None))
+    return {"count": len(rows), "tracks": rows}
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Steps per second on one core: physics + expert + 160x120 render, side by side with
+    physics alone, render alone, a scoring scene and training randomisation."""
+    import cv2
+
+    from edgepilot.sim.expert import Expert
+    from edgepilot.sim.tracks import load_track
+    from edgepilot.sim.world import SimWorld
+
+    cv2.setNumThreads(1)
+    track = load_track(args.track)
+    steps = max(100, args.steps)
+
+    def run(render: bool, physics: bool = True, **kw: Any) -> tuple[float, float]:
+        t_init = time.perf_counter()
+        w = SimWorld(track, keep_trail=False, **kw)
+        e = Expert(track)
+        w.render()  # paint the floor outside the timing (one-off per drive)
+        init = time.perf_counter() - t_init
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            if physics:
+                _, _, s, thr = e.act(w)
+                w.step(s, thr)
+            else:
+                w._frame = None  # noqa: SLF001 - force a fresh render of the same pose
+            if render:
+                w.render()
+        return steps / (time.perf_counter() - t0), init
+
+    full, init = run(True)
+    phys, _ = run(False)
+    rend, _ = run(True, physics=False)
+    scene, _ = run(True, scene_seed=1)
+    rnd, _ = run(True, randomize=True, seed=1)
+    return {
+        "fps": round(full, 1),
+        "fps_physics_only": round(phys, 1),
+        "fps_render_only": round(rend, 1),
+        "fps_scene_seed_1": round(scene, 1),
+        "fps_randomize": round(rnd, 1),
+        "render_share": round((1 / rend) / (1 / full), 3),
+        "target_fps": 3000,
+        "steps": steps,
+        "track": track.name,
+        "floor_paint_s": round(init, 3),
+        "threads": 1,
+    }
