@@ -1,0 +1,87 @@
+"""Per-exit thresholds and the offload threshold, chosen on validation frames.
+
+The stated targets (defaults; stored in the manifest next to the thresholds):
+
+- exit k answers a frame when its confidence >= ``t_k``; ``t_k`` is the *lowest*
+  threshold at which, among the validation frames that reach exit k and pass it, at
+  least ``agree_share`` (95%) have a steering within ``agree_tol`` (0.05) of the final
+  head's. Agreement with the final head, not with the label, because the exit replaces
+  the final head: that is the error it adds. Exits are screened in order, each on the
+  frames the earlier exits left (BranchyNet's screening).
+- the offload threshold: a frame is hard when the final head's confidence is below it.
+  It is the lowest threshold at which ``ok_share`` (95%) of the frames kept local have a
+  steering error <= ``ok_tol`` (0.1) against the label, capped so that at most
+  ``max_offload`` (15%) of validation frames are hard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+MIN_SUPPORT = 20  # an exit threshold resting on fewer frames than this is not trusted
+
+
+@dataclass
+class CalibrationTarget:
+    agree_tol: float = 0.05
+    agree_share: float = 0.95
+    ok_tol: float = 0.1
+    ok_share: float = 0.95
+    max_offload: float = 0.15
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lowest_threshold(conf: np.ndarray, good: np.ndarray, share: float) -> float:
+    """The lowest t such that frames with conf >= t are ``good`` at least ``share`` of the
+    time (and there are at least MIN_SUPPORT of them); inf when no t qualifies."""
+    if len(conf) < MIN_SUPPORT:
+        return math.inf
+    order = np.argsort(-conf, kind="stable")
+    c, g = conf[order], good[order].astype(np.float64)
+    prec = np.cumsum(g) / np.arange(1, len(g) + 1)
+    ok = np.flatnonzero((prec >= share) & (np.arange(1, len(g) + 1) >= MIN_SUPPORT))
+    # candidate cut after position i means threshold c[i]; ties: move to the last equal conf
+    for i in ok[::-1]:
+        if i + 1 == len(c) or c[i + 1] < c[i]:
+            return float(c[i])
+    return math.inf
+
+
+def calibrate(
+    steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndarray, target: CalibrationTarget
+) -> dict:
+    """``steer[k]``, ``conf[k]``: exit k's answers on every validation frame (all stages
+    run). Returns the thresholds and what they do on these frames."""
+    n_exits = len(steer)
+    final_s, final_c = steer[-1], conf[-1]
+    remaining = np.ones(len(labels), bool)
+    exits: list[float] = []
+    taken = np.full(len(labels), n_exits - 1)
+    for k in range(n_exits - 1):
+        idx = np.flatnonzero(remaining)
+        good = np.abs(steer[k][idx] - final_s[idx]) <= target.agree_tol
+        t = lowest_threshold(conf[k][idx], good, target.agree_share)
+        exits.append(t)
+        out = idx[conf[k][idx] >= t]
+        taken[out] = k
+        remaining[out] = False
+    ok = np.abs(final_s - labels) <= target.ok_tol
+    t_ok = lowest_threshold(final_c, ok, target.ok_share)
+    t_cap = float(np.quantile(final_c, target.max_offload)) if len(final_c) else 0.0
+    offload = min(t_ok, t_cap) if math.isfinite(t_ok) else t_cap
+    chosen = np.array([steer[k][i] for i, k in enumerate(taken)]) if len(labels) else np.zeros(0)
+    hard = (taken == n_exits - 1) & (final_c < offload)
+    return {
+        "exits": [round(x, 6) if math.isfinite(x) else None for x in exits],  # None: never exits
+        "offload": round(float(offload), 6),
+        "target": target.to_dict(),
+        "val_exit_rate": {str(k): float(np.mean(taken == k)) for k in range(n_exits)},
+        "val_offload_rate": float(hard.mean()) if len(labels) else 0.0,
+        "val_steering_mae_exits": float(np.abs(chosen - labels).mean()) if len(labels) else 0.0,
+        "val_steering_mae_final": float(np.abs(final_s - labels).mean()) if len(labels) else 0.0,
+    }

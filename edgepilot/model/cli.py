@@ -1,0 +1,73 @@
+"""CLI handlers of issue 4 (wired in ``edgepilot/cli.py``): train, eval, compress, keys,
+bench model. Each takes the argparse namespace and returns the result dict."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgepilot import EdgepilotError
+
+DEFAULT_EPOCHS = {"early-exit": 25, "pilotnet": 25, "edge": 20}
+EVAL_FRAMES = 20000
+BENCH_FRAMES = 2000
+
+
+def _trusted(args: argparse.Namespace) -> list[str] | None:
+    """The profile's trusted keys when a profile names some; else keys/*.pub."""
+    if getattr(args, "profile", None):
+        from edgepilot.config import load_profile
+
+        keys = load_profile(args.profile).model.trusted_keys
+        return keys or None
+    return None
+
+
+def train(args: argparse.Namespace) -> dict:
+    from edgepilot.model.train import TrainConfig
+    from edgepilot.model.train import train as run
+
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.arch]
+    if epochs < 1:
+        raise EdgepilotError("--epochs must be at least 1")
+    cfg = TrainConfig(arch=args.arch, epochs=epochs, seed=args.seed)
+    return run(args.logs, args.out, cfg, teacher=args.teacher, key=args.key)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from edgepilot.model.evaluate import evaluate as run
+    from edgepilot.model.evaluate import load_frames
+    from edgepilot.model.runtime import Autopilot
+
+    ap = Autopilot.load(args.package, _trusted(args))
+    frames, labels = load_frames(args.logs, EVAL_FRAMES)
+    return run(ap, frames, labels)
+
+
+def compress(args: argparse.Namespace) -> dict:
+    from edgepilot.model.compress import compress_package
+
+    if not args.calib:
+        raise EdgepilotError("compress needs --calib LOG... (frames to calibrate the int8 ranges)")
+    return compress_package(args.package, args.out, args.calib, key=args.key, trusted=_trusted(args))
+
+
+def keys(args: argparse.Namespace) -> dict:
+    from edgepilot.model.package import key_id, load_private_key, make_keys
+
+    priv, pub = make_keys(args.out, force=args.force)
+    return {"private": str(priv), "public": str(pub), "key_id": key_id(load_private_key(priv).public_key())}
+
+
+def bench(args: argparse.Namespace) -> dict:
+    from edgepilot.model.evaluate import bench as run
+    from edgepilot.model.evaluate import load_frames
+    from edgepilot.model.runtime import Autopilot
+
+    trusted = _trusted(args)
+    model = Autopilot.load(args.model, trusted)
+    baseline = Autopilot.load(args.baseline, trusted)
+    frames, labels = load_frames(args.data, BENCH_FRAMES)
+    out = run(model, baseline, frames, labels)
+    out["model"], out["baseline"] = str(Path(args.model)), str(Path(args.baseline))
+    return out

@@ -1,0 +1,134 @@
+"""Driving logs as a torch Dataset, and the train/validation split *by session*.
+
+Neighbouring frames of one drive are near-duplicates; a split by frame would put the
+twin of every validation frame into training and report a fiction. So whole sessions
+go to validation. A single session is cut into contiguous blocks of ``block`` frames
+instead (with a warning), which keeps most neighbours on one side.
+
+Frames stay in memory as JPEG bytes (~5 kB each; 10 simulated minutes fit in ~60 MB)
+and are decoded per item, so augmentation always starts from the recorded pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from edgepilot import EdgepilotError
+from edgepilot.drivelog import LogReader, find_logs
+from edgepilot.model.augment import AugmentConfig, augment
+from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec, preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Sample:
+    jpeg: bytes
+    steering: float
+    throttle: float
+    session: str
+
+
+@dataclass
+class Loaded:
+    samples: list[Sample]
+    sessions: list[str]
+    skipped: int
+
+
+def load_samples(paths: Iterable[str | Path]) -> Loaded:
+    """Every labelled frame of the logs (or folders of logs). Damaged records are skipped
+    and counted (LogReader warns); a log without a usable frame is an error."""
+    samples: list[Sample] = []
+    sessions: list[str] = []
+    skipped = 0
+    for p in find_logs(paths):
+        r = LogReader(p)
+        n0 = len(samples)
+        for rec in r.records():
+            data = r.jpeg(rec)
+            if data is None:
+                continue
+            samples.append(Sample(data, float(rec.steering), float(rec.throttle), r.meta.session))
+        skipped += r.skipped
+        if len(samples) == n0:
+            log.warning("%s: no usable frames", p)
+        else:
+            sessions.append(r.meta.session)
+    if not samples:
+        raise EdgepilotError("no labelled frames in the given logs")
+    return Loaded(samples, sessions, skipped)
+
+
+def split_by_session(
+    samples: list[Sample], val_fraction: float = 0.2, seed: int = 0, block: int = 200
+) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): whole sessions to validation until it holds ``val_fraction`` of frames."""
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.session, []).append(s)
+    if len(groups) < 2:
+        log.warning("one session only: validating on contiguous blocks of %d frames instead", block)
+        groups = {f"block{i // block}": samples[i : i + block] for i in range(0, len(samples), block)}
+        if len(groups) < 2:
+            raise EdgepilotError(f"too few frames ({len(samples)}) to hold any out for validation")
+    names = sorted(groups)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(names)
+    val: list[Sample] = []
+    val_names = set()
+    for n in names:
+        if len(val) >= val_fraction * len(samples) or len(val_names) == len(names) - 1:
+            break
+        val.extend(groups[n])
+        val_names.add(n)
+    train = [s for n in sorted(groups) if n not in val_names for s in groups[n]]
+    return train, val
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise EdgepilotError("a frame is not a decodable JPEG")
+    return img
+
+
+class FrameDataset(Dataset):
+    """Items: (input 3xHxW float32, steering, throttle). With ``aug``, every item is a
+    fresh draw seeded by (seed, epoch, index): reproducible, yet new each epoch."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        spec: InputSpec = DEFAULT_SPEC,
+        aug: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.samples = samples
+        self.spec = spec
+        self.aug = aug
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, float, float]:
+        s = self.samples[i]
+        frame = decode(s.jpeg)
+        steering = s.steering
+        if self.aug is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            frame, steering = augment(frame, steering, rng, self.aug)
+        return torch.from_numpy(preprocess(frame, self.spec)), steering, s.throttle

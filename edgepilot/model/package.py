@@ -1,0 +1,249 @@
+"""The model package: one signed file that the cloud pushes and every runtime loads.
+
+A package (``.eppkg``) is a zip archive (stored, not compressed) of three members:
+
+``manifest.json``
+    version, parent, architecture, input spec, quantisation, thresholds, metrics,
+    training data ids, and ``weights_sha256``: the hash of ``weights.pt``.
+``weights.pt``
+    the ``state_dict`` written by ``torch.save``; read back with
+    ``torch.load(weights_only=True)``, which refuses to unpickle anything but tensors and
+    plain containers, so a package cannot run code when it is opened.
+``signature.json``
+    ``{"alg": "ed25519", "key_id": ..., "sig": base64}`` over the exact manifest bytes.
+    The manifest carries the weights' hash, so the signature covers the weights too.
+
+Loading checks, in order: the archive opens, the signature verifies against one of the
+trusted public keys, the weights' hash matches the manifest. Any failure is an
+``EdgepilotError`` with a one-line reason (the CLI prints it without a traceback).
+
+Keys: ``signing.key`` (PKCS#8 PEM, private: git-ignored) and ``signing.pub`` (one line,
+base64 of the 32 raw bytes, easy to paste into a profile's ``trusted_keys``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgepilot import EdgepilotError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "edgepilot-model/1"
+MANIFEST, WEIGHTS, SIGNATURE = "manifest.json", "weights.pt", "signature.json"
+PRIVATE, PUBLIC = "signing.key", "signing.pub"
+MAX_MEMBER = 256 << 20  # refuse absurd members before reading them into memory
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def default_key_dir() -> Path:
+    """``keys/`` of the current directory when it exists, else of the repository."""
+    here = Path("keys")
+    return here if here.is_dir() else repo_root() / "keys"
+
+
+# -- keys --------------------------------------------------------------------------------
+
+
+def make_keys(out: str | Path, force: bool = False) -> tuple[Path, Path]:
+    """Write a fresh Ed25519 pair into ``out``; refuses to overwrite unless ``force``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    priv, pub = out / PRIVATE, out / PUBLIC
+    if priv.exists() and not force:
+        raise EdgepilotError(
+            f"{priv} exists; pass --force to replace it (packages signed with it stop loading)"
+        )
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub.write_text(public_key_text(key.public_key()) + "\n")
+    return priv, pub
+
+
+def public_key_text(pub: Ed25519PublicKey) -> str:
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def key_id(pub: Ed25519PublicKey) -> str:
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_private_key(path: str | Path | None = None, *, create: bool = False) -> Ed25519PrivateKey:
+    """The signing key at ``path`` (default: ``keys/signing.key``).
+
+    With ``create`` and no key at the default place, a pair is made first (a fresh
+    checkout can train and sign at once; the car must then trust ``keys/signing.pub``)."""
+    p = Path(path) if path else default_key_dir() / PRIVATE
+    if not p.exists() and create and path is None:
+        log.warning("no signing key at %s; making a new pair (edgepilot keys)", p)
+        make_keys(p.parent)
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise EdgepilotError(f"{p}: no signing key (make one with `edgepilot keys`)") from None
+    except (ValueError, TypeError) as e:
+        raise EdgepilotError(f"{p}: not a PEM private key ({e})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise EdgepilotError(f"{p}: not an Ed25519 key")
+    return key
+
+
+def parse_public_key(item: str | Path) -> Ed25519PublicKey:
+    """A trusted key given as a ``.pub`` file path or as its base64 text."""
+    text = str(item).strip()
+    p = Path(text)
+    if len(text) < 200 and p.suffix == ".pub" or p.is_file():
+        try:
+            text = p.read_text().strip()
+        except OSError as e:
+            raise EdgepilotError(f"trusted key {p}: {e.strerror}") from None
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise EdgepilotError(f"trusted key {item!s:.60}: not a base64 Ed25519 public key") from None
+
+
+def default_trusted_keys() -> list[str]:
+    return [str(p) for p in sorted(default_key_dir().glob("*.pub"))]
+
+
+# -- packages ----------------------------------------------------------------------------
+
+
+@dataclass
+class Package:
+    manifest: dict[str, Any]
+    state: dict[str, Any]
+    path: Path | None = None
+
+
+def save_package(
+    path: str | Path, manifest: dict[str, Any], state: dict[str, Any], key: Ed25519PrivateKey
+) -> Path:
+    """Write ``manifest`` + ``state`` as one signed file; fills in format and hashes."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    weights = buf.getvalue()
+    m = dict(manifest)
+    m["format"] = FORMAT
+    m["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    m["weights_bytes"] = len(weights)
+    mbytes = json.dumps(m, indent=1, sort_keys=True, default=_json_default).encode()
+    sig = {
+        "alg": "ed25519",
+        "key_id": key_id(key.public_key()),
+        "sig": base64.b64encode(key.sign(mbytes)).decode(),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(MANIFEST, mbytes)
+        z.writestr(WEIGHTS, weights)
+        z.writestr(SIGNATURE, json.dumps(sig))
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest only, *unverified* (for listings; never for loading weights)."""
+    with _open(path) as z:
+        return json.loads(_member(z, path, MANIFEST))
+
+
+def load_package(path: str | Path, trusted_keys: list[str] | None = None) -> Package:
+    """Open, verify (signature, then hash) and read a package. EdgepilotError on any fault."""
+    keys = [parse_public_key(k) for k in (default_trusted_keys() if trusted_keys is None else trusted_keys)]
+    if not keys:
+        raise EdgepilotError(f"{path}: no trusted public keys to verify it with (see `edgepilot keys`)")
+    with _open(path) as z:
+        mbytes = _member(z, path, MANIFEST)
+        weights = _member(z, path, WEIGHTS)
+        try:
+            sig = json.loads(_member(z, path, SIGNATURE))
+            raw_sig = base64.b64decode(sig["sig"], validate=True)
+        except (ValueError, KeyError, TypeError):
+            raise EdgepilotError(f"{path}: signature block is malformed") from None
+    if not any(_verifies(k, raw_sig, mbytes) for k in keys):
+        raise EdgepilotError(
+            f"{path}: signature does not verify with any trusted key "
+            f"(signed by key {sig.get('key_id', '?')}; tampered or foreign package)"
+        )
+    try:
+        manifest = json.loads(mbytes)
+    except json.JSONDecodeError:
+        raise EdgepilotError(f"{path}: manifest is not JSON") from None
+    if manifest.get("format") != FORMAT:
+        raise EdgepilotError(f"{path}: unknown package format {manifest.get('format')!r}")
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != manifest.get("weights_sha256"):
+        raise EdgepilotError(
+            f"{path}: weights hash mismatch (sha256 {digest[:12]}, manifest says "
+            f"{str(manifest.get('weights_sha256'))[:12]}): the file is damaged or tampered"
+        )
+    try:
+        state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - any unpickling refusal is a bad package
+        raise EdgepilotError(f"{path}: weights do not load safely ({type(e).__name__})") from None
+    return Package(manifest, state, Path(path))
+
+
+def _verifies(key: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
+    try:
+        key.verify(sig, data)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def _open(path: str | Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise EdgepilotError(f"{path}: no such model package") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise EdgepilotError(f"{path}: not a model package ({e})") from None
+
+
+def _member(z: zipfile.ZipFile, path: str | Path, name: str) -> bytes:
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        raise EdgepilotError(f"{path}: package lacks {name}") from None
+    if info.file_size > MAX_MEMBER:
+        raise EdgepilotError(f"{path}: {name} is implausibly large ({info.file_size} bytes)")
+    try:
+        return z.read(name)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise EdgepilotError(f"{path}: {name} is damaged ({e})") from None

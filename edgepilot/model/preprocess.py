@@ -1,0 +1,70 @@
+"""Preprocessing, defined once: every model, trainer and runtime calls ``preprocess``.
+
+A camera frame (BGR uint8, HxWx3, any size; 160x120 by default) becomes a float32
+3x66x200 tensor: the top of the frame (sky, horizon: no steering information, lots of
+lighting noise) is cropped, the rest resized to PilotNet's 66x200, converted to YUV
+(PilotNet's colour space: brightness in one channel, which brightness augmentation and
+scene lighting mostly move) and scaled to about [-1, 1].
+
+The spec is stored in every model package's manifest, so a package trained with another
+crop still preprocesses correctly; ``InputSpec()`` is the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from edgepilot import EdgepilotError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects. ``crop_top`` is the fraction of rows dropped from the top."""
+
+    height: int = 66
+    width: int = 200
+    crop_top: float = 0.3
+    colour: str = "yuv"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        return cls(**{k: d[k] for k in ("height", "width", "crop_top", "colour") if k in d})
+
+
+DEFAULT_SPEC = InputSpec()
+
+
+def preprocess(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:
+    """BGR uint8 HxWx3 -> float32 3xHxW (spec size), the model's input.
+
+    Raises EdgepilotError on a frame that is not an HxWx3 uint8 image, because a
+    wrong-shaped frame reaching the network would give a confident nonsense answer.
+    """
+    if not isinstance(frame_bgr, np.ndarray) or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
+        shape = getattr(frame_bgr, "shape", None)
+        raise EdgepilotError(f"preprocess: expected a BGR HxWx3 frame, got shape {shape}")
+    if frame_bgr.dtype != np.uint8:
+        raise EdgepilotError(f"preprocess: expected uint8 pixels, got {frame_bgr.dtype}")
+    h = frame_bgr.shape[0]
+    top = int(round(h * spec.crop_top))
+    if h - top < 2:
+        raise EdgepilotError(f"preprocess: frame of height {h} is too small")
+    img = cv2.resize(frame_bgr[top:], (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    if spec.colour == "yuv":
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2YUV)
+    out = img.astype(np.float32).transpose(2, 0, 1)
+    out *= 1.0 / 127.5
+    out -= 1.0
+    return np.ascontiguousarray(out)
+
+
+def to_tensor(frames: list[np.ndarray], spec: InputSpec = DEFAULT_SPEC) -> torch.Tensor:
+    """A batch of BGR frames as the model's input tensor (N x 3 x H x W)."""
+    return torch.from_numpy(np.stack([preprocess(f, spec) for f in frames]))

@@ -1,0 +1,268 @@
+"""Training: joint loss over every exit, early stopping on a by-session validation split,
+optional distillation from a teacher, threshold calibration, a signed package and a
+training-curve PNG next to it.
+
+Loss of one exit: cross-entropy against a *soft* steering target (a Gaussian of one bin
+width around the label, so neighbouring bins are nearly right: steering is ordinal), plus
+the L1 error of the expected steering (what is actually driven, and what MAE measures),
+plus the throttle's squared error. The joint loss weights the exits 1.0 / 0.8 / 0.6 from
+the earliest: BranchyNet found weighting early exits more helps, and the early exits are
+the ones that must be confident most often.
+
+Distillation (``teacher``): the target distribution becomes ``(1 - alpha) * soft label +
+alpha * teacher's distribution`` and the throttle target mixes likewise. The teacher sees
+the same augmented batch, so it also teaches on shifted, flipped and shadowed frames.
+
+Determinism: torch, numpy and every augmentation draw are seeded, the loader runs in the
+main process, so one seed gives the same weights on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from edgepilot import EdgepilotError, __version__
+from edgepilot.model.augment import AugmentConfig
+from edgepilot.model.calibrate import CalibrationTarget, calibrate
+from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, stage_macs
+from edgepilot.model.package import load_package, load_private_key, save_package
+from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec
+from edgepilot.progress import bar
+
+log = logging.getLogger(__name__)
+
+EXIT_WEIGHTS = (1.0, 0.8, 0.6)
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "early-exit"
+    epochs: int = 20
+    patience: int = 4
+    batch: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    threads: int = 2
+    label_sigma_bins: float = 1.0
+    distill_alpha: float = 0.5
+    max_frames: int | None = None  # cap (evenly subsampled) for quick runs and tests
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    target: CalibrationTarget = field(default_factory=CalibrationTarget)
+
+
+def soft_targets(steering: torch.Tensor, bins: int, sigma_bins: float) -> torch.Tensor:
+    centers = torch.linspace(-1.0, 1.0, bins)
+    width = 2.0 / (bins - 1)
+    d = (steering[:, None] - centers[None]) / (sigma_bins * width)
+    p = torch.exp(-0.5 * d * d)
+    return p / p.sum(1, keepdim=True)
+
+
+def exit_loss(
+    out: torch.Tensor, target_p: torch.Tensor, steer: torch.Tensor, thr: torch.Tensor
+) -> torch.Tensor:
+    logits = out[:, :-1]
+    ce = -(target_p * F.log_softmax(logits, 1)).sum(1).mean()
+    centers = torch.linspace(-1.0, 1.0, logits.shape[1])
+    expected = (torch.softmax(logits, 1) * centers).sum(1)
+    return ce + 2.0 * F.l1_loss(expected, steer) + F.mse_loss(out[:, -1], thr)
+
+
+@torch.no_grad()
+def predict_exits(
+    net: StagedNet, loader: DataLoader
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Every exit's steering and confidence on every frame, and the labels."""
+    net.eval()
+    steer: list[list[np.ndarray]] = [[] for _ in net.stages]
+    conf: list[list[np.ndarray]] = [[] for _ in net.stages]
+    labels = []
+    for x, s, _ in loader:
+        for k, o in enumerate(net(x)):
+            st, _, c = decode(o)
+            steer[k].append(st.numpy())
+            conf[k].append(c.numpy())
+        labels.append(s.numpy())
+    return [np.concatenate(a) for a in steer], [np.concatenate(a) for a in conf], np.concatenate(labels)
+
+
+def load_teacher(path: str | Path, bins: int) -> StagedNet:
+    pkg = load_package(path)
+    if pkg.manifest.get("quant", "fp32") != "fp32":
+        raise EdgepilotError(f"{path}: a teacher must be an fp32 package")
+    arch = ArchSpec.from_dict(pkg.manifest["arch"])
+    if arch.bins != bins:
+        raise EdgepilotError(f"{path}: teacher has {arch.bins} steering bins, the student {bins}")
+    net = build_net(arch, InputSpec.from_dict(pkg.manifest.get("input", {})))
+    net.load_state_dict(pkg.state)
+    net.teacher_version = pkg.manifest.get("version")  # type: ignore[attr-defined]
+    return net.eval()
+
+
+def train(
+    logs: list[str],
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    teacher: str | Path | None = None,
+    key: str | None = None,
+    spec: InputSpec = DEFAULT_SPEC,
+) -> dict:
+    """Train, calibrate, sign and write a package. Returns the CLI's result dict."""
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    signing_key = load_private_key(key, create=True)  # fail before an hour of training
+    loaded = load_samples(logs)
+    samples = loaded.samples
+    if cfg.max_frames and len(samples) > cfg.max_frames:
+        keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
+        samples = [samples[i] for i in keep]
+    train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed)
+    arch = ArchSpec(cfg.arch)
+    net = build_net(arch, spec)
+    teacher_net = load_teacher(teacher, arch.bins) if teacher else None
+    ds = FrameDataset(train_s, spec, cfg.augment, cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(
+        ds, batch_size=cfg.batch, shuffle=True, generator=g, drop_last=len(train_s) > cfg.batch
+    )
+    val_loader = DataLoader(FrameDataset(val_s, spec, None), batch_size=256)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
+    weights = EXIT_WEIGHTS[: len(net.stages)] if len(net.stages) > 1 else (1.0,)
+    history: list[dict] = []
+    best = (float("inf"), None, 0)
+    for epoch in range(cfg.epochs):
+        ds.set_epoch(epoch)
+        net.train()
+        total, n = 0.0, 0
+        for x, s, th in bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
+            s, th = s.float(), th.float()
+            target = soft_targets(s, arch.bins, cfg.label_sigma_bins)
+            if teacher_net is not None:
+                with torch.no_grad():
+                    t_out = teacher_net(x)[-1]
+                a = cfg.distill_alpha
+                target = (1 - a) * target + a * torch.softmax(t_out[:, :-1], 1)
+                th = (1 - a) * th + a * t_out[:, -1]
+            outs = net(x)
+            loss = sum(w * exit_loss(o, target, s, th) for w, o in zip(weights, outs, strict=False))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(x)
+            n += len(x)
+        sched.step()
+        steer, _, labels = predict_exits(net, val_loader)
+        maes = [float(np.abs(st - labels).mean()) for st in steer]
+        history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_mae": maes})
+        log.info("epoch %d: loss %.4f, val MAE per exit %s", epoch + 1, total / max(n, 1), maes)
+        if maes[-1] < best[0]:
+            best = (maes[-1], {k: v.clone() for k, v in net.state_dict().items()}, epoch + 1)
+        elif epoch + 1 - best[2] >= cfg.patience:
+            log.info("early stop: no better validation MAE for %d epochs", cfg.patience)
+            break
+    if best[1] is not None:
+        net.load_state_dict(best[1])
+    steer, conf, labels = predict_exits(net, val_loader)
+    cal = calibrate(steer, conf, labels, cfg.target)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    macs = stage_macs(net, spec)
+    manifest = base_manifest(net, spec, state, macs)
+    manifest.update(
+        parent=None,
+        quant="fp32",
+        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
+        calibration=cal,
+        metrics={
+            "val_steering_mae": cal["val_steering_mae_final"],
+            "val_steering_mae_exits": cal["val_steering_mae_exits"],
+            "val_exit_rate": cal["val_exit_rate"],
+            "epochs": len(history),
+            "best_epoch": best[2],
+            "samples": len(samples),
+            "train_frames": len(train_s),
+            "val_frames": len(val_s),
+        },
+        training={
+            "sessions": loaded.sessions,
+            "logs": [str(p) for p in logs],
+            "seed": cfg.seed,
+            "teacher": getattr(teacher_net, "teacher_version", None),
+            "history": history,
+        },
+    )
+    out = save_package(out, manifest, state, signing_key)
+    curve = plot_curve(history, out.with_suffix(".png"), arch.name)
+    return {
+        "package": str(out),
+        "version": manifest["version"],
+        "arch": arch.name,
+        "val_steering_mae": cal["val_steering_mae_final"],
+        "val_steering_mae_exits": cal["val_steering_mae_exits"],
+        "epochs": len(history),
+        "samples": len(samples),
+        "skipped": loaded.skipped,
+        "exit_rate": cal["val_exit_rate"],
+        "offload_rate": cal["val_offload_rate"],
+        "thresholds": manifest["thresholds"],
+        "curve": str(curve),
+        "elapsed_s": round(time.time() - t_start, 1),
+    }
+
+
+def base_manifest(net: StagedNet, spec: InputSpec, state: dict, macs: list[int]) -> dict:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().numpy().tobytes())
+    feats, x = [], torch.zeros(1, 3, spec.height, spec.width)
+    net.eval()
+    with torch.no_grad():
+        for s in net.stages:
+            x, _ = s(x)
+            feats.append(list(x.shape[1:]))
+    return {
+        "version": f"{net.arch.name}-{time.strftime('%Y%m%d-%H%M%S')}-{h.hexdigest()[:8]}",
+        "created": time.time(),
+        "edgepilot": __version__,
+        "arch": net.arch.to_dict(),
+        "input": spec.to_dict(),
+        "stage_macs": macs,
+        "stage_features": feats,
+    }
+
+
+def plot_curve(history: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ep = [h["epoch"] for h in history]
+    ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
+    ax[0].set(xlabel="epoch", ylabel="joint training loss", title=f"{title}: training loss")
+    n_exits = len(history[0]["val_mae"]) if history else 0
+    for k in range(n_exits):
+        label = "final head" if k == n_exits - 1 else f"exit {k}"
+        ax[1].plot(ep, [h["val_mae"][k] for h in history], marker="o", label=label)
+    ax[1].set(xlabel="epoch", ylabel="steering MAE", title="validation (held-out sessions)")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
