@@ -62,7 +62,8 @@ class Expert:
         alpha = math.atan2(dy, dx) - s.yaw
         dist = max(math.hypot(dx, dy), 1e-3)
         delta = math.atan2(2 * car.p.wheelbase_m * math.sin(alpha), dist)
-        steer = max(-1.0, min(1.0, delta / math.radians(car.p.max_steer_deg)))
+        # delta > 0 is a left turn; DonkeyCar steering is -1 full left
+        steer = max(-1.0, min(1.0, -delta / math.radians(car.p.max_steer_deg)))
         j = (world.index + int(round((0.3 + s.v * (lat + 0.15)) / SPACING_M))) % n
         v_target = float(self.speed[j])
         thr = v_target / car.p.max_speed

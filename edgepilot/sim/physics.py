@@ -2,8 +2,9 @@
 
 A 1:10 DonkeyCar does not skid at the speeds it drives indoors, so the kinematic
 bicycle model (no tyre forces) is what its motion looks like. Steering and throttle
-are DonkeyCar's [-1, 1]: steering maps linearly to the front wheel angle (positive =
-left, counter-clockwise, like the rest of the maths here); throttle asks for a
+are DonkeyCar's [-1, 1]: steering maps linearly to the front wheel angle, -1 full
+left and +1 full right as in DonkeyCar (the world's yaw is counter-clockwise, so
+positive steering turns it clockwise); throttle asks for a
 fraction of top speed and the car gets there within its acceleration limits (an ESC
 with speed control, which is how a car on a speed-limited profile behaves).
 
@@ -96,7 +97,7 @@ class Car:
         v0 = s.v
         s.v += max(-limit, min(limit, dv))
         v = 0.5 * (v0 + s.v)  # distance over the step uses the mean speed
-        w = v * math.tan(s.steering * self._max_steer) / p.wheelbase_m  # yaw rate
+        w = -v * math.tan(s.steering * self._max_steer) / p.wheelbase_m  # yaw rate (CCW)
         if abs(w) < 1e-9:
             s.x += v * h * math.cos(s.yaw)
             s.y += v * h * math.sin(s.yaw)

@@ -240,7 +240,7 @@ def sky_image(spec: CameraSpec, look: Look) -> np.ndarray:
     top, bottom = PALETTES[look.palette % len(PALETTES)][7:9]
     a = np.linspace(0, 1, spec.height, dtype=np.float32)[:, None, None]
     sky = np.array(top, np.float32) * (1 - a) + np.array(bottom, np.float32) * a
-    return np.broadcast_to(sky, (spec.height, spec.width, 3)).astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(np.rint(sky), (spec.height, spec.width, 3)), dtype=np.uint8)
 
 
 @dataclass
@@ -342,14 +342,15 @@ class Renderer:
         sc = self._scene
         H = floor_to_image(spec, x, y, yaw + math.radians(dyaw), pitch_deg=pitch, height_m=height)
         v0 = max(0, min(spec.height, int(math.floor(spec.horizon_row(pitch))) + 1))
-        out = sc.sky.copy()
+        out = np.empty_like(sc.sky)
+        out[:v0] = sc.sky[:v0]
         if v0 < spec.height:
             T = np.array([[1, 0, 0], [0, 1, -v0], [0, 0, 1.0]])
-            M = T @ H @ sc.A  # texel -> output pixel
-            out[v0:] = cv2.warpPerspective(
+            cv2.warpPerspective(
                 sc.tex,
-                M,
+                T @ H @ sc.A,  # texel -> output pixel
                 (spec.width, spec.height - v0),
+                dst=out[v0:],
                 flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=sc.border,
