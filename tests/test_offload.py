@@ -1,0 +1,119 @@
+"""The car's offload client: the breaker, deadlines, late answers, no broker at all."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edgepilot import EdgepilotError
+from edgepilot.broker import free_port
+from edgepilot.config import BrokerConfig
+from edgepilot.mqtt import Connection, properties
+from edgepilot.schema import wire
+from vehicle.offload import CircuitBreaker, OffloadClient
+
+
+def test_breaker_trips_after_misses_probes_with_backoff_and_closes_on_success():
+    br = CircuitBreaker(trip_after=3, probe_s=0.1, probe_max_s=0.4)
+    for _ in range(2):
+        br.failure(0.0)
+    assert not br.open and br.allow(0.0)
+    br.failure(0.0)
+    assert br.open and br.trips == 1
+    assert not br.allow(0.05)  # before the first probe time
+    assert br.allow(0.11)  # one probe...
+    assert not br.allow(0.12)  # ...at a time
+    br.failure(0.2)  # probe missed: next probe 0.2 s later
+    assert not br.allow(0.35) and br.allow(0.41)
+    br.failure(0.5)  # back-off doubles, capped at probe_max_s
+    assert not br.allow(0.85) and br.allow(0.91)
+    br.success()
+    assert not br.open and br.allow(0.92) and br.failures == 0
+
+
+def test_without_a_broker_the_car_drives_on_and_nothing_blocks():
+    car = OffloadClient(BrokerConfig(url=f"mqtt://127.0.0.1:{free_port()}"), "car-nb")
+    car.start(wait_s=0.2)
+    try:
+        t0 = time.monotonic()
+        assert car.submit(1, b"jpeg") is False
+        assert car.poll(1, time.monotonic() + 0.05) is None
+        assert time.monotonic() - t0 < 0.1  # poll on a frame that was never sent returns at once
+        assert car.stats["dropped"] == 1 and car.stats["sent"] == 0 and not car.stats["connected"]
+    finally:
+        car.close()
+
+
+def test_split_mode_is_refused_clearly():
+    with pytest.raises(EdgepilotError, match="split"):
+        OffloadClient(BrokerConfig(), "car-1", mode="split")
+
+
+class SlowResponder:
+    """A hand-written edge (plain MQTT v5 + the wire module) that answers after ``delay_s``:
+    also checks that the protocol is usable without edge_node."""
+
+    def __init__(self, broker, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.conn = Connection(BrokerConfig(url=broker.url), "slow-edge")
+        self.conn.subscribe(wire.INFER_FILTER, self.on_request)
+        self.conn.start()
+        time.sleep(0.2)
+
+    def on_request(self, msg) -> None:
+        req = wire.decode_request(msg.payload)
+        rep = wire.InferReply("ok", car=req.car, frame=req.frame, steering=0.5, throttle=0.2, node="slow")
+        props = properties(correlation=msg.properties.CorrelationData)
+        topic = msg.properties.ResponseTopic
+        threading.Timer(
+            self.delay_s, self.conn.publish, (topic, wire.encode_reply(rep)), {"props": props}
+        ).start()
+
+
+def test_late_answers_are_counted_and_ignored_and_the_poll_keeps_the_deadline(broker):
+    slow = SlowResponder(broker, delay_s=0.08)
+    car = OffloadClient(
+        BrokerConfig(url=broker.url), "car-late", deadline_s=0.03, breaker=CircuitBreaker(trip_after=100)
+    )
+    car.start()
+    try:
+        for i in range(5):
+            t0 = time.monotonic()
+            assert car.submit(i, b"\xff\xd8 any bytes")
+            assert car.poll(i, t0 + 0.03) is None
+            assert time.monotonic() - t0 < 0.03 + 0.02
+        time.sleep(0.2)  # let the late answers arrive
+        st = car.stats
+        assert st["late"] == 5 and st["answered"] == 0 and st["missed"] == 5
+        assert st["rtt_ms"]["p50"] >= 80
+        # the same responder, fast enough for a longer deadline: answered in time
+        assert car.submit(10, b"x", deadline_s=0.5)
+        ans = car.poll(10, time.monotonic() + 0.5)
+        assert ans is not None and ans.steering == 0.5 and ans.node == "slow"
+    finally:
+        car.close()
+        slow.conn.close()
+
+
+def test_a_slow_edge_trips_the_breaker_and_submit_then_declines(broker):
+    slow = SlowResponder(broker, delay_s=0.1)
+    car = OffloadClient(
+        BrokerConfig(url=broker.url),
+        "car-trip",
+        deadline_s=0.02,
+        breaker=CircuitBreaker(trip_after=3, probe_s=10),
+    )
+    car.start()
+    try:
+        sent = []
+        for i in range(10):
+            t0 = time.monotonic()
+            sent.append(car.submit(i, b"x"))
+            car.poll(i, t0 + 0.02)
+        assert sent[:3] == [True] * 3 and not any(sent[3:])
+        assert car.stats["breaker_open"] and car.stats["dropped"] == 7
+    finally:
+        car.close()
+        slow.conn.close()
