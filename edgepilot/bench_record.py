@@ -1,0 +1,239 @@
+"""``edgepilot bench record``: how fast the driving-log recorder is, and what it costs the loop.
+
+Three questions, answered side by side in one run so machine load hits every number alike:
+
+1. Throughput: records/s of ``LogWriter`` on 160x120 noise frames (noise is the worst
+   case for JPEG and what DonkeyCar's published numbers used), against the *floor* --
+   bare ``cv2.imencode`` of the same frames on one thread, i.e. what recording would cost
+   if writing files and record lines were free. Floor and writer alternate for a few
+   rounds and the medians are compared (``ratio_to_floor`` = records_per_s / floor_per_s).
+2. Loop cost: a 60 Hz loop does a small per-frame job and calls ``LogWriter.write()``;
+   the p99 of the time ``write()`` takes on the loop's thread is what recording adds to
+   the loop (the encoding happens on the writer's threads). The loop's own p99 with and
+   without a recorder running is reported too: it also catches the writer threads
+   stealing CPU from the loop.
+3. Dropped frames at 60 Hz (``write()`` never blocks; a full queue drops a frame).
+
+DonkeyCar 5.1's ``Tub.write_record`` is measured against the same frames by
+``scripts/bench_donkey_record.py`` (it needs DonkeyCar, which is not a dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgepilot import EdgepilotError
+from edgepilot.drivelog import LogReader, LogWriter
+from edgepilot.schema.log import Record, SessionMeta
+
+WIDTH, HEIGHT = 160, 120
+JPEG_QUALITY = 90  # LogWriter's default
+LOOP_HZ = 60.0
+DISTINCT_FRAMES = 64  # cycled; every one is fresh noise, so each costs the same to encode
+
+TARGET_RATIO_TO_FLOOR = 1 / 1.5
+TARGET_WRITE_P99_MS = 0.1
+
+
+def noise_frames(n: int = DISTINCT_FRAMES, seed: int = 0) -> list[np.ndarray]:
+    """``n`` BGR uint8 frames of uniform noise, 160x120."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def floor_rate(frames: Sequence[np.ndarray], count: int, quality: int = JPEG_QUALITY) -> float:
+    """JPEG encodes per second on the calling thread: what a recorder cannot beat for free."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    k = len(frames)
+    t0 = time.perf_counter()
+    for i in range(count):
+        cv2.imencode(".jpg", frames[i % k], params)
+    return count / (time.perf_counter() - t0)
+
+
+def _record(i: int) -> Record:
+    return Record(i=i, t=i / LOOP_HZ, steering=((i % 41) - 20) / 20, throttle=0.3)
+
+
+def writer_rate(
+    frames: Sequence[np.ndarray], count: int, path: Path, quality: int = JPEG_QUALITY
+) -> tuple[float, int]:
+    """Records per second through ``LogWriter`` (blocking puts, so nothing is dropped),
+    timed until ``close()`` returns: every image and line on disk and fsynced.
+
+    Returns (records/s, records the writer reports written)."""
+    meta = SessionMeta(session=path.name, created=time.time(), source="bench")
+    k = len(frames)
+    recs = [_record(i) for i in range(count)]  # built before the clock: not the writer's cost
+    t0 = time.perf_counter()
+    w = LogWriter(path, meta, jpeg_quality=quality, block=True)
+    for i in range(count):
+        w.write(recs[i], frames[i % k])
+    w.close()
+    return count / (time.perf_counter() - t0), w.written
+
+
+def _loop_job(frame: np.ndarray) -> float:
+    """A stand-in for one control step's own work (pre-processing a frame)."""
+    small = cv2.resize(frame, (WIDTH // 2, HEIGHT // 2), interpolation=cv2.INTER_AREA)
+    return float(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).mean())
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def loop_cost(frames: Sequence[np.ndarray], ticks: int, path: Path | None, hz: float = LOOP_HZ) -> dict:
+    """Run a ``hz`` loop for ``ticks`` ticks; with ``path``, record every tick there.
+
+    Returns the loop iteration times (job + write) and, when recording, the write() times
+    and the writer's dropped/written counts."""
+    k = len(frames)
+    w = None
+    if path is not None:
+        meta = SessionMeta(session=path.name, created=time.time(), source="bench")
+        w = LogWriter(path, meta)
+    period = 1.0 / hz
+    iters: list[float] = []
+    writes: list[float] = []
+    next_tick = time.perf_counter()
+    for i in range(ticks):
+        now = time.perf_counter()
+        if next_tick > now:
+            time.sleep(next_tick - now)
+        next_tick += period
+        frame = frames[i % k]
+        rec = _record(i)
+        t0 = time.perf_counter()
+        _loop_job(frame)
+        t1 = time.perf_counter()
+        if w is not None:
+            w.write(rec, frame)
+        t2 = time.perf_counter()
+        iters.append((t2 - t0) * 1e3)
+        writes.append((t2 - t1) * 1e3)
+    out: dict[str, Any] = {"iter_ms": iters}
+    if w is not None:
+        w.close()
+        out.update(write_ms=writes, dropped=w.dropped, written=w.written)
+    return out
+
+
+def measure(
+    count: int,
+    out: Path,
+    *,
+    rounds: int = 5,
+    loop_ticks: int = 600,
+    quality: int = JPEG_QUALITY,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """The whole benchmark; writes its logs under ``out`` (removed unless ``keep``)."""
+    if count < 1 or rounds < 1 or loop_ticks < 1:
+        raise EdgepilotError("bench record: --frames must be at least 1")
+    frames = noise_frames()
+    floor_runs: list[float] = []
+    writer_runs: list[float] = []
+    for r in range(rounds):  # alternate so load changes hit both sides alike
+        floor_runs.append(floor_rate(frames, count, quality))
+        path = out / f"throughput-{r}"
+        rate, written = writer_rate(frames, count, path, quality)
+        if written != count:
+            raise EdgepilotError(f"bench record: the writer wrote {written} of {count} records")
+        if r == 0:  # the log must read back whole, or the speed means nothing
+            n = len(LogReader(path).records())
+            if n != count:
+                raise EdgepilotError(f"bench record: {n} of {count} records read back")
+        writer_runs.append(rate)
+    jpeg_bytes = [len(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]) for f in frames]
+
+    bare = loop_cost(frames, loop_ticks, None)
+    rec = loop_cost(frames, loop_ticks, out / "loop")
+    if not keep:  # only now: on ext4, creating files right after deleting many is slow
+        for r in range(rounds):
+            shutil.rmtree(out / f"throughput-{r}")
+        shutil.rmtree(out / "loop")
+    p99_with, p99_without = _pct(rec["iter_ms"], 99), _pct(bare["iter_ms"], 99)
+    records_per_s = statistics.median(writer_runs)
+    floor_per_s = statistics.median(floor_runs)
+    ratio = records_per_s / floor_per_s
+    write_p99 = _pct(rec["write_ms"], 99)
+    return {
+        "records_per_s": round(records_per_s, 1),
+        "out_fs": filesystem_of(out),
+        "floor_per_s": round(floor_per_s, 1),
+        "ratio_to_floor": round(ratio, 3),
+        "frames": count,
+        "rounds": rounds,
+        "frame": f"{WIDTH}x{HEIGHT} noise",
+        "jpeg_quality": quality,
+        "mean_jpeg_bytes": round(float(np.mean(jpeg_bytes))),
+        "runs": {
+            "records_per_s": [round(x, 1) for x in writer_runs],
+            "floor_per_s": [round(x, 1) for x in floor_runs],
+        },
+        "loop_hz": LOOP_HZ,
+        "loop_ticks": loop_ticks,
+        "write_ms": {
+            "p50": round(_pct(rec["write_ms"], 50), 4),
+            "p99": round(write_p99, 4),
+            "max": round(max(rec["write_ms"]), 4),
+        },
+        "loop_ms": {
+            "p99_without_recorder": round(p99_without, 4),
+            "p99_with_recorder": round(p99_with, 4),
+            "p99_added": round(p99_with - p99_without, 4),
+        },
+        "dropped": rec["dropped"],
+        "loop_written": rec["written"],
+        "targets_met": {
+            "ratio_to_floor>=1/1.5": ratio >= TARGET_RATIO_TO_FLOOR,
+            "write_p99<=0.1ms": write_p99 <= TARGET_WRITE_P99_MS,
+            "dropped==0": rec["dropped"] == 0,
+        },
+    }
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (``ext4``, ``tmpfs``...), from /proc/mounts.
+
+    Reported with the numbers because file creation dominates the recorder's cost and
+    differs a lot between filesystems (see docs/benchmarks.md)."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    target = str(path.resolve())
+    best, fs = "", "unknown"
+    for m in mounts:
+        if (
+            len(m) >= 3
+            and (target == m[1] or target.startswith(m[1].rstrip("/") + "/"))
+            and len(m[1]) > len(best)
+        ):
+            best, fs = m[1], m[2]
+    return fs
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI handler: ``edgepilot bench record [--frames N] [--out DIR]``."""
+    count = int(args.frames)
+    ticks = min(count, 600)  # 10 s of 60 Hz at most, per side
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if any(out.iterdir()):
+            raise EdgepilotError(f"{out}: not empty; bench record writes fresh logs there")
+        return measure(count, out, loop_ticks=ticks, keep=True)
+    with tempfile.TemporaryDirectory(prefix="ep-bench-record-") as tmp:
+        return measure(count, Path(tmp), loop_ticks=ticks)
