@@ -1,0 +1,124 @@
+"""Push a model to the fleet: retained chunks, then a signed retained announcement.
+
+Why retained messages: a car that is off (or out of coverage) when a model is promoted
+gets the announcement the moment it connects, and the chunks the moment it subscribes —
+no per-car request handling in the cloud, no second transport, and a clustered broker
+replicates retained messages across its nodes. The chunks go out *before* the
+announcement, so whoever reads the announcement can fetch at once.
+
+Only the current version's chunks stay retained on the broker (the previous current's
+are cleared with an empty retained message): the broker holds one package per target,
+and a rollback simply pushes the older version again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from edgepilot import EdgepilotError
+from edgepilot.mqtt import Connection
+from edgepilot.schema import fleet
+from edgepilot.schema.wire import model_topic
+
+log = logging.getLogger(__name__)
+
+PUSH_CHUNK = 64 * 1024
+
+
+def _publish_wait(conn: Connection, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
+    if not conn.connected.is_set():
+        raise EdgepilotError(f"not connected to the broker at {conn.cfg.url}")
+    info = conn.client.publish(topic, payload, qos=1, retain=True)
+    info.wait_for_publish(timeout_s)
+    if not info.is_published():
+        raise EdgepilotError(f"broker at {conn.cfg.url} did not acknowledge {topic}")
+
+
+def announce(
+    conn: Connection,
+    target: str,
+    package: str | Path,
+    *,
+    key: Any = None,
+    version: str | None = None,
+    parent: str | None = None,
+    rollback: bool = False,
+    chunk_size: int = PUSH_CHUNK,
+) -> fleet.PushAnnouncement:
+    """Publish ``package`` for ``target`` (car|edge), signed with ``key`` (an Ed25519
+    private key; default: $EDGEPILOT_SIGNING_KEY, else keys/signing.key)."""
+    from edgepilot.model.package import key_id, load_private_key, read_manifest
+
+    if key is None:
+        key = load_private_key(os.environ.get("EDGEPILOT_SIGNING_KEY") or None)
+    data = Path(package).read_bytes()
+    version = version or str(read_manifest(package).get("version"))
+    sha = hashlib.sha256(data).hexdigest()
+    hashes = [hashlib.sha256(data[i : i + chunk_size]).hexdigest() for i in range(0, len(data), chunk_size)]
+    for i in range(len(hashes)):
+        _publish_wait(
+            conn, fleet.chunk_topic(target, version, i), data[i * chunk_size : (i + 1) * chunk_size]
+        )
+    ann = fleet.PushAnnouncement(
+        target=target,
+        version=version,
+        sha256=sha,
+        size=len(data),
+        chunk_size=chunk_size,
+        chunk_sha256=hashes,
+        signature="",
+        key_id=key_id(key.public_key()),
+        parent=parent,
+        path=str(Path(package).resolve()),
+        rollback=rollback,
+        at=time.time(),
+    )
+    ann.signature = base64.b64encode(key.sign(ann.signed_bytes())).decode()
+    _publish_wait(conn, model_topic(target), fleet.encode_announcement(ann))
+    log.info("announced %s model %s (%d bytes, %d chunks)", target, version, len(data), len(hashes))
+    return ann
+
+
+def clear_chunks(conn: Connection, target: str, version: str, chunks: int) -> None:
+    """Remove a version's retained chunks (an empty retained payload deletes one)."""
+    for i in range(chunks):
+        conn.publish(fleet.chunk_topic(target, version, i), b"", qos=1, retain=True)
+
+
+def push_current(
+    conn: Connection, registry: Any, target: str, *, key: Any = None, rollback: bool = False
+) -> fleet.PushAnnouncement:
+    """Announce the registry's current version for ``target`` and record what was pushed."""
+    import json
+
+    version = registry.current(target)
+    if version is None:
+        raise EdgepilotError(f"no current {target} model to push (promote one first)")
+    entry = registry.get(target, version)
+    state_key = f"models/{target}/pushed.json"
+    prev = json.loads(registry.store.get(state_key)) if registry.store.exists(state_key) else {}
+    ann = announce(
+        conn,
+        target,
+        registry.package_path(target, version),
+        key=key,
+        version=version,
+        parent=entry.get("parent"),
+        rollback=rollback,
+    )
+    if prev.get("version") and prev["version"] != version:
+        chunks = -(-int(prev.get("size", 0)) // int(prev.get("chunk_size", PUSH_CHUNK)))
+        clear_chunks(conn, target, prev["version"], chunks)
+    registry.store.put(
+        state_key,
+        json.dumps(
+            {"version": version, "size": ann.size, "chunk_size": ann.chunk_size, "at": ann.at}
+        ).encode(),
+    )
+    return ann

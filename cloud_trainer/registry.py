@@ -1,0 +1,236 @@
+"""The model registry: every version with its manifest, a ``current`` per target, promote/rollback.
+
+Layout in the store (``cloud_trainer.store``)::
+
+    models/<target>/<version>/package.eppkg   the signed package, byte for byte as pushed
+    models/<target>/<version>/manifest.json   registry manifest (below)
+    models/<target>/current.json              {"version": ..., "history": [older currents]}
+
+The registry manifest repeats what the package's own manifest says (parent, thresholds,
+metrics, training data, signature key id) and adds what only the cloud knows: the package
+sha256 and size, the logs it was trained on, the gate's verdict and the report. A package
+is verified (Ed25519 + weights hash) before it is registered, so nothing unsigned can be
+promoted. ``history`` is a stack: promote pushes the old current, rollback pops it — a
+rollback after a rollback walks further back, never in a circle.
+
+CLI: ``edgepilot models list|promote|rollback`` (``cli_list``, ``cli_promote``,
+``cli_rollback``); promote and rollback push the new current to the fleet when a broker
+is reachable (``cloud_trainer.push``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from cloud_trainer.store import Store, open_store
+from edgepilot import EdgepilotError
+from edgepilot.schema.fleet import check_name
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("car", "edge")
+
+
+def _target(target: str) -> str:
+    if target not in TARGETS:
+        raise EdgepilotError(f"target must be one of {TARGETS}, got {target!r}")
+    return target
+
+
+class Registry:
+    def __init__(self, store: Store, trusted_keys: list[str] | None = None) -> None:
+        self.store = store
+        self.trusted_keys = trusted_keys
+
+    # -- keys ------------------------------------------------------------------------------
+    @staticmethod
+    def _dir(target: str, version: str) -> str:
+        return f"models/{_target(target)}/{check_name(version, 'version')}"
+
+    def package_key(self, target: str, version: str) -> str:
+        return self._dir(target, version) + "/package.eppkg"
+
+    def package_path(self, target: str, version: str) -> Path:
+        try:
+            return self.store.local_file(self.package_key(target, version))
+        except KeyError:
+            raise EdgepilotError(f"no {target} model version {version!r} in the registry") from None
+
+    # -- add / read ------------------------------------------------------------------------
+    def add(
+        self,
+        target: str,
+        package: str | Path,
+        *,
+        data: list[str] | None = None,
+        gate: dict[str, Any] | None = None,
+        report: str | None = None,
+    ) -> dict[str, Any]:
+        """Verify ``package`` and register it (not current yet). Returns its registry manifest."""
+        from edgepilot.model.package import load_package
+
+        pkg = load_package(package, self.trusted_keys)  # EdgepilotError when unsigned/tampered
+        m = pkg.manifest
+        version = check_name(str(m.get("version")), "version")
+        raw = Path(package).read_bytes()
+        sha = hashlib.sha256(raw).hexdigest()
+        mkey = self._dir(target, version) + "/manifest.json"
+        if self.store.exists(mkey):
+            old = json.loads(self.store.get(mkey))
+            if old["sha256"] != sha:
+                raise EdgepilotError(f"{target} version {version} is already registered with other bytes")
+            return old
+        import zipfile
+
+        with zipfile.ZipFile(package) as z:
+            sig = json.loads(z.read("signature.json"))
+        entry = {
+            "target": target,
+            "version": version,
+            "parent": m.get("parent"),
+            "arch": (m.get("arch") or {}).get("name"),
+            "quant": m.get("quant", "fp32"),
+            "sha256": sha,
+            "size": len(raw),
+            "data": data if data is not None else (m.get("training") or {}).get("sessions", []),
+            "metrics": m.get("metrics", {}),
+            "thresholds": m.get("thresholds", {}),
+            "signature": {"alg": sig.get("alg"), "key_id": sig.get("key_id"), "sig": sig.get("sig")},
+            "gate": gate,
+            "report": report,
+            "registered": time.time(),
+        }
+        self.store.put(self.package_key(target, version), raw)
+        self.store.put(mkey, json.dumps(entry, indent=1, default=str).encode())
+        log.info("registered %s model %s (%d bytes)", target, version, len(raw))
+        return entry
+
+    def get(self, target: str, version: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.store.get(self._dir(target, version) + "/manifest.json"))
+        except KeyError:
+            raise EdgepilotError(f"no {target} model version {version!r} in the registry") from None
+
+    def update(self, target: str, version: str, **fields: Any) -> dict[str, Any]:
+        entry = self.get(target, version)
+        entry.update(fields)
+        self.store.put(self._dir(target, version) + "/manifest.json", json.dumps(entry, indent=1).encode())
+        return entry
+
+    def versions(self, target: str) -> list[dict[str, Any]]:
+        out = []
+        for key in self.store.list(f"models/{_target(target)}/"):
+            if key.endswith("/manifest.json"):
+                out.append(json.loads(self.store.get(key)))
+        return sorted(out, key=lambda e: e.get("registered", 0))
+
+    def _pointer(self, target: str) -> dict[str, Any]:
+        key = f"models/{_target(target)}/current.json"
+        return json.loads(self.store.get(key)) if self.store.exists(key) else {"version": None, "history": []}
+
+    def current(self, target: str) -> str | None:
+        return self._pointer(target)["version"]
+
+    def history(self, target: str) -> list[str]:
+        return list(self._pointer(target)["history"])
+
+    # -- promote / rollback ----------------------------------------------------------------
+    def promote(self, target: str, version: str) -> dict[str, Any]:
+        entry = self.get(target, version)  # must exist
+        p = self._pointer(target)
+        if p["version"] == version:
+            return entry
+        if p["version"] is not None:
+            p["history"].append(p["version"])
+        p["version"] = version
+        p["changed"] = time.time()
+        self.store.put(f"models/{target}/current.json", json.dumps(p, indent=1).encode())
+        log.info("%s current -> %s", target, version)
+        return entry
+
+    def rollback(self, target: str) -> dict[str, Any]:
+        p = self._pointer(target)
+        if not p["history"]:
+            raise EdgepilotError(f"no earlier {target} model to roll back to (current: {p['version']})")
+        bad = p["version"]
+        p["version"] = p["history"].pop()
+        p["changed"] = time.time()
+        p.setdefault("rolled_back", []).append(bad)
+        self.store.put(f"models/{target}/current.json", json.dumps(p, indent=1).encode())
+        log.warning("%s rolled back: %s -> %s", target, bad, p["version"])
+        return self.get(target, p["version"])
+
+
+# -- CLI ---------------------------------------------------------------------------------
+
+
+def _open(args: Any) -> tuple[Registry, Any]:
+    from edgepilot.config import load_profile
+
+    prof = load_profile(getattr(args, "profile", None), default="cloud")
+    store = open_store(getattr(args, "store", None) or prof.cloud.store)
+    return Registry(store, prof.model.trusted_keys or None), prof
+
+
+def _push(args: Any, prof: Any, reg: Registry, target: str, version: str, rollback: bool) -> bool:
+    """Announce the new current on the broker; False (with a warning) when none answers."""
+    from cloud_trainer.push import push_current
+    from edgepilot.mqtt import Connection, broker_config
+
+    cfg = broker_config(prof.broker, getattr(args, "broker", None))
+    conn = Connection(cfg, f"cloud-cli-{int(time.time() * 1000) % 10**9}")
+    try:
+        if not conn.start(wait_s=3.0, required=False):
+            log.warning("no broker at %s: registry changed, fleet not told (run `edgepilot cloud`)", cfg.url)
+            return False
+        push_current(conn, reg, target, rollback=rollback)
+        return True
+    finally:
+        conn.close()
+
+
+def cli_list(args: Any) -> dict[str, Any]:
+    reg, _ = _open(args)
+    cur = reg.current(args.target)
+    rows = [
+        {
+            "version": e["version"],
+            "current": e["version"] == cur,
+            "parent": e.get("parent"),
+            "quant": e.get("quant"),
+            "size": e.get("size"),
+            "val_steering_mae": (e.get("metrics") or {}).get("val_steering_mae"),
+            "gate": (e.get("gate") or {}).get("passed"),
+        }
+        for e in reg.versions(args.target)
+    ]
+    if not getattr(args, "json", False):
+        from edgepilot.progress import table
+
+        print(
+            table(
+                [[r["version"], "*" if r["current"] else "", r["quant"], r["size"], r["gate"]] for r in rows],
+                ["version", "current", "quant", "bytes", "gate"],
+            )
+        )
+    return {"target": args.target, "current": cur, "history": reg.history(args.target), "versions": rows}
+
+
+def cli_promote(args: Any) -> dict[str, Any]:
+    reg, prof = _open(args)
+    entry = reg.promote(args.target, args.version)
+    pushed = _push(args, prof, reg, args.target, entry["version"], rollback=False)
+    return {"target": args.target, "current": entry["version"], "pushed": pushed}
+
+
+def cli_rollback(args: Any) -> dict[str, Any]:
+    reg, prof = _open(args)
+    bad = reg.current(args.target)
+    entry = reg.rollback(args.target)
+    pushed = _push(args, prof, reg, args.target, entry["version"], rollback=True)
+    return {"target": args.target, "current": entry["version"], "rolled_back": bad, "pushed": pushed}
