@@ -23,6 +23,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ class EdgeAnswer:
     rtt_ms: float
     compute_ms: float | None = None
     batch: int | None = None
+    queue_ms: float | None = None
 
 
 class CircuitBreaker:
@@ -117,6 +119,7 @@ class OffloadClient:
         breaker: CircuitBreaker | None = None,
         wall_clock_deadline: bool = True,
         model_version: str | None = None,
+        on_answer: Callable[[EdgeAnswer, bool], None] | None = None,
     ) -> None:
         if mode not in MODES:
             raise EdgepilotError(f"offload mode {mode!r} is not available (built: {', '.join(MODES)})")
@@ -126,6 +129,7 @@ class OffloadClient:
         self.breaker = breaker or CircuitBreaker()
         self.wall_clock_deadline = wall_clock_deadline
         self.model_version = model_version
+        self.on_answer = on_answer  # (answer, in_time) on the network thread: benchmarks
         self._infer_topic = wire.infer_topic(car_id)
         self._reply_topic = wire.reply_topic(car_id)
         self._cond = threading.Condition()
@@ -175,14 +179,7 @@ class OffloadClient:
                 return
             rtt = (now - sent.t) * 1e3
             self._rtts.append(rtt)
-            if now > sent.deadline:
-                self.counts["late"] += 1
-                self.counts["missed"] += 1
-                self.breaker.failure(now)
-                return
-            self.counts["answered"] += 1
-            self.breaker.success()
-            self._answers[frame] = EdgeAnswer(
+            ans = EdgeAnswer(
                 frame=frame,  # type: ignore[arg-type]
                 steering=float(rep.steering),  # type: ignore[arg-type]
                 throttle=float(rep.throttle),  # type: ignore[arg-type]
@@ -192,7 +189,19 @@ class OffloadClient:
                 rtt_ms=rtt,
                 compute_ms=rep.compute_ms,
                 batch=rep.batch,
+                queue_ms=rep.queue_ms,
             )
+            in_time = now <= sent.deadline
+            if self.on_answer is not None:
+                self.on_answer(ans, in_time)
+            if not in_time:
+                self.counts["late"] += 1
+                self.counts["missed"] += 1
+                self.breaker.failure(now)
+                return
+            self.counts["answered"] += 1
+            self.breaker.success()
+            self._answers[frame] = ans  # type: ignore[index]
             while len(self._answers) > _REMEMBER:
                 self._answers.popitem(last=False)
             self._cond.notify_all()

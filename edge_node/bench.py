@@ -1,0 +1,222 @@
+"""``edgepilot bench offload``: offload round trips through a running edge node, with the floor.
+
+In one run, side by side on the same payload (a 160x120 camera-like JPEG):
+
+1. the floor of the link: a raw TCP echo of the same bytes on loopback (TCP_NODELAY);
+2. the floor of the edge: its own decode + inference at batch 1 (sequential requests, one
+   in flight, read off the replies' ``compute_ms``);
+3. the fleet: ``--vehicles`` car clients (the real ``OffloadClient``), each offloading
+   every frame at ``--rate`` Hz with a one-frame deadline, for ``--duration`` seconds.
+
+``rtt_ms / floor_ms`` (floor = TCP echo + edge compute) and ``transport_overhead_ms``
+(round trip minus the edge's compute, per answer) are the ratios that matter; absolute
+numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import socket
+import threading
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgepilot import EdgepilotError
+from edgepilot.config import BrokerConfig, load_profile
+from edgepilot.mqtt import Connection, broker_config
+from edgepilot.progress import bar
+from edgepilot.schema import wire
+from vehicle.offload import CircuitBreaker, EdgeAnswer, OffloadClient
+
+
+def bench_frame(seed: int = 0) -> bytes:
+    """A camera-like 160x120 JPEG: smooth gradients plus texture (what JPEG sees on a road)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:120, 0:160].astype(np.float32)
+    base = np.stack([x * 0.8 + 40, y * 1.2 + 30, (x + y) * 0.5 + 20], axis=2)
+    noise = cv2.GaussianBlur(rng.normal(0, 25, (120, 160, 3)).astype(np.float32), (5, 5), 0)
+    img = np.clip(base + noise, 0, 255).astype(np.uint8)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def pct(values: list[float], *qs: float) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values)
+    return {f"p{int(q)}": round(float(np.percentile(a, q)), 4) for q in qs}
+
+
+def tcp_echo_floor(size: int, rounds: int = 500) -> list[float]:
+    """Round trips (ms) of ``size`` bytes through a loopback TCP echo, both ends NODELAY."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    cli = socket.create_connection(("127.0.0.1", port))
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payload = b"x" * size
+    out = []
+    for i in range(rounds + 20):
+        t0 = time.perf_counter()
+        cli.sendall(payload)
+        got = 0
+        while got < size:
+            got += len(cli.recv(1 << 16))
+        if i >= 20:  # warm-up rounds are not measured
+            out.append((time.perf_counter() - t0) * 1e3)
+    cli.close()
+    srv.close()
+    t.join(1)
+    return out
+
+
+def find_edges(cfg: BrokerConfig, wait_s: float = 2.0) -> list[wire.EdgeHealth]:
+    """The edge nodes that say (retained health) they are up."""
+    seen: dict[str, wire.EdgeHealth] = {}
+
+    def on(msg: Any) -> None:
+        try:
+            h = wire.decode_health(msg.payload)
+        except wire.WireError:
+            return
+        if h.status == "up":
+            seen[h.node] = h
+        else:
+            seen.pop(h.node, None)
+
+    conn = Connection(cfg, f"bench-probe-{int(time.time() * 1e3) % 100000}")
+    conn.subscribe(wire.HEALTH_FILTER, on)
+    conn.start()
+    time.sleep(wait_s)
+    conn.close()
+    return list(seen.values())
+
+
+def sequential(cfg: BrokerConfig, payload: bytes, n: int) -> list[EdgeAnswer]:
+    car = OffloadClient(cfg, "bench-seq", deadline_s=1.0, breaker=CircuitBreaker(trip_after=10**9))
+    car.start()
+    out = []
+    try:
+        for i in range(n + 10):
+            car.submit(i, payload)
+            ans = car.poll(i, time.monotonic() + 1.0)
+            if ans is not None and i >= 10:
+                out.append(ans)
+    finally:
+        car.close()
+    return out
+
+
+def fleet(cfg: BrokerConfig, payload: bytes, vehicles: int, rate: float, duration: float) -> dict[str, Any]:
+    period = 1.0 / rate
+    answers: list[tuple[EdgeAnswer, bool]] = []
+    lock = threading.Lock()
+
+    def on_answer(a: EdgeAnswer, in_time: bool) -> None:
+        with lock:
+            answers.append((a, in_time))
+
+    cars = [
+        OffloadClient(
+            cfg,
+            f"bench-car-{i}",
+            deadline_s=period,
+            breaker=CircuitBreaker(trip_after=10**9),
+            on_answer=on_answer,
+        )
+        for i in range(vehicles)
+    ]
+    for c in cars:
+        c.start()
+    t0 = time.monotonic() + 0.2
+    # cars are not synchronised: car i's frames are offset by i/vehicles of a period
+    events = [(t0 + i * period / vehicles, i, 0) for i in range(vehicles)]
+    heapq.heapify(events)
+    end = t0 + duration
+    behind = 0
+    with bar(total=int(duration * rate * vehicles), desc="offload", unit="frame") as pb:
+        while events:
+            t, i, k = heapq.heappop(events)
+            if t >= end:
+                continue
+            now = time.monotonic()
+            if t > now:
+                time.sleep(t - now)
+            elif now - t > period:
+                behind += 1
+            cars[i].submit(k, payload)
+            pb.update()
+            heapq.heappush(events, (t + period, i, k + 1))
+    time.sleep(max(0.3, 3 * period))
+    for c in cars:
+        c.poll(-1, 0.0)  # sweep: whatever is still unanswered is a miss
+    stats = [c.stats for c in cars]
+    for c in cars:
+        c.close()
+    sent = sum(s["sent"] for s in stats)
+    in_time = [a for a, ok in answers if ok]
+    return {
+        "sent": sent,
+        "answered": sum(s["answered"] for s in stats),
+        "late": sum(s["late"] for s in stats),
+        "missed": sum(s["missed"] for s in stats),
+        "deadline_miss_rate": round(sum(s["missed"] for s in stats) / sent, 5) if sent else 1.0,
+        "rtt_ms": pct([a.rtt_ms for a, _ in answers], 50, 90, 99),
+        "transport_overhead_ms": pct([a.rtt_ms - (a.compute_ms or 0) for a in in_time], 50, 99),
+        "edge_queue_ms": pct([a.queue_ms or 0 for a in in_time], 50, 99),
+        "batch_mean": round(float(np.mean([a.batch or 1 for a in in_time])), 3) if in_time else None,
+        "scheduler_behind": behind,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    prof = load_profile(args.profile, default="sim")
+    cfg = broker_config(prof.broker, args.broker)
+    if args.vehicles < 1 or args.rate <= 0 or args.duration <= 0:
+        raise EdgepilotError("--vehicles, --rate and --duration must be positive")
+    edges = find_edges(cfg)
+    if not edges:
+        raise EdgepilotError(
+            f"no edge node is up on {cfg.url}: start one, e.g. `edgepilot edge --model builtin:pilotnet`"
+        )
+    payload = bench_frame()
+    size = len(wire.encode_request(wire.InferRequest("bench-car-0", 0, payload, sent=0.0, budget_ms=33.3)))
+    tcp = tcp_echo_floor(size)
+    seq = sequential(cfg, payload, 200)
+    if not seq:
+        raise EdgepilotError("the edge node answered none of the sequential requests")
+    compute = [a.compute_ms or 0.0 for a in seq if a.batch == 1]
+    load = fleet(cfg, payload, args.vehicles, args.rate, args.duration)
+    tcp_p = pct(tcp, 50, 99)
+    comp_p = pct(compute, 50, 99)
+    floor = tcp_p["p50"] + comp_p["p50"]
+    return {
+        "vehicles": args.vehicles,
+        "rate_hz": args.rate,
+        "duration_s": args.duration,
+        "deadline_ms": round(1e3 / args.rate, 3),
+        "payload_bytes": size,
+        "edge_nodes": sorted(h.node for h in edges),
+        "edge_models": sorted({h.model or "?" for h in edges}),
+        "tcp_floor_ms": tcp_p,
+        "edge_compute_ms": comp_p,
+        "floor_ms": round(floor, 4),
+        "rtt_unloaded_ms": pct([a.rtt_ms for a in seq], 50, 99),
+        **load,
+        "rtt_over_floor": round(load["rtt_ms"]["p50"] / floor, 3) if load["rtt_ms"] else None,
+    }
