@@ -220,3 +220,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **load,
         "rtt_over_floor": round(load["rtt_ms"]["p50"] / floor, 3) if load["rtt_ms"] else None,
     }
+
+
+def saturate(
+    cfg: BrokerConfig, payload: bytes, seconds: float = 5.0, window: int = 64, cars: int = 8
+) -> float:
+    """Answered requests/s with ``window`` requests always in flight (the edge saturated)."""
+    slots = threading.Semaphore(window)
+    done = [0]
+    lock = threading.Lock()
+
+    def on_answer(a: EdgeAnswer, in_time: bool) -> None:
+        with lock:
+            done[0] += 1
+        slots.release()
+
+    clients = [
+        OffloadClient(cfg, f"sat-car-{i}", deadline_s=5.0, breaker=CircuitBreaker(10**9), on_answer=on_answer)
+        for i in range(cars)
+    ]
+    for c in clients:
+        c.start()
+    k = 0
+    t_start = time.monotonic()
+    t_measure, n0 = t_start + 1.0, None  # first second: warm-up
+    while (now := time.monotonic()) < t_start + 1.0 + seconds:
+        if n0 is None and now >= t_measure:
+            with lock:
+                n0 = done[0]
+            t_measure = now
+        if slots.acquire(timeout=0.5):
+            clients[k % cars].submit(k, payload)
+            k += 1
+    with lock:
+        n1 = done[0]
+    for c in clients:
+        c.close()
+    return (n1 - (n0 or 0)) / (time.monotonic() - t_measure)
+
+
+if __name__ == "__main__":  # python -m edge_node.bench saturate mqtt://HOST:PORT [SECONDS]
+    import sys
+
+    url = sys.argv[2] if len(sys.argv) > 2 else "mqtt://127.0.0.1:1883"
+    print(
+        round(
+            saturate(BrokerConfig(url=url), bench_frame(), float(sys.argv[3]) if len(sys.argv) > 3 else 5.0),
+            1,
+        )
+    )
