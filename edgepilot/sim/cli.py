@@ -81,10 +81,10 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             track,
             gamepad=prof.gamepad,
             title=f"edgepilot sim: {track.name} ({args.pilot})",
-            autopilot=args.pilot == "expert",
+            autopilot=True,  # M hands the car to the expert (keyboard) or takes it back (expert)
         )
-        if writer is None:
-            window.recording = False
+        window.mode = "local" if args.pilot == "expert" else "user"
+        window.recording = writer is not None
     res = run_drive(
         world,
         pilot=args.pilot,

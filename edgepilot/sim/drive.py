@@ -81,8 +81,6 @@ def run_drive(
     window is closed. ``pilot`` is "expert" or "keyboard" (the user through ``window``)."""
     res = DriveResult(world=world, log_dir=writer.path if writer else None)
     written: list[tuple[int, float]] = []  # (record index, sim time) for the delete key
-    if window is not None and pilot == "expert":
-        window.mode = "local"
     t0 = time.perf_counter()
     progress = bar(desc=f"sim {world.track.name}", unit="step")
     try:
@@ -151,7 +149,7 @@ def _unit(v: float) -> float:
 
 def _delete_last(writer: LogWriter, written: list[tuple[int, float]], now: float, seconds: float) -> int:
     """HydraMini's "delete the last N seconds" key: mark the records deleted, in place."""
-    keep = [w for w in written if w[1] < now - seconds]
+    keep = [w for w in written if w[1] <= now - seconds + 1e-9]
     gone = written[len(keep) :]
     if not gone:
         return 0
