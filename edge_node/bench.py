@@ -144,12 +144,12 @@ def fleet(cfg: BrokerConfig, payload: bytes, vehicles: int, rate: float, duratio
     # cars are not synchronised: car i's frames are offset by i/vehicles of a period
     events = [(t0 + i * period / vehicles, i, 0) for i in range(vehicles)]
     heapq.heapify(events)
-    end = t0 + duration
+    n_frames = round(duration * rate)  # per car
     behind = 0
     with bar(total=int(duration * rate * vehicles), desc="offload", unit="frame") as pb:
         while events:
             t, i, k = heapq.heappop(events)
-            if t >= end:
+            if k >= n_frames:
                 continue
             now = time.monotonic()
             if t > now:
@@ -158,7 +158,7 @@ def fleet(cfg: BrokerConfig, payload: bytes, vehicles: int, rate: float, duratio
                 behind += 1
             cars[i].submit(k, payload)
             pb.update()
-            heapq.heappush(events, (t + period, i, k + 1))
+            heapq.heappush(events, (t0 + (i / vehicles + k + 1) * period, i, k + 1))
     time.sleep(max(0.3, 3 * period))
     for c in cars:
         c.poll(-1, 0.0)  # sweep: whatever is still unanswered is a miss

@@ -224,3 +224,18 @@ def test_model_hot_swap_on_announcement(broker, model, tmp_path):
     finally:
         cloud.close()
         svc.stop()
+
+
+def test_bench_offload_reports_the_contract_keys_and_its_floor(broker, edge):
+    import argparse
+
+    from edge_node.bench import run
+
+    res = run(argparse.Namespace(profile=None, broker=broker.url, vehicles=2, rate=20.0, duration=1.0))
+    assert edge.node_id in res["edge_nodes"]
+    for key in ("rtt_ms", "tcp_floor_ms", "edge_compute_ms"):
+        assert res[key]["p50"] > 0
+    assert res["rtt_ms"]["p99"] >= res["rtt_ms"]["p50"]
+    # the floor is below the round trip it bounds, and the TCP echo below the MQTT round trip
+    assert res["tcp_floor_ms"]["p50"] < res["rtt_unloaded_ms"]["p50"]
+    assert res["sent"] == 2 * 20 and 0.0 <= res["deadline_miss_rate"] <= 1.0
