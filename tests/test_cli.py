@@ -173,9 +173,7 @@ JSON_COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "argv, keys", JSON_COMMANDS, ids=lambda x: " ".join(x[:2]) if isinstance(x, list) else ""
-)
+@pytest.mark.parametrize("argv, keys", JSON_COMMANDS, ids=[" ".join(a[:2]) for a, _ in JSON_COMMANDS])
 def test_json_is_one_object_on_the_last_stdout_line(argv, keys, imported_log, tmp_path):
     cmd = " ".join(argv[:2]) if " ".join(argv[:2]) in LEAVES else argv[0]
     handler = LEAVES[cmd].get_default("handler")
