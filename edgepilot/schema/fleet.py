@@ -399,3 +399,13 @@ def decode_car_status(payload: bytes) -> CarModelStatus:
     if s.state not in CAR_MODEL_STATES:
         raise WireError(f"car model state must be one of {CAR_MODEL_STATES}, got {s.state!r}")
     return s
+
+
+# -- cloud control -----------------------------------------------------------------------
+
+CLOUD_RETRAIN_TOPIC = f"{ROOT}/cloud/retrain"
+"""Any payload (``{"v":1}``) asks the cloud trainer to retrain now (also: ``edgepilot cloud``
+retrains by itself once ``retrain_min_frames`` new frames arrived)."""
+
+CLOUD_RUNS_TOPIC = f"{ROOT}/cloud/runs"
+"""The cloud publishes (retained) a JSON summary of its last retraining run here."""

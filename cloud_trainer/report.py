@@ -1,0 +1,90 @@
+"""A short report per retraining run: markdown + a comparison plot, kept in the store.
+
+``runs/<run>/report.md``, ``runs/<run>/compare.png`` and ``runs/<run>/summary.json``:
+what was trained on what, candidate vs current on every gate metric, and the verdict —
+enough to answer "why did (or didn't) the fleet get a new model?" a week later.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cloud_trainer.store import Store
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    car = results["targets"].get("car", {})
+    cand, cur = car.get("candidate") or {}, car.get("current") or {}
+    metrics = [("held-out steering MAE", lambda d: d.get("steering_mae"))]
+    metrics.append(("latency p50 (ms)", lambda d: (d.get("latency_ms") or {}).get("p50")))
+    if "closed_loop" in cand:
+        metrics.append(("sim autonomy", lambda d: (d.get("closed_loop") or {}).get("autonomy")))
+        metrics.append(("sim mean |CTE| (m)", lambda d: (d.get("closed_loop") or {}).get("mean_abs_cte_m")))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2))
+    for ax, (name, get) in zip(list(axes) if len(metrics) > 1 else [axes], metrics, strict=False):
+        vals = [get(cur) if cur else None, get(cand)]
+        ax.bar(["current", "candidate"], [v or 0.0 for v in vals], color=["#999999", "#2a7ab0"])
+        ax.set_title(name, fontsize=9)
+    verdict = car.get("gate", {}).get("passed")
+    fig.suptitle(f"{results['run']}: car model {'PROMOTED' if verdict else 'kept current'}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# Retraining run {results['run']}", ""]
+    lines += [
+        f"- training sessions ({len(results['train'])}): " + ", ".join(f"`{k}`" for k in results["train"]),
+        f"- held-out sessions ({len(results['heldout'])}): "
+        + ", ".join(f"`{k}`" for k in results["heldout"]),
+    ]
+    for key in ("edge_train", "car_train", "compress"):
+        if key in results:
+            lines.append(
+                f"- {key.replace('_', ' ')}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in results[key].items())
+            )
+    lines.append("")
+    for target, r in results["targets"].items():
+        g = r["gate"]
+        lines += [f"## {target} model: {'passed — promoted' if g['passed'] else 'FAILED — current kept'}", ""]
+        lines.append(
+            f"candidate `{r['candidate']['version']}` against `{g.get('against') or 'no current model'}`"
+        )
+        lines += ["", "| check | candidate | limit | passed |", "|---|---|---|---|"]
+        for c in g["checks"]:
+            lines.append(
+                f"| {c['check']} | {_fmt(c['value'])} | {_fmt(c['limit'])} | {'yes' if c['passed'] else 'NO'} |"
+            )
+        cl = r["candidate"].get("closed_loop")
+        if cl:
+            lines += ["", "closed loop per track (candidate):", ""]
+            for name, s in cl["tracks"].items():
+                lines.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
+        lines.append("")
+    lines += ["![candidate vs current](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(store: Store, run_id: str, results: dict[str, Any], workdir: Path) -> str:
+    """Write the run's report into the store; returns the report's key."""
+    png = plot(results, workdir / "compare.png")
+    prefix = f"runs/{run_id}"
+    store.put(f"{prefix}/report.md", markdown(results).encode())
+    store.put_file(f"{prefix}/compare.png", png)
+    store.put(f"{prefix}/summary.json", json.dumps(results, indent=1, default=str).encode())
+    return f"{prefix}/report.md"

@@ -1,0 +1,212 @@
+"""``edgepilot cloud``: the long-running cloud trainer.
+
+One process, three jobs on one MQTT connection:
+
+- ingest uploads (``cloud_trainer.ingest``) into the store, through a shared
+  subscription (group ``cloud``) so that several trainers split the fleet's uploads;
+- retrain when ``retrain_min_frames`` new frames arrived since the last run (or when
+  asked on ``edgepilot/v1/cloud/retrain``), one run at a time on a worker thread, so
+  ingest keeps going while it trains;
+- push whatever the gate promotes (``cloud_trainer.push``) and follow what every car
+  reports it runs (``car/+/model``, kept in ``fleet/<car>.json``).
+
+State lives in the store only (``state/trained.json``: the logs the last run used), so
+a restarted trainer — or another one on the same store — carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from cloud_trainer.ingest import Ingest
+from cloud_trainer.push import push_current
+from cloud_trainer.registry import Registry
+from cloud_trainer.retrain import RetrainConfig, retrain
+from cloud_trainer.store import Store, open_store
+from edgepilot import EdgepilotError
+from edgepilot.mqtt import Connection
+from edgepilot.schema import fleet
+from edgepilot.schema.wire import WireError
+
+log = logging.getLogger(__name__)
+
+TRAINED = "state/trained.json"
+
+
+class CloudService:
+    def __init__(
+        self,
+        store: Store,
+        conn: Connection,
+        cfg: RetrainConfig,
+        *,
+        min_frames: int = 2000,
+        trusted_keys: list[str] | None = None,
+        key: str | None = None,
+        workdir: str | Path | None = None,
+        group: str = "cloud",
+    ) -> None:
+        self.store = store
+        self.conn = conn
+        self.cfg = cfg
+        self.min_frames = min_frames
+        self.key = key
+        self.group = group
+        self.registry = Registry(store, trusted_keys)
+        self.ingest = Ingest(store, on_log=self._on_log)
+        self.workdir = Path(workdir) if workdir else Path(getattr(store, "root", ".")) / "work"
+        self.fleet: dict[str, dict[str, Any]] = {}
+        self.runs: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._forced = False
+        self._thread: threading.Thread | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    def trained_logs(self) -> set[str]:
+        return set(json.loads(self.store.get(TRAINED))["logs"]) if self.store.exists(TRAINED) else set()
+
+    def new_frames(self) -> int:
+        done = self.trained_logs()
+        n = 0
+        for key in self.store.list("uploads/"):
+            rec = json.loads(self.store.get(key))
+            if rec["log"] not in done:
+                n += int(rec.get("frames", 0))
+        return n
+
+    # -- events --------------------------------------------------------------------------
+    def _on_log(self, key: str, frames: int) -> None:
+        if self.new_frames() >= self.min_frames:
+            self._wake.set()
+
+    def _on_retrain(self, msg: paho.MQTTMessage) -> None:
+        self._forced = True
+        self._wake.set()
+
+    def _on_car(self, msg: paho.MQTTMessage) -> None:
+        if not msg.payload:
+            return
+        try:
+            st = fleet.decode_car_status(msg.payload)
+        except WireError as e:
+            log.warning("ignoring car status on %s: %s", msg.topic, e)
+            return
+        self.fleet[st.car] = {
+            "version": st.version,
+            "state": st.state,
+            "offered": st.offered,
+            "error": st.error,
+        }
+        if st.state == "refused":
+            log.warning("car %s refused model %s: %s", st.car, st.offered, st.error)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.ingest.attach(self.conn, self.group)
+        self.conn.subscribe(fleet.CLOUD_RETRAIN_TOPIC, self._on_retrain, qos=1)
+        self.conn.subscribe(fleet.CAR_MODEL_FILTER, self._on_car, qos=1)
+        self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
+        self._thread.start()
+        if self.new_frames() >= self.min_frames:
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(600)
+        self.ingest.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            forced, self._forced = self._forced, False
+            if forced or self.new_frames() >= self.min_frames:
+                self.run_once()
+
+    def run_once(self) -> dict[str, Any] | None:
+        """One retraining run now; the summary, or None when it could not run (logged)."""
+        logs_before = {json.loads(self.store.get(k))["log"] for k in self.store.list("uploads/")}
+        try:
+            res = retrain(self.registry, self.workdir, self.cfg, key=self.key, push=self.push)
+        except EdgepilotError as e:
+            self.errors.append(str(e))
+            log.error("retraining skipped: %s", e)
+            return None
+        self.store.put(TRAINED, json.dumps({"logs": sorted(logs_before), "run": res["run"]}).encode())
+        self.runs.append(res)
+        summary = {
+            "run": res["run"],
+            "promoted": res["promoted"],
+            "report": res["report"],
+            "current": {t: self.registry.current(t) for t in ("car", "edge")},
+            "gate": {t: r["gate"]["passed"] for t, r in res["targets"].items()},
+        }
+        self.conn.publish(fleet.CLOUD_RUNS_TOPIC, json.dumps(summary).encode(), qos=1, retain=True)
+        log.info("run %s: promoted %s; report %s", res["run"], res["promoted"] or "nothing", res["report"])
+        return res
+
+    def push(self, target: str) -> Any:
+        from edgepilot.model.package import load_private_key
+
+        key = load_private_key(self.key or os.environ.get("EDGEPILOT_SIGNING_KEY") or None)
+        return push_current(self.conn, self.registry, target, key=key)
+
+
+def cli(args: Any) -> dict[str, Any]:
+    """Run until SIGTERM/Ctrl-C; prints what it did when it stops."""
+    import signal
+
+    from edgepilot.config import load_profile
+    from edgepilot.mqtt import broker_config
+
+    prof = load_profile(getattr(args, "profile", None), default="cloud")
+    store = open_store(getattr(args, "store", None) or prof.cloud.store)
+    conn = Connection(broker_config(prof.broker, getattr(args, "broker", None)), f"cloud-{os.getpid()}")
+    conn.start()
+    cfg = replace(RetrainConfig(), epochs=prof.cloud.epochs)
+    svc = CloudService(
+        store,
+        conn,
+        cfg,
+        min_frames=prof.cloud.retrain_min_frames,
+        trusted_keys=prof.model.trusted_keys or None,
+    )
+    svc.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"edgepilot cloud: store {store}, broker {conn.cfg.url}; Ctrl-C to stop", flush=True)
+    t0 = time.time()
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        svc.stop()
+        conn.close()
+    st = svc.ingest.stats
+    return {
+        "uptime_s": round(time.time() - t0, 1),
+        "logs_received": st.logs,
+        "frames_received": st.frames,
+        "chunks": st.chunks,
+        "refused": st.refused,
+        "runs": len(svc.runs),
+        "current": {t: svc.registry.current(t) for t in ("car", "edge")},
+        "fleet": svc.fleet,
+    }
