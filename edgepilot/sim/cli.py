@@ -32,8 +32,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
 
     prof = load_profile(args.profile, "sim")
     sim = prof.sim
-    if args.pilot == "model":
-        raise EdgepilotError("--pilot model needs the onboard loop (issue 5)")
+    if args.pilot == "model" and not (args.model or prof.model.package):
+        raise EdgepilotError("--pilot model needs --model PKG (or model.package in the profile)")
     track = load_track(args.track or sim.track)
     laps = args.laps if args.laps is not None else sim.laps
     if laps < 1:
@@ -85,17 +85,51 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         )
         window.mode = "local" if args.pilot == "expert" else "user"
         window.recording = writer is not None
-    res = run_drive(
-        world,
-        pilot=args.pilot,
-        laps=laps,
-        max_seconds=max_seconds,
-        expert=expert,
-        writer=writer,
-        window=window,
-        realtime=rate == "realtime",
-        delete_seconds=prof.drive.delete_seconds,
-    )
+    loop_result: dict[str, Any] = {}
+    if args.pilot == "model":
+        from vehicle.cli import model_slot, offload_client
+        from vehicle.simdrive import run_loop_drive
+
+        if max_seconds is None:
+            max_seconds = max(120.0, laps * track.length / 0.25)
+        slot = model_slot(prof, args.model)
+        offload = offload_client(prof, args, deadline_s=sim.dt_s)
+        if window is not None:
+            window.mode = "local"
+        try:
+            run = run_loop_drive(
+                world,
+                expert=expert,
+                slot=slot,
+                laps=laps,
+                max_seconds=max_seconds,
+                writer=writer,
+                window=window,
+                offload=offload,
+                realtime=rate == "realtime",
+                delete_seconds=prof.drive.delete_seconds,
+                car_id=prof.car_id,
+            )
+        finally:
+            if offload is not None:
+                offload.close()
+        loop_result = run.loop.result()
+        if offload is not None:
+            loop_result["offload"] = dict(offload.stats)
+        res = type("R", (), {"records": run.loop.stats.recorded, "wall_s": run.wall_s})()
+        log.info("per-stage timing:\n%s", run.loop.timer.table())
+    else:
+        res = run_drive(
+            world,
+            pilot=args.pilot,
+            laps=laps,
+            max_seconds=max_seconds,
+            expert=expert,
+            writer=writer,
+            window=window,
+            realtime=rate == "realtime",
+            delete_seconds=prof.drive.delete_seconds,
+        )
     score = world.score
     plot = args.plot or (str(Path(args.record) / "trajectory.png") if args.record else None)
     if plot and world.trail is not None:
@@ -114,8 +148,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         )
     out: dict[str, Any] = {
         **score.as_dict(),
-        "exit_rate": {},
-        "offload_rate": 0.0,
+        "exit_rate": loop_result.get("exit_rate", {}),
+        "offload_rate": loop_result.get("offload_rate", 0.0),
         "track": track.name,
         "pilot": args.pilot,
         "scene_seed": scene_seed,
@@ -126,6 +160,9 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": round(res.wall_s, 3),
         "x_realtime": round(score.elapsed_s / res.wall_s, 1) if res.wall_s > 0 else None,
     }
+    for k in ("latency_ms", "edge_used_rate", "edge_late", "model_version", "swaps", "offload", "stages_ms"):
+        if k in loop_result:
+            out[k] = loop_result[k]
     return out
 
 
