@@ -94,7 +94,7 @@ def test_scored_drive_with_scene_and_latency(capsys, tmp_path):
         ],
     )
     assert rc == 0 and res["laps"] == 1 and res["autonomy"] == 1.0
-    assert res["scene_seed"] == 3 and res["latency_ms"] == 100
+    assert res["scene_seed"] == 3 and res["actuator_latency_ms"] == 100
     assert plot.stat().st_size > 10_000
 
 
@@ -124,10 +124,12 @@ def test_keyboard_drive_under_dummy_sdl_writes_a_valid_log(tmp_path, capsys, mon
     assert len(recs) == 20 and all(r.mode == "user" and r.steering == 0 for r in recs)
 
 
-def test_model_pilot_is_refused_until_the_onboard_loop_exists(capsys):
-    rc = main(["sim", "drive", "--pilot", "model", "--headless"])
-    assert rc == 1
-    assert "onboard loop" in capsys.readouterr().err
+def test_model_pilot_without_a_package_is_a_clear_error(capsys, tmp_path):
+    prof = tmp_path / "nomodel.toml"
+    prof.write_text('[sim]\ntrack = "oval"\n')  # a profile without model.package
+    rc = main(["sim", "drive", "--pilot", "model", "--headless", "--profile", str(prof)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--model" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

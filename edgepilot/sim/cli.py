@@ -153,7 +153,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "track": track.name,
         "pilot": args.pilot,
         "scene_seed": scene_seed,
-        "latency_ms": latency,
+        "actuator_latency_ms": latency,  # --latency-ms (latency_ms is the loop's, with a model)
         "records": res.records,
         "record": str(args.record) if args.record else None,
         "plot": plot,
