@@ -128,3 +128,40 @@ def test_hud_shows_the_drive():
         assert px[: win.cam_w].std() > 5  # the camera view was drawn
     finally:
         win.close()
+
+
+def test_gamepad_buttons_follow_the_profile_mapping():
+    """Buttons arrive as pygame events; the mapping is the profile's, not hard-wired."""
+    from edgepilot.config import GamepadConfig
+
+    gp = GamepadConfig(record_button=7, mode_button=4, estop_button=9, delete_button=5)
+    win = DriveWindow(None, gamepad=gp, autopilot=True)
+    try:
+        win.mode = "user"
+
+        def press(button):
+            pygame.event.post(pygame.event.Event(pygame.JOYBUTTONDOWN, button=button, joy=0, instance_id=0))
+            win.poll()
+
+        press(0)  # the default record button means nothing with this mapping
+        assert win.recording and win.mode == "user"
+        press(7)
+        assert not win.recording
+        press(4)
+        assert win.mode == "local_angle"
+        press(9)
+        assert win.estop
+        press(5)
+        assert win.take_delete_request() and not win.take_delete_request()
+    finally:
+        win.close()
+
+
+def test_realtime_rate_paces_simulated_time_to_the_wall_clock(tmp_path):
+    t = load_track("oval")
+    w = SimWorld(t)
+    res = run_drive(w, pilot="expert", laps=1, max_seconds=0.5, expert=Expert(t), realtime=True)
+    assert w.t == pytest.approx(0.5)
+    assert 0.45 <= res.wall_s < 2.0
+    fast = run_drive(SimWorld(t), pilot="expert", laps=1, max_seconds=0.5, expert=Expert(t))
+    assert fast.wall_s < res.wall_s

@@ -176,6 +176,7 @@ def tracks(args: argparse.Namespace) -> dict[str, Any]:
             "length_m": round(t.length, 2),
             "width_m": t.width_m,
             "min_radius_m": round(t.min_radius(), 2),
+            "description": t.description,
         }
 
     if args.generate is not None:

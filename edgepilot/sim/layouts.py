@@ -114,14 +114,15 @@ GENERATED = {"random_7": 7, "random_42": 42}
 
 def build_all() -> dict[str, Track]:
     tracks: dict[str, Track] = {}
-    for name, (_, pieces) in LAYOUTS.items():
+    for name, (what, pieces) in LAYOUTS.items():
         pts = turtle(pieces)
         pts = pts - (pts.min(axis=0) + pts.max(axis=0)) / 2
         if overlaps(pts, 1.2):
             raise ValueError(f"{name}: the road overlaps itself")
-        tracks[name] = Track(name=name, width_m=1.2, centerline=pts[::2])
+        tracks[name] = Track(name=name, width_m=1.2, centerline=pts[::2], description=what)
     for name, seed in GENERATED.items():
         tracks[name] = generate_track(seed, name=name)
+        tracks[name].description = f"generated: edgepilot sim tracks --generate {seed}"
     return tracks
 
 

@@ -31,6 +31,7 @@ class Track:
     name: str
     width_m: float
     centerline: np.ndarray
+    description: str = ""  # optional key of the file: what the track is for
     # derived (filled in __post_init__): the resampled loop
     pts: np.ndarray = field(init=False, repr=False)  # (M, 2), uniform spacing
     s: np.ndarray = field(init=False, repr=False)  # arc length at each point
@@ -63,7 +64,7 @@ class Track:
     # -- geometry --------------------------------------------------------------------
     def curvature(self) -> np.ndarray:
         """Signed curvature (1/m, left turns positive) per resampled point."""
-        return signed_curvature(self.pts, step=max(1, int(round(0.25 / SPACING_M))))
+        return signed_curvature(self.pts, step=max(1, int(round(0.4 / SPACING_M))))
 
     def min_radius(self) -> float:
         k = np.abs(self.curvature())
@@ -116,7 +117,11 @@ class Track:
 
     def to_json(self, decimals: int = 4) -> str:
         pts = [[round(float(x), decimals), round(float(y), decimals)] for x, y in self.centerline]
-        return json.dumps({"name": self.name, "width_m": self.width_m, "centerline": pts}, indent=None)
+        d: dict[str, object] = {"name": self.name, "width_m": self.width_m}
+        if self.description:
+            d["description"] = self.description
+        d["centerline"] = pts
+        return json.dumps(d, indent=None)
 
 
 def resample_closed(c: np.ndarray, spacing: float) -> np.ndarray:
@@ -173,7 +178,13 @@ def parse_track(data: object, where: str) -> Track:
     ):
         raise EdgepilotError(f"{where}: 'centerline' must be a list of [x_m, y_m] pairs")
     try:
-        return Track(name=name, width_m=float(width), centerline=np.array(cl, dtype=np.float64))
+        desc = data.get("description", "")
+        return Track(
+            name=name,
+            width_m=float(width),
+            centerline=np.array(cl, dtype=np.float64),
+            description=desc if isinstance(desc, str) else "",
+        )
     except EdgepilotError as e:
         raise EdgepilotError(f"{where}: {e}") from None
 
