@@ -177,9 +177,10 @@ def retrain(
     cfg: RetrainConfig,
     *,
     key: str | None = None,
-    push: Any = None,  # callable(target) -> announcement, when promoting should reach the fleet
 ) -> dict[str, Any]:
-    """One retraining run; returns its summary (also in the report)."""
+    """One retraining run; returns its summary (also in the report). Registers both
+    candidates and promotes those that pass; pushing is the caller's (it holds the MQTT
+    connection): ``results["promoted"]`` lists the targets to push."""
     from cloud_trainer.report import write_report
     from edgepilot.model.compress import compress_package
     from edgepilot.model.evaluate import load_frames
@@ -254,7 +255,5 @@ def retrain(
         if verdict["passed"]:
             registry.promote(target, results["targets"][target]["candidate"]["version"])
             promoted.append(target)
-            if push is not None:
-                push(target)
     results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
     return results

@@ -54,8 +54,10 @@ class CloudService:
         key: str | None = None,
         workdir: str | Path | None = None,
         group: str = "cloud",
+        isolate: bool = True,
     ) -> None:
         self.store = store
+        self.isolate = isolate
         self.conn = conn
         self.cfg = cfg
         self.min_frames = min_frames
@@ -142,7 +144,12 @@ class CloudService:
         """One retraining run now; the summary, or None when it could not run (logged)."""
         logs_before = {json.loads(self.store.get(k))["log"] for k in self.store.list("uploads/")}
         try:
-            res = retrain(self.registry, self.workdir, self.cfg, key=self.key, push=self.push)
+            if self.isolate:
+                res = run_isolated(self.store, self.registry.trusted_keys, self.workdir, self.cfg, self.key)
+            else:
+                res = retrain(self.registry, self.workdir, self.cfg, key=self.key)
+            for target in res["promoted"]:
+                self.push(target)
         except EdgepilotError as e:
             self.errors.append(str(e))
             log.error("retraining skipped: %s", e)
@@ -165,6 +172,36 @@ class CloudService:
 
         key = load_private_key(self.key or os.environ.get("EDGEPILOT_SIGNING_KEY") or None)
         return push_current(self.conn, self.registry, target, key=key)
+
+
+def _child(
+    location: str, trusted: list[str] | None, workdir: str, cfg: RetrainConfig, key: str | None
+) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return retrain(Registry(open_store(location), trusted), workdir, cfg, key=key)
+
+
+def run_isolated(
+    store: Store, trusted: list[str] | None, workdir: Path, cfg: RetrainConfig, key: str | None
+) -> dict[str, Any]:
+    """One retraining run in a fresh (spawned) process.
+
+    Why: training is the part that can run out of memory or crash, and it must not take
+    ingest down with it; and torch.fx tracing (int8 compression) patches
+    ``nn.Module.__call__`` process-wide while it runs, which would break any model
+    inference in the same process. The child shares only the store."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    location = str(getattr(store, "root", ""))
+    if not location:
+        raise EdgepilotError("isolated retraining needs a store with a location")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(_child, location, trusted, str(workdir), cfg, key).result()
+        except BrokenProcessPool:
+            raise EdgepilotError("the retraining process died (out of memory?)") from None
 
 
 def cli(args: Any) -> dict[str, Any]:
