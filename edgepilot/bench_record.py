@@ -66,7 +66,7 @@ def _record(i: int) -> Record:
 
 
 def writer_rate(
-    frames: Sequence[np.ndarray], count: int, path: Path, quality: int = JPEG_QUALITY
+    frames: Sequence[np.ndarray], count: int, path: Path, quality: int = JPEG_QUALITY, workers: int = 2
 ) -> tuple[float, int]:
     """Records per second through ``LogWriter`` (blocking puts, so nothing is dropped),
     timed until ``close()`` returns: every image and line on disk and fsynced.
@@ -76,7 +76,7 @@ def writer_rate(
     k = len(frames)
     recs = [_record(i) for i in range(count)]  # built before the clock: not the writer's cost
     t0 = time.perf_counter()
-    w = LogWriter(path, meta, jpeg_quality=quality, block=True)
+    w = LogWriter(path, meta, jpeg_quality=quality, block=True, workers=workers)
     for i in range(count):
         w.write(recs[i], frames[i % k])
     w.close()

@@ -11,10 +11,10 @@ heavy dependencies and point this script at that venv's site-packages::
         --donkey-site /tmp/dkvenv/lib/python3.11/site-packages [--dir /dev/shm/bench]
 
 The same 160x120 noise frames go through every writer; the rounds alternate (floor,
-edgepilot, edgepilot at DonkeyCar's JPEG quality, DonkeyCar) so machine load hits them
-alike, and medians are compared. DonkeyCar saves with PIL's default JPEG quality (75);
-edgepilot records at 90 by default, which costs more, so both are shown. Prints one JSON
-object (last line) with the ratios.
+edgepilot, edgepilot with one writer thread, edgepilot at DonkeyCar's JPEG quality,
+DonkeyCar) so machine load hits them alike, and medians are compared. DonkeyCar saves
+with PIL's default JPEG quality (75); edgepilot records at 90 by default, which costs
+more, so both are shown. Prints one JSON object (last line) with the ratios.
 """
 
 from __future__ import annotations
@@ -83,10 +83,19 @@ def main() -> int:
     base = Path(args.dir or tempfile.mkdtemp(prefix="ep-bench-donkey-"))
     base.mkdir(parents=True, exist_ok=True)
     frames = noise_frames()
-    runs: dict[str, list[float]] = {"floor": [], "edgepilot_q90": [], "edgepilot_q75": [], "donkey": []}
+    runs: dict[str, list[float]] = {
+        "floor": [],
+        "edgepilot_q90": [],
+        "edgepilot_q90_1worker": [],
+        "edgepilot_q75": [],
+        "donkey": [],
+    }
     for r in range(args.rounds):
         runs["floor"].append(floor_rate(frames, args.frames, 90))
         runs["edgepilot_q90"].append(writer_rate(frames, args.frames, base / f"ep90-{r}", 90)[0])
+        runs["edgepilot_q90_1worker"].append(
+            writer_rate(frames, args.frames, base / f"ep90w1-{r}", 90, workers=1)[0]
+        )
         runs["edgepilot_q75"].append(writer_rate(frames, args.frames, base / f"ep75-{r}", 75)[0])
         runs["donkey"].append(donkey_rate(frames, args.frames, base / f"tub-{r}"))
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in runs.items()), file=sys.stderr)
@@ -101,6 +110,7 @@ def main() -> int:
         "ratio_edgepilot_q90_to_donkey": round(med["edgepilot_q90"] / med["donkey"], 2),
         "ratio_edgepilot_q75_to_donkey": round(med["edgepilot_q75"] / med["donkey"], 2),
         "ratio_edgepilot_q90_to_floor": round(med["edgepilot_q90"] / med["floor"], 3),
+        "ratio_2_workers_to_1": round(med["edgepilot_q90"] / med["edgepilot_q90_1worker"], 2),
     }
     if not args.dir:
         shutil.rmtree(base)
