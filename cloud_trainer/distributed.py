@@ -1,0 +1,160 @@
+"""Data-parallel training under ``torchrun``: DDP over gloo (CPU), same model, same package.
+
+    .venv/bin/torchrun --standalone --nproc_per_node 2 -m cloud_trainer.distributed \\
+        LOG... --out car.eppkg --epochs 8
+
+Each worker trains on its shard of the frames (``DistributedSampler``); DDP all-reduces
+the gradients every step, so the workers hold identical weights and rank 0 alone
+validates, calibrates and writes the signed package — the same manifest, thresholds and
+format as ``edgepilot train`` (it reuses that module's loss, calibration and manifest).
+With one process (no ``torchrun``) it runs as plain training. The global batch is kept
+equal to the single-process batch (per-worker batch = batch / world size), so 1 and N
+workers follow the same optimisation and should reach the same quality
+(docs/benchmarks.md compares them). On several machines, ``torchrun --nnodes``
+with a rendezvous endpoint runs the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from edgepilot.model.augment import AugmentConfig
+from edgepilot.model.calibrate import CalibrationTarget, calibrate
+from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.nets import ArchSpec, build_net, stage_macs
+from edgepilot.model.package import load_private_key, save_package
+from edgepilot.model.preprocess import DEFAULT_SPEC
+from edgepilot.model.train import EXIT_WEIGHTS, base_manifest, exit_loss, predict_exits, soft_targets
+
+
+def train_ddp(
+    logs: list[str],
+    out: str,
+    *,
+    arch: str = "early-exit",
+    epochs: int = 8,
+    batch: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    max_frames: int | None = None,
+    key: str | None = None,
+) -> dict | None:
+    """Train on every rank; rank 0 returns the result dict (others None)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    t0 = time.time()
+    signing_key = load_private_key(key, create=True) if rank == 0 else None
+    samples = load_samples(logs).samples
+    if max_frames and len(samples) > max_frames:
+        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
+    train_s, val_s = split_by_session(samples, 0.2, seed)
+    spec = DEFAULT_SPEC
+    net = build_net(ArchSpec(arch), spec)  # same seed -> same initial weights on every rank
+    model = DistributedDataParallel(net) if world > 1 else net
+    ds = FrameDataset(train_s, spec, AugmentConfig(), seed)
+    sampler = (
+        DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed) if world > 1 else None
+    )
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        ds,
+        batch_size=max(1, batch // world),
+        sampler=sampler,
+        shuffle=sampler is None,
+        generator=g,
+        drop_last=True,
+    )
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
+    weights = EXIT_WEIGHTS[: len(net.stages)] if len(net.stages) > 1 else (1.0,)
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        for x, s, th in loader:
+            s, th = s.float(), th.float()
+            target = soft_targets(s, net.arch.bins, 1.0)
+            outs = model(x)
+            loss = sum(w * exit_loss(o, target, s, th) for w, o in zip(weights, outs, strict=False))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        return None
+    val_loader = DataLoader(FrameDataset(val_s, spec, None), batch_size=256)
+    steer, conf, labels = predict_exits(net, val_loader)
+    cal = calibrate(steer, conf, labels, CalibrationTarget())
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    manifest = base_manifest(net, spec, state, stage_macs(net, spec))
+    manifest.update(
+        parent=None,
+        quant="fp32",
+        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
+        calibration=cal,
+        metrics={
+            "val_steering_mae": cal["val_steering_mae_final"],
+            "epochs": epochs,
+            "samples": len(samples),
+        },
+        training={"logs": [str(p) for p in logs], "seed": seed, "workers": world, "backend": "gloo"},
+    )
+    path = save_package(out, manifest, state, signing_key)
+    return {
+        "package": str(path),
+        "version": manifest["version"],
+        "workers": world,
+        "val_steering_mae": cal["val_steering_mae_final"],
+        "samples": len(samples),
+        "elapsed_s": round(time.time() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("logs", nargs="+")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--arch", default="early-exit", choices=["early-exit", "pilotnet", "edge"])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=64, help="global batch (split over the workers)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-frames", type=int)
+    ap.add_argument("--key")
+    a = ap.parse_args(argv)
+    res = train_ddp(
+        a.logs,
+        a.out,
+        arch=a.arch,
+        epochs=a.epochs,
+        batch=a.batch,
+        seed=a.seed,
+        max_frames=a.max_frames,
+        key=a.key,
+    )
+    if res is not None:
+        print(json.dumps(res), flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(None))

@@ -1,0 +1,98 @@
+"""Cloud trainer pieces: the store's object semantics, the gate's decisions, DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cloud_trainer.retrain import RetrainConfig, gate, split_sessions
+from cloud_trainer.store import DirStore, open_store
+from edgepilot import EdgepilotError
+
+
+def test_dir_store_is_an_object_store(tmp_path):
+    s = DirStore(tmp_path / "s")
+    s.put("a/b/c.bin", b"xyz")
+    s.put("a/d.bin", memoryview(b"12"))
+    assert s.get("a/b/c.bin") == b"xyz" and s.size("a/d.bin") == 2
+    assert s.list("a/") == ["a/b/c.bin", "a/d.bin"] and s.list("zz/") == []
+    with pytest.raises(KeyError):
+        s.get("a/none")
+    for bad in ("../x", "/etc/passwd", "a//b", "a/./b"):
+        with pytest.raises(EdgepilotError, match="safe relative path"):
+            s.put(bad, b"")
+    s.delete_prefix("a/b")
+    assert s.list("a/") == ["a/d.bin"]
+    with pytest.raises(EdgepilotError, match="S3"):
+        open_store("s3://bucket/fleet")
+
+
+def _m(version, mae, autonomy, cte, p50):
+    return {
+        "version": version,
+        "steering_mae": mae,
+        "latency_ms": {"p50": p50},
+        "closed_loop": {"autonomy": autonomy, "mean_abs_cte_m": cte},
+    }
+
+
+def test_gate_promotes_only_a_model_not_worse_within_margins():
+    cfg = RetrainConfig(margin_mae=0.01, margin_autonomy=0.0, margin_cte_m=0.02, latency_budget_ms=2.0)
+    cur = _m("cur", 0.10, 1.0, 0.05, 1.0)
+    assert gate(_m("a", 0.105, 1.0, 0.06, 1.5), cur, cfg)["passed"]  # within margins
+    v = gate(_m("b", 0.12, 1.0, 0.05, 1.0), cur, cfg)
+    assert not v["passed"] and [c["check"] for c in v["checks"] if not c["passed"]] == [
+        "heldout_steering_mae"
+    ]
+    v = gate(_m("c", 0.09, 0.98, 0.05, 1.0), cur, cfg)  # better open loop, worse on the road
+    assert not v["passed"] and [c["check"] for c in v["checks"] if not c["passed"]] == ["sim_autonomy"]
+    v = gate(_m("d", 0.09, 1.0, 0.05, 2.5), cur, cfg)  # too slow for the car
+    assert not v["passed"] and [c["check"] for c in v["checks"] if not c["passed"]] == ["latency_p50_ms"]
+    first = gate(_m("e", 0.5, 0.5, 0.5, 1.0), None, cfg)  # nothing to compare with: budget only
+    assert first["passed"] and first["against"] is None and len(first["checks"]) == 1
+
+
+def test_sessions_are_held_out_whole():
+    keys = [f"logs/c/s{i}" for i in range(10)]
+    tr, held = split_sessions(keys, 5)
+    assert held == ["logs/c/s4", "logs/c/s9"] and not set(tr) & set(held) and len(tr) == 8
+    assert split_sessions(keys[:2], 5) == (["logs/c/s0"], ["logs/c/s1"])
+    with pytest.raises(EdgepilotError, match="at least 2"):
+        split_sessions(keys[:1], 5)
+
+
+def test_two_ddp_workers_reach_the_single_process_quality(tmp_path):
+    from edgepilot.model.evaluate import evaluate, load_frames
+    from edgepilot.model.package import make_keys
+    from edgepilot.model.runtime import Autopilot
+    from edgepilot.model.synthetic import write_synthetic_log
+
+    priv, pub = make_keys(tmp_path / "keys")
+    logs = [str(write_synthetic_log(tmp_path / f"s{i}", 150, seed=i)) for i in range(3)]
+    held = str(write_synthetic_log(tmp_path / "held", 100, seed=9))
+    common = [*logs, "--epochs", "3", "--max-frames", "450", "--key", str(priv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+        out = subprocess.run(
+            [*cmd, "-m", "cloud_trainer.distributed", *common, "--out", str(tmp_path / f"w{n}.eppkg")],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs[2]["workers"] == 2 and runs[1]["workers"] == 1
+    frames, labels = load_frames([held])
+    mae = {
+        n: evaluate(Autopilot.load(r["package"], [str(pub)]), frames, labels)["steering_mae"]
+        for n, r in runs.items()
+    }
+    assert abs(mae[2] - mae[1]) <= 0.05 + 0.25 * mae[1], mae
