@@ -167,3 +167,24 @@ def test_bench_sim_reports_fps(capsys):
     # side by side in one run: physics alone must be faster than physics + render
     assert res["fps_physics_only"] > res["fps"]
     assert np.isfinite(res["render_share"])
+
+
+def test_an_unwritable_plot_path_does_not_lose_the_drive(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, res = run_json(
+        capsys,
+        [
+            "sim",
+            "drive",
+            "--track",
+            "oval",
+            "--headless",
+            "--max-seconds",
+            "1",
+            "--plot",
+            str(blocker / "p.png"),
+            "--json",
+        ],
+    )
+    assert rc == 0 and res["frames"] == 20 and res["plot"] is None
