@@ -159,7 +159,7 @@ class SimSource:
 
     def read(self) -> Frame | None:
         w = self.world
-        if w.done(self.laps or 0, self.max_seconds) if (self.laps or self.max_seconds) else False:
+        if (self.laps or self.max_seconds) and w.done(self.laps or 10**9, self.max_seconds):
             return None
         return Frame(w.render(), w.t, w.frames, truth=w.truth())
 
