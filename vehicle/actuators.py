@@ -1,0 +1,420 @@
+"""The car's actuators: steering servo and ESC behind a serial motor controller.
+
+Two protocols, both over pyserial:
+
+* ``RoboHatActuator`` speaks the Robo HAT MM1 text protocol exactly as DonkeyCar's
+  ``RoboHATDriver`` does: ``b"%d, %d\\r" % (steering_us, throttle_us)`` per command.
+* ``FramedActuator`` speaks the project's framed binary protocol (``vehicle.serial_proto``)
+  to the ATmega328P firmware in ``vehicle/firmware``: sequence numbers, CRC-16, a
+  heartbeat, and ACK/telemetry frames back. The firmware returns to neutral by itself
+  when no valid command arrived for 250 ms.
+
+Why a worker thread per actuator: the control loop must never wait on a serial port.
+``run()`` only stores the newest command and wakes the worker; the worker writes it,
+reads what the car sends back, sends heartbeats, and when the port vanishes (USB
+unplugged, controller reset) it marks the link down, assumes the car went to neutral
+(the firmware's failsafe does that) and reopens the port with exponential back-off
+capped at ``reconnect_max_s``. Commands are coalesced, never queued: a late command
+is a wrong command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import select
+import threading
+import time
+from typing import Any
+
+from edgepilot import EdgepilotError
+from edgepilot.config import ActuatorConfig
+from vehicle import serial_proto as sp
+
+log = logging.getLogger(__name__)
+
+PULSE_MIN_US = 500  # outside this no RC servo or ESC input is meaningful
+PULSE_MAX_US = 2500
+STALE_S = sp.FAILSAFE_MS / 1000  # a command older than the firmware's failsafe is never sent
+
+
+def validate(cfg: ActuatorConfig) -> None:
+    """Reject calibrations that would drive the car somewhere it was not told to go."""
+    where = "actuator"
+    names = (
+        "steering_left_us",
+        "steering_center_us",
+        "steering_right_us",
+        "throttle_reverse_us",
+        "throttle_neutral_us",
+        "throttle_forward_us",
+    )
+    for name in names:
+        v = getattr(cfg, name)
+        if not PULSE_MIN_US <= v <= PULSE_MAX_US:
+            raise EdgepilotError(f"{where}.{name}: {v} us is outside {PULSE_MIN_US}..{PULSE_MAX_US} us")
+    lo, mid, hi = cfg.steering_left_us, cfg.steering_center_us, cfg.steering_right_us
+    if not min(lo, hi) <= mid <= max(lo, hi):
+        raise EdgepilotError(f"{where}: steering_center_us {mid} is not between the end points {lo} and {hi}")
+    lo, mid, hi = cfg.throttle_reverse_us, cfg.throttle_neutral_us, cfg.throttle_forward_us
+    if not min(lo, hi) <= mid <= max(lo, hi):
+        raise EdgepilotError(
+            f"{where}: throttle_neutral_us {mid} is not between reverse {lo} and forward {hi}"
+        )
+    if not 0 < cfg.heartbeat_ms < sp.FAILSAFE_MS:
+        raise EdgepilotError(f"{where}.heartbeat_ms: {cfg.heartbeat_ms} must be in 1..{sp.FAILSAFE_MS - 1}")
+    if cfg.reconnect_max_s <= 0:
+        raise EdgepilotError(f"{where}.reconnect_max_s: must be > 0, got {cfg.reconnect_max_s}")
+
+
+def _map(x: float, neg_us: int, mid_us: int, pos_us: int) -> int:
+    """-1..1 onto a piecewise-linear pulse: each half has its own end point, so a
+    servo whose centre is not midway between its ends still reaches both ends."""
+    if not math.isfinite(x):
+        x = 0.0  # NaN/inf from a broken pilot: the safe command
+    x = max(-1.0, min(1.0, x))
+    end = pos_us if x >= 0 else neg_us
+    return int(round(mid_us + abs(x) * (end - mid_us)))
+
+
+def pulses(steering: float, throttle: float, cfg: ActuatorConfig) -> tuple[int, int]:
+    """Calibrated pulse widths (us): steering -1 = full left, throttle -1 = full reverse.
+
+    ``steering_reverse``/``throttle_reverse`` flip the direction (a servo mounted the
+    other way round, an ESC wired in reverse); inputs are clamped to -1..1."""
+    s = -steering if cfg.steering_reverse else steering
+    t = -throttle if cfg.throttle_reverse else throttle
+    return (
+        _map(s, cfg.steering_left_us, cfg.steering_center_us, cfg.steering_right_us),
+        _map(t, cfg.throttle_reverse_us, cfg.throttle_neutral_us, cfg.throttle_forward_us),
+    )
+
+
+def _open_serial(port: str, baud: int) -> Any:
+    import serial  # pyserial: the vehicle extra
+
+    # timeout=0: reads never block (the worker select()s first); the write timeout
+    # bounds how long a full buffer can hold the worker, never the control loop.
+    return serial.Serial(port, baud, timeout=0, write_timeout=0.2)
+
+
+class SerialActuator:
+    """Common part of both serial protocols: the worker thread, reconnects, stats."""
+
+    kind = "serial"
+
+    def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.port = port or cfg.port
+        self.connected = False
+        self.telemetry: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {
+            "commands": 0,  # run() calls
+            "sent": 0,  # commands written to the port
+            "coalesced": 0,  # replaced by a newer one before the worker sent them
+            "dropped_stale": 0,  # too old to send when the link came back
+            "connects": 0,
+            "disconnects": 0,
+            "open_failures": 0,
+            "write_timeouts": 0,
+            "last_error": None,
+        }
+        self._neutral_us = pulses(0.0, 0.0, cfg)
+        self._lock = threading.Lock()
+        self._pending: tuple[tuple[int, int], float] | None = None
+        self._closing = False
+        self._ser: Any = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread = threading.Thread(target=self._work, name=f"actuator-{self.kind}", daemon=True)
+        self._thread.start()
+
+    # -- the loop's side: O(1), never blocks, never raises ---------------------------
+    def run(self, steering: float, throttle: float) -> None:
+        us = pulses(steering, throttle, self.cfg)
+        with self._lock:
+            if self._pending is not None:
+                self.stats["coalesced"] += 1
+            self._pending = (us, time.monotonic())
+            self.stats["commands"] += 1
+        self._wake()
+
+    def neutral(self) -> None:
+        self.run(0.0, 0.0)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Send neutral (when the port is up), then release it. Idempotent."""
+        if self._closing:
+            return
+        with self._lock:
+            self._pending = (self._neutral_us, time.monotonic())
+        self._closing = True
+        self._wake()
+        self._thread.join(timeout)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> SerialActuator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- protocol hooks -------------------------------------------------------------
+    def _on_connect(self) -> None:
+        self._write(self._encode_command(self._neutral_us))
+
+    def _encode_command(self, us: tuple[int, int]) -> bytes:
+        raise NotImplementedError
+
+    def _on_bytes(self, data: bytes) -> None:
+        pass
+
+    def _periodic(self, now: float) -> float | None:
+        """Periodic duties; returns seconds until the next one (None: none)."""
+        return None
+
+    # -- the worker -----------------------------------------------------------------
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # pipe full (already woken) or closed
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    def _write(self, data: bytes) -> None:
+        import serial
+
+        try:
+            self._ser.write(data)
+        except serial.SerialTimeoutException:
+            self.stats["write_timeouts"] += 1  # nobody reads: not a lost port
+
+    def _lost(self, err: Exception) -> None:
+        log.warning(
+            "actuator %s: port %s lost (%s); car assumed at neutral, reconnecting", self.kind, self.port, err
+        )
+        self.stats["disconnects"] += 1
+        self.stats["last_error"] = str(err)
+        self.connected = False
+        self.telemetry["assumed_neutral"] = True
+        with contextlib.suppress(Exception):
+            self._ser.close()
+        self._ser = None
+
+    def _try_open(self) -> bool:
+        try:
+            self._ser = _open_serial(self.port, self.cfg.baud)
+            self.connected = True
+            self.stats["connects"] += 1
+            self._on_connect()
+            log.info("actuator %s: connected on %s", self.kind, self.port)
+            return True
+        except Exception as e:  # SerialException, OSError, ValueError from a bad path
+            if self._ser is not None:
+                self._lost(e)
+            else:
+                self.stats["open_failures"] += 1
+                self.stats["last_error"] = str(e)
+                if self.stats["open_failures"] == 1:
+                    log.warning("actuator %s: cannot open %s (%s); retrying", self.kind, self.port, e)
+            return False
+
+    def _work(self) -> None:
+        backoff = 0.05
+        while True:
+            if self._ser is None:
+                if self._closing:
+                    return
+                if not self._try_open():
+                    select.select([self._wake_r], [], [], backoff)
+                    self._drain_wake()
+                    backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+                    continue
+                backoff = 0.05
+            try:
+                self._serve_once()
+            except Exception as e:  # the port died under us: EIO, ENXIO, SerialException
+                self._lost(e)
+                continue
+            if self._closing:
+                # neutral once more: the command taken in _serve_once may predate close()
+                with contextlib.suppress(Exception):
+                    self._write(self._encode_command(self._neutral_us))
+                    self._ser.flush()
+                with contextlib.suppress(Exception):
+                    self._ser.close()
+                self._ser = None
+                self.connected = False
+                return
+
+    def _serve_once(self) -> None:
+        next_due = self._periodic(time.monotonic())
+        fd = self._ser.fileno()
+        ready, _, _ = select.select([fd, self._wake_r], [], [], next_due if next_due is not None else 0.5)
+        if self._wake_r in ready:
+            self._drain_wake()
+        if fd in ready:
+            data = self._ser.read(4096)
+            if data:
+                self._on_bytes(data)
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            us, t = pending
+            if time.monotonic() - t > STALE_S and not self._closing:
+                self.stats["dropped_stale"] += 1
+            else:
+                self._write(self._encode_command(us))
+                self.stats["sent"] += 1
+                self.telemetry["assumed_neutral"] = False
+                self.telemetry["commanded_us"] = us
+
+
+class RoboHatActuator(SerialActuator):
+    """Robo HAT MM1 (DonkeyCar's RoboHATDriver protocol): one text line per command.
+
+    The MM1's CircuitPython firmware reports the RC receiver's pulses back as lines of
+    the same form; they land in ``telemetry["rc_us"]`` (useful to calibrate)."""
+
+    kind = "robohat"
+
+    def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
+        self._rx = bytearray()
+        super().__init__(cfg, port)
+
+    def _encode_command(self, us: tuple[int, int]) -> bytes:
+        return b"%d, %d\r" % us
+
+    def _on_bytes(self, data: bytes) -> None:
+        self._rx += data
+        *lines, rest = self._rx.replace(b"\n", b"\r").split(b"\r")
+        self._rx = bytearray(rest[-256:])
+        for line in lines:
+            parts = line.split(b",")
+            try:
+                if len(parts) == 2:
+                    self.telemetry["rc_us"] = (int(parts[0]), int(parts[1]))
+            except ValueError:
+                self.stats["bad_lines"] = self.stats.get("bad_lines", 0) + 1
+
+
+class FramedActuator(SerialActuator):
+    """The project's firmware: CMD frames, a heartbeat every ``heartbeat_ms``, ACK and
+    telemetry frames back. ``telemetry`` holds the latest firmware report (pulses the
+    outputs carry, failsafe flag and count, error counters) and the ACK round trip."""
+
+    kind = "framed"
+
+    def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
+        self._seq = 0
+        self._parser = sp.Parser()
+        self._next_hb = 0.0
+        self._sent_at: dict[int, float] = {}
+        super().__init__(cfg, port)
+        self.stats.update(acks=0, nacks=0, heartbeats=0, telemetry=0, firmware_resets=0, rx_bad_crc=0)
+
+    def _next_seq(self) -> int:
+        s = self._seq
+        self._seq = (s + 1) & 0xFF
+        return s
+
+    def _on_connect(self) -> None:
+        c = self.cfg
+        lo = min(c.steering_left_us, c.steering_right_us, c.throttle_reverse_us, c.throttle_forward_us)
+        hi = max(c.steering_left_us, c.steering_right_us, c.throttle_reverse_us, c.throttle_forward_us)
+        self._parser = sp.Parser()
+        self._write(sp.config(self._next_seq(), *self._neutral_us, lo, hi))
+        super()._on_connect()
+        self._next_hb = 0.0
+
+    def _encode_command(self, us: tuple[int, int]) -> bytes:
+        seq = self._next_seq()
+        self._sent_at[seq] = time.monotonic()
+        return sp.cmd(seq, *us)
+
+    def _periodic(self, now: float) -> float:
+        if now >= self._next_hb:
+            self._write(sp.heartbeat(self._next_seq()))
+            self.stats["heartbeats"] += 1
+            self._next_hb = now + self.cfg.heartbeat_ms / 1000
+        return max(0.0, self._next_hb - now)
+
+    def _on_bytes(self, data: bytes) -> None:
+        for frame in self._parser.feed(data):
+            reply = sp.decode_reply(frame)
+            if isinstance(reply, sp.Ack):
+                sent = self._sent_at.pop(reply.seq, None)
+                if sent is not None:
+                    self.telemetry["ack_rtt_ms"] = (time.monotonic() - sent) * 1000
+                self.stats["acks"] += 1
+                if reply.status not in (sp.ACK_OK, sp.ACK_CLAMPED):
+                    self.stats["nacks"] += 1
+                self.telemetry["outputs_us"] = (reply.steering_us, reply.throttle_us)
+            elif isinstance(reply, sp.Telemetry):
+                self.stats["telemetry"] += 1
+                if reply.flags & sp.F_BOOT and self.stats["telemetry"] > 1:
+                    self.stats["firmware_resets"] += 1
+                self.telemetry.update(
+                    outputs_us=(reply.steering_us, reply.throttle_us),
+                    failsafe=reply.failsafe,
+                    failsafe_count=reply.failsafe_count,
+                    rx_ok=reply.rx_ok,
+                    rx_bad=reply.rx_bad,
+                    rx_lost=reply.rx_lost,
+                    uptime_ms=reply.uptime_ms,
+                    at=time.monotonic(),
+                )
+        self.stats["rx_bad_crc"] = self._parser.bad_crc
+        if len(self._sent_at) > 64:  # ACKs lost on the way back: forget the oldest
+            for k in list(self._sent_at)[:-64]:
+                del self._sent_at[k]
+
+
+class LogActuator:
+    """``kind = "none"``: no motors, commands only logged (bench runs, dry runs on the car)."""
+
+    kind = "none"
+
+    def __init__(self, cfg: ActuatorConfig) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.connected = True
+        self.telemetry: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {"commands": 0}
+        self.last_us = pulses(0.0, 0.0, cfg)
+
+    def run(self, steering: float, throttle: float) -> None:
+        self.last_us = pulses(steering, throttle, self.cfg)
+        self.stats["commands"] += 1
+        log.debug("actuator none: %d, %d us", *self.last_us)
+
+    def neutral(self) -> None:
+        self.run(0.0, 0.0)
+
+    def close(self) -> None:
+        self.neutral()
+
+
+def make_actuator(cfg: ActuatorConfig, sim_world: Any = None) -> Any:
+    """The profile's actuator: "robohat" | "framed" | "none" | "sim" (needs ``sim_world``)."""
+    if cfg.kind == "robohat":
+        return RoboHatActuator(cfg)
+    if cfg.kind == "framed":
+        return FramedActuator(cfg)
+    if cfg.kind == "none":
+        return LogActuator(cfg)
+    if cfg.kind == "sim":
+        if sim_world is None:
+            raise EdgepilotError("actuator.kind 'sim' needs the simulator (use `edgepilot sim drive`)")
+        from vehicle.sources import SimActuator
+
+        return SimActuator(sim_world)
+    raise EdgepilotError(f"actuator.kind: unknown kind {cfg.kind!r} (robohat, framed, none, sim)")

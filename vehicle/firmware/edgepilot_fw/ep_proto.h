@@ -1,0 +1,76 @@
+/*
+ * ep_proto.h - the edgepilot framed serial protocol (plain C, shared by the
+ * ATmega328P firmware and the host build the tests load with ctypes).
+ *
+ * Frame on the wire:
+ *
+ *   0xAA 0x55 | type u8 | seq u8 | len u8 | payload[len] | crc16 LE
+ *
+ * The CRC is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection,
+ * no final xor; check value 0x29B1 for "123456789"), computed over
+ * type, seq, len and the payload. Two sync bytes plus a length cap plus the
+ * CRC let the parser find the next frame after line noise or a torn frame.
+ * All multi-byte fields are little-endian (the AVR's and the host's order).
+ *
+ * Why not COBS/SLIP: a fixed header keeps the AVR parser a tiny state
+ * machine with no output buffer, and the CRC already rejects false syncs.
+ */
+#ifndef EP_PROTO_H
+#define EP_PROTO_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EP_SYNC0 0xAA
+#define EP_SYNC1 0x55
+#define EP_MAX_PAYLOAD 32
+#define EP_OVERHEAD 7 /* sync0 sync1 type seq len crc_lo crc_hi */
+#define EP_MAX_FRAME (EP_MAX_PAYLOAD + EP_OVERHEAD)
+
+/* host -> car */
+#define EP_T_CMD 0x01       /* steering_us u16, throttle_us u16 */
+#define EP_T_HEARTBEAT 0x02 /* empty; answered with TELEMETRY; does NOT feed the failsafe */
+#define EP_T_CONFIG 0x03    /* neutral_steer_us, neutral_throttle_us, min_us, max_us (u16 each) */
+/* car -> host */
+#define EP_T_ACK 0x81       /* acked_seq u8, status u8, steering_us u16, throttle_us u16 */
+#define EP_T_TELEMETRY 0x82 /* see ep_device.h */
+
+/* ACK status */
+#define EP_ACK_OK 0
+#define EP_ACK_CLAMPED 1  /* the command was outside [min_us, max_us] and was clamped */
+#define EP_ACK_BAD_LEN 2  /* the payload length does not fit the type */
+#define EP_ACK_DUP 3      /* same sequence number as the previous frame: ignored */
+#define EP_ACK_UNKNOWN 4  /* unknown frame type */
+
+uint16_t ep_crc16_update(uint16_t crc, uint8_t byte);
+uint16_t ep_crc16(const uint8_t *data, uint16_t len);
+
+/* Write one frame to out (room for EP_MAX_FRAME bytes); returns its length,
+ * or 0 when len > EP_MAX_PAYLOAD. */
+uint8_t ep_encode(uint8_t type, uint8_t seq, const uint8_t *payload, uint8_t len, uint8_t *out);
+
+typedef struct {
+    uint8_t state;
+    uint8_t type, seq, len, idx;
+    uint8_t payload[EP_MAX_PAYLOAD];
+    uint16_t crc;     /* running CRC of the frame being received */
+    uint16_t rx_crc;  /* CRC bytes read from the wire */
+    uint16_t bad_crc; /* frames dropped because the CRC did not match */
+    uint16_t bad_len; /* headers dropped because len > EP_MAX_PAYLOAD */
+} ep_parser_t;
+
+void ep_parser_init(ep_parser_t *p);
+/* Feed one byte; returns 1 when a complete, CRC-valid frame is now in
+ * p->type, p->seq, p->len, p->payload (valid until the next call). */
+uint8_t ep_parser_feed(ep_parser_t *p, uint8_t byte);
+
+static inline uint16_t ep_get_u16(const uint8_t *b) { return (uint16_t)(b[0] | ((uint16_t)b[1] << 8)); }
+static inline void ep_put_u16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)v; b[1] = (uint8_t)(v >> 8); }
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,138 @@
+/*
+ * ep_simavr.c - run the built firmware image in simavr, in real time, with
+ * its USART0 on a pseudo-terminal and its two PWM pins measured.
+ *
+ *   ep_simavr FIRMWARE.elf
+ *
+ * stdout (line-buffered, one event per line):
+ *   pty /dev/pts/N                  the serial port to open (printed first)
+ *   pwm <ch> <t_ms> <width_us>      a servo/ESC pulse width changed; ch is
+ *                                   steer (PB1/OC1A/D9) or throttle (PB2/OC1B/D10),
+ *                                   t_ms the simulated time of that pulse
+ *   exit <state>                    the simulated CPU stopped (crash, sleep forever)
+ *
+ * Widths come from the pin edges the simulated Timer1 drives, not from the
+ * OCR registers: what is checked is what a servo on that pin would see.
+ * Simulated time is paced to the wall clock (the firmware's 250 ms failsafe
+ * must mean 250 ms to a host on the pty); when the host CPU is slower than
+ * the simulation, it simply runs late. SIGTERM/SIGINT stop it cleanly.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "avr_ioport.h"
+#include "sim_avr.h"
+#include "sim_elf.h"
+#include "uart_pty.h"
+
+static volatile sig_atomic_t stop;
+static avr_t *avr;
+
+typedef struct {
+    const char *name;
+    avr_cycle_count_t rise;
+    int have_rise;
+    long last_width_us;
+} channel_t;
+
+static channel_t channels[2] = {{"steer", 0, 0, -1}, {"throttle", 0, 0, -1}};
+
+static void on_stop(int sig)
+{
+    (void)sig;
+    stop = 1;
+}
+
+static void pin_changed(struct avr_irq_t *irq, uint32_t value, void *param)
+{
+    (void)irq;
+    channel_t *c = param;
+    if (value & 1) {
+        c->rise = avr->cycle;
+        c->have_rise = 1;
+        return;
+    }
+    if (!c->have_rise)
+        return;
+    long width = (long)((avr->cycle - c->rise) * 1000000ULL / avr->frequency);
+    long d = width - c->last_width_us;
+    if (c->last_width_us < 0 || d > 1 || d < -1) { /* ignore the +-1 us edge jitter */
+        c->last_width_us = width;
+        printf("pwm %s %llu %ld\n", c->name, (unsigned long long)(avr->cycle * 1000ULL / avr->frequency),
+               width);
+    }
+}
+
+/* simavr calls this when the firmware sleeps; the pacing below does the waiting */
+static void no_sleep(avr_t *a, avr_cycle_count_t how_long)
+{
+    (void)a;
+    (void)how_long;
+}
+
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s FIRMWARE.elf\n", argv[0]);
+        return 2;
+    }
+    elf_firmware_t fw;
+    memset(&fw, 0, sizeof(fw));
+    if (elf_read_firmware(argv[1], &fw) != 0) {
+        fprintf(stderr, "ep_simavr: cannot read %s\n", argv[1]);
+        return 1;
+    }
+    avr = avr_make_mcu_by_name("atmega328p");
+    if (!avr) {
+        fprintf(stderr, "ep_simavr: simavr has no atmega328p core\n");
+        return 1;
+    }
+    avr_init(avr);
+    avr_load_firmware(avr, &fw);
+    avr->frequency = 16000000;
+    avr->sleep = no_sleep;
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    /* only flags: uart_pty's thread may be the one that receives the signal */
+    signal(SIGTERM, on_stop);
+    signal(SIGINT, on_stop);
+
+    static uart_pty_t pty;
+    uart_pty_init(avr, &pty);
+    uart_pty_connect(&pty, '0');
+    printf("pty %s\n", pty.port[0].slavename);
+
+    for (int i = 0; i < 2; i++)
+        avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('B'), 1 + i), pin_changed,
+                                &channels[i]);
+
+    double t0 = wall_s();
+    int state = cpu_Running;
+    while (!stop) {
+        state = avr_run(avr);
+        if (state == cpu_Done || state == cpu_Crashed)
+            break;
+        double ahead = (double)avr->cycle / avr->frequency - (wall_s() - t0);
+        if (ahead > 0.002) {
+            struct timespec ts = {0, (long)(ahead * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (state == cpu_Done || state == cpu_Crashed)
+        printf("exit %d\n", state);
+    /* no uart_pty_stop(): it joins a thread that may already have swallowed the
+     * stop signal and would wait forever; exiting closes the pty all the same */
+    fflush(stdout);
+    _exit(state == cpu_Crashed ? 1 : 0);
+}

@@ -1,0 +1,199 @@
+"""The host side of the edgepilot framed serial protocol (the car's motor controller link).
+
+Byte for byte the same as the firmware's C core (``vehicle/firmware/edgepilot_fw/ep_proto.h``;
+both are checked against ``vehicle/firmware/test_vectors.json``)::
+
+    0xAA 0x55 | type u8 | seq u8 | len u8 | payload[len] | crc16 little-endian
+
+CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, check 0x29B1) over type, seq, len and
+payload. The host sends CMD (pulse widths in microseconds, already calibrated),
+HEARTBEAT (answered with TELEMETRY) and CONFIG (the firmware's neutral and limits); the
+car answers every CMD/CONFIG with an ACK. Why pulse widths and not -1..1: calibration
+lives in the car's profile on the host, so the firmware needs no per-car build.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+SYNC = b"\xaa\x55"
+MAX_PAYLOAD = 32
+OVERHEAD = 7
+
+T_CMD = 0x01
+T_HEARTBEAT = 0x02
+T_CONFIG = 0x03
+T_ACK = 0x81
+T_TELEMETRY = 0x82
+
+ACK_OK = 0
+ACK_CLAMPED = 1
+ACK_BAD_LEN = 2
+ACK_DUP = 3
+ACK_UNKNOWN = 4
+ACK_BAD_VALUE = 5
+
+F_FAILSAFE = 0x01
+F_BOOT = 0x02
+F_CONFIGURED = 0x04
+
+FAILSAFE_MS = 250  # the firmware's EP_FAILSAFE_MS
+
+_TELEMETRY = struct.Struct("<HHBHHHHI")
+_ACK = struct.Struct("<BBHH")
+_CMD = struct.Struct("<HH")
+_CONFIG = struct.Struct("<HHHH")
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_TABLE = _crc_table()
+
+
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE; ``crc16(b"123456789") == 0x29B1``."""
+    for b in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ b) & 0xFF]
+    return crc
+
+
+def encode(ftype: int, seq: int, payload: bytes = b"") -> bytes:
+    """One frame on the wire."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    body = bytes((ftype & 0xFF, seq & 0xFF, len(payload))) + payload
+    return SYNC + body + crc16(body).to_bytes(2, "little")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int  # the acknowledged host frame
+    status: int
+    steering_us: int  # what the outputs carry after the command
+    throttle_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    steering_us: int
+    throttle_us: int
+    flags: int
+    rx_ok: int
+    rx_bad: int  # frames the firmware dropped: CRC or length errors
+    rx_lost: int  # gaps in the host's sequence numbers
+    failsafe_count: int
+    uptime_ms: int
+
+    @property
+    def failsafe(self) -> bool:
+        return bool(self.flags & F_FAILSAFE)
+
+
+def cmd(seq: int, steering_us: int, throttle_us: int) -> bytes:
+    return encode(T_CMD, seq, _CMD.pack(steering_us, throttle_us))
+
+
+def heartbeat(seq: int) -> bytes:
+    return encode(T_HEARTBEAT, seq)
+
+
+def config(seq: int, neutral_steering_us: int, neutral_throttle_us: int, min_us: int, max_us: int) -> bytes:
+    return encode(T_CONFIG, seq, _CONFIG.pack(neutral_steering_us, neutral_throttle_us, min_us, max_us))
+
+
+def decode_cmd(frame: Frame) -> tuple[int, int]:
+    return _CMD.unpack(frame.payload)
+
+
+def decode_ack(frame: Frame) -> Ack:
+    return Ack(*_ACK.unpack(frame.payload))
+
+
+def decode_telemetry(frame: Frame) -> Telemetry:
+    return Telemetry(*_TELEMETRY.unpack(frame.payload))
+
+
+def decode_reply(frame: Frame) -> Ack | Telemetry | None:
+    """An ACK or TELEMETRY frame as a dataclass; None for anything else or a wrong size."""
+    try:
+        if frame.type == T_ACK:
+            return decode_ack(frame)
+        if frame.type == T_TELEMETRY:
+            return decode_telemetry(frame)
+    except struct.error:
+        return None
+    return None
+
+
+class Parser:
+    """Incremental frame parser: the same state machine as the firmware's ``ep_parser_feed``.
+
+    Bytes may arrive in any chunking; garbage, torn frames and CRC errors are skipped
+    (and counted) and the parser resynchronises on the next ``0xAA 0x55``."""
+
+    _SYNC0, _SYNC1, _TYPE, _SEQ, _LEN, _PAYLOAD, _CRC0, _CRC1 = range(8)
+
+    def __init__(self) -> None:
+        self.state = self._SYNC0
+        self.bad_crc = 0
+        self.bad_len = 0
+        self._head = bytearray()
+        self._payload = bytearray()
+        self._need = 0
+        self._rx_crc = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        for b in data:
+            st = self.state
+            if st == self._SYNC0:
+                if b == 0xAA:
+                    self.state = self._SYNC1
+            elif st == self._SYNC1:
+                self.state = self._TYPE if b == 0x55 else (self._SYNC1 if b == 0xAA else self._SYNC0)
+            elif st == self._TYPE:
+                self._head = bytearray((b,))
+                self.state = self._SEQ
+            elif st == self._SEQ:
+                self._head.append(b)
+                self.state = self._LEN
+            elif st == self._LEN:
+                if b > MAX_PAYLOAD:
+                    self.bad_len += 1
+                    self.state = self._SYNC1 if b == 0xAA else self._SYNC0
+                    continue
+                self._head.append(b)
+                self._payload = bytearray()
+                self._need = b
+                self.state = self._PAYLOAD if b else self._CRC0
+            elif st == self._PAYLOAD:
+                self._payload.append(b)
+                if len(self._payload) == self._need:
+                    self.state = self._CRC0
+            elif st == self._CRC0:
+                self._rx_crc = b
+                self.state = self._CRC1
+            else:  # _CRC1
+                self._rx_crc |= b << 8
+                self.state = self._SYNC0
+                if crc16(bytes(self._head) + bytes(self._payload)) == self._rx_crc:
+                    out.append(Frame(self._head[0], self._head[1], bytes(self._payload)))
+                else:
+                    self.bad_crc += 1
+        return out
