@@ -18,3 +18,22 @@ def broker(tmp_path_factory):
     b = start_broker(tmp_path_factory.mktemp("mosquitto"))
     yield b
     b.stop()
+
+
+SAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "datasets" / "samples"
+
+
+@pytest.fixture(scope="session")
+def sample_logs():
+    """The tiny simulator logs shipped for tests (expert driving, randomised look)."""
+    return sorted(str(p) for p in SAMPLES.glob("sim-*") if (p / "records.jsonl").exists())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, sample_logs):
+    """A real early-exit package trained for two epochs on the sample logs (seconds)."""
+    from edgepilot.cli import main
+
+    out = tmp_path_factory.mktemp("model") / "tiny.eppkg"
+    assert main(["train", *sample_logs, "--out", str(out), "--epochs", "2"]) == 0
+    return str(out)
