@@ -4,6 +4,7 @@ hot-swap under load, early-exit accounting."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -131,7 +132,7 @@ def test_hot_swap_under_load_misses_no_frame(tmp_path, tiny_model, sample_logs):
 
 
 def test_tampered_package_is_refused_by_the_slot(tmp_path, tiny_model):
-    data = bytearray(open(tiny_model, "rb").read())
+    data = bytearray(Path(tiny_model).read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad = tmp_path / "bad.eppkg"
     bad.write_bytes(bytes(data))
