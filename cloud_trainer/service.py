@@ -215,7 +215,21 @@ def cli(args: Any) -> dict[str, Any]:
     store = open_store(getattr(args, "store", None) or prof.cloud.store)
     conn = Connection(broker_config(prof.broker, getattr(args, "broker", None)), f"cloud-{os.getpid()}")
     conn.start()
-    cfg = replace(RetrainConfig(), epochs=prof.cloud.epochs)
+    c = prof.cloud
+    cfg = replace(
+        RetrainConfig(),
+        epochs=c.epochs,
+        edge_epochs=c.edge_epochs,
+        max_frames=c.max_frames,
+        eval_tracks=list(c.eval_tracks),
+        eval_seconds=c.eval_seconds,
+        eval_scene_seed=c.eval_scene_seed,
+        eval_latency_ms=c.eval_latency_ms,
+        margin_mae=c.margin_mae,
+        margin_autonomy=c.margin_autonomy,
+        margin_cte_m=c.margin_cte_m,
+        latency_budget_ms=c.latency_budget_ms,
+    )
     svc = CloudService(
         store,
         conn,

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--plot", metavar="PNG", help="trajectory plot path (default: next to the log, or none)"
         )
+        p.add_argument(
+            "--follow-fleet",
+            action="store_true",
+            help="--pilot model: take models the cloud pushes (hot-swapped mid-drive); "
+            "without --model, wait for the fleet's current one",
+        )
 
     t.add(
         simsub,

@@ -110,9 +110,21 @@ class EdgeConfig:
 
 @dataclass
 class CloudConfig:
+    """The cloud trainer; the retrain/gate knobs map onto ``cloud_trainer.retrain.RetrainConfig``."""
+
     store: str = "var/cloud"
     retrain_min_frames: int = 2000
     epochs: int = 8
+    edge_epochs: int | None = None  # default: epochs
+    max_frames: int | None = None  # cap the training frames of one run
+    eval_tracks: list[str] = field(default_factory=lambda: ["oval"])
+    eval_seconds: float = 30.0
+    eval_scene_seed: int = 0
+    eval_latency_ms: float = 0.0
+    margin_mae: float = 0.01
+    margin_autonomy: float = 0.0
+    margin_cte_m: float = 0.02
+    latency_budget_ms: float = 10.0
 
 
 @dataclass

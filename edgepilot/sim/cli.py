@@ -36,8 +36,10 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
 
     prof = load_profile(args.profile, "sim")
     sim = prof.sim
-    if args.pilot == "model" and not (args.model or prof.model.package):
-        raise EdgepilotError("--pilot model needs --model PKG (or model.package in the profile)")
+    if args.pilot == "model" and not (args.model or prof.model.package or args.follow_fleet):
+        raise EdgepilotError(
+            "--pilot model needs --model PKG, --follow-fleet, or model.package in the profile"
+        )
     track = load_track(args.track or sim.track)
     laps = args.laps if args.laps is not None else sim.laps
     if laps < 1:
@@ -99,6 +101,13 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         if max_seconds is None:
             max_seconds = max(120.0, laps * track.length / 0.25)
         slot = model_slot(prof, args.model)
+        link = None
+        if args.follow_fleet:
+            from vehicle.cli import trusted_keys
+            from vehicle.fleetlink import follow_fleet
+
+            cache = Path(args.record or "var/models").parent / f"models-{prof.car_id}"
+            link = follow_fleet(prof, args.broker, slot, cache, trusted_keys(prof))
         offload = offload_client(prof, args, deadline_s=sim.dt_s)
         if window is not None:
             window.mode = "local"
@@ -119,7 +128,11 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             if offload is not None:
                 offload.close()
+            if link is not None:
+                link.close()
         loop_result = run.loop.result()
+        if link is not None:
+            loop_result["fleet"] = link.summary()
         if offload is not None:
             loop_result["offload"] = dict(offload.stats)
         res = type("R", (), {"records": run.loop.stats.recorded, "wall_s": run.wall_s})()
@@ -170,7 +183,16 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": round(res.wall_s, 3),
         "x_realtime": round(score.elapsed_s / res.wall_s, 1) if res.wall_s > 0 else None,
     }
-    for k in ("latency_ms", "edge_used_rate", "edge_late", "model_version", "swaps", "offload", "stages_ms"):
+    for k in (
+        "latency_ms",
+        "edge_used_rate",
+        "edge_late",
+        "model_version",
+        "swaps",
+        "offload",
+        "fleet",
+        "stages_ms",
+    ):
         if k in loop_result:
             out[k] = loop_result[k]
     return out
