@@ -20,7 +20,7 @@ from edgepilot import EdgepilotError
 from edgepilot.broker import free_port, start_broker
 from edgepilot.config import REPO_ROOT, BrokerConfig
 from edgepilot.mqtt import Connection, properties
-from edgepilot.schema import wire
+from edgepilot.schema import fleet, wire
 from vehicle.offload import OffloadClient
 
 torch.set_num_threads(1)
@@ -56,6 +56,8 @@ def secure(tmp_path_factory):
             "car-2",
             "--edge",
             "edge-1",
+            "--cloud",
+            "cloud",
         ],
         check=True,
         capture_output=True,
@@ -127,6 +129,112 @@ def test_acl_a_car_cannot_publish_as_another_car_nor_read_its_replies(secure):
         spy.close()
         car1.close()
         edge.stop()
+
+
+class Inbox:
+    """A client's received messages, with a wait for one topic (QoS 1, so ordered)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.got: list[tuple[str, bytes]] = []
+
+    def __call__(self, msg) -> None:
+        self.got.append((msg.topic, msg.payload))
+
+    def topics(self) -> list[str]:
+        return [t for t, _ in self.got]
+
+    def wait_for(self, topic: str, payload: bytes, timeout: float = 3.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if (topic, payload) in self.got:
+                return True
+            time.sleep(0.01)
+        return False
+
+
+def client(b, auth, who: str, name: str, filters: list[str]) -> tuple[Connection, Inbox]:
+    conn = Connection(creds(b, auth, who), name)
+    inbox = Inbox(conn)
+    for flt in filters:
+        conn.subscribe(flt, inbox, qos=1)
+    conn.start()
+    deadline = time.monotonic() + 3
+    while len(conn.suback) < len(filters) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return conn, inbox
+
+
+def test_acl_fleet_topics_upload_model_status_and_push(secure):
+    """The cloud's traffic: each car uploads and reports only as itself and reads only its
+    own acks; only the cloud announces models, acks uploads and reads the fleet's uploads.
+
+    Every denied publish is followed by an allowed one from the same client at QoS 1: the
+    broker delivers one publisher's messages in order, so once the allowed one arrived the
+    denied one would have arrived before it if the broker had let it through."""
+    b, auth = secure
+    R = wire.ROOT
+    cloud, cloud_in = client(
+        b,
+        auth,
+        "cloud",
+        "cloud-t",
+        [fleet.UPLOAD_OFFER_FILTER, fleet.UPLOAD_CHUNK_FILTER, fleet.CAR_MODEL_FILTER, fleet.CLOUD_RETRAIN_TOPIC],
+    )
+    car1, car1_in = client(
+        b,
+        auth,
+        "car-1",
+        "car-1-fleet",
+        [f"{R}/upload/car-1/#", f"{R}/upload/car-2/#", f"{R}/models/car/#", f"{R}/models/edge"],
+    )
+    car2, car2_in = client(b, auth, "car-2", "car-2-fleet", [f"{R}/upload/car-2/#", f"{R}/models/car/#"])
+    try:
+        # a car uploads as itself (offer and chunk) and reports its model as itself
+        for kind in ("offer", "chunk"):
+            assert car1.publish(fleet.upload_topic("car-1", kind), b"mine-" + kind.encode(), qos=1)
+            assert cloud_in.wait_for(fleet.upload_topic("car-1", kind), b"mine-" + kind.encode())
+        assert car1.publish(fleet.car_model_topic("car-1"), b"status-1", qos=1)
+        assert cloud_in.wait_for(fleet.car_model_topic("car-1"), b"status-1")
+        # ... but not as another car: offer, chunk, model status under car-2 never arrive
+        for topic in (
+            fleet.upload_topic("car-2", "offer"),
+            fleet.upload_topic("car-2", "chunk"),
+            fleet.car_model_topic("car-2"),
+        ):
+            car1.publish(topic, b"forged", qos=1)
+        assert car1.publish(fleet.upload_topic("car-1", "offer"), b"after-forgery", qos=1)
+        assert cloud_in.wait_for(fleet.upload_topic("car-1", "offer"), b"after-forgery")
+        assert all(p != b"forged" for _, p in cloud_in.got)
+        # nor acknowledge an upload, nor trigger a retraining
+        car1.publish(fleet.upload_topic("car-2", "ack"), b"fake-ack", qos=1)
+        car1.publish(fleet.CLOUD_RETRAIN_TOPIC, b'{"v":1}', qos=1)
+        # a car cannot announce a model nor push chunks (car-2 would swap in anything)
+        car1.publish(wire.model_topic("car"), b"evil-announcement", qos=1)
+        car1.publish(fleet.chunk_topic("car", "evil", 0), b"evil-chunk", qos=1)
+        assert car1.publish(fleet.upload_topic("car-1", "chunk"), b"after-evil", qos=1)
+        assert cloud_in.wait_for(fleet.upload_topic("car-1", "chunk"), b"after-evil")
+        assert fleet.CLOUD_RETRAIN_TOPIC not in cloud_in.topics()
+        # the cloud can: ack car-2's upload (car-2 reads it, car-1 does not), trigger a
+        # retrain, announce a model and its chunks (both cars read them)
+        assert cloud.publish(fleet.upload_topic("car-2", "ack"), b"ack-2", qos=1)
+        assert cloud.publish(fleet.upload_topic("car-2", "status"), b"status-2", qos=1)
+        assert cloud.publish(fleet.CLOUD_RETRAIN_TOPIC, b'{"v":1}', qos=1)
+        assert cloud.publish(fleet.chunk_topic("car", "good", 0), b"good-chunk", qos=1)
+        assert cloud.publish(wire.model_topic("edge"), b"edge-announcement", qos=1)
+        assert cloud.publish(wire.model_topic("car"), b"good-announcement", qos=1)
+        assert car2_in.wait_for(fleet.upload_topic("car-2", "status"), b"status-2")
+        assert car2_in.wait_for(wire.model_topic("car"), b"good-announcement")
+        assert car1_in.wait_for(wire.model_topic("car"), b"good-announcement")
+        assert car1_in.wait_for(fleet.chunk_topic("car", "good", 0), b"good-chunk")
+        assert cloud_in.wait_for(fleet.CLOUD_RETRAIN_TOPIC, b'{"v":1}')
+        assert (fleet.upload_topic("car-2", "ack"), b"ack-2") in car2_in.got
+        assert all(p not in (b"evil-announcement", b"evil-chunk", b"fake-ack") for _, p in car2_in.got)
+        assert all(t.startswith(f"{R}/models/car") or "/car-1/" in t for t in car1_in.topics())
+        assert wire.model_topic("edge") not in car1_in.topics()  # cars never see edge models
+    finally:
+        for conn in (cloud, car1, car2):
+            conn.close()
 
 
 def test_tls_with_the_test_ca(tmp_path):
