@@ -1,15 +1,16 @@
 """Write and read driving logs (the format is defined in ``edgepilot.schema.log``).
 
 Writing happens on background threads so the control loop only pays for a queue put.
-Two workers (by default) take queued frames in turn; each encodes its JPEG and writes the
-image file -- OpenCV and the file syscalls release the GIL, so two frames are encoded at
-once on two cores. Finished lines are committed strictly in queue order: a line waits
-(in memory, not a thread) until every earlier one is written, so the file never has a
-hole. A single worker ran at about half the speed of bare JPEG encoding because it
-serialised encoding and file creation; two keep the recorder near the encoder's speed
-(``edgepilot bench record``, docs/benchmarks.md). Lines are flushed to the OS whenever
-the queue runs dry, so ``kill -9`` loses only what was still queued; an image is always
-on disk before the line that names it.
+Two workers (by default) share the work; each encodes a JPEG and writes the image file
+-- OpenCV and the file syscalls release the GIL, so two frames are encoded at once on
+two cores. The second worker only joins while frames queue up (a burst, offline
+conversion); at a steady frame rate one keeps up. Finished lines are committed strictly
+in queue order: a line waits (in memory, not a thread) until every earlier one is
+written, so the file never has a hole. One worker alone reached about half to two
+thirds of bare JPEG encoding's speed on an idle machine, because it serialises encoding
+and file creation (``edgepilot bench record``, docs/benchmarks.md). Lines are flushed to
+the OS whenever the queue runs dry, so ``kill -9`` loses only what was still queued; an
+image is always on disk before the line that names it.
 
 Reading never crashes on a damaged log: a truncated or corrupt line, a 0-byte or
 undecodable JPEG is skipped with one warning and counted in ``LogReader.skipped``.
@@ -101,8 +102,13 @@ class LogWriter:
         self._commit = threading.Lock()
         self._ready: dict[int, tuple[bytes | None, bool]] = {}
         self._committed = 0
+        # Helpers sleep on ``_backlog`` and join in only while frames queue up: at a
+        # steady 20-60 Hz one thread keeps up, and a caller's put() then wakes only that
+        # one -- with every worker waiting on the queue, write() had multi-millisecond
+        # p99 outliers on a busy 2-core machine (docs/benchmarks.md, "Recorder").
+        self._backlog = threading.Event()
         self._threads = [
-            threading.Thread(target=self._run, name=f"log-writer-{k}", daemon=True)
+            threading.Thread(target=self._run, args=(k > 0,), name=f"log-writer-{k}", daemon=True)
             for k in range(max(1, int(workers)))
         ]
         for th in self._threads:
@@ -135,6 +141,7 @@ class LogWriter:
         self._closed = True
         for _ in self._threads:
             self._q.put(None)
+        self._backlog.set()
         for th in self._threads:
             th.join()
         self._lines.flush()
@@ -148,12 +155,25 @@ class LogWriter:
         self.close()
 
     # -- the writer threads ------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, helper: bool) -> None:
         q = self._q
         ready = self._ready
         while True:
+            if helper:
+                self._backlog.wait()
             with self._take:
-                item = q.get()
+                if helper:
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        if self._closed:
+                            return
+                        self._backlog.clear()  # caught up: back to sleep
+                        continue
+                else:
+                    item = q.get()
+                    if len(self._threads) > 1 and not q.empty():
+                        self._backlog.set()  # frames are queueing up: wake the helpers
                 ticket = self._taken
                 self._taken += 1
             if item is None:
