@@ -104,6 +104,7 @@ class SerialActuator:
     """Common part of both serial protocols: the worker thread, reconnects, stats."""
 
     kind = "serial"
+    extra_stats: tuple[str, ...] = ()
 
     def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
         validate(cfg)
@@ -122,6 +123,7 @@ class SerialActuator:
             "write_timeouts": 0,
             "last_error": None,
         }
+        self.stats.update(dict.fromkeys(self.extra_stats, 0))  # before the worker can count them
         self._neutral_us = pulses(0.0, 0.0, cfg)
         self._lock = threading.Lock()
         self._pending: tuple[tuple[int, int], float] | None = None
@@ -199,7 +201,7 @@ class SerialActuator:
 
     def _lost(self, err: Exception) -> None:
         log.warning(
-            "actuator %s: port %s lost (%s); car assumed at neutral, reconnecting", self.kind, self.port, err
+            "actuator %s: port %s lost (%r); car assumed at neutral, reconnecting", self.kind, self.port, err
         )
         self.stats["disconnects"] += 1
         self.stats["last_error"] = str(err)
@@ -285,6 +287,7 @@ class RoboHatActuator(SerialActuator):
     the same form; they land in ``telemetry["rc_us"]`` (useful to calibrate)."""
 
     kind = "robohat"
+    extra_stats = ("bad_lines",)
 
     def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
         self._rx = bytearray()
@@ -303,7 +306,7 @@ class RoboHatActuator(SerialActuator):
                 if len(parts) == 2:
                     self.telemetry["rc_us"] = (int(parts[0]), int(parts[1]))
             except ValueError:
-                self.stats["bad_lines"] = self.stats.get("bad_lines", 0) + 1
+                self.stats["bad_lines"] += 1
 
 
 class FramedActuator(SerialActuator):
@@ -312,6 +315,7 @@ class FramedActuator(SerialActuator):
     outputs carry, failsafe flag and count, error counters) and the ACK round trip."""
 
     kind = "framed"
+    extra_stats = ("acks", "nacks", "heartbeats", "telemetry", "firmware_resets", "rx_bad_crc")
 
     def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
         self._seq = 0
@@ -319,7 +323,6 @@ class FramedActuator(SerialActuator):
         self._next_hb = 0.0
         self._sent_at: dict[int, float] = {}
         super().__init__(cfg, port)
-        self.stats.update(acks=0, nacks=0, heartbeats=0, telemetry=0, firmware_resets=0, rx_bad_crc=0)
 
     def _next_seq(self) -> int:
         s = self._seq

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "avr_ioport.h"
+#include "avr_timer.h"
 #include "sim_avr.h"
 #include "sim_elf.h"
 #include "uart_pty.h"
@@ -65,6 +66,22 @@ static void pin_changed(struct avr_irq_t *irq, uint32_t value, void *param)
         printf("pwm %s %llu %ld\n", c->name, (unsigned long long)(avr->cycle * 1000ULL / avr->frequency),
                width);
     }
+}
+
+/*
+ * simavr 1.6 (Debian 12's) does not re-arm Timer1's compare match when firmware
+ * writes a new OCR1x in fast PWM mode: the pin would keep the old width forever
+ * (fixed upstream later; real silicon double-buffers OCR1x and applies it at the
+ * next period). The timer raises its PWM IRQ on every such write; answering it
+ * with a timer ioctl makes simavr recompute the compare timing, phase preserved.
+ */
+static void ocr_written(struct avr_irq_t *irq, uint32_t value, void *param)
+{
+    (void)irq;
+    (void)value;
+    (void)param;
+    uint32_t trace = 0;
+    avr_ioctl(avr, AVR_IOCTL_TIMER_SET_TRACE('1'), &trace);
 }
 
 /* simavr calls this when the firmware sleeps; the pacing below does the waiting */
@@ -116,6 +133,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < 2; i++)
         avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('B'), 1 + i), pin_changed,
                                 &channels[i]);
+
+    for (int i = 0; i < 2; i++)
+        avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_TIMER_GETIRQ('1'), TIMER_IRQ_OUT_PWM0 + i),
+                                ocr_written, NULL);
 
     double t0 = wall_s();
     int state = cpu_Running;

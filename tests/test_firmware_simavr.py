@@ -1,0 +1,140 @@
+"""The real firmware image in simavr: FramedActuator on one end of a pty, the built
+ATmega328P binary on the other, and the servo/ESC pulses measured on the simulated pins.
+
+This is the end-to-end check of the failsafe: commands at the loop's rate hold the
+pulses; when they stop (heartbeats still flowing) both outputs fall back to neutral
+250 ms after the last command, measured in simulated time from the PWM pin edges.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from edgepilot.config import ActuatorConfig
+from vehicle.actuators import FramedActuator, pulses
+from vehicle.firmware import build, missing_tools
+
+CFG = ActuatorConfig(kind="framed", heartbeat_ms=40, reconnect_max_s=0.2)
+
+
+class Simulator:
+    """ep_simavr running the firmware; collects its ``pwm`` events in a thread."""
+
+    def __init__(self, exe, elf) -> None:
+        self.proc = subprocess.Popen(
+            [str(exe), str(elf)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.pwm: list[tuple[str, int, int, float]] = []  # channel, sim ms, width us, wall time
+        self.pty: str | None = None
+        ready = threading.Event()
+
+        def reader() -> None:
+            for line in self.proc.stdout:
+                parts = line.split()
+                if parts[:1] == ["pty"]:
+                    self.pty = parts[1]
+                    ready.set()
+                elif parts[:1] == ["pwm"]:
+                    self.pwm.append((parts[1], int(parts[2]), int(parts[3]), time.monotonic()))
+            ready.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        if not ready.wait(10) or self.pty is None:
+            self.stop()
+            raise RuntimeError("ep_simavr did not start")
+
+    def width(self, ch: str) -> int | None:
+        w = [e[2] for e in self.pwm if e[0] == ch]
+        return w[-1] if w else None
+
+    def wait_width(self, ch: str, us: int, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.width(ch) is not None and abs(self.width(ch) - us) <= 1:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def sim_build(tmp_path_factory):
+    why = missing_tools("sim")
+    if why:
+        pytest.skip(why)
+    return build("sim", tmp_path_factory.mktemp("fw-sim"))
+
+
+@pytest.fixture
+def sim(sim_build):
+    s = Simulator(sim_build["ep_simavr"], sim_build["edgepilot_fw.elf"])
+    yield s
+    s.stop()
+
+
+def test_firmware_boots_at_neutral_and_follows_commands(sim):
+    assert sim.wait_width("steer", 1500, 5) and sim.wait_width("throttle", 1500, 5)
+    act = FramedActuator(CFG, port=sim.pty)
+    try:
+        target = pulses(-0.6, 0.5, CFG)
+        for _ in range(10):
+            act.run(-0.6, 0.5)
+            time.sleep(0.05)
+        assert sim.wait_width("steer", target[0], 2), sim.pwm[-4:]
+        assert sim.wait_width("throttle", target[1], 2), sim.pwm[-4:]
+        # the firmware's own reports come back through the framed back channel
+        deadline = time.monotonic() + 2
+        while act.telemetry.get("outputs_us") != target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert act.telemetry["outputs_us"] == target
+        assert act.stats["acks"] >= 5 and act.stats["telemetry"] >= 1
+        assert act.telemetry["rx_bad"] == 0 and act.stats["rx_bad_crc"] == 0
+        assert act.stats["disconnects"] == 0 and act.stats["last_error"] is None
+    finally:
+        act.close()
+    # close() sends neutral: the pulses return at once, not after the 250 ms failsafe
+    assert sim.wait_width("throttle", 1500, 0.2)
+
+
+def test_failsafe_250ms_after_the_last_command_measured_on_the_pins(sim):
+    assert sim.wait_width("throttle", 1500, 5)
+    cfg = replace(CFG, throttle_forward_us=2000)
+    act = FramedActuator(cfg, port=sim.pty)
+    try:
+        # 20 Hz commands, each throttle a little different, so every command shows as a
+        # pulse-width change at the simulated time it took effect
+        for i in range(12):
+            act.run(0.0, 0.2 + 0.02 * i)
+            time.sleep(0.05)
+        last_us = pulses(0.0, 0.2 + 0.02 * 11, cfg)[1]
+        assert sim.wait_width("throttle", last_us, 2)
+        hb_before = act.stats["heartbeats"]
+        assert sim.wait_width("throttle", 1500, 2), "no failsafe"
+        time.sleep(0.1)
+        assert act.stats["heartbeats"] > hb_before  # heartbeats flowed, and did not hold the car
+        thr = [(t_ms, w) for ch, t_ms, w, _ in sim.pwm if ch == "throttle"]
+        active = [i for i, (_, w) in enumerate(thr) if w != 1500]
+        run = thr[active[0] : active[-1] + 2]
+        assert [w for _, w in run[:-1]] == sorted(w for _, w in run[:-1])  # no dip to neutral meanwhile
+        t_last, t_neutral = thr[active[-1]][0], thr[active[-1] + 1][0]
+        gap = t_neutral - t_last
+        # 250 ms of no command, seen at the next 20 ms servo frame
+        assert 230 <= gap <= 290, (gap, thr[-5:])
+        deadline = time.monotonic() + 2
+        while not act.telemetry.get("failsafe") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert act.telemetry["failsafe"] and act.telemetry["failsafe_count"] >= 1
+    finally:
+        act.close()
