@@ -199,6 +199,18 @@ class Connection:
         if self.connected.is_set():
             self._subscribe_now(flt, qos)
 
+    def unsubscribe(self, flt: str) -> bool:
+        """Forget ``flt`` (no re-subscribe on reconnect) and tell the broker now if connected.
+
+        Returns False when ``flt`` was not subscribed. Messages already in flight may still
+        arrive for a moment; their handler is no longer called."""
+        with self._lock:
+            known = self._subs.pop(flt, None) is not None
+        self.suback.pop(flt, None)
+        if known and self.connected.is_set():
+            self.client.unsubscribe(flt)
+        return known
+
     def publish(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, props: Properties | None = None
     ) -> bool:

@@ -179,7 +179,12 @@ def test_acl_fleet_topics_upload_model_status_and_push(secure):
         auth,
         "cloud",
         "cloud-t",
-        [fleet.UPLOAD_OFFER_FILTER, fleet.UPLOAD_CHUNK_FILTER, fleet.CAR_MODEL_FILTER, fleet.CLOUD_RETRAIN_TOPIC],
+        [
+            fleet.UPLOAD_OFFER_FILTER,
+            fleet.UPLOAD_CHUNK_FILTER,
+            fleet.CAR_MODEL_FILTER,
+            fleet.CLOUD_RETRAIN_TOPIC,
+        ],
     )
     car1, car1_in = client(
         b,

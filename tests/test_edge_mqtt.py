@@ -1,0 +1,59 @@
+"""edgepilot.mqtt.Connection against a real Mosquitto: subscribe, unsubscribe."""
+
+from __future__ import annotations
+
+import time
+
+from edgepilot.config import BrokerConfig
+from edgepilot.mqtt import Connection
+
+
+def wait(pred, timeout: float = 3.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def test_unsubscribe_stops_delivery_and_survives_reconnect(broker):
+    got: list[tuple[str, bytes]] = []
+    sub = Connection(BrokerConfig(url=broker.url), "unsub-t")
+    sub.subscribe("edgepilot/test/unsub/a", lambda m: got.append((m.topic, m.payload)), qos=1)
+    sub.subscribe("edgepilot/test/unsub/b", lambda m: got.append((m.topic, m.payload)), qos=1)
+    raw: list[str] = []  # what the broker delivered, before any handler lookup
+    inner = sub.client.on_message
+    sub.client.on_message = lambda c, u, m: (raw.append(m.topic), inner(c, u, m))
+    sub.start()
+    pub = Connection(BrokerConfig(url=broker.url), "unsub-pub")
+    pub.start()
+    try:
+        assert wait(lambda: len(sub.suback) == 2)
+        pub.publish("edgepilot/test/unsub/a", b"1", qos=1)
+        assert wait(lambda: ("edgepilot/test/unsub/a", b"1") in got)
+        assert sub.unsubscribe("edgepilot/test/unsub/a")
+        assert not sub.unsubscribe("edgepilot/test/unsub/a")  # already gone
+        assert not sub.unsubscribe("edgepilot/test/never")
+        time.sleep(0.1)  # the UNSUBSCRIBE is on its way; one publisher's QoS 1 stays ordered
+        pub.publish("edgepilot/test/unsub/a", b"2", qos=1)
+        pub.publish("edgepilot/test/unsub/b", b"sentinel", qos=1)
+        assert wait(lambda: ("edgepilot/test/unsub/b", b"sentinel") in got)
+        assert ("edgepilot/test/unsub/a", b"2") not in got
+        assert raw.count("edgepilot/test/unsub/a") == 1  # the broker stopped sending it
+        # a reconnect re-subscribes only what is still subscribed: a second client with the
+        # same id takes the session over (the broker drops ours), then leaves; ours comes back
+        sub.suback.clear()
+        thief = Connection(BrokerConfig(url=broker.url), "unsub-t")
+        thief.start()
+        thief.close()
+        assert wait(lambda: "edgepilot/test/unsub/b" in sub.suback and sub.connected.is_set())
+        assert "edgepilot/test/unsub/a" not in sub.suback
+        pub.publish("edgepilot/test/unsub/a", b"3", qos=1)
+        pub.publish("edgepilot/test/unsub/b", b"sentinel-2", qos=1)
+        assert wait(lambda: ("edgepilot/test/unsub/b", b"sentinel-2") in got)
+        assert all(t != "edgepilot/test/unsub/a" or p == b"1" for t, p in got)
+        assert raw.count("edgepilot/test/unsub/a") == 1
+    finally:
+        pub.close()
+        sub.close()
