@@ -53,8 +53,10 @@ def lateral_shift(
     h, w = frame.shape[:2]
     v0 = cfg.horizon * h
     k = shift_px / max(h - 1 - v0, 1.0)
-    m = np.float32([[1, k, -k * v0], [0, 1, 0]])
-    out = cv2.warpAffine(frame, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    rows = np.maximum(np.arange(h, dtype=np.float32) - v0, 0.0) * k  # nothing moves above the horizon
+    map_x = np.arange(w, dtype=np.float32)[None, :] - rows[:, None]
+    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None], w, 1)
+    out = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out, float(np.clip(steering + cfg.shift_gain * shift_px / w, -1.0, 1.0))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import torch
@@ -89,7 +90,10 @@ def load_int8(net: StagedNet, state: dict, spec: InputSpec = DEFAULT_SPEC) -> li
     stages = quantize_stages(net, None, spec)
     for k, s in enumerate(stages):
         prefix = f"stages.{k}."
-        sub = {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}
+        sub = OrderedDict((n[len(prefix) :], v) for n, v in state.items() if n.startswith(prefix))
+        # module versions select the state format of quantised modules; the skeleton was
+        # just built by this torch, like the package's weights were
+        sub._metadata = s.state_dict()._metadata  # type: ignore[attr-defined]
         try:
             s.load_state_dict(sub)
         except (RuntimeError, KeyError) as e:

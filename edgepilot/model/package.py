@@ -1,6 +1,6 @@
 """The model package: one signed file that the cloud pushes and every runtime loads.
 
-A package (``.eppkg``) is a zip archive (stored, not compressed) of three members:
+A package (``.eppkg``) is a zip archive (deflated) of three members:
 
 ``manifest.json``
     version, parent, architecture, input spec, quantisation, thresholds, metrics,
@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,7 @@ def save_package(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         z.writestr(MANIFEST, mbytes)
         z.writestr(WEIGHTS, weights)
         z.writestr(SIGNATURE, json.dumps(sig))
@@ -213,7 +214,9 @@ def load_package(path: str | Path, trusted_keys: list[str] | None = None) -> Pac
             f"{str(manifest.get('weights_sha256'))[:12]}): the file is damaged or tampered"
         )
     try:
-        state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # int8 tensors still load through TypedStorage
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any unpickling refusal is a bad package
         raise EdgepilotError(f"{path}: weights do not load safely ({type(e).__name__})") from None
     return Package(manifest, state, Path(path))

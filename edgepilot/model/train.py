@@ -53,7 +53,7 @@ class TrainConfig:
     lr: float = 2e-3
     seed: int = 0
     val_fraction: float = 0.2
-    threads: int = 2
+    threads: int = 1  # shared cores: OpenMP threads that spin-wait under load cost more than they give
     label_sigma_bins: float = 1.0
     distill_alpha: float = 0.5
     max_frames: int | None = None  # cap (evenly subsampled) for quick runs and tests

@@ -1,0 +1,82 @@
+"""int8 compression: the int8 package agrees with its fp32 parent, is much smaller, keeps
+the exit logic, and loads back to exactly the numbers that were quantised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgepilot import EdgepilotError
+from edgepilot.model.compress import compress_package, int8_state, load_int8, quantize_stages
+from edgepilot.model.evaluate import load_frames
+from edgepilot.model.nets import ArchSpec, build_net
+from edgepilot.model.package import make_keys, read_manifest
+from edgepilot.model.preprocess import to_tensor
+from edgepilot.model.runtime import Autopilot
+from edgepilot.model.synthetic import write_synthetic_log
+from edgepilot.model.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("int8")
+    priv, pub = make_keys(d / "keys")
+    logs = [str(write_synthetic_log(d / f"s{i}", frames=80, seed=10 + i)) for i in range(4)]
+    train(logs, d / "fp32.eppkg", TrainConfig(epochs=5, batch=16), key=str(priv))
+    return d, logs, priv, pub
+
+
+def test_int8_agrees_with_fp32_and_is_smaller(trained):
+    d, logs, priv, pub = trained
+    r = compress_package(
+        str(d / "fp32.eppkg"), str(d / "int8.eppkg"), logs, key=str(priv), trusted=[str(pub)]
+    )
+    assert r["size_bytes_after"] * 3.5 <= r["size_bytes_before"]
+    assert r["final_head_mean_abs_diff"] < 0.03
+    assert r["steering_mae_after"] <= r["steering_mae_before"] + 0.02
+    m = read_manifest(d / "int8.eppkg")
+    assert m["quant"] == "int8" and m["parent"] == read_manifest(d / "fp32.eppkg")["version"]
+    fp32 = Autopilot.load(d / "fp32.eppkg", [str(pub)])
+    int8 = Autopilot.load(d / "int8.eppkg", [str(pub)])
+    frames, _ = load_frames(logs[:1])
+    a = np.array([fp32.infer(f, force_final=True).steering for f in frames])
+    b = np.array([int8.infer(f, force_final=True).steering for f in frames])
+    assert np.abs(a - b).mean() < 0.03
+    assert np.corrcoef(a, b)[0, 1] > 0.98
+    # the exit logic is the same code on int8 stages
+    int8.exit_thresholds = [0.0, 0.0]
+    int8.stage_calls = [0, 0, 0]
+    assert int8.infer(frames[0]).exit == 0 and int8.stage_calls == [1, 0, 0]
+    with pytest.raises(EdgepilotError, match="already int8"):
+        compress_package(str(d / "int8.eppkg"), str(d / "x.eppkg"), logs, key=str(priv), trusted=[str(pub)])
+
+
+def test_int8_state_round_trips_exactly(trained):
+    _, logs, _, _ = trained
+    torch.manual_seed(0)
+    net = build_net(ArchSpec("early-exit")).eval()
+    frames, _ = load_frames(logs[:1])
+    x = to_tensor(frames[:32])
+    stages = quantize_stages(net, [x])
+    loaded = load_int8(net, int8_state(stages))
+    with torch.no_grad():
+        for a, b in zip(stages, loaded, strict=True):
+            fa, oa = a(x)
+            fb, ob = b(x)
+            assert torch.equal(oa, ob) and torch.equal(fa, fb)
+            x = fa
+
+
+def test_calibration_needs_frames():
+    net = build_net(ArchSpec("early-exit"))
+    with pytest.raises(EdgepilotError, match="needs frames"):
+        quantize_stages(net, [])
+
+
+def test_compress_cli_needs_calib(tmp_path):
+    from edgepilot.cli import main
+
+    assert main(["compress", str(Path(tmp_path) / "a.eppkg"), "--out", str(tmp_path / "b.eppkg")]) == 1
