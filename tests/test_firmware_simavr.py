@@ -77,9 +77,16 @@ def sim_build(tmp_path_factory):
     return build("sim", tmp_path_factory.mktemp("fw-sim"))
 
 
-@pytest.fixture
-def sim(sim_build):
-    s = Simulator(sim_build["ep_simavr"], sim_build["edgepilot_fw.elf"])
+@pytest.fixture(params=["avr", "arduino"])
+def sim(request, sim_build, tmp_path_factory):
+    """The plain avr-libc image, and the .ino sketch linked with the Arduino core."""
+    elf = sim_build["edgepilot_fw.elf"]
+    if request.param == "arduino":
+        why = missing_tools("arduino")
+        if why:
+            pytest.skip(why)
+        elf = build("arduino", tmp_path_factory.mktemp("fw-ino"))["edgepilot_fw.elf"]
+    s = Simulator(sim_build["ep_simavr"], elf)
     yield s
     s.stop()
 

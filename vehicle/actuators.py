@@ -20,6 +20,7 @@ is a wrong command.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -134,6 +135,8 @@ class SerialActuator:
         os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._work, name=f"actuator-{self.kind}", daemon=True)
         self._thread.start()
+        # a process that ends without close() still leaves the car at neutral
+        atexit.register(self.close)
 
     # -- the loop's side: O(1), never blocks, never raises ---------------------------
     def run(self, steering: float, throttle: float) -> None:
@@ -152,6 +155,7 @@ class SerialActuator:
         """Send neutral (when the port is up), then release it. Idempotent."""
         if self._closing:
             return
+        atexit.unregister(self.close)
         with self._lock:
             self._pending = (self._neutral_us, time.monotonic())
         self._closing = True

@@ -17,6 +17,11 @@ VECTORS = FIRMWARE_DIR / "test_vectors.json"
 _NEEDS = {
     "host": [("gcc", "cc")],
     "avr": [("avr-gcc", "gcc-avr"), ("avr-objcopy", "binutils-avr")],
+    "arduino": [
+        ("avr-gcc", "gcc-avr"),
+        ("avr-g++", "gcc-avr"),
+        ("/usr/share/arduino/hardware/arduino/avr/cores/arduino/Arduino.h", "arduino-core-avr"),
+    ],
     "sim": [
         ("gcc", "cc"),
         ("avr-gcc", "gcc-avr"),
@@ -27,6 +32,7 @@ _NEEDS = {
 _OUTPUTS = {
     "host": ["host/libepcore.so"],
     "avr": ["avr/edgepilot_fw.elf", "avr/edgepilot_fw.hex"],
+    "arduino": ["arduino/edgepilot_fw.elf", "arduino/edgepilot_fw.hex"],
     "sim": ["host/ep_simavr", "avr/edgepilot_fw.elf"],
 }
 
