@@ -57,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, a.cars + 1):
             name = f"car-{i}"
             rc = sup.wait(name)
-            last = sup.children[name].tail(1)
-            try:
-                results[name] = json.loads(last) if rc == 0 else {"error": f"exit {rc}"}
-            except json.JSONDecodeError:
-                results[name] = {"error": last[:80]}
+            res = sup.children[name].json_result()
+            results[name] = (
+                res if rc == 0 and res else {"error": f"exit {rc}: {sup.children[name].tail(1)[:80]}"}
+            )
         wall = time.monotonic() - t0
     keys = ["autonomy", "interventions", "mean_abs_cte_m", "offload_rate", "frames"]
     rows = [[n, *(r.get(k, r.get("error", "")) for k in keys)] for n, r in results.items()]

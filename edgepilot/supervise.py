@@ -32,6 +32,20 @@ class Child:
     proc: subprocess.Popen
     expect_exit: bool = False
 
+    @property
+    def out_path(self) -> Path:
+        return self.log_path.with_suffix(".out")
+
+    def json_result(self) -> dict:
+        """The child's ``--json`` result: the last line of its stdout."""
+        import json
+
+        try:
+            lines = self.out_path.read_text().strip().splitlines()
+            return json.loads(lines[-1]) if lines else {}
+        except (OSError, ValueError):
+            return {}
+
     def tail(self, n: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -51,17 +65,19 @@ class Supervisor:
     def start(
         self, name: str, argv: list[str], env: dict[str, str] | None = None, expect_exit: bool = False
     ) -> Child:
-        log_path = self.logdir / f"{name}.log"
-        f = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+        log_path = self.logdir / f"{name}.log"  # stderr: logs, progress
+        err = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+        out = open(log_path.with_suffix(".out"), "wb")  # noqa: SIM115 - stdout: tables, --json
         proc = subprocess.Popen(
             argv,
-            stdout=f,
-            stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=err,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-        f.close()
+        err.close()
+        out.close()
         child = Child(name, argv, log_path, proc, expect_exit)
         self.children[name] = child
         log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
