@@ -35,8 +35,11 @@ class NullActuator:
         pass
 
 
-def trusted_keys(profile: Profile) -> list[str]:
-    """The profile's public keys, relative paths taken from the repo root."""
+def trusted_keys(profile: Profile) -> list[str] | None:
+    """The profile's public keys, relative paths taken from the repo root; None (the
+    model package's default, ``keys/*.pub``) when the profile names none."""
+    if not profile.model.trusted_keys:
+        return None
     out = []
     for k in profile.model.trusted_keys:
         p = Path(k)
@@ -121,3 +124,120 @@ def bench_loop(args: Any) -> dict[str, Any]:
         res["record_dropped"] = rec.dropped
         res["wall_with_flush_s"] = round(time.perf_counter() - t0, 3)
     return res
+
+
+def _car_session(profile: Profile, record_root: str | None) -> Any:
+    """A recorder for a real-car session in the profile's record directory."""
+    import uuid
+
+    from edgepilot.drivelog import LogWriter, new_session_dir
+    from edgepilot.schema.log import SessionMeta
+
+    root = Path(record_root or profile.drive.record_dir)
+    meta = SessionMeta(
+        session=uuid.uuid4().hex,
+        created=time.time(),
+        source="car",
+        car_id=profile.car_id,
+        camera={
+            "width": profile.camera.width,
+            "height": profile.camera.height,
+            "source": profile.camera.source,
+        },
+    )
+    return LogWriter(new_session_dir(root, prefix=f"{profile.car_id}-"), meta)
+
+
+def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
+    """``drive`` and ``collect``: camera -> loop -> serial actuator on the real car."""
+    from vehicle.actuators import make_actuator
+    from vehicle.sources import CameraSource
+    from vehicle.userinput import PilotUser
+
+    profile = load_profile(args.profile, "car")
+    if getattr(args, "broker", None):
+        profile.broker.url = args.broker
+    slot = model_slot(profile, getattr(args, "model", None))
+    mode = "user" if collect else (getattr(args, "mode", None) or profile.drive.mode)
+    if mode != "user" and slot.current is None:
+        raise EdgepilotError(f"mode {mode} needs a model: --model PKG or model.package in the profile")
+    window = None
+    if collect or not getattr(args, "headless", False):
+        from edgepilot.sim.cli import has_display
+
+        if has_display():
+            from vehicle.ui import DriveWindow
+
+            window = DriveWindow(
+                None,
+                gamepad=profile.gamepad,
+                title=f"edgepilot {profile.car_id}",
+                fps_hint=profile.camera.fps,
+            )
+            window.mode = mode
+        elif collect:
+            raise EdgepilotError("collect needs a window (a display) for the keyboard/gamepad")
+    link = None
+    if not collect:
+        try:
+            from vehicle.fleetlink import follow_fleet
+
+            link = follow_fleet(
+                profile,
+                None,
+                slot,
+                Path(profile.drive.record_dir).parent / "models",
+                trusted_keys(profile),
+                wait_s=0 if slot.current else 60,
+            )
+        except EdgepilotError as e:
+            log.warning("not following the fleet's model pushes: %s", e)
+    recorder = _car_session(profile, getattr(args, "record", None))
+    source = CameraSource(profile.camera)
+    actuator = make_actuator(profile.actuator)
+    offload = offload_client(profile, args, deadline_s=1.0 / profile.camera.fps)
+    opts = LoopOptions(
+        mode=mode,
+        throttle_cap=profile.drive.throttle_cap,
+        record=not profile.drive.auto_record,
+        auto_record=profile.drive.auto_record,
+        delete_seconds=profile.drive.delete_seconds,
+        deadline_s=1.0 / profile.camera.fps,
+        car_id=profile.car_id,
+    )
+
+    def on_frame(frame: Any, info: dict[str, Any]) -> None:
+        if window is not None:
+            window.draw(frame.image, None, info)
+
+    loop = DriveLoop(
+        source,
+        actuator,
+        model=slot,
+        user=PilotUser(window) if window else None,
+        offload=offload,
+        recorder=recorder,
+        options=opts,
+        on_frame=on_frame,
+    )
+    try:
+        loop.run()
+    finally:
+        source.close()
+        recorder.close()
+        if window is not None:
+            window.close()
+        if link is not None:
+            link.close()
+    res = _finish(loop, offload)
+    res["log"] = str(recorder.path)
+    res["actuator"] = getattr(actuator, "stats", {})
+    return res
+
+
+def drive(args: Any) -> dict[str, Any]:
+    return _run_car(args, collect=False)
+
+
+def collect(args: Any) -> dict[str, Any]:
+    return _run_car(args, collect=True)

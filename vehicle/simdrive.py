@@ -16,39 +16,10 @@ from typing import Any
 from edgepilot.drivelog import LogWriter
 from edgepilot.progress import bar
 from vehicle.hotswap import ModelSlot
-from vehicle.loop import DriveLoop, LoopOptions, UserState
+from vehicle.loop import DriveLoop, LoopOptions
 from vehicle.parts import Frame
 from vehicle.sources import SimActuator, SimSource
-
-
-class ExpertUser:
-    """The expert's label for each frame, plus the window's requests when there is one."""
-
-    def __init__(self, world: Any, expert: Any, window: Any = None, keyboard: bool = False) -> None:
-        self.world, self.expert, self.window, self.keyboard = world, expert, window, keyboard
-        self._mode: str | None = None
-        self._rec: bool | None = None
-        self._estop = False
-
-    def poll(self, frame: Frame) -> UserState:
-        ls, lt, aps, apt = self.expert.act(self.world)
-        st = UserState(ls, lt, applied=(aps, apt) if (aps, apt) != (ls, lt) else None)
-        w = self.window
-        if w is None:
-            return st
-        w.poll()
-        if self.keyboard or w.mode == "user":
-            us, ut = w.user_command()
-            st = UserState(us, ut)
-        if w.mode != self._mode:
-            st.mode = self._mode = w.mode
-        if w.recording != self._rec:
-            st.record = self._rec = w.recording
-        if w.estop != self._estop:
-            st.estop = self._estop = w.estop
-        st.delete = w.take_delete_request()
-        st.quit = w.quit
-        return st
+from vehicle.userinput import PilotUser
 
 
 @dataclass
@@ -92,7 +63,7 @@ def run_loop_drive(
         SimSource(world).until(laps, max_seconds),
         SimActuator(world),
         model=slot,
-        user=ExpertUser(world, expert, window, keyboard=False),
+        user=PilotUser(window, expert, world),
         offload=offload,
         recorder=writer,
         options=opts,
