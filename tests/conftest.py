@@ -37,3 +37,13 @@ def tiny_model(tmp_path_factory, sample_logs):
     out = tmp_path_factory.mktemp("model") / "tiny.eppkg"
     assert main(["train", *sample_logs, "--out", str(out), "--epochs", "2"]) == 0
     return str(out)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.slow`` tests (5-minute load, long fault runs) only with EDGEPILOT_SLOW=1."""
+    if os.environ.get("EDGEPILOT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set EDGEPILOT_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
