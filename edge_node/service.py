@@ -44,6 +44,13 @@ MAX_FRAME_SIDE = 4096  # a decoded frame larger than this is refused (memory bom
 
 
 @dataclass(slots=True)
+class _Answer:
+    steering: float
+    throttle: float
+    confidence: float
+
+
+@dataclass(slots=True)
 class _Pending:
     payload: bytes
     topic: str
@@ -67,10 +74,12 @@ class EdgeService:
         health_every_s: float = 1.0,
         model_loader: Any = None,
         trusted_keys: list[str] | None = None,
+        tails: Any = None,
     ) -> None:
         self.node_id = wire.check_id(node_id, "node id")
         self.group = group
         self.model = model
+        self.tails = tails  # edgepilot.model.tail.TailSet: serves split-mode (features) requests
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1e3
         self.health_every_s = health_every_s
@@ -173,6 +182,27 @@ class EdgeService:
         log.debug("edge %s: error reply to %s: %s", self.node_id, car, why)
         self._reply(item, car, wire.InferReply("error", car=car, frame=frame, node=self.node_id, error=why))
 
+    def _features(self, item: _Pending, req: wire.InferRequest) -> tuple[int, np.ndarray] | None:
+        """A split-mode body -> (stage, float32 C x H x W), or an error reply and None."""
+        if self.tails is None:
+            self._error(
+                item, "kind 'features' is not served by this node (no tails loaded)", req.car, req.frame
+            )
+            return None
+        try:
+            meta = wire.FeatureMeta.from_dict(req.meta)
+            if req.model != self.tails.car_version:
+                raise wire.WireError(
+                    f"features from car model {req.model!r}; this node's tails are for {self.tails.car_version!r}"
+                )
+            tail = self.tails.tails.get(meta.stage)
+            if tail is None or tuple(meta.shape) != tuple(tail.shape):
+                raise wire.WireError(f"no tail for stage {meta.stage} with shape {list(meta.shape)}")
+            return meta.stage, wire.unpack_features(req.body, meta)
+        except wire.WireError as e:
+            self._error(item, str(e), req.car, req.frame)
+            return None
+
     def _expired(self, req: wire.InferRequest, item: _Pending, now_mono: float, now_wall: float) -> bool:
         if req.deadline is not None and now_wall > req.deadline:
             return True
@@ -195,31 +225,43 @@ class EdgeService:
             if self._expired(req, item, t0, wall0):
                 self.metrics.dropped_expired += 1
                 continue
-            if req.kind != "jpeg":
-                self._error(item, f"kind {req.kind!r} is not served by this node", req.car, req.frame)
-                continue
             good.append((item, req))
         frames: list[np.ndarray] = []
         ready: list[tuple[_Pending, wire.InferRequest]] = []
+        split: dict[int, list[tuple[_Pending, wire.InferRequest, np.ndarray]]] = {}
         for item, req in good:
+            if req.kind == "features":
+                feats = self._features(item, req)
+                if feats is not None:
+                    split.setdefault(feats[0], []).append((item, req, feats[1]))
+                continue
             img = cv2.imdecode(np.frombuffer(req.body, np.uint8), cv2.IMREAD_COLOR)
             if img is None or img.ndim != 3 or max(img.shape[:2]) > MAX_FRAME_SIDE:
                 self._error(item, "body is not a decodable JPEG frame", req.car, req.frame)
                 continue
             frames.append(img)
             ready.append((item, req))
-        if not ready:
-            return
+        decisions: list[Any] = []
         try:
-            decisions = model.infer_batch(frames)
+            if frames:
+                decisions = list(model.infer_batch(frames))
+            for stage, group in split.items():  # one batch per split point
+                s_, t_, c_ = self.tails.infer(stage, np.stack([f for _, _, f in group]))
+                decisions += [
+                    _Answer(a, b, c) for a, b, c in zip(s_.tolist(), t_.tolist(), c_.tolist(), strict=True)
+                ]
+                ready += [(item, req) for item, req, _ in group]
         except Exception as e:  # a model bug answers errors; it must not stop the node
             log.exception("edge %s: inference failed", self.node_id)
-            for item, req in ready:
+            failed = ready[: len(frames)] + [(i, r) for g in split.values() for i, r, _ in g]
+            for item, req in failed:
                 self._error(item, f"inference failed: {type(e).__name__}", req.car, req.frame)
+            return
+        if not ready:
             return
         t1 = time.monotonic()
         compute_ms = (t1 - t0) * 1e3
-        version = getattr(model, "version", None)
+        versions = {"jpeg": getattr(model, "version", None), "features": getattr(self.tails, "version", None)}
         late_wall = time.time()
         self.metrics.batch(len(ready))
         for (item, req), d in zip(ready, decisions, strict=True):
@@ -233,7 +275,7 @@ class EdgeService:
                 steering=max(-1.0, min(1.0, float(d.steering))),
                 throttle=max(-1.0, min(1.0, float(d.throttle))),
                 confidence=float(d.confidence),
-                model=version,
+                model=versions[req.kind],
                 node=self.node_id,
                 compute_ms=round(compute_ms, 3),
                 batch=len(ready),

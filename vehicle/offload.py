@@ -37,7 +37,7 @@ from edgepilot.schema import wire
 
 log = logging.getLogger(__name__)
 
-MODES = ("frame",)  # "split" (intermediate features, issue 6 item 5) is not built yet
+MODES = ("frame", "split")
 _REMEMBER = 512  # frames whose late answers we can still recognise
 
 
@@ -104,6 +104,7 @@ class CircuitBreaker:
 class _Sent:
     t: float
     deadline: float
+    nbytes: int = 0
 
 
 class OffloadClient:
@@ -120,6 +121,7 @@ class OffloadClient:
         wall_clock_deadline: bool = True,
         model_version: str | None = None,
         on_answer: Callable[[EdgeAnswer, bool], None] | None = None,
+        planner: Any = None,
     ) -> None:
         if mode not in MODES:
             raise EdgepilotError(f"offload mode {mode!r} is not available (built: {', '.join(MODES)})")
@@ -130,6 +132,7 @@ class OffloadClient:
         self.wall_clock_deadline = wall_clock_deadline
         self.model_version = model_version
         self.on_answer = on_answer  # (answer, in_time) on the network thread: benchmarks
+        self.planner = planner  # edge_node.planner.SplitPlanner: which split point to send
         self._infer_topic = wire.infer_topic(car_id)
         self._reply_topic = wire.reply_topic(car_id)
         self._cond = threading.Condition()
@@ -137,7 +140,7 @@ class OffloadClient:
         self._expired: OrderedDict[int, float] = OrderedDict()  # frame -> send time, for late answers
         self._answers: OrderedDict[int, EdgeAnswer] = OrderedDict()
         self._rtts: deque[float] = deque(maxlen=4096)
-        self.counts = dict(sent=0, answered=0, late=0, missed=0, dropped=0, errors=0, stray=0)
+        self.counts = dict(sent=0, answered=0, late=0, missed=0, dropped=0, errors=0, stray=0, split=0)
         self.conn = Connection(broker, car_id)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -201,6 +204,8 @@ class OffloadClient:
                 return
             self.counts["answered"] += 1
             self.breaker.success()
+            if self.planner is not None and rep.compute_ms is not None:
+                self.planner.observe(sent.nbytes, rtt - rep.compute_ms - (rep.queue_ms or 0.0))
             self._answers[frame] = ans  # type: ignore[index]
             while len(self._answers) > _REMEMBER:
                 self._answers.popitem(last=False)
@@ -217,9 +222,40 @@ class OffloadClient:
         while len(self._expired) > _REMEMBER:
             self._expired.popitem(last=False)
 
-    def submit(self, frame_index: int, jpeg: bytes, deadline_s: float | None = None) -> bool:
+    def _body(
+        self, jpeg: bytes | None, features: Any, stage: int | None
+    ) -> tuple[bytes, str, dict[str, Any]] | None:
+        """What to send: in split mode the car's features of the planner's split point (or
+        of the last stage it ran when that one is not at hand), else the JPEG."""
+        if self.mode == "split" and features is not None:
+            avail = features if isinstance(features, dict) else {stage: features}
+            want = self.planner.choice if self.planner is not None else None
+            if want is not None and want < 0 and jpeg is not None:
+                return jpeg, "jpeg", {}  # the planner prefers frame mode right now
+            k = want if want in avail else max(k for k in avail if k is not None)
+            x = avail[k]
+            x = x.numpy() if hasattr(x, "numpy") else x
+            body, meta = wire.pack_features(x, int(k))
+            return body, "features", meta.to_dict()
+        return (jpeg, "jpeg", {}) if jpeg is not None else None
+
+    def submit(
+        self,
+        frame_index: int,
+        jpeg: bytes | None,
+        deadline_s: float | None = None,
+        *,
+        features: Any = None,
+        stage: int | None = None,
+        model: str | None = None,
+    ) -> bool:
         """Send one frame; False (and nothing sent) when the breaker is open or the broker
-        is not connected. Never blocks."""
+        is not connected. Never blocks.
+
+        Split mode: ``features`` is the car's output of stage ``stage`` (``Decision.features``
+        and ``Decision.exit``), or a ``{stage: tensor}`` of several; frame mode, or no
+        features given, sends the JPEG. ``model``: the car model version that made them
+        (the edge's tails are bound to one; default ``model_version``)."""
         budget = self.deadline_s if deadline_s is None else deadline_s
         now = time.monotonic()
         with self._cond:
@@ -230,26 +266,37 @@ class OffloadClient:
             if not self.breaker.allow(now):
                 self.counts["dropped"] += 1
                 return False
-            self._pending[frame_index] = _Sent(now, now + budget)
+            sent = self._pending[frame_index] = _Sent(now, now + budget)
+        what = self._body(jpeg, features, stage)
+        if what is None:
+            with self._cond:
+                self._pending.pop(frame_index, None)
+            raise EdgepilotError("offload: nothing to send (no JPEG and no features)")
+        body, kind, meta = what
         wall = time.time()
         req = wire.InferRequest(
             car=self.car_id,
             frame=frame_index,
-            body=jpeg,
+            body=body,
+            kind=kind,
             sent=round(wall, 6),
             deadline=round(wall + budget, 6) if self.wall_clock_deadline else None,
             budget_ms=round(budget * 1e3, 3),
-            model=self.model_version,
+            model=model or self.model_version,
+            meta=meta,
         )
         props = properties(
             response_topic=self._reply_topic,
             correlation=frame_index.to_bytes(8, "big"),
             expiry_s=math.ceil(budget),
         )
-        ok = self.conn.publish(self._infer_topic, wire.encode_request(req), qos=0, props=props)
+        payload = wire.encode_request(req)
+        sent.nbytes = len(payload)
+        ok = self.conn.publish(self._infer_topic, payload, qos=0, props=props)
         with self._cond:
             if ok:
                 self.counts["sent"] += 1
+                self.counts["split"] += kind == "features"
             else:
                 self._pending.pop(frame_index, None)
                 self.counts["dropped"] += 1

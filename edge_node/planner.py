@@ -1,0 +1,130 @@
+"""Choosing the split point (issue 6, co-inference by partitioning; Neurosurgeon's idea).
+
+For each way of asking the edge, the end-to-end time of an answer is predicted from
+measured parts: the car's own stages up to the split that it would not run anyway, the
+8-bit + zlib encoding, the link (round trip plus bytes over bandwidth), and the edge's
+compute for what is left. ``frame`` mode is one more candidate: the JPEG the car already
+has, and the edge's whole model. Among the candidates whose prediction fits the deadline,
+the one with the best measured accuracy (steering MAE on held-out logs) wins, the faster
+on a tie; when none fits, the fastest. The choice is made again whenever a measurement
+changes (``update``/``observe``), because on a congested link the bytes term dominates and
+on an idle one the edge compute does.
+
+Sunk car compute: a frame is known to be hard only at the car's final exit, so by then the
+car has run every stage, and a later split costs the car nothing extra. ``sunk_stages``
+says how many stages the car runs regardless (default: all); with fewer, earlier splits
+save the car's time and the planner counts it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FRAME = -1  # the candidate "send the JPEG, the edge runs its own model"
+
+
+@dataclass
+class Candidate:
+    """One way to ask: split after stage ``stage`` (or ``FRAME``)."""
+
+    stage: int
+    wire_bytes: float  # request payload size, measured (mean over frames)
+    edge_ms: float  # edge compute for it at batch 1 (decode/unpack + tail or model)
+    encode_ms: float = 0.0  # car-side packing (quantize + zlib; JPEG is already made)
+    mae: float | None = None  # held-out steering MAE of the answer
+
+
+@dataclass
+class SplitPlanner:
+    candidates: list[Candidate]
+    car_stage_ms: list[float]  # measured per-stage compute on the car
+    rtt_ms: float = 1.0  # link round trip without payload (measured)
+    bandwidth_mbps: float = 100.0  # link bandwidth (measured)
+    deadline_ms: float = 33.3
+    sunk_stages: int | None = None  # None: all (hard frames are known at the final exit)
+    choice: int = field(init=False, default=FRAME)
+    changes: int = field(init=False, default=0)
+    _obs: deque = field(init=False, default_factory=lambda: deque(maxlen=64))
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            raise ValueError("SplitPlanner needs at least one candidate")
+        self.choice = self._choose()
+
+    def predict_ms(self, c: Candidate) -> float:
+        sunk = len(self.car_stage_ms) if self.sunk_stages is None else self.sunk_stages
+        car = sum(self.car_stage_ms[sunk : c.stage + 1]) if c.stage >= 0 else 0.0
+        link = self.rtt_ms + c.wire_bytes * 8 / (self.bandwidth_mbps * 1e3)  # Mbit/s -> bits per ms
+        return car + c.encode_ms + link + c.edge_ms
+
+    def table(self) -> list[dict]:
+        return [
+            {
+                "split": "frame" if c.stage == FRAME else c.stage,
+                "wire_bytes": round(c.wire_bytes),
+                "predicted_ms": round(self.predict_ms(c), 3),
+                "mae": c.mae,
+                "chosen": c.stage == self.choice,
+            }
+            for c in self.candidates
+        ]
+
+    def _choose(self) -> int:
+        timed = [(self.predict_ms(c), c) for c in self.candidates]
+        fit = [(t, c) for t, c in timed if t <= self.deadline_ms]
+        if not fit:
+            return min(timed, key=lambda tc: tc[0])[1].stage
+        return min(fit, key=lambda tc: (math.inf if tc[1].mae is None else tc[1].mae, tc[0]))[1].stage
+
+    def _rechoose(self) -> bool:
+        new = self._choose()
+        changed = new != self.choice
+        self.choice = new
+        self.changes += changed
+        return changed
+
+    def update(
+        self,
+        *,
+        rtt_ms: float | None = None,
+        bandwidth_mbps: float | None = None,
+        car_stage_ms: list[float] | None = None,
+        edge_ms: dict[int, float] | None = None,
+        deadline_ms: float | None = None,
+    ) -> bool:
+        """New measurements in; True when the choice changed."""
+        if rtt_ms is not None:
+            self.rtt_ms = rtt_ms
+        if bandwidth_mbps is not None:
+            self.bandwidth_mbps = bandwidth_mbps
+        if car_stage_ms is not None:
+            self.car_stage_ms = list(car_stage_ms)
+        if deadline_ms is not None:
+            self.deadline_ms = deadline_ms
+        for c in self.candidates:
+            if edge_ms and c.stage in edge_ms:
+                c.edge_ms = edge_ms[c.stage]
+        return self._rechoose()
+
+    def observe(self, wire_bytes: int, link_ms: float) -> bool:
+        """One answer's link time (round trip minus the edge's compute and queue) for a
+        request of ``wire_bytes``. With sizes spread enough, fit ``link = rtt + bytes/bw``
+        over the recent window; otherwise only the round trip moves. True on a new choice."""
+        if not (math.isfinite(link_ms) and link_ms >= 0):
+            return False
+        self._obs.append((float(wire_bytes), float(link_ms)))
+        if len(self._obs) < 8:
+            return False
+        b, ms = np.array(self._obs).T
+        if b.max() > 1.5 * max(b.min(), 1.0):
+            slope, icpt = np.polyfit(b, ms, 1)
+            if slope > 0:
+                self.bandwidth_mbps = 8 / (slope * 1e3)
+            self.rtt_ms = max(0.0, float(icpt))
+        else:
+            self.rtt_ms = max(0.0, float(np.median(ms - b * 8 / (self.bandwidth_mbps * 1e3))))
+        return self._rechoose()
