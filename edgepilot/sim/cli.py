@@ -50,7 +50,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         raise EdgepilotError(f"--latency-ms must be 0..5000, got {latency}")
     if not (0 <= args.perturb <= 1):
         raise EdgepilotError(f"--perturb must be 0..1, got {args.perturb}")
-    if args.edge:
+    if args.edge and args.pilot != "model":
         log.warning("--edge offloads the model pilot's hard frames; the %s pilot ignores it", args.pilot)
     # an unseen dummy window only for the keyboard pilot (scripted input in tests):
     # an expert drive under the dummy driver stays headless and at full speed
