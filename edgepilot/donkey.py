@@ -183,7 +183,11 @@ def import_tub(tub: str | Path, out: str | Path, *, quiet: bool = False) -> Conv
         },
     )
     seen: set[int] = set()
-    with LogWriter(out, meta, block=True) as w:
+    try:
+        writer = LogWriter(out, meta, block=True)
+    except OSError as e:
+        raise EdgepilotError(f"{out}: cannot create the driving log: {e.strerror or e}") from None
+    with writer as w:
         for idx, rec in bar(entries, desc="import", unit="rec") if not quiet else entries:
             where = f"{tub.name} record {idx}"
             if idx in deleted:
@@ -261,7 +265,10 @@ def export_tub(
     out = Path(out)
     if (out / "manifest.json").exists():
         raise EdgepilotError(f"{out}: already holds a tub; pick a new directory")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgepilotError(f"{out}: cannot create the tub: {e.strerror or e}") from None
     result = ConvertResult()
     session_id = f"{time.strftime('%y-%m-%d')}_0"
     created = time.time()

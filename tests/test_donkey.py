@@ -204,3 +204,12 @@ def test_export_refuses_to_overwrite_a_tub(tmp_path):
     export_tub(tmp_path / "log", tmp_path / "tub", quiet=True)
     with pytest.raises(EdgepilotError, match="already holds a tub"):
         export_tub(tmp_path / "log", tmp_path / "tub", quiet=True)
+
+
+def test_unwritable_destination_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(EdgepilotError, match="cannot create the driving log"):
+        import_tub(TUB, tmp_path / "file" / "log", quiet=True)
+    import_tub(TUB, tmp_path / "log", quiet=True)
+    with pytest.raises(EdgepilotError, match="cannot create the tub"):
+        export_tub(tmp_path / "log", tmp_path / "file" / "tub", quiet=True)
