@@ -142,58 +142,41 @@ def decode_reply(frame: Frame) -> Ack | Telemetry | None:
 
 
 class Parser:
-    """Incremental frame parser: the same state machine as the firmware's ``ep_parser_feed``.
+    """Incremental frame parser: the same algorithm as the firmware's ``ep_parser_next``.
 
-    Bytes may arrive in any chunking; garbage, torn frames and CRC errors are skipped
-    (and counted) and the parser resynchronises on the next ``0xAA 0x55``."""
-
-    _SYNC0, _SYNC1, _TYPE, _SEQ, _LEN, _PAYLOAD, _CRC0, _CRC1 = range(8)
+    Bytes may arrive in any chunking. A candidate frame that fails (CRC, or a length
+    over the cap) costs only its first byte: the search restarts at the next byte, so
+    a false sync in line noise never swallows the real frame behind it. Failures are
+    counted in ``bad_crc``/``bad_len``."""
 
     def __init__(self) -> None:
-        self.state = self._SYNC0
         self.bad_crc = 0
         self.bad_len = 0
-        self._head = bytearray()
-        self._payload = bytearray()
-        self._need = 0
-        self._rx_crc = 0
+        self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
+        buf = self._buf
+        buf += data
         out: list[Frame] = []
-        for b in data:
-            st = self.state
-            if st == self._SYNC0:
-                if b == 0xAA:
-                    self.state = self._SYNC1
-            elif st == self._SYNC1:
-                self.state = self._TYPE if b == 0x55 else (self._SYNC1 if b == 0xAA else self._SYNC0)
-            elif st == self._TYPE:
-                self._head = bytearray((b,))
-                self.state = self._SEQ
-            elif st == self._SEQ:
-                self._head.append(b)
-                self.state = self._LEN
-            elif st == self._LEN:
-                if b > MAX_PAYLOAD:
-                    self.bad_len += 1
-                    self.state = self._SYNC1 if b == 0xAA else self._SYNC0
-                    continue
-                self._head.append(b)
-                self._payload = bytearray()
-                self._need = b
-                self.state = self._PAYLOAD if b else self._CRC0
-            elif st == self._PAYLOAD:
-                self._payload.append(b)
-                if len(self._payload) == self._need:
-                    self.state = self._CRC0
-            elif st == self._CRC0:
-                self._rx_crc = b
-                self.state = self._CRC1
-            else:  # _CRC1
-                self._rx_crc |= b << 8
-                self.state = self._SYNC0
-                if crc16(bytes(self._head) + bytes(self._payload)) == self._rx_crc:
-                    out.append(Frame(self._head[0], self._head[1], bytes(self._payload)))
-                else:
-                    self.bad_crc += 1
+        while True:
+            i = buf.find(SYNC)
+            if i < 0:  # keep a lone 0xAA at the end: it may be the start of a sync
+                del buf[: len(buf) - (1 if buf.endswith(b"\xaa") else 0)]
+                break
+            del buf[:i]
+            if len(buf) < 5:
+                break
+            n = buf[4]
+            if n > MAX_PAYLOAD:
+                self.bad_len += 1
+                del buf[:1]
+                continue
+            if len(buf) < n + OVERHEAD:
+                break
+            if crc16(bytes(buf[2 : 5 + n])) != int.from_bytes(buf[5 + n : 7 + n], "little"):
+                self.bad_crc += 1
+                del buf[:1]
+                continue
+            out.append(Frame(buf[2], buf[3], bytes(buf[5 : 5 + n])))
+            del buf[: n + OVERHEAD]
         return out

@@ -156,7 +156,8 @@ void ep_device_tick(ep_device_t *d, uint32_t now_ms)
 void ep_device_feed(ep_device_t *d, uint8_t byte, uint32_t now_ms)
 {
     ep_device_tick(d, now_ms); /* a command that arrives late must not skip the failsafe */
-    if (ep_parser_feed(&d->parser, byte))
+    ep_parser_push(&d->parser, byte);
+    while (ep_parser_next(&d->parser))
         handle_frame(d);
 }
 

@@ -1,7 +1,5 @@
-/* ep_proto.c - CRC, framing and the byte-at-a-time parser (see ep_proto.h). */
+/* ep_proto.c - CRC, framing and the resynchronising parser (see ep_proto.h). */
 #include "ep_proto.h"
-
-enum { S_SYNC0 = 0, S_SYNC1, S_TYPE, S_SEQ, S_LEN, S_PAYLOAD, S_CRC0, S_CRC1 };
 
 uint16_t ep_crc16_update(uint16_t crc, uint8_t byte)
 {
@@ -40,62 +38,57 @@ uint8_t ep_encode(uint8_t type, uint8_t seq, const uint8_t *payload, uint8_t len
 
 void ep_parser_init(ep_parser_t *p)
 {
-    p->state = S_SYNC0;
+    p->n = 0;
     p->bad_crc = 0;
     p->bad_len = 0;
 }
 
-uint8_t ep_parser_feed(ep_parser_t *p, uint8_t b)
+static void drop(ep_parser_t *p, uint8_t k)
 {
-    switch (p->state) {
-    case S_SYNC0:
-        if (b == EP_SYNC0)
-            p->state = S_SYNC1;
-        return 0;
-    case S_SYNC1:
-        /* 0xAA 0xAA 0x55: the second 0xAA may be the real start */
-        p->state = (b == EP_SYNC1) ? S_TYPE : (b == EP_SYNC0 ? S_SYNC1 : S_SYNC0);
-        return 0;
-    case S_TYPE:
-        p->type = b;
-        p->crc = ep_crc16_update(0xFFFF, b);
-        p->state = S_SEQ;
-        return 0;
-    case S_SEQ:
-        p->seq = b;
-        p->crc = ep_crc16_update(p->crc, b);
-        p->state = S_LEN;
-        return 0;
-    case S_LEN:
-        if (b > EP_MAX_PAYLOAD) {
-            p->bad_len++;
-            p->state = (b == EP_SYNC0) ? S_SYNC1 : S_SYNC0;
+    for (uint8_t i = k; i < p->n; i++)
+        p->buf[i - k] = p->buf[i];
+    p->n = (uint8_t)(p->n - k);
+}
+
+void ep_parser_push(ep_parser_t *p, uint8_t b)
+{
+    /* after ep_parser_next() returned 0 the buffer holds less than one frame, so
+     * this never triggers; it only keeps a caller that skips next() memory-safe */
+    if (p->n == EP_MAX_FRAME)
+        drop(p, 1);
+    p->buf[p->n++] = b;
+}
+
+uint8_t ep_parser_next(ep_parser_t *p)
+{
+    for (;;) {
+        uint8_t i = 0; /* skip to "AA 55", or a lone "AA" as the last byte */
+        while (i < p->n && !(p->buf[i] == EP_SYNC0 && (i + 1 == p->n || p->buf[i + 1] == EP_SYNC1)))
+            i++;
+        drop(p, i);
+        if (p->n < 5)
             return 0;
+        uint8_t len = p->buf[4];
+        if (len > EP_MAX_PAYLOAD) {
+            p->bad_len++;
+            drop(p, 1);
+            continue;
         }
-        p->len = b;
-        p->idx = 0;
-        p->crc = ep_crc16_update(p->crc, b);
-        p->state = b ? S_PAYLOAD : S_CRC0;
-        return 0;
-    case S_PAYLOAD:
-        p->payload[p->idx++] = b;
-        p->crc = ep_crc16_update(p->crc, b);
-        if (p->idx == p->len)
-            p->state = S_CRC0;
-        return 0;
-    case S_CRC0:
-        p->rx_crc = b;
-        p->state = S_CRC1;
-        return 0;
-    case S_CRC1:
-        p->rx_crc |= (uint16_t)b << 8;
-        p->state = S_SYNC0;
-        if (p->rx_crc == p->crc)
-            return 1;
-        p->bad_crc++;
-        return 0;
-    default:
-        p->state = S_SYNC0;
-        return 0;
+        uint8_t total = (uint8_t)(len + EP_OVERHEAD);
+        if (p->n < total)
+            return 0;
+        uint16_t rx = (uint16_t)(p->buf[5 + len] | ((uint16_t)p->buf[6 + len] << 8));
+        if (ep_crc16(p->buf + 2, (uint16_t)(3 + len)) != rx) {
+            p->bad_crc++;
+            drop(p, 1);
+            continue;
+        }
+        p->type = p->buf[2];
+        p->seq = p->buf[3];
+        p->len = len;
+        for (uint8_t k = 0; k < len; k++)
+            p->payload[k] = p->buf[5 + k];
+        drop(p, total);
+        return 1;
     }
 }

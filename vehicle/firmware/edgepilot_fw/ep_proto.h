@@ -12,8 +12,8 @@
  * CRC let the parser find the next frame after line noise or a torn frame.
  * All multi-byte fields are little-endian (the AVR's and the host's order).
  *
- * Why not COBS/SLIP: a fixed header keeps the AVR parser a tiny state
- * machine with no output buffer, and the CRC already rejects false syncs.
+ * Why not COBS/SLIP: a fixed header keeps the AVR side to one 39-byte buffer
+ * and a short loop, and the CRC already rejects false syncs.
  */
 #ifndef EP_PROTO_H
 #define EP_PROTO_H
@@ -52,20 +52,25 @@ uint16_t ep_crc16(const uint8_t *data, uint16_t len);
  * or 0 when len > EP_MAX_PAYLOAD. */
 uint8_t ep_encode(uint8_t type, uint8_t seq, const uint8_t *payload, uint8_t len, uint8_t *out);
 
+/* The parser keeps the bytes of the frame candidate it is looking at. When a
+ * candidate fails (CRC, or a length over the cap) it drops only the first byte and
+ * searches again from the next one, so a false sync in line noise never swallows
+ * the real frame that follows it (a real frame is lost only if it is corrupted). */
 typedef struct {
-    uint8_t state;
-    uint8_t type, seq, len, idx;
+    uint8_t buf[EP_MAX_FRAME];
+    uint8_t n; /* bytes held in buf */
+    uint8_t type, seq, len;
     uint8_t payload[EP_MAX_PAYLOAD];
-    uint16_t crc;     /* running CRC of the frame being received */
-    uint16_t rx_crc;  /* CRC bytes read from the wire */
-    uint16_t bad_crc; /* frames dropped because the CRC did not match */
-    uint16_t bad_len; /* headers dropped because len > EP_MAX_PAYLOAD */
+    uint16_t bad_crc; /* candidates dropped because the CRC did not match */
+    uint16_t bad_len; /* candidates dropped because len > EP_MAX_PAYLOAD */
 } ep_parser_t;
 
 void ep_parser_init(ep_parser_t *p);
-/* Feed one byte; returns 1 when a complete, CRC-valid frame is now in
- * p->type, p->seq, p->len, p->payload (valid until the next call). */
-uint8_t ep_parser_feed(ep_parser_t *p, uint8_t byte);
+/* Add one received byte. Then call ep_parser_next() until it returns 0. */
+void ep_parser_push(ep_parser_t *p, uint8_t byte);
+/* 1 when a complete, CRC-valid frame is now in p->type, p->seq, p->len,
+ * p->payload (valid until the next call); 0 when more bytes are needed. */
+uint8_t ep_parser_next(ep_parser_t *p);
 
 static inline uint16_t ep_get_u16(const uint8_t *b) { return (uint16_t)(b[0] | ((uint16_t)b[1] << 8)); }
 static inline void ep_put_u16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)v; b[1] = (uint8_t)(v >> 8); }
