@@ -169,3 +169,22 @@ def test_find_logs_expands_folders(tmp_path):
     write_log(tmp_path / "a" / "s1", 2)
     write_log(tmp_path / "a" / "s2", 2)
     assert [p.name for p in find_logs([tmp_path / "a"])] == ["s1", "s2"]
+
+
+def test_parallel_writer_threads_keep_order_and_pair_images(tmp_path):
+    # A burst (block=True, no pacing) makes the second writer thread join in; lines must
+    # still come out in call order, deletes where they were called, each image its own.
+    path = tmp_path / "log"
+    with LogWriter(path, block=True, workers=2) as w:
+        for i in range(300):
+            w.write(Record(i=i, t=i, steering=0, throttle=0), frame(i))
+            if i == 149:
+                w.delete(100, 149)
+    lines = (path / RECORDS).read_bytes().splitlines()
+    assert json.loads(lines[150]) == {"op": "delete", "first": 100, "last": 149}
+    assert [json.loads(x)["i"] for k, x in enumerate(lines) if k != 150] == list(range(300))
+    r = LogReader(path)
+    got = list(r.frames())
+    assert [rec.i for rec, _ in got] == [*range(100), *range(150, 300)]
+    for rec, img in got[::25]:
+        assert np.abs(img.astype(int) - frame(rec.i).astype(int)).mean() < 3
