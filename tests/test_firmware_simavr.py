@@ -109,6 +109,9 @@ def test_firmware_boots_at_neutral_and_follows_commands(sim):
         assert act.stats["acks"] >= 5 and act.stats["telemetry"] >= 1
         assert act.telemetry["rx_bad"] == 0 and act.stats["rx_bad_crc"] == 0
         assert act.stats["disconnects"] == 0 and act.stats["last_error"] is None
+        # the firmware took the CONFIG (a second one only if its boot report, sent before
+        # the port was open, got through); no re-send at every telemetry
+        assert act.stats["configs"] <= 2
     finally:
         act.close()
     # close() sends neutral: the pulses return at once, not after the 250 ms failsafe

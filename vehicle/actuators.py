@@ -319,7 +319,7 @@ class FramedActuator(SerialActuator):
     outputs carry, failsafe flag and count, error counters) and the ACK round trip."""
 
     kind = "framed"
-    extra_stats = ("acks", "nacks", "heartbeats", "telemetry", "firmware_resets", "rx_bad_crc")
+    extra_stats = ("acks", "nacks", "heartbeats", "telemetry", "firmware_resets", "rx_bad_crc", "configs")
 
     def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
         self._seq = 0
@@ -333,12 +333,16 @@ class FramedActuator(SerialActuator):
         self._seq = (s + 1) & 0xFF
         return s
 
-    def _on_connect(self) -> None:
+    def _send_config(self) -> None:
         c = self.cfg
         lo = min(c.steering_left_us, c.steering_right_us, c.throttle_reverse_us, c.throttle_forward_us)
         hi = max(c.steering_left_us, c.steering_right_us, c.throttle_reverse_us, c.throttle_forward_us)
-        self._parser = sp.Parser()
         self._write(sp.config(self._next_seq(), *self._neutral_us, lo, hi))
+        self.stats["configs"] += 1
+
+    def _on_connect(self) -> None:
+        self._parser = sp.Parser()
+        self._send_config()
         super()._on_connect()
         self._next_hb = 0.0
 
@@ -369,6 +373,11 @@ class FramedActuator(SerialActuator):
                 self.stats["telemetry"] += 1
                 if reply.flags & sp.F_BOOT and self.stats["telemetry"] > 1:
                     self.stats["firmware_resets"] += 1
+                if not reply.flags & sp.F_CONFIGURED:
+                    # the firmware reset (an Uno resets when the port opens and its
+                    # bootloader eats the first bytes): its failsafe neutral must be
+                    # the profile's, not the firmware's default 1500 us
+                    self._send_config()
                 self.telemetry.update(
                     outputs_us=(reply.steering_us, reply.throttle_us),
                     failsafe=reply.failsafe,
