@@ -31,6 +31,7 @@ import logging
 import os
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,14 @@ def _json_default(o: Any) -> Any:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest only, *unverified* (for listings; never for loading weights)."""
     with _open(path) as z:
-        return json.loads(_member(z, path, MANIFEST))
+        raw = _member(z, path, MANIFEST)
+    try:
+        m = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        raise EdgepilotError(f"{path}: manifest is not JSON") from None
+    if not isinstance(m, dict):
+        raise EdgepilotError(f"{path}: manifest is not a JSON object")
+    return m
 
 
 def load_package(path: str | Path, trusted_keys: list[str] | None = None) -> Package:
@@ -194,7 +202,7 @@ def load_package(path: str | Path, trusted_keys: list[str] | None = None) -> Pac
         try:
             sig = json.loads(_member(z, path, SIGNATURE))
             raw_sig = base64.b64decode(sig["sig"], validate=True)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise EdgepilotError(f"{path}: signature block is malformed") from None
     if not any(_verifies(k, raw_sig, mbytes) for k in keys):
         raise EdgepilotError(
@@ -248,5 +256,15 @@ def _member(z: zipfile.ZipFile, path: str | Path, name: str) -> bytes:
         raise EdgepilotError(f"{path}: {name} is implausibly large ({info.file_size} bytes)")
     try:
         return z.read(name)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    # a damaged or foreign archive: an unknown compression method (NotImplementedError),
+    # an encrypted member (RuntimeError), a corrupt deflate stream (zlib.error), a cut one
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        NotImplementedError,
+        RuntimeError,
+        EOFError,
+        zlib.error,
+    ) as e:
         raise EdgepilotError(f"{path}: {name} is damaged ({e})") from None

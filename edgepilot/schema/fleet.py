@@ -97,8 +97,8 @@ def car_model_topic(car_id: str) -> str:
 def _loads(payload: bytes, what: str) -> dict[str, Any]:
     try:
         d = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError(f"{what} is not JSON: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
+        raise WireError(f"{what} is not JSON: {str(e)[:200]}") from None
     if not isinstance(d, dict):
         raise WireError(f"{what} must be a JSON object")
     v = d.get("v")

@@ -97,8 +97,8 @@ class SessionMeta:
     def from_json(cls, text: str) -> SessionMeta:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"meta.json is not JSON: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:  # deep nesting
+            raise RecordError(f"meta.json is not JSON: {str(e)[:200]}") from None
         if not isinstance(data, dict):
             raise RecordError("meta.json must hold an object")
         schema = data.get("schema")
@@ -145,8 +145,8 @@ def decode_line(line: bytes | str) -> Record | DeleteRange:
     """Parse one line; raises RecordError (never anything else) on a bad one."""
     try:
         d = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # deep nesting
+        raise RecordError(f"not JSON ({e.msg if hasattr(e, 'msg') else str(e)[:200]})") from None
     if not isinstance(d, dict):
         raise RecordError("a line must hold a JSON object")
     if d.get("op") == "delete":
@@ -160,7 +160,8 @@ def decode_line(line: bytes | str) -> Record | DeleteRange:
             raise RecordError(f"record lacks {req!r}")
     if not isinstance(kw["i"], int) or isinstance(kw["i"], bool) or kw["i"] < 0:
         raise RecordError(f"'i' must be a non-negative integer, got {kw['i']!r}")
-    if not isinstance(kw["t"], (int, float)) or not math.isfinite(kw["t"]):
+    t = kw["t"]
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
         raise RecordError(f"'t' must be a finite number, got {kw['t']!r}")
     for name in ("latency_ms", "sim"):
         if name in kw and not isinstance(kw[name], dict):

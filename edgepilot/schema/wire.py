@@ -152,8 +152,8 @@ def decode_request(payload: bytes) -> InferRequest:
         raise WireError(f"no header line: a request is a JSON line (<= {MAX_HEADER_BYTES} bytes), \\n, body")
     try:
         head = json.loads(payload[:nl])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError(f"header is not JSON: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
+        raise WireError(f"header is not JSON: {str(e)[:200]}") from None
     if not isinstance(head, dict):
         raise WireError("header must be a JSON object")
     v = head.get("v")
@@ -346,8 +346,8 @@ def encode_reply(rep: InferReply) -> bytes:
 def decode_reply(payload: bytes) -> InferReply:
     try:
         d = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError(f"reply is not JSON: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
+        raise WireError(f"reply is not JSON: {str(e)[:200]}") from None
     if not isinstance(d, dict):
         raise WireError("reply must be a JSON object")
     v = d.get("v")
@@ -357,6 +357,12 @@ def decode_reply(payload: bytes) -> InferReply:
         raise WireError(f"reply status must be one of {REPLY_STATUSES}, got {d.get('status')!r}")
     known = set(InferReply.__slots__)  # type: ignore[attr-defined]
     rep = InferReply(**{k: val for k, val in d.items() if k in known})
+    # the car matches a reply by ``frame`` when it has no correlation data: a list there
+    # was an unhashable key on its network thread (docs/reliability.md)
+    if rep.frame is not None and (isinstance(rep.frame, bool) or not isinstance(rep.frame, int)):
+        raise WireError(f"reply frame must be an integer, got {rep.frame!r:.40}")
+    if rep.car is not None and not isinstance(rep.car, str):
+        raise WireError("reply car must be a string")
     if rep.status == "ok":
         for key in ("steering", "throttle"):
             val = getattr(rep, key)
@@ -399,8 +405,8 @@ def decode_health(payload: bytes) -> EdgeHealth:
             raise WireError("health must be a JSON object with a node")
         known = set(EdgeHealth.__slots__)  # type: ignore[attr-defined]
         return EdgeHealth(**{k: v for k, v in d.items() if k in known})
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
-        raise WireError(f"bad health payload: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, RecursionError) as e:
+        raise WireError(f"bad health payload: {str(e)[:200]}") from None
 
 
 @dataclass(slots=True)
@@ -427,8 +433,8 @@ def encode_announcement(a: ModelAnnouncement) -> bytes:
 def decode_announcement(payload: bytes) -> ModelAnnouncement:
     try:
         d = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError(f"announcement is not JSON: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
+        raise WireError(f"announcement is not JSON: {str(e)[:200]}") from None
     if not isinstance(d, dict):
         raise WireError("announcement must be a JSON object")
     v = d.get("v")

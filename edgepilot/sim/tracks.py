@@ -199,10 +199,12 @@ def load_track(name_or_path: str) -> Track:
         raise EdgepilotError(f"no track {name_or_path!r} ({path} missing; shipped: {known})") from None
     except OSError as e:
         raise EdgepilotError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EdgepilotError(f"{path}: not a text (UTF-8) file") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EdgepilotError(f"{path}: not valid JSON: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:  # deep nesting: RecursionError
+        raise EdgepilotError(f"{path}: not valid JSON: {str(e)[:200]}") from None
     return parse_track(data, str(path))
 
 
