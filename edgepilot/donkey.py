@@ -92,6 +92,11 @@ def read_manifest(tub: Path) -> TubManifest:
     try:
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     except FileNotFoundError:
+        if next(tub.glob("record_*.json"), None) is not None:
+            raise EdgepilotError(
+                f"{tub}: a DonkeyCar v1 tub (record_*.json); only tub v2, the format of "
+                "DonkeyCar 4.0 and later (manifest.json + catalogs), is supported"
+            ) from None
         raise EdgepilotError(f"{tub}: not a DonkeyCar tub (no manifest.json)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise EdgepilotError(f"{path}: cannot read: {e}") from None

@@ -213,3 +213,10 @@ def test_unwritable_destination_is_a_clear_error(tmp_path):
     import_tub(TUB, tmp_path / "log", quiet=True)
     with pytest.raises(EdgepilotError, match="cannot create the tub"):
         export_tub(tmp_path / "log", tmp_path / "file" / "tub", quiet=True)
+
+
+def test_a_v1_tub_is_named_as_such(tmp_path):
+    (tmp_path / "tub").mkdir()
+    (tmp_path / "tub" / "record_0.json").write_text("{}")
+    with pytest.raises(EdgepilotError, match="v1 tub"):
+        import_tub(tmp_path / "tub", tmp_path / "log", quiet=True)
