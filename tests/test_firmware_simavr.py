@@ -148,3 +148,50 @@ def test_failsafe_250ms_after_the_last_command_measured_on_the_pins(sim):
         assert act.telemetry["failsafe"] and act.telemetry["failsafe_count"] >= 1
     finally:
         act.close()
+
+
+def test_controller_vanishes_and_comes_back(sim_build, tmp_path):
+    """The simulated controller dies (USB unplugged) and a fresh one appears at the same
+    path: the driver notices, keeps the loop prompt, reconnects, configures the new
+    firmware and drives it."""
+    link = tmp_path / "ttyEP"
+    first = Simulator(sim_build["ep_simavr"], sim_build["edgepilot_fw.elf"])
+    link.symlink_to(first.pty)
+    cfg = replace(CFG, throttle_neutral_us=1520, throttle_reverse_us=1100)
+    act = FramedActuator(cfg, port=str(link))
+    second = None
+    try:
+        for _ in range(6):
+            act.run(0.0, 0.5)
+            time.sleep(0.05)
+        assert first.wait_width("throttle", pulses(0.0, 0.5, cfg)[1], 2)
+        first.stop()
+        link.unlink()
+        worst = 0.0
+        for _ in range(10):
+            t = time.perf_counter()
+            act.run(0.0, 0.5)
+            worst = max(worst, time.perf_counter() - t)
+            time.sleep(0.05)
+        assert not act.connected and act.stats["disconnects"] == 1
+        assert worst < 0.05
+        second = Simulator(sim_build["ep_simavr"], sim_build["edgepilot_fw.elf"])
+        assert second.wait_width("throttle", 1500, 5)  # a fresh firmware at its default neutral
+        link.symlink_to(second.pty)
+        deadline = time.monotonic() + 5
+        while not act.connected and time.monotonic() < deadline:
+            act.run(0.0, 0.0)
+            time.sleep(0.05)
+        assert act.connected
+        # configured by the driver: its failsafe neutral is now the profile's 1520 us
+        assert second.wait_width("throttle", 1520, 2), second.pwm[-3:]
+        for _ in range(6):
+            act.run(0.0, -0.5)
+            time.sleep(0.05)
+        assert second.wait_width("throttle", pulses(0.0, -0.5, cfg)[1], 2)
+        assert second.wait_width("throttle", 1520, 1)  # and the failsafe uses it
+    finally:
+        act.close()
+        first.stop()
+        if second is not None:
+            second.stop()
