@@ -342,6 +342,11 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
             "no edge model: pass --model PKG (or --model builtin:pilotnet for transport tests)"
         )
     model = load_edge_model(spec, prof.model.trusted_keys or None)
+    tails = None
+    if getattr(args, "tails", None):
+        from edgepilot.model.tail import TailSet
+
+        tails = TailSet.load(args.tails)
     svc = EdgeService(
         broker_config(prof.broker, args.broker),
         model,
@@ -350,6 +355,7 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
         max_batch=prof.edge.max_batch,
         batch_wait_ms=prof.edge.batch_wait_ms,
         trusted_keys=prof.model.trusted_keys or None,
+        tails=tails,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

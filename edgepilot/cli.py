@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         _broker(p)
         p.add_argument("--model", metavar="PKG", help="the edge model package")
         p.add_argument("--node-id")
+        p.add_argument(
+            "--tails", metavar="FILE", help="split-mode tails for the car model (edge_node.split_bench)"
+        )
 
     t.add(s, "edge", "edge_node.service:cli", "run an edge node: answer hard frames for the fleet", edge, 6)
 

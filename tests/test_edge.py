@@ -142,7 +142,11 @@ def test_expired_requests_are_dropped_not_answered(broker, edge):
         (b"\x00\x01garbage", "no header line"),
         (b'{"v":7,"car":"car-m","frame":1}\nxx', "unsupported version 7"),
         (b'{"v":1,"car":"car-m","frame":1}\nnot a jpeg at all', "not a decodable JPEG"),
-        (b'{"v":1,"car":"car-m","frame":1,"kind":"features"}\nxx', "not served"),
+        (b'{"v":1,"car":"car-m","frame":1,"kind":"features"}\nxx', "features meta needs"),
+        (
+            b'{"v":1,"car":"car-m","frame":1,"kind":"features","meta":{"stage":0,"shape":[1,1,1],"scale":1}}\nx',
+            "not served by this node",
+        ),
         (b'{"v":1,"car":"someone-else","frame":1}\nxx', "does not match the topic"),
     ],
 )

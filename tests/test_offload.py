@@ -46,9 +46,9 @@ def test_without_a_broker_the_car_drives_on_and_nothing_blocks():
         car.close()
 
 
-def test_split_mode_is_refused_clearly():
-    with pytest.raises(EdgepilotError, match="split"):
-        OffloadClient(BrokerConfig(), "car-1", mode="split")
+def test_an_unknown_mode_is_refused_clearly():
+    with pytest.raises(EdgepilotError, match="warp"):
+        OffloadClient(BrokerConfig(), "car-1", mode="warp")
 
 
 class SlowResponder:

@@ -196,7 +196,7 @@ class DriveLoop:
             pilot_s, pilot_t = dec.steering, dec.throttle
             if dec.hard and self.offload is not None:
                 t = time.perf_counter()
-                edge_answer, offloaded, edge_late = self._offload(frame, t_frame)
+                edge_answer, offloaded, edge_late = self._offload(frame, t_frame, dec, model)
                 lat["offload"] = (time.perf_counter() - t) * 1e3
                 tm.add("offload", lat["offload"])
                 if edge_answer is not None:
@@ -240,12 +240,25 @@ class DriveLoop:
                 time.sleep(left)
         return True
 
-    def _offload(self, frame: Frame, t_frame: float) -> tuple[Any, bool, bool]:
+    def _offload(
+        self, frame: Frame, t_frame: float, dec: Any = None, model: Any = None
+    ) -> tuple[Any, bool, bool]:
+        # split mode (vehicle.offload): send the features the model already computed, no JPEG
+        split = (
+            getattr(self.offload, "mode", "frame") == "split" and getattr(dec, "features", None) is not None
+        )
         jpeg = frame.jpeg
-        if jpeg is None:
+        if jpeg is None and not split:
             ok, buf = cv2.imencode(".jpg", frame.image, self._jpeg_params)
             jpeg = buf.tobytes() if ok else None
-        if jpeg is None or not self.offload.submit(frame.index, jpeg, self.deadline_s):
+        extra = (
+            dict(features=dec.features, stage=dec.exit, model=getattr(model, "version", None))
+            if split
+            else {}
+        )
+        if (jpeg is None and not split) or not self.offload.submit(
+            frame.index, jpeg, self.deadline_s, **extra
+        ):
             return None, False, False
         answer = self.offload.poll(
             frame.index, time.monotonic() + max(0.0, self.deadline_s - (time.perf_counter() - t_frame))
