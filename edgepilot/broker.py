@@ -7,6 +7,7 @@ here, so what is tested is what is deployed.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -88,7 +89,12 @@ def start_broker(
     port = port or free_port()
     conf = _conf or state / "mosquitto.conf"
     if _conf is None:
-        text = TEMPLATE.read_text().replace("@PORT@", str(port)).replace("@STATE@", str(state))
+        text = (
+            TEMPLATE.read_text()
+            .replace("@PORT@", str(port))
+            .replace("@STATE@", str(state))
+            .replace("@USER@", getpass.getuser())
+        )
         text = "\n".join(line for line in text.splitlines() if not line.startswith("pid_file"))
         conf.write_text(text + "\n" + (extra or ""))
     proc = subprocess.Popen(
