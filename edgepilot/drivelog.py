@@ -18,6 +18,7 @@ undecodable JPEG is skipped with one warning and counted in ``LogReader.skipped`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -94,6 +95,7 @@ class LogWriter:
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        self.failed: str | None = None  # the first line-write error (disk full): no more lines
         self._closed = False
         # Ordering: a worker takes an item and its ticket under ``_take``; finished lines
         # wait in ``_ready`` until every earlier ticket is committed.
@@ -144,9 +146,14 @@ class LogWriter:
         self._backlog.set()
         for th in self._threads:
             th.join()
-        self._lines.flush()
-        os.fsync(self._lines.fileno())
-        self._lines.close()
+        try:
+            self._lines.flush()
+            os.fsync(self._lines.fileno())
+        except OSError as e:  # disk full: what reached the file stays readable
+            self._line_error(e)
+        finally:
+            with contextlib.suppress(OSError):  # the same error again, from close's own flush
+                self._lines.close()
 
     def __enter__(self) -> LogWriter:
         return self
@@ -186,15 +193,31 @@ class LogWriter:
                 n = self._committed
                 while n in ready:
                     out, is_record = ready.pop(n)
-                    if out is None:
+                    if out is None or self.failed is not None:
                         self.errors += 1
                     else:
-                        self._lines.write(out)
-                        self.written += is_record
+                        try:
+                            self._lines.write(out)
+                            self.written += is_record
+                        except OSError as e:
+                            self.errors += 1
+                            self._line_error(e)
                     n += 1
                 self._committed = n
-                if q.empty():
-                    self._lines.flush()  # hand the lines to the OS: they now survive kill -9
+                if q.empty() and self.failed is None:
+                    try:
+                        self._lines.flush()  # hand the lines to the OS: they now survive kill -9
+                    except OSError as e:
+                        self._line_error(e)
+
+    def _line_error(self, e: OSError) -> None:
+        """The records file cannot grow (disk full, file size limit): stop appending
+        lines for good -- a later line after a torn one would be lost with it anyway -- and
+        count every further record as an error. The writer thread must not die: a dead
+        worker holds its ticket and every later line would wait for it forever."""
+        if self.failed is None:
+            self.failed = f"{e.strerror or e}"
+            log.error("%s: cannot append to %s (%s); recording stops, driving goes on", self.path, RECORDS, e)
 
     def _prepare(
         self, rec: Record | DeleteRange, frame: np.ndarray | bytes | None
@@ -212,9 +235,15 @@ class LogWriter:
                     data = buf.data
                 else:
                     data = frame
-                fd = os.open(f"{self._dir}/{rec.image}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                name = f"{self._dir}/{rec.image}"
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
-                    os.write(fd, data)
+                    view = memoryview(data)
+                    while view:  # a nearly full disk takes part of a write, then ENOSPC
+                        view = view[os.write(fd, view) :]
+                except OSError:
+                    os.unlink(name)  # never leave a torn image for a line to name
+                    raise
                 finally:
                     os.close(fd)
             return encode_record(rec), True
