@@ -51,7 +51,8 @@ def test_calibrate_exits_agree_with_final_head():
     # agreement of the frames that left early, as the target states
     took0 = c0 >= t0
     assert (np.abs(s0[took0] - final[took0]) <= 0.05).mean() >= 0.95
-    assert cal["val_offload_rate"] <= 0.1 + 1e-9
+    assert cal["val_offload_rate"] <= 0.1 + 1e-9  # the cap holds per exit, hence overall
+    assert len(cal["offload"]) == 3
     assert cal["val_steering_mae_exits"] < 0.05
 
 

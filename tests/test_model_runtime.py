@@ -16,7 +16,7 @@ from edgepilot.model.runtime import Autopilot
 from edgepilot.model.synthetic import road_frame
 
 
-def make_autopilot(exits: list[float | None], offload: float = 0.0, seed: int = 0) -> Autopilot:
+def make_autopilot(exits: list[float | None], offload: float | list = 0.0, seed: int = 0) -> Autopilot:
     torch.manual_seed(seed)
     net = build_net(ArchSpec("early-exit"))
     with torch.no_grad():  # untrained batch-norm statistics: give them something non-trivial
@@ -73,11 +73,14 @@ def test_threshold_splits_frames_by_confidence():
 
 
 def test_force_final_and_hard_flag():
-    ap = make_autopilot([0.0, 0.0], offload=1.01)  # nothing is ever confident enough locally
+    # the final head is never sure enough (confidence <= 1 < 1.01); exit 0 always is
+    ap = make_autopilot([0.0, 0.0], offload=[0.0, 0.0, 1.01])
     d = ap.infer(frames(1)[0], force_final=True)
     assert d.exit == 2 and d.hard
     assert ap.stage_calls == [1, 1, 1]
-    assert not ap.infer(frames(1)[0]).hard  # an early exit answered: not a candidate
+    assert not ap.infer(frames(1)[0]).hard  # exit 0 answered, above its offload threshold
+    # one number applies to every exit (older manifests)
+    assert make_autopilot([0.0, 0.0], offload=1.01).infer(frames(1)[0]).hard
 
 
 def test_batch_matches_single_frames():

@@ -4,14 +4,16 @@ The stated targets (defaults; stored in the manifest next to the thresholds):
 
 - exit k answers a frame when its confidence >= ``t_k``; ``t_k`` is the *lowest*
   threshold at which, among the validation frames that reach exit k and pass it, at
-  least ``agree_share`` (95%) have a steering within ``agree_tol`` (0.05) of the final
+  least ``agree_share`` (95%) have a steering within ``agree_tol`` (0.04) of the final
   head's. Agreement with the final head, not with the label, because the exit replaces
   the final head: that is the error it adds. Exits are screened in order, each on the
   frames the earlier exits left (BranchyNet's screening).
-- the offload threshold: a frame is hard when the final head's confidence is below it.
-  It is the lowest threshold at which ``ok_share`` (95%) of the frames kept local have a
-  steering error <= ``ok_tol`` (0.1) against the label, capped so that at most
-  ``max_offload`` (15%) of validation frames are hard.
+- the offload thresholds, one per exit: a frame is hard when the confidence of the exit
+  that answered it is below that exit's offload threshold. Each is the lowest threshold at
+  which ``ok_share`` (95%) of that exit's frames kept local have a steering error <=
+  ``ok_tol`` (0.1) against the label, capped so that at most ``max_offload`` (15%) of that
+  exit's validation frames are hard. (Per exit, because confidences of different exits are
+  not on one scale, and because with good exits few frames reach the final head at all.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ MIN_SUPPORT = 20  # an exit threshold resting on fewer frames than this is not t
 
 @dataclass
 class CalibrationTarget:
-    agree_tol: float = 0.05
+    agree_tol: float = 0.04
     agree_share: float = 0.95
     ok_tol: float = 0.1
     ok_share: float = 0.95
@@ -58,7 +60,7 @@ def calibrate(
     """``steer[k]``, ``conf[k]``: exit k's answers on every validation frame (all stages
     run). Returns the thresholds and what they do on these frames."""
     n_exits = len(steer)
-    final_s, final_c = steer[-1], conf[-1]
+    final_s = steer[-1]
     remaining = np.ones(len(labels), bool)
     exits: list[float] = []
     taken = np.full(len(labels), n_exits - 1)
@@ -70,15 +72,24 @@ def calibrate(
         out = idx[conf[k][idx] >= t]
         taken[out] = k
         remaining[out] = False
-    ok = np.abs(final_s - labels) <= target.ok_tol
-    t_ok = lowest_threshold(final_c, ok, target.ok_share)
-    t_cap = float(np.quantile(final_c, target.max_offload)) if len(final_c) else 0.0
-    offload = min(t_ok, t_cap) if math.isfinite(t_ok) else t_cap
     chosen = np.array([steer[k][i] for i, k in enumerate(taken)]) if len(labels) else np.zeros(0)
-    hard = (taken == n_exits - 1) & (final_c < offload)
+    chosen_c = np.array([conf[k][i] for i, k in enumerate(taken)]) if len(labels) else np.zeros(0)
+    ok = np.abs(chosen - labels) <= target.ok_tol
+    offload: list[float | None] = []
+    hard = np.zeros(len(labels), bool)
+    for k in range(n_exits):
+        sel = np.flatnonzero(taken == k)
+        if not len(sel):
+            offload.append(None)
+            continue
+        t_ok = lowest_threshold(chosen_c[sel], ok[sel], target.ok_share)
+        t_cap = float(np.quantile(chosen_c[sel], target.max_offload))
+        t = min(t_ok, t_cap) if math.isfinite(t_ok) else t_cap
+        offload.append(round(float(t), 6))
+        hard[sel] = chosen_c[sel] < t
     return {
         "exits": [round(x, 6) if math.isfinite(x) else None for x in exits],  # None: never exits
-        "offload": round(float(offload), 6),
+        "offload": offload,  # per exit: the answering exit's confidence below this -> hard
         "target": target.to_dict(),
         "val_exit_rate": {str(k): float(np.mean(taken == k)) for k in range(n_exits)},
         "val_offload_rate": float(hard.mean()) if len(labels) else 0.0,

@@ -88,6 +88,12 @@ def int8_state(stages: list[nn.Module]) -> dict[str, torch.Tensor]:
 def load_int8(net: StagedNet, state: dict, spec: InputSpec = DEFAULT_SPEC) -> list[nn.Module]:
     """Rebuild the int8 stages of ``net``'s architecture and load ``state`` into them."""
     stages = quantize_stages(net, None, spec)
+    with warnings.catch_warnings():  # "quantized tensor creation functions are deprecated"
+        warnings.simplefilter("ignore")
+        return _load_stages(stages, state)
+
+
+def _load_stages(stages: list[nn.Module], state: dict) -> list[nn.Module]:
     for k, s in enumerate(stages):
         prefix = f"stages.{k}."
         sub = OrderedDict((n[len(prefix) :], v) for n, v in state.items() if n.startswith(prefix))

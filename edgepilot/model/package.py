@@ -222,8 +222,8 @@ def load_package(path: str | Path, trusted_keys: list[str] | None = None) -> Pac
             f"{str(manifest.get('weights_sha256'))[:12]}): the file is damaged or tampered"
         )
     try:
-        with warnings.catch_warnings():  # int8 tensors still load through TypedStorage
-            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        with warnings.catch_warnings():  # int8 tensors: TypedStorage / quantized-creation deprecations
+            warnings.simplefilter("ignore", UserWarning)
             state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any unpickling refusal is a bad package
         raise EdgepilotError(f"{path}: weights do not load safely ({type(e).__name__})") from None

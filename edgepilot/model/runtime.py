@@ -2,8 +2,8 @@
 
 Per frame (``infer``): preprocess, then run stage 0; if its exit's confidence reaches the
 calibrated threshold, answer from it and skip the rest; else run stage 1, and so on; the
-final head always answers. A frame is *hard* when even the final head's confidence is
-below the package's offload threshold: the car may send it to the edge.
+final head always answers. A frame is *hard* when the confidence of the exit that answered
+is below that exit's offload threshold: the car may send it to the edge.
 
 Split mode (issue 6): ``Decision.features`` holds the output of the last stage that ran;
 ``continue_from(features, stage)`` runs the remaining stages of the same model on them
@@ -75,7 +75,10 @@ class Autopilot:
             math.inf if x is None else float(x) for x in ex[: self.n_exits - 1]
         ]
         self.exit_thresholds += [math.inf] * (self.n_exits - 1 - len(self.exit_thresholds))
-        self.offload_threshold = float(th.get("offload", 0.0))
+        off = th.get("offload", 0.0)
+        off = off if isinstance(off, list) else [off] * self.n_exits  # one number: every exit
+        self.offload_thresholds: list[float] = [0.0 if x is None else float(x) for x in off]
+        self.offload_thresholds += [0.0] * (self.n_exits - len(self.offload_thresholds))
         self.stage_macs: list[int] = list(manifest.get("stage_macs") or [0] * self.n_exits)
         self.stage_calls: list[int] = [0] * self.n_exits
 
@@ -140,7 +143,7 @@ class Autopilot:
                 self.stage_calls[k] += 1
                 conf = float(c[0])
                 if k == last or (not force_final and conf >= self.exit_thresholds[k]):
-                    hard = k == last and conf < self.offload_threshold
+                    hard = conf < self.offload_thresholds[k]
                     return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, x)
         raise AssertionError("unreachable")
 
@@ -170,7 +173,7 @@ class Autopilot:
                 for j, i in enumerate(idx):
                     ms[i][f"stage{k}"] = per
                     if done[j]:
-                        hard = k == last and bool(c[j] < self.offload_threshold)
+                        hard = bool(c[j] < self.offload_thresholds[k])
                         result[i] = Decision(
                             float(s[j]), float(th[j]), k, float(c[j]), hard, ms[i], x[j : j + 1].clone()
                         )
