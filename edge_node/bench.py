@@ -259,10 +259,61 @@ def saturate(
     return (n1 - (n0 or 0)) / (time.monotonic() - t_measure)
 
 
-if __name__ == "__main__":  # python -m edge_node.bench saturate mqtt://HOST:PORT [SECONDS]
+def _ab_block(cfg: BrokerConfig, direct: bool, n: int, size: int, tag: str) -> list[float]:
+    import queue
+
+    work: queue.Queue = queue.Queue()
+    resp = Connection(cfg, f"ab-resp-{tag}", direct_write=direct)
+    resp.subscribe("edgepilot/bench/ab/req", work.put)
+    got = threading.Event()
+    req = Connection(cfg, f"ab-req-{tag}", direct_write=direct)
+    req.subscribe("edgepilot/bench/ab/rep", lambda _m: got.set())
+    resp.start()
+    req.start()
+    time.sleep(0.2)
+
+    def worker() -> None:
+        while work.get() is not None:
+            resp.publish("edgepilot/bench/ab/rep", b"ok")
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    payload = b"x" * size
+    out = []
+    for i in range(n + 10):
+        got.clear()
+        t0 = time.perf_counter()
+        req.publish("edgepilot/bench/ab/req", payload)
+        if got.wait(1.0) and i >= 10:
+            out.append((time.perf_counter() - t0) * 1e3)
+    work.put(None)
+    t.join(1)
+    req.close()
+    resp.close()
+    return out
+
+
+def transport_ab(cfg: BrokerConfig, rounds: int = 800, size: int = 4927) -> dict[str, Any]:
+    """Bare MQTT v5 request/response (no inference) through the broker, like the edge's
+    path: the responder's network thread queues the request, a worker thread answers.
+    Publishing on the caller's thread (``direct_write``) vs paho's network thread, in
+    alternating blocks of one run so both see the same machine load."""
+    results: dict[str, list[float]] = {"direct_write": [], "paho_thread": []}
+    for block in range(8):
+        direct = block % 2 == 0
+        tag = f"{block}-{int(time.time() * 1e3) % 100000}"
+        results["direct_write" if direct else "paho_thread"] += _ab_block(cfg, direct, rounds // 8, size, tag)
+    return {k: pct(v, 50, 99) for k, v in results.items()}
+
+
+if __name__ == "__main__":  # python -m edge_node.bench saturate|transport mqtt://HOST:PORT [SECONDS]
+    import json
     import sys
 
     url = sys.argv[2] if len(sys.argv) > 2 else "mqtt://127.0.0.1:1883"
+    if sys.argv[1:2] == ["transport"]:
+        print(json.dumps(transport_ab(BrokerConfig(url=url))))
+        sys.exit(0)
     print(
         round(
             saturate(BrokerConfig(url=url), bench_frame(), float(sys.argv[3]) if len(sys.argv) > 3 else 5.0),

@@ -11,6 +11,14 @@ Every part that talks MQTT (car, edge node, cloud, benchmarks) goes through
   be committed without its secret).
 - Reconnect with exponential back-off (paho's loop thread), re-subscribing on every
   (re)connect: a broker restart must not leave the edge node deaf.
+- Publishes go out on the caller's thread (``direct_write``). paho's threaded mode only
+  queues a packet and wakes its network thread to send it: one thread hand-off per
+  message, which on a busy 2-core machine costs a scheduler time slice, not microseconds.
+  ``_Client`` serialises paho's packet writer with a lock so that the caller's thread and
+  paho's thread can both drain the queue safely (paho's own writer has no lock because it
+  assumes one writer thread).
+- Message dispatch looks the topic up in a cache (topic -> handlers), rebuilt when the
+  subscriptions change, instead of matching every filter against every message.
 """
 
 from __future__ import annotations
@@ -103,6 +111,46 @@ def properties(
 Handler = Callable[[paho.MQTTMessage], None]
 
 
+class _Client(paho.Client):
+    """paho's client, changed in two places for latency (paho-mqtt 2.x internals):
+
+    - ``_packet_write`` takes a lock, so that any thread may drain the outgoing queue
+      (paho's writer assumes one writer thread);
+    - ``_packet_queue``, called on a thread other than paho's network thread while
+      ``direct`` is on, writes the packet on the caller's thread and wakes the network
+      thread only when something is left to send (a full socket buffer), instead of always
+      queueing and waking it: one thread hand-off less per message."""
+
+    def __init__(self, *a: Any, direct: bool = True, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self._write_lock = threading.Lock()
+        self.direct = direct
+
+    def _packet_write(self) -> Any:
+        with self._write_lock:
+            return super()._packet_write()
+
+    def _packet_queue(self, command: int, packet: Any, mid: int, qos: int, info: Any = None) -> Any:
+        if not self.direct or threading.current_thread() is self._thread:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append(
+            {
+                "command": command,
+                "mid": mid,
+                "qos": qos,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": info,
+            }
+        )
+        rc = self.loop_write() if self._sock is not None else paho.MQTT_ERR_SUCCESS
+        if self.want_write() and self._sockpairW is not None:  # leftovers: paho's thread sends them
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._sockpairW.send(b"0")
+        return rc
+
+
 class Connection:
     """A paho MQTT v5 client with remembered subscriptions and a connected flag.
 
@@ -117,6 +165,7 @@ class Connection:
         on_connect: Callable[[], None] | None = None,
         reconnect_min_s: float = 0.1,
         reconnect_max_s: float = 2.0,
+        direct_write: bool = True,
     ) -> None:
         self.cfg = cfg
         self.addr = parse_url(cfg.url)
@@ -124,10 +173,13 @@ class Connection:
         self.connected = threading.Event()
         self.last_error: str | None = None
         self._subs: dict[str, tuple[int, Handler]] = {}
+        self._routes: dict[str, list[Handler]] = {}  # topic -> handlers (cleared on changes)
         self._user_on_connect = on_connect
         self._lock = threading.Lock()
-        c = paho.Client(
+        self.direct_write = direct_write
+        c = _Client(
             paho.CallbackAPIVersion.VERSION2,
+            direct=direct_write,
             client_id=client_id,
             protocol=paho.MQTTv5,
         )
@@ -175,16 +227,26 @@ class Connection:
         if flt is not None:
             self.suback[flt] = [int(getattr(r, "value", r)) for r in rcs]
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _handlers(self, topic: str) -> list[Handler]:
         with self._lock:
-            subs = list(self._subs.items())
-        for flt, (_, handler) in subs:
-            match = flt.split("/", 2)[2] if flt.startswith("$share/") else flt
-            if paho.topic_matches_sub(match, msg.topic):
-                try:
-                    handler(msg)
-                except Exception:  # a handler bug must not kill the network thread
-                    log.exception("MQTT %s: handler for %s failed", self.client_id, flt)
+            got = self._routes.get(topic)
+            if got is None:
+                got = []
+                for flt, (_, handler) in self._subs.items():
+                    match = flt.split("/", 2)[2] if flt.startswith("$share/") else flt
+                    if paho.topic_matches_sub(match, topic):
+                        got.append(handler)
+                if len(self._routes) > 4096:  # many distinct topics: keep the cache bounded
+                    self._routes.clear()
+                self._routes[topic] = got
+        return got
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        for handler in self._handlers(msg.topic):
+            try:
+                handler(msg)
+            except Exception:  # a handler bug must not kill the network thread
+                log.exception("MQTT %s: handler for %s failed", self.client_id, msg.topic)
 
     def _subscribe_now(self, flt: str, qos: int) -> None:
         rc, mid = self.client.subscribe(flt, qos=qos)
@@ -196,6 +258,7 @@ class Connection:
         """Subscribe now (if connected) and on every reconnect."""
         with self._lock:
             self._subs[flt] = (qos, handler)
+            self._routes.clear()
         if self.connected.is_set():
             self._subscribe_now(flt, qos)
 
@@ -206,6 +269,7 @@ class Connection:
         arrive for a moment; their handler is no longer called."""
         with self._lock:
             known = self._subs.pop(flt, None) is not None
+            self._routes.clear()
         self.suback.pop(flt, None)
         if known and self.connected.is_set():
             self.client.unsubscribe(flt)
