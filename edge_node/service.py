@@ -43,6 +43,29 @@ log = logging.getLogger(__name__)
 MAX_FRAME_SIDE = 4096  # a decoded frame larger than this is refused (memory bomb)
 
 
+def jpeg_side(data: bytes) -> int | None:
+    """The larger side a JPEG's frame header declares, read *before* decoding: a 1 MiB
+    request can hold a uniform 11000 x 11000 JPEG, which OpenCV would decode into 360 MB
+    before the size check refused it. None when no frame header is found (imdecode then
+    decides)."""
+    n = len(data)
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            return max(int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big"))
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 @dataclass(slots=True)
 class _Answer:
     steering: float
@@ -167,9 +190,12 @@ class EdgeService:
     def _reply(self, item: _Pending, car: str | None, rep: wire.InferReply) -> None:
         topic = item.response_topic
         if topic is None:
-            if car is None:
+            try:
+                topic = wire.reply_topic(car) if car is not None else None
+            except wire.WireError:  # a topic level that is no valid car id: this raised out
+                topic = None  # of process() and ended the worker thread (docs/reliability.md)
+            if topic is None:
                 return  # nowhere to answer: counted as an error already
-            topic = wire.reply_topic(car)
         props = properties(correlation=item.correlation) if item.correlation is not None else None
         self.conn.publish(topic, wire.encode_reply(rep), qos=0, props=props)
 
@@ -235,7 +261,9 @@ class EdgeService:
                 if feats is not None:
                     split.setdefault(feats[0], []).append((item, req, feats[1]))
                 continue
-            img = cv2.imdecode(np.frombuffer(req.body, np.uint8), cv2.IMREAD_COLOR)
+            side = jpeg_side(req.body)
+            too_big = side is not None and side > MAX_FRAME_SIDE
+            img = None if too_big else cv2.imdecode(np.frombuffer(req.body, np.uint8), cv2.IMREAD_COLOR)
             if img is None or img.ndim != 3 or max(img.shape[:2]) > MAX_FRAME_SIDE:
                 self._error(item, "body is not a decodable JPEG frame", req.car, req.frame)
                 continue

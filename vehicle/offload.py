@@ -290,7 +290,14 @@ class OffloadClient:
             correlation=frame_index.to_bytes(8, "big"),
             expiry_s=math.ceil(budget),
         )
-        payload = wire.encode_request(req)
+        try:
+            payload = wire.encode_request(req)
+        except wire.WireError as e:  # e.g. a frame over MAX_REQUEST_BYTES: this raised into
+            with self._cond:  # the drive loop and stopped the car (docs/reliability.md)
+                self._pending.pop(frame_index, None)
+                self.counts["dropped"] += 1
+            log.warning("offload: frame %d not sent: %s", frame_index, e)
+            return False
         sent.nbytes = len(payload)
         ok = self.conn.publish(self._infer_topic, payload, qos=0, props=props)
         with self._cond:
