@@ -244,9 +244,7 @@ class DriveLoop:
         self, frame: Frame, t_frame: float, dec: Any = None, model: Any = None
     ) -> tuple[Any, bool, bool]:
         # split mode (vehicle.offload): send the features the model already computed, no JPEG
-        split = (
-            getattr(self.offload, "mode", "frame") == "split" and getattr(dec, "features", None) is not None
-        )
+        split = getattr(self.offload, "sends_features", False) and getattr(dec, "features", None) is not None
         jpeg = frame.jpeg
         if jpeg is None and not split:
             ok, buf = cv2.imencode(".jpg", frame.image, self._jpeg_params)

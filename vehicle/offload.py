@@ -105,6 +105,7 @@ class _Sent:
     t: float
     deadline: float
     nbytes: int = 0
+    kind: str = "jpeg"
 
 
 class OffloadClient:
@@ -133,6 +134,8 @@ class OffloadClient:
         self.model_version = model_version
         self.on_answer = on_answer  # (answer, in_time) on the network thread: benchmarks
         self.planner = planner  # edge_node.planner.SplitPlanner: which split point to send
+        self.split_fallback_s = 10.0  # frame mode this long after an edge refused features
+        self._split_off_until = 0.0
         self._infer_topic = wire.infer_topic(car_id)
         self._reply_topic = wire.reply_topic(car_id)
         self._cond = threading.Condition()
@@ -179,6 +182,11 @@ class OffloadClient:
             if rep.status != "ok":
                 self.counts["errors"] += 1
                 log.debug("offload: edge refused frame %s: %s", frame, rep.error)
+                if sent.kind == "features" and self.mode == "split":
+                    # no tails for this car model on the edge (yet): frames until it has them
+                    if now >= self._split_off_until:
+                        log.warning("offload: edge refused features (%s); frame mode for a while", rep.error)
+                    self._split_off_until = now + self.split_fallback_s
                 return
             rtt = (now - sent.t) * 1e3
             self._rtts.append(rtt)
@@ -222,12 +230,20 @@ class OffloadClient:
         while len(self._expired) > _REMEMBER:
             self._expired.popitem(last=False)
 
+    @property
+    def sends_features(self) -> bool:
+        """True when the next hard frame goes as features (split mode, not in fallback, and
+        the planner does not prefer the JPEG): the loop then need not encode a JPEG."""
+        if self.mode != "split" or time.monotonic() < self._split_off_until:
+            return False
+        return self.planner is None or self.planner.choice >= 0
+
     def _body(
         self, jpeg: bytes | None, features: Any, stage: int | None
     ) -> tuple[bytes, str, dict[str, Any]] | None:
         """What to send: in split mode the car's features of the planner's split point (or
         of the last stage it ran when that one is not at hand), else the JPEG."""
-        if self.mode == "split" and features is not None:
+        if self.mode == "split" and features is not None and (jpeg is None or self.sends_features):
             avail = features if isinstance(features, dict) else {stage: features}
             want = self.planner.choice if self.planner is not None else None
             if want is not None and want < 0 and jpeg is not None:
@@ -298,7 +314,7 @@ class OffloadClient:
                 self.counts["dropped"] += 1
             log.warning("offload: frame %d not sent: %s", frame_index, e)
             return False
-        sent.nbytes = len(payload)
+        sent.nbytes, sent.kind = len(payload), kind
         ok = self.conn.publish(self._infer_topic, payload, qos=0, props=props)
         with self._cond:
             if ok:
