@@ -84,14 +84,15 @@ def test_estop_mode_switch_record_delete(tmp_path):
     loop = DriveLoop(ReplaySource(tmp_path / "src"), act, user=Script(plan, go), recorder=rec, options=opts)
     st = loop.run()
     rec.close()
-    assert st.frames == 51  # quit is honoured after the frame that asked
+    assert st.frames == 50 and st.quit  # the frame that asked to quit neither drives nor is recorded
     assert act.sent[5] == (0.0, 0.0) and act.sent[9] == (0.0, 0.0) and act.sent[10] == (0.3, 0.4)
     assert st.estops == 1
     recs = LogReader(out).records()
-    # recorded frames 20..50 (31 records, i = 0..30); the delete asked at frame 45 (before it is recorded)
-    # removes the last 0.5 s already recorded: frames 34..44 (i = 14..24, t within 0.5 s of the newest)
+    # recorded frames 20..49 (30 records, i = 0..29); the delete asked at frame 45 (before it is recorded)
+    # removes the last 0.5 s already recorded: frames 35..44 (i = 15..24, t less than 0.5 s before the newest)
     kept = [r.i for r in recs]
-    assert kept == list(range(0, 14)) + list(range(25, 31))
+    assert kept == list(range(0, 15)) + list(range(25, 30))
+    assert st.deleted == 10
     assert all(r.applied_throttle == 0.4 for r in recs)
 
 

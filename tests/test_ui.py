@@ -82,7 +82,8 @@ def test_record_toggle_mode_switch_estop_and_delete(tmp_path):
         30: [(DOWN, pygame.K_m)],  # local_angle: the expert steers
         40: [(DOWN, pygame.K_m)],  # local: the expert drives
         50: [(DOWN, pygame.K_SPACE)],  # e-stop
-        60: [(DOWN, pygame.K_SPACE), (DOWN, pygame.K_BACKSPACE)],  # release; delete last 0.5 s
+        60: [(DOWN, pygame.K_SPACE)],  # release
+        62: [(DOWN, pygame.K_BACKSPACE)],  # delete the last 0.5 s (i = 42..51)
         70: [(DOWN, pygame.K_ESCAPE)],
     }
     res, recs, w = keyboard_drive(tmp_path, script, delete_seconds=0.5)
@@ -93,7 +94,8 @@ def test_record_toggle_mode_switch_estop_and_delete(tmp_path):
     modes = {r.i: r.mode for r in recs}
     assert modes[5] == "user" and modes[25] == "local_angle" and modes[35] == "local"
     la = next(r for r in recs if r.mode == "local_angle")
-    assert la.steering == la.pilot_steering and la.throttle != la.pilot_throttle
+    # the expert steers (label = what was applied), the held W key throttles; no model ran
+    assert la.applied_steering == pytest.approx(la.steering) and la.throttle == 1.0 and la.pilot_steering is None
     stopped = [r for r in recs if 40 <= r.i < 49]
     assert stopped and all(r.applied_throttle == 0 and r.applied_steering == 0 for r in stopped)
 

@@ -94,6 +94,8 @@ class LoopStats:
     steering_abs_err: float = 0.0
     labelled: int = 0
     estops: int = 0
+    deleted: int = 0
+    quit: bool = False
     wall_s: float = 0.0
 
 
@@ -176,8 +178,10 @@ class DriveLoop:
 
         user = self.user.poll(frame) if self.user is not None else ReplayLabel().poll(frame)
         self._apply_requests(user)
-        if user.quit:
+        if user.quit:  # Esc: stop before this frame drives or is recorded
+            st.quit = True
             self._stop.set()
+            return False
 
         steering, throttle = user.applied or (user.steering, user.throttle)
         model = self.slot.current
@@ -275,9 +279,10 @@ class DriveLoop:
             self.recording = user.record
         if user.delete and self.recorder is not None and self._recent:
             cutoff = self._recent[-1][1] - self.opt.delete_seconds
-            gone = [i for i, t in self._recent if t >= cutoff]
+            gone = [i for i, t in self._recent if t > cutoff + 1e-9]  # N s at 20 Hz = 20*N records
             if gone:
                 self.recorder.delete(gone[0], gone[-1])
+                self.stats.deleted += len(gone)
                 log.info("deleted records %d..%d (last %.1f s)", gone[0], gone[-1], self.opt.delete_seconds)
                 while self._recent and self._recent[-1][0] >= gone[0]:
                     self._recent.pop()
@@ -328,6 +333,7 @@ class DriveLoop:
             "throttle": throttle,
             "mode": self.mode,
             "recording": self.recording,
+            "records": self.stats.recorded,
             "estop": self.estop,
             "exit": None if dec is None else dec.exit,
             "confidence": None if dec is None else dec.confidence,

@@ -39,9 +39,13 @@ class PilotUser:
         if w is None:
             return st
         w.poll()
+        us, ut = w.user_command()
         if self.expert is None or w.mode == "user":
-            us, ut = w.user_command()
             st = UserState(us, ut)
+        elif w.mode == "local_angle":  # the autopilot steers, the human throttles (DonkeyCar)
+            st.throttle = ut
+            if st.applied is not None:
+                st.applied = (st.applied[0], ut)
         if w.mode != self._mode:
             st.mode = self._mode = w.mode
         if w.recording != self._rec:

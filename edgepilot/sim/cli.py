@@ -149,6 +149,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             realtime=rate == "realtime",
             delete_seconds=prof.drive.delete_seconds,
         )
+        loop_result = res.extra["loop"].result()
     score = world.score
     plot = args.plot or (str(Path(args.record) / "trajectory.png") if args.record else None)
     if plot and world.trail is not None:
