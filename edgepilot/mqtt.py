@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -165,7 +166,7 @@ class Connection:
         on_connect: Callable[[], None] | None = None,
         reconnect_min_s: float = 0.1,
         reconnect_max_s: float = 2.0,
-        direct_write: bool = True,
+        direct_write: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.addr = parse_url(cfg.url)
@@ -176,6 +177,8 @@ class Connection:
         self._routes: dict[str, list[Handler]] = {}  # topic -> handlers (cleared on changes)
         self._user_on_connect = on_connect
         self._lock = threading.Lock()
+        if direct_write is None:  # EDGEPILOT_MQTT_DIRECT=0: paho's own writer thread (A/B runs)
+            direct_write = os.environ.get("EDGEPILOT_MQTT_DIRECT", "1") != "0"
         self.direct_write = direct_write
         c = _Client(
             paho.CallbackAPIVersion.VERSION2,

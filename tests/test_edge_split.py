@@ -154,6 +154,17 @@ def test_a_node_without_tails_refuses_features(broker, car):
         while edge.metrics.errors < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert edge.metrics.errors == 1 and edge.metrics.n_answered == 0
+        # the car falls back to frames for a while (the loop encodes a JPEG again) ...
+        while client.sends_features and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not client.sends_features
+        jpeg = cv2.imencode(".jpg", np.zeros((120, 160, 3), np.uint8))[1].tobytes()
+        assert client.submit(2, jpeg, features=dec.features, stage=dec.exit)
+        ans = client.poll(2, time.monotonic() + 2.0)
+        assert ans is not None and ans.model == edge.model.version and client.counts["split"] == 1
+        # ... and tries features again after it
+        client._split_off_until = 0.0
+        assert client.sends_features
     finally:
         client.close()
         edge.stop()

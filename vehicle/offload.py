@@ -4,6 +4,16 @@ Used by the onboard loop (``vehicle.loop``): ``submit`` a frame the local model 
 unsure of, keep going, then ``poll`` for the answer until the frame's deadline at the
 latest. QoS 0, because a retransmitted frame would arrive after its deadline anyway.
 
+Split mode (the default, issue 6): for a hard frame the car sends the features its model
+already computed (``Decision.features``, 8-bit + zlib, ~0.9-2 KB against a ~6 KB JPEG)
+and the edge continues with a tail trained on them; measured side by side it answered
+faster and closer to the expert than frame mode (docs/benchmarks.md, "Split mode"). An
+edge that cannot serve them (no tails for this car model) answers an error, and the
+client falls back to frame mode for ``split_fallback_s``; ``sends_features`` tells the
+loop whether to encode a JPEG at all. With a ``SplitPlanner``, each answer's link time
+updates its round-trip and bandwidth estimate, and its choice (a split point, or frame
+mode) decides what is sent.
+
 Three promises the loop relies on:
 
 - ``poll`` never waits past the deadline the loop gives it; no answer means the local
@@ -117,7 +127,7 @@ class OffloadClient:
         car_id: str,
         *,
         deadline_s: float = 0.05,
-        mode: str = "frame",
+        mode: str = "split",
         breaker: CircuitBreaker | None = None,
         wall_clock_deadline: bool = True,
         model_version: str | None = None,
