@@ -140,6 +140,12 @@ class Demo:
         a = ["sim", "drive", "--track", track, "--json", "--broker", self.url]
         return a + (["--headless"] if self.headless else []) + list(extra)
 
+    def car_drive_args(self, *extra: str) -> list[str]:
+        """The simulated car on the evaluation track: the fleet's model, offloading."""
+        return self.drive_args(
+            EVAL_TRACK, "--pilot", "model", "--follow-fleet", "--edge", "--rate", "realtime", *extra
+        )
+
     def run_child(
         self, sup: Supervisor, name: str, args: list[str], timeout: float, env: dict[str, str] | None = None
     ) -> dict[str, Any]:
@@ -267,21 +273,7 @@ class Demo:
             time.monotonic(),
         )
         self._upload(sup, logs / "car-drive-1", "car-drive-1")
-        sup.edgepilot(
-            "car-swap",
-            *self.drive_args(
-                EVAL_TRACK,
-                "--pilot",
-                "model",
-                "--follow-fleet",
-                "--edge",
-                "--rate",
-                "realtime",
-                "--laps",
-                "100",
-            ),
-            env=car_env,
-        )
+        sup.edgepilot("car-swap", *self.car_drive_args("--laps", "100"), env=car_env)
         watch.car_runs(CAR, cur["car"], timeout=120)  # the driving car runs the current model
         run2 = watch.retrain(timeout=a.train_timeout)
         new_car = run2.get("current", {}).get("car")
@@ -350,14 +342,7 @@ class Demo:
         return self.run_child(
             sup,
             name,
-            self.drive_args(
-                EVAL_TRACK,
-                "--pilot",
-                "model",
-                "--follow-fleet",
-                "--edge",
-                "--rate",
-                "realtime",
+            self.car_drive_args(
                 "--laps",
                 str(a.eval_laps),
                 "--record",

@@ -28,7 +28,7 @@ def _dummy_video() -> bool:
 
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
-    from edgepilot.sim.drive import open_log, run_drive
+    from edgepilot.sim.drive import open_log
     from edgepilot.sim.expert import Expert
     from edgepilot.sim.plot import plot_trajectory
     from edgepilot.sim.tracks import load_track
@@ -91,65 +91,51 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             title=f"edgepilot sim: {track.name} ({args.pilot})",
             autopilot=True,  # M hands the car to the expert (keyboard) or takes it back (expert)
         )
-        window.mode = "local" if args.pilot == "expert" else "user"
         window.recording = writer is not None
-    loop_result: dict[str, Any] = {}
-    if args.pilot == "model":
-        from vehicle.cli import model_slot, offload_client
-        from vehicle.simdrive import run_loop_drive
+    from vehicle.cli import model_slot, offload_client, trusted_keys
+    from vehicle.hotswap import ModelSlot
+    from vehicle.simdrive import run_loop_drive
 
+    slot, link, offload = ModelSlot(None), None, None
+    if args.pilot == "model":  # the expert still rides along: it labels every record
         if max_seconds is None:
             max_seconds = max(120.0, laps * track.length / 0.25)
         slot = model_slot(prof, args.model)
-        link = None
         if args.follow_fleet:
-            from vehicle.cli import trusted_keys
             from vehicle.fleetlink import follow_fleet
 
             cache = Path(args.record or "var/models").parent / f"models-{prof.car_id}"
             link = follow_fleet(prof, args.broker, slot, cache, trusted_keys(prof))
         offload = offload_client(prof, args, deadline_s=sim.dt_s)
-        if window is not None:
-            window.mode = "local"
-        try:
-            run = run_loop_drive(
-                world,
-                expert=expert,
-                slot=slot,
-                laps=laps,
-                max_seconds=max_seconds,
-                writer=writer,
-                window=window,
-                offload=offload,
-                realtime=rate == "realtime",
-                delete_seconds=prof.drive.delete_seconds,
-                car_id=prof.car_id,
-            )
-        finally:
-            if offload is not None:
-                offload.close()
-            if link is not None:
-                link.close()
-        loop_result = run.loop.result()
-        if link is not None:
-            loop_result["fleet"] = link.summary()
-        if offload is not None:
-            loop_result["offload"] = dict(offload.stats)
-        res = type("R", (), {"records": run.loop.stats.recorded, "wall_s": run.wall_s})()
-        log.info("per-stage timing:\n%s", run.loop.timer.table())
-    else:
-        res = run_drive(
+    mode = "user" if args.pilot == "keyboard" else "local"
+    if window is not None:
+        window.mode = mode
+    try:
+        run = run_loop_drive(
             world,
-            pilot=args.pilot,
+            expert=expert,
+            slot=slot,
             laps=laps,
             max_seconds=max_seconds,
-            expert=expert,
             writer=writer,
             window=window,
+            offload=offload,
             realtime=rate == "realtime",
+            mode=mode,
             delete_seconds=prof.drive.delete_seconds,
+            car_id=prof.car_id,
         )
-        loop_result = res.extra["loop"].result()
+    finally:
+        if offload is not None:
+            offload.close()
+        if link is not None:
+            link.close()
+    loop_result = run.loop.result()
+    if link is not None:
+        loop_result["fleet"] = link.summary()
+    if offload is not None:
+        loop_result["offload"] = dict(offload.stats)
+    log.info("per-stage timing:\n%s", run.loop.timer.table())
     score = world.score
     plot = args.plot or (str(Path(args.record) / "trajectory.png") if args.record else None)
     if plot and world.trail is not None:
@@ -178,11 +164,11 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "pilot": args.pilot,
         "scene_seed": scene_seed,
         "actuator_latency_ms": latency,  # --latency-ms (latency_ms is the loop's, with a model)
-        "records": res.records,
+        "records": run.loop.stats.recorded,
         "record": str(args.record) if args.record else None,
         "plot": plot,
-        "wall_s": round(res.wall_s, 3),
-        "x_realtime": round(score.elapsed_s / res.wall_s, 1) if res.wall_s > 0 else None,
+        "wall_s": round(run.wall_s, 3),
+        "x_realtime": round(score.elapsed_s / run.wall_s, 1) if run.wall_s > 0 else None,
     }
     for k in (
         "latency_ms",
