@@ -118,6 +118,25 @@ def test_firmware_boots_at_neutral_and_follows_commands(sim):
     assert sim.wait_width("throttle", 1500, 0.2)
 
 
+def failsafe_violations(thr: list[tuple[int, int]], neutral: int = 1500) -> list[str]:
+    """The failsafe rule checked on every pulse-width change, in simulated ms: a change to
+    neutral comes no earlier than 250 ms after the previous command took effect (minus one
+    20 ms servo frame), and a command holds no longer than 250 ms plus one frame (plus
+    slack) without the next command or neutral. Simulated time, not the host's: on a
+    loaded machine the host may pause for longer than 250 ms between two commands, and
+    then the firmware *must* go to neutral -- that is the property, not a failure."""
+    out = []
+    for (t_a, w_a), (t_b, w_b) in zip(thr, thr[1:], strict=False):
+        if w_a == neutral:
+            continue
+        held = t_b - t_a
+        if w_b == neutral and held < 230:
+            out.append(f"neutral {held} ms after a command at {t_a} ms (failsafe early)")
+        if held > 290:
+            out.append(f"{w_a} us held {held} ms from {t_a} ms (failsafe late)")
+    return out
+
+
 def test_failsafe_250ms_after_the_last_command_measured_on_the_pins(sim):
     assert sim.wait_width("throttle", 1500, 5)
     cfg = replace(CFG, throttle_forward_us=2000)
@@ -125,22 +144,27 @@ def test_failsafe_250ms_after_the_last_command_measured_on_the_pins(sim):
     try:
         # 20 Hz commands, each throttle a little different, so every command shows as a
         # pulse-width change at the simulated time it took effect
+        sent = []
         for i in range(12):
             act.run(0.0, 0.2 + 0.02 * i)
+            sent.append(pulses(0.0, 0.2 + 0.02 * i, cfg)[1])
             time.sleep(0.05)
-        last_us = pulses(0.0, 0.2 + 0.02 * 11, cfg)[1]
-        assert sim.wait_width("throttle", last_us, 2)
+        assert sim.wait_width("throttle", sent[-1], 2)
         hb_before = act.stats["heartbeats"]
         assert sim.wait_width("throttle", 1500, 2), "no failsafe"
         time.sleep(0.1)
         assert act.stats["heartbeats"] > hb_before  # heartbeats flowed, and did not hold the car
         thr = [(t_ms, w) for ch, t_ms, w, _ in sim.pwm if ch == "throttle"]
-        active = [i for i, (_, w) in enumerate(thr) if w != 1500]
-        run = thr[active[0] : active[-1] + 2]
-        assert [w for _, w in run[:-1]] == sorted(w for _, w in run[:-1])  # no dip to neutral meanwhile
-        t_last, t_neutral = thr[active[-1]][0], thr[active[-1] + 1][0]
-        gap = t_neutral - t_last
-        # 250 ms of no command, seen at the next 20 ms servo frame
+        first = next(i for i, (_, w) in enumerate(thr) if w != 1500)
+        last = max(i for i, (_, w) in enumerate(thr) if w != 1500)
+        run = thr[first : last + 2]
+        assert run[-1][1] == 1500 and run[-2][1] == sent[-1]
+        # every command took effect, in order (two that land in one servo frame show once)
+        widths = [w for _, w in run if w != 1500]
+        assert widths == sorted(widths) and set(widths) <= set(sent) and widths[-1] == sent[-1]
+        assert not failsafe_violations(run), failsafe_violations(run)
+        # and the final stop: 250 ms of no command, seen at the next 20 ms servo frame
+        gap = run[-1][0] - run[-2][0]
         assert 230 <= gap <= 290, (gap, thr[-5:])
         deadline = time.monotonic() + 2
         while not act.telemetry.get("failsafe") and time.monotonic() < deadline:
@@ -148,6 +172,14 @@ def test_failsafe_250ms_after_the_last_command_measured_on_the_pins(sim):
         assert act.telemetry["failsafe"] and act.telemetry["failsafe_count"] >= 1
     finally:
         act.close()
+
+
+def test_failsafe_rule_checker_catches_early_and_late_neutral():
+    """The checker above must be able to fail: an early neutral and a held command."""
+    assert not failsafe_violations([(0, 1600), (50, 1620), (300, 1500)])
+    assert failsafe_violations([(0, 1600), (120, 1500)])  # neutral after 120 ms: early
+    assert failsafe_violations([(0, 1600), (400, 1620)])  # held 400 ms: late
+    assert failsafe_violations([(0, 1600), (600, 1500)])  # neutral only after 600 ms
 
 
 def test_controller_vanishes_and_comes_back(sim_build, tmp_path):

@@ -14,8 +14,13 @@ Why a worker thread per actuator: the control loop must never wait on a serial p
 reads what the car sends back, sends heartbeats, and when the port vanishes (USB
 unplugged, controller reset) it marks the link down, assumes the car went to neutral
 (the firmware's failsafe does that) and reopens the port with exponential back-off
-capped at ``reconnect_max_s``. Commands are coalesced, never queued: a late command
-is a wrong command.
+capped at ``reconnect_max_s`` -- and at once when the loop hands it a new command, so a
+replugged port carries commands again within one loop period (a failed open costs
+microseconds). Commands are coalesced, never queued: a late command is a wrong command.
+
+A pty or USB-serial slave whose other end went away reads as "ready" with no data
+(pyserial: SerialException) or fails writes with EIO: both mean the port is gone;
+the handle is closed and the path reopened, never reused.
 """
 
 from __future__ import annotations
