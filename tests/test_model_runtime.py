@@ -109,6 +109,22 @@ def test_split_mode_continues_from_features():
         ap.continue_from(early.features, 2)
 
 
+def test_an_exit_that_is_off_merges_its_stage_into_the_next():
+    ap = make_autopilot([None, 0.0])
+    assert ap.segments == [[0, 1], [2]]
+    d = ap.infer(frames(1)[0])
+    assert d.exit == 1 and ap.stage_calls == [1, 1, 0]
+    assert set(d.stage_ms) == {"preprocess", "stage0-1"}
+    ref = make_autopilot([0.0, 0.0])  # same seed, same weights, every exit on
+    ref.infer(frames(1)[0])
+    assert ref.infer(frames(1)[0], force_final=True).steering == pytest.approx(
+        ap.infer(frames(1)[0], force_final=True).steering, abs=1e-5
+    )
+    with pytest.raises(EdgepilotError, match="not a split point"):
+        ap.continue_from(d.features, 0)
+    assert ap.continue_from(d.features, 1).exit == 2
+
+
 def test_bad_frames_are_clear_errors():
     ap = make_autopilot([None, None])
     with pytest.raises(EdgepilotError, match="HxWx3"):

@@ -7,7 +7,10 @@ The stated targets (defaults; stored in the manifest next to the thresholds):
   least ``agree_share`` (95%) have a steering within ``agree_tol`` (0.04) of the final
   head's. Agreement with the final head, not with the label, because the exit replaces
   the final head: that is the error it adds. Exits are screened in order, each on the
-  frames the earlier exits left (BranchyNet's screening).
+  frames the earlier exits left (BranchyNet's screening). An exit that would take fewer
+  than ``min_exit_share`` (2%) of the frames is switched off (``None``): its head would
+  cost every frame more than it saves the few (the runtime then merges its stage into the
+  next one, ``nets.segments_for``).
 - the offload thresholds, one per exit: a frame is hard when the confidence of the exit
   that answered it is below that exit's offload threshold. Each is the lowest threshold at
   which ``ok_share`` (95%) of that exit's frames kept local have a steering error <=
@@ -33,6 +36,7 @@ class CalibrationTarget:
     ok_tol: float = 0.1
     ok_share: float = 0.95
     max_offload: float = 0.15
+    min_exit_share: float = 0.02  # an exit taking fewer frames than this is switched off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,8 +72,10 @@ def calibrate(
         idx = np.flatnonzero(remaining)
         good = np.abs(steer[k][idx] - final_s[idx]) <= target.agree_tol
         t = lowest_threshold(conf[k][idx], good, target.agree_share)
-        exits.append(t)
         out = idx[conf[k][idx] >= t]
+        if len(out) < target.min_exit_share * len(labels):
+            t, out = math.inf, idx[:0]  # computing its head for every frame would cost more
+        exits.append(t)
         taken[out] = k
         remaining[out] = False
     chosen = np.array([steer[k][i] for i, k in enumerate(taken)]) if len(labels) else np.zeros(0)

@@ -218,6 +218,38 @@ def stage_macs(net: StagedNet, spec: InputSpec = DEFAULT_SPEC) -> list[int]:
     return counts
 
 
+def segments_for(exits: list | None, n_stages: int) -> list[list[int]]:
+    """Group stages so that an exit that is never taken costs nothing at inference.
+
+    ``exits``: the calibrated thresholds (None: the exit is never taken). A stage whose
+    exit is off is merged with the next into one *segment* that computes only the last
+    head and has no stage boundary inside (measured ~15% less time for stages 0-1 of the
+    int8 early-exit net). Segment ends are the split points of split mode."""
+    segs: list[list[int]] = []
+    cur: list[int] = []
+    exits = list(exits or [])
+    for k in range(n_stages):
+        cur.append(k)
+        if k == n_stages - 1 or (k < len(exits) and exits[k] is not None):
+            segs.append(cur)
+            cur = []
+    return segs
+
+
+def segment_net(net: StagedNet, segs: list[list[int]]) -> StagedNet:
+    """The same weights regrouped: one Stage per segment (bodies in a row, the last head)."""
+    if segs == [[k] for k in range(len(net.stages))]:
+        return net
+    stages = []
+    for seg in segs:
+        if len(seg) == 1:
+            stages.append(net.stages[seg[0]])
+        else:
+            body = nn.Sequential(*[net.stages[i].body for i in seg])
+            stages.append(Stage(body, net.stages[seg[-1]].head))
+    return StagedNet(net.arch, stages)
+
+
 def fuse_for_inference(net: StagedNet) -> StagedNet:
     """Fold every batch norm into its conv (same numbers, less work); eval mode."""
     net.eval()

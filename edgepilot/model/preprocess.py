@@ -12,6 +12,7 @@ crop still preprocesses correctly; ``InputSpec()`` is the default.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -40,9 +41,20 @@ class InputSpec:
 
 DEFAULT_SPEC = InputSpec()
 
+# torch 2.13 warns once that quantised tensor creation is deprecated; docs/model.md says
+# what replaces it. The warning says nothing a user of edgepilot can act on.
+warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
 
-def preprocess(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:
-    """BGR uint8 HxWx3 -> float32 3xHxW (spec size), the model's input.
+
+U8_SCALE = 1.0 / 127.5
+U8_ZERO = 128
+"""An int8 model takes the resized uint8 pixels as a quantised tensor with this scale and
+zero point: ``(u8 - 128) / 127.5``, within half a grey level of ``preprocess``'s
+``u8 / 127.5 - 1``, without converting 40k pixels to float and back."""
+
+
+def preprocess_u8(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:
+    """BGR uint8 HxWx3 -> uint8 3xHxW (cropped, resized, colour-converted; not normalised).
 
     Raises EdgepilotError on a frame that is not an HxWx3 uint8 image, because a
     wrong-shaped frame reaching the network would give a confident nonsense answer.
@@ -59,12 +71,25 @@ def preprocess(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndar
     img = cv2.resize(frame_bgr[top:], (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     if spec.colour == "yuv":
         img = cv2.cvtColor(img, cv2.COLOR_BGR2YUV)
-    out = img.astype(np.float32).transpose(2, 0, 1)
-    out *= 1.0 / 127.5
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def preprocess(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:
+    """BGR uint8 HxWx3 -> float32 3xHxW in [-1, 1]: the model's input."""
+    out = preprocess_u8(frame_bgr, spec).astype(np.float32)
+    out *= U8_SCALE
     out -= 1.0
-    return np.ascontiguousarray(out)
+    return out
 
 
 def to_tensor(frames: list[np.ndarray], spec: InputSpec = DEFAULT_SPEC) -> torch.Tensor:
-    """A batch of BGR frames as the model's input tensor (N x 3 x H x W)."""
+    """A batch of BGR frames as the model's float input tensor (N x 3 x H x W)."""
     return torch.from_numpy(np.stack([preprocess(f, spec) for f in frames]))
+
+
+def quantized_input(x: torch.Tensor) -> torch.Tensor:
+    """The int8 models' input: uint8 pixels (from ``preprocess_u8``) or float inputs
+    (from ``preprocess``) as a quint8 tensor with the fixed scale and zero point."""
+    if x.dtype != torch.uint8:
+        x = ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return torch._make_per_tensor_quantized_tensor(x, U8_SCALE, U8_ZERO)

@@ -26,9 +26,9 @@ import torch
 
 from edgepilot import EdgepilotError
 from edgepilot.model.compress import float_stages, freeze, load_int8
-from edgepilot.model.nets import ArchSpec, build_net
+from edgepilot.model.nets import ArchSpec, build_net, segment_net, segments_for
 from edgepilot.model.package import load_package
-from edgepilot.model.preprocess import InputSpec, preprocess
+from edgepilot.model.preprocess import InputSpec, preprocess, preprocess_u8, quantized_input
 
 
 @dataclass
@@ -43,31 +43,46 @@ class Decision:
 
 
 def decode_np(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exit outputs (N, bins+1) -> steering, throttle, confidence; numpy, because at batch 1
-    a dozen torch ops on a 21-vector cost more than the int8 stage that produced it."""
-    logits = out[:, :-1].astype(np.float64)
-    bins = logits.shape[1]
+    """Exit outputs (N, bins+1) -> steering, throttle, confidence; numpy with as few calls
+    as possible, because at batch 1 every call on a 21-vector costs about as much as the
+    arithmetic of an int8 conv: entropy = log Z - sum(p_i * l_i) with p = exp(l) / Z."""
+    logits = out[:, :-1]
     logits = logits - logits.max(1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(1, keepdims=True)
-    centers = np.linspace(-1.0, 1.0, bins)
-    steering = p @ centers
-    ent = -(p * np.log(np.maximum(p, 1e-12))).sum(1)
-    conf = 1.0 - ent / math.log(bins)
-    throttle = np.clip(out[:, -1], -1.0, 1.0)
-    return np.clip(steering, -1.0, 1.0), throttle, conf
+    e = np.exp(logits)
+    z = e.sum(1)
+    bins = logits.shape[1]
+    steering = (e @ _centers(bins)) / z
+    conf = 1.0 - (np.log(z) - (e * logits).sum(1) / z) / math.log(bins)
+    return np.clip(steering, -1.0, 1.0), np.clip(out[:, -1], -1.0, 1.0), conf
+
+
+_CENTERS: dict[int, np.ndarray] = {}
+
+
+def _centers(bins: int) -> np.ndarray:
+    c = _CENTERS.get(bins)
+    if c is None:
+        c = _CENTERS[bins] = np.linspace(-1.0, 1.0, bins, dtype=np.float32)
+    return c
 
 
 class Autopilot:
     """A verified model package, ready to answer frames. Build with ``Autopilot.load``."""
 
-    def __init__(self, manifest: dict, stages: list[torch.nn.Module], path: Path | None = None) -> None:
+    def __init__(
+        self,
+        manifest: dict,
+        stages: list[torch.nn.Module],
+        path: Path | None = None,
+        segments: list[list[int]] | None = None,
+    ) -> None:
         self.manifest = manifest
         self.path = path
         self.version: str = str(manifest.get("version", "?"))
         self.spec = InputSpec.from_dict(manifest.get("input", {}))
-        self.stages = stages
-        self.n_exits = len(stages)
+        self.stages = stages  # one module per segment (see nets.segments_for)
+        self.segments: list[list[int]] = segments or [[k] for k in range(len(stages))]
+        self.n_exits = sum(len(s) for s in self.segments)
         th = manifest.get("thresholds") or {}
         ex = list(th.get("exits") or [])
         # an uncalibrated package never exits early: the safe default
@@ -81,6 +96,15 @@ class Autopilot:
         self.offload_thresholds += [0.0] * (self.n_exits - len(self.offload_thresholds))
         self.stage_macs: list[int] = list(manifest.get("stage_macs") or [0] * self.n_exits)
         self.stage_calls: list[int] = [0] * self.n_exits
+        self.int8 = manifest.get("quant", "fp32") == "int8"
+        self._names = [f"stage{g[0]}" if len(g) == 1 else f"stage{g[0]}-{g[-1]}" for g in self.segments]
+        # int8 stages pass quint8 features on; their (static) scales, for split mode
+        self._feat_qparams: list[tuple[float, int] | None] = []
+        with torch.inference_mode():
+            x = self._input(np.zeros((120, 160, 3), np.uint8))
+            for st in stages:
+                x, _ = st(x)
+                self._feat_qparams.append((x.q_scale(), x.q_zero_point()) if x.is_quantized else None)
 
     @classmethod
     def load(
@@ -103,8 +127,10 @@ class Autopilot:
             raise EdgepilotError(f"{path}: manifest lacks a valid 'arch' ({e})") from None
         spec = InputSpec.from_dict(manifest.get("input", {}))
         net = build_net(arch, spec)
+        exits = (manifest.get("thresholds") or {}).get("exits")
+        segs = manifest.get("segments") or segments_for(exits, len(net.stages))
         if manifest.get("quant", "fp32") == "int8":
-            stages = load_int8(net, state, spec)
+            stages = load_int8(segment_net(net, segs), state, spec)
         else:
             try:
                 net.load_state_dict(state)
@@ -112,12 +138,19 @@ class Autopilot:
                 raise EdgepilotError(
                     f"{path}: weights do not fit {arch.name}: {str(e).splitlines()[0]}"
                 ) from None
-            stages = float_stages(net)
-        return cls(manifest, freeze(stages, spec), path)
+            stages = float_stages(segment_net(net, segs))
+        return cls(manifest, freeze(stages, spec, int8=manifest.get("quant") == "int8"), path, segs)
 
     # -- inference ---------------------------------------------------------------------
     def _input(self, frame_bgr: np.ndarray) -> torch.Tensor:
+        if self.int8:
+            return quantized_input(torch.from_numpy(preprocess_u8(frame_bgr, self.spec)).unsqueeze(0))
         return torch.from_numpy(preprocess(frame_bgr, self.spec)).unsqueeze(0)
+
+    def _inputs(self, frames: list[np.ndarray]) -> torch.Tensor:
+        if self.int8:
+            return quantized_input(torch.from_numpy(np.stack([preprocess_u8(f, self.spec) for f in frames])))
+        return torch.from_numpy(np.stack([preprocess(f, self.spec) for f in frames]))
 
     def infer(self, frame_bgr: np.ndarray, *, force_final: bool = False) -> Decision:
         """One frame (BGR uint8), batch 1, with early exit unless ``force_final``."""
@@ -127,24 +160,36 @@ class Autopilot:
         return self._run(x, 0, ms, force_final)
 
     def continue_from(self, features: torch.Tensor, stage: int, *, force_final: bool = True) -> Decision:
-        """Split mode: ``features`` came out of stage ``stage``; run the stages after it."""
-        if not 0 <= stage < self.n_exits - 1:
-            raise EdgepilotError(f"no stage after {stage} (the model has {self.n_exits})")
-        return self._run(features, stage + 1, {}, force_final)
+        """Split mode: ``features`` came out of stage ``stage`` (a ``Decision.exit`` of this
+        model, i.e. a segment end); run the stages after it."""
+        ends = [seg[-1] for seg in self.segments]
+        if stage not in ends[:-1]:
+            raise EdgepilotError(
+                f"stage {stage} is not a split point of this model (split points: {ends[:-1]})"
+            )
+        j = ends.index(stage)
+        q = self._feat_qparams[j]
+        if q is not None and not features.is_quantized:
+            features = torch.quantize_per_tensor(features.float(), q[0], q[1], torch.quint8)
+        return self._run(features, j + 1, {}, force_final)
 
     def _run(self, x: torch.Tensor, first: int, ms: dict[str, float], force_final: bool) -> Decision:
-        last = self.n_exits - 1
+        last = len(self.segments) - 1
         with torch.inference_mode():
-            for k in range(first, self.n_exits):
+            for j in range(first, len(self.segments)):
+                seg = self.segments[j]
+                k = seg[-1]
                 t = time.perf_counter()
-                x, out = self.stages[k](x)
+                x, out = self.stages[j](x)
                 s, th, c = decode_np(out.numpy())
-                ms[f"stage{k}"] = (time.perf_counter() - t) * 1e3
-                self.stage_calls[k] += 1
+                ms[self._names[j]] = (time.perf_counter() - t) * 1e3
+                for i in seg:
+                    self.stage_calls[i] += 1
                 conf = float(c[0])
-                if k == last or (not force_final and conf >= self.exit_thresholds[k]):
+                if j == last or (not force_final and conf >= self.exit_thresholds[k]):
                     hard = conf < self.offload_thresholds[k]
-                    return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, x)
+                    feat = x.dequantize() if x.is_quantized else x
+                    return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, feat)
         raise AssertionError("unreachable")
 
     def infer_batch(self, frames: list[np.ndarray], *, force_final: bool = False) -> list[Decision]:
@@ -154,28 +199,37 @@ class Autopilot:
         if not frames:
             return []
         t0 = time.perf_counter()
-        x = torch.from_numpy(np.stack([preprocess(f, self.spec) for f in frames]))
+        x = self._inputs(frames)
         pre = (time.perf_counter() - t0) * 1e3 / len(frames)
         result: list[Decision | None] = [None] * len(frames)
         idx = np.arange(len(frames))
         ms: list[dict[str, float]] = [{"preprocess": pre} for _ in frames]
-        last = self.n_exits - 1
+        last = len(self.segments) - 1
         with torch.inference_mode():
-            for k in range(self.n_exits):
+            for j, seg in enumerate(self.segments):
+                k = seg[-1]
                 t = time.perf_counter()
-                x, out = self.stages[k](x)
+                x, out = self.stages[j](x)
                 s, th, c = decode_np(out.numpy())
                 per = (time.perf_counter() - t) * 1e3 / len(idx)
-                self.stage_calls[k] += len(idx)
-                done = np.ones(len(idx), bool) if (k == last) else (c >= self.exit_thresholds[k])
-                if force_final and k < last:
+                for i in seg:
+                    self.stage_calls[i] += len(idx)
+                done = np.ones(len(idx), bool) if (j == last) else (c >= self.exit_thresholds[k])
+                if force_final and j < last:
                     done[:] = False
-                for j, i in enumerate(idx):
-                    ms[i][f"stage{k}"] = per
-                    if done[j]:
-                        hard = bool(c[j] < self.offload_thresholds[k])
+                feats = x.dequantize() if x.is_quantized else x
+                for jj, i in enumerate(idx):
+                    ms[i][self._names[j]] = per
+                    if done[jj]:
+                        hard = bool(c[jj] < self.offload_thresholds[k])
                         result[i] = Decision(
-                            float(s[j]), float(th[j]), k, float(c[j]), hard, ms[i], x[j : j + 1].clone()
+                            float(s[jj]),
+                            float(th[jj]),
+                            k,
+                            float(c[jj]),
+                            hard,
+                            ms[i],
+                            feats[jj : jj + 1].clone(),
                         )
                 keep = np.flatnonzero(~done)
                 if not len(keep):

@@ -135,18 +135,32 @@ class TailSet:
         return ts
 
 
+def stage_outputs(car: Autopilot, frames: list[np.ndarray]) -> list[torch.Tensor]:
+    """Every stage's output (float, N x C x H x W) of the car's own stages on ``frames``,
+    built the way ``Autopilot`` feeds them (an int8 package's stages take and give
+    quantised tensors: dequantised here, as ``Decision.features`` is)."""
+    inputs = getattr(car, "_inputs", None)
+    with torch.inference_mode():
+        if inputs is not None:
+            x = inputs(frames)
+        else:
+            x = torch.from_numpy(np.stack([preprocess(f, car.spec) for f in frames]))
+        outs = []
+        for stage in car.stages:
+            x, _ = stage(x)
+            outs.append(x.dequantize() if x.is_quantized else x)
+    return outs
+
+
 def car_features(car: Autopilot, frames: list[np.ndarray], batch: int = 128) -> list[np.ndarray]:
     """Every stage's output of the car's own (frozen, possibly int8) stages, after the same
     8-bit wire round trip the car will apply: one (N, C, H, W) float32 array per stage."""
     per_stage: list[list[np.ndarray]] = [[] for _ in car.stages]
-    with torch.inference_mode():
-        for i in range(0, len(frames), batch):
-            x = torch.from_numpy(np.stack([preprocess(f, car.spec) for f in frames[i : i + batch]]))
-            for k, stage in enumerate(car.stages):
-                x, _ = stage(x)
-                for one in x.numpy():
-                    body, meta = wire.pack_features(one, k, level=0)
-                    per_stage[k].append(wire.unpack_features(body, meta))
+    for i in range(0, len(frames), batch):
+        for k, x in enumerate(stage_outputs(car, frames[i : i + batch])):
+            for one in x.numpy():
+                body, meta = wire.pack_features(one, k, level=0)
+                per_stage[k].append(wire.unpack_features(body, meta))
     return [np.stack(a) for a in per_stage]
 
 
