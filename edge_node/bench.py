@@ -2,7 +2,8 @@
 
 In one run, side by side on the same payload (a 160x120 camera-like JPEG):
 
-1. the floor of the link: a raw TCP echo of the same bytes on loopback (TCP_NODELAY);
+1. the floor of the link: a raw TCP echo of the same bytes on loopback (TCP_NODELAY), and
+   a bare MQTT v5 request/response of the same size through the broker (no inference);
 2. the floor of the edge: its own decode + inference at batch 1 (sequential requests, one
    in flight, read off the replies' ``compute_ms``);
 3. the fleet: ``--vehicles`` car clients (the real ``OffloadClient``), each offloading
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     payload = bench_frame()
     size = len(wire.encode_request(wire.InferRequest("bench-car-0", 0, payload, sent=0.0, budget_ms=33.3)))
     tcp = tcp_echo_floor(size)
+    mqtt = mqtt_floor(cfg, size)
     seq = sequential(cfg, payload, 200)
     if not seq:
         raise EdgepilotError("the edge node answered none of the sequential requests")
@@ -214,6 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "edge_nodes": sorted(h.node for h in edges),
         "edge_models": sorted({h.model or "?" for h in edges}),
         "tcp_floor_ms": tcp_p,
+        "mqtt_floor_ms": pct(mqtt, 50, 99),  # bare request/response through the broker
         "edge_compute_ms": comp_p,
         "floor_ms": round(floor, 4),
         "rtt_unloaded_ms": pct([a.rtt_ms for a in seq], 50, 99),
@@ -259,60 +262,53 @@ def saturate(
     return (n1 - (n0 or 0)) / (time.monotonic() - t_measure)
 
 
-def _ab_block(cfg: BrokerConfig, direct: bool, n: int, size: int, tag: str) -> list[float]:
+def mqtt_floor(cfg: BrokerConfig, size: int, rounds: int = 300) -> list[float]:
+    """Round trips (ms) of a bare MQTT v5 request/response through the broker, shaped like
+    the edge's path (the responder's network thread queues the request, a worker thread
+    publishes a small answer) but with no decoding, inference or JSON: the MQTT floor."""
     import queue
 
+    tag = f"{int(time.time() * 1e3) % 100000}"
     work: queue.Queue = queue.Queue()
-    resp = Connection(cfg, f"ab-resp-{tag}", direct_write=direct)
-    resp.subscribe("edgepilot/bench/ab/req", work.put)
+    resp = Connection(cfg, f"floor-resp-{tag}")
+    resp.subscribe(f"edgepilot/bench/floor-{tag}/req", work.put)
     got = threading.Event()
-    req = Connection(cfg, f"ab-req-{tag}", direct_write=direct)
-    req.subscribe("edgepilot/bench/ab/rep", lambda _m: got.set())
+    req = Connection(cfg, f"floor-req-{tag}")
+    req.subscribe(f"edgepilot/bench/floor-{tag}/rep", lambda _m: got.set())
     resp.start()
     req.start()
     time.sleep(0.2)
 
     def worker() -> None:
         while work.get() is not None:
-            resp.publish("edgepilot/bench/ab/rep", b"ok")
+            resp.publish(f"edgepilot/bench/floor-{tag}/rep", b"ok")
 
     t = threading.Thread(target=worker, daemon=True)
     t.start()
     payload = b"x" * size
     out = []
-    for i in range(n + 10):
-        got.clear()
-        t0 = time.perf_counter()
-        req.publish("edgepilot/bench/ab/req", payload)
-        if got.wait(1.0) and i >= 10:
-            out.append((time.perf_counter() - t0) * 1e3)
-    work.put(None)
-    t.join(1)
-    req.close()
-    resp.close()
+    try:
+        for i in range(rounds + 20):
+            got.clear()
+            t0 = time.perf_counter()
+            req.publish(f"edgepilot/bench/floor-{tag}/req", payload)
+            if got.wait(1.0) and i >= 20:
+                out.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        work.put(None)
+        t.join(1)
+        req.close()
+        resp.close()
     return out
 
 
-def transport_ab(cfg: BrokerConfig, rounds: int = 800, size: int = 4927) -> dict[str, Any]:
-    """Bare MQTT v5 request/response (no inference) through the broker, like the edge's
-    path: the responder's network thread queues the request, a worker thread answers.
-    Publishing on the caller's thread (``direct_write``) vs paho's network thread, in
-    alternating blocks of one run so both see the same machine load."""
-    results: dict[str, list[float]] = {"direct_write": [], "paho_thread": []}
-    for block in range(8):
-        direct = block % 2 == 0
-        tag = f"{block}-{int(time.time() * 1e3) % 100000}"
-        results["direct_write" if direct else "paho_thread"] += _ab_block(cfg, direct, rounds // 8, size, tag)
-    return {k: pct(v, 50, 99) for k, v in results.items()}
-
-
-if __name__ == "__main__":  # python -m edge_node.bench saturate|transport mqtt://HOST:PORT [SECONDS]
+if __name__ == "__main__":  # python -m edge_node.bench saturate|floor mqtt://HOST:PORT [SECONDS]
     import json
     import sys
 
     url = sys.argv[2] if len(sys.argv) > 2 else "mqtt://127.0.0.1:1883"
-    if sys.argv[1:2] == ["transport"]:
-        print(json.dumps(transport_ab(BrokerConfig(url=url))))
+    if sys.argv[1:2] == ["floor"]:
+        print(json.dumps(pct(mqtt_floor(BrokerConfig(url=url), len(bench_frame())), 50, 99)))
         sys.exit(0)
     print(
         round(

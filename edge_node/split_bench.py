@@ -38,7 +38,7 @@ from edgepilot.broker import start_broker
 from edgepilot.config import BrokerConfig
 from edgepilot.model.data import decode, load_samples
 from edgepilot.model.runtime import Autopilot
-from edgepilot.model.tail import TailSet, train_tails
+from edgepilot.model.tail import TailSet, split_points, stage_outputs, train_tails
 from edgepilot.schema import wire
 from vehicle.offload import CircuitBreaker, OffloadClient
 
@@ -86,7 +86,8 @@ def run(
     rec: dict[str, dict[str, list[float]]] = {
         w: {"err": [], "err_hard": [], "bytes": [], "prep": [], "rtt": [], "compute": []} for w in ways
     }
-    car_ms: list[list[float]] = [[] for _ in range(car.n_exits)]
+    points = split_points(car)
+    car_ms: dict[int, list[float]] = {k: [] for k in points}
     local_err: list[float] = []
     hard = 0
     state = Path(tempfile.mkdtemp(prefix="split-bench-"))
@@ -106,14 +107,10 @@ def run(
         for s in samples:
             img = decode(s.jpeg)
             dec = car.infer(img, force_final=True)  # every stage: its features and times
-            for k in range(car.n_exits):
-                car_ms[k].append(dec.stage_ms[f"stage{k}"])
-            feats: dict[int, torch.Tensor] = {}
-            x = torch.from_numpy(np.ascontiguousarray(np.stack([_prep(car, img)])))
-            with torch.inference_mode():
-                for k, st in enumerate(car.stages):
-                    x, _ = st(x)
-                    feats[k] = x
+            seg_ms = [v for name, v in dec.stage_ms.items() if name.startswith("stage")]
+            for k, ms in zip(points, seg_ms, strict=True):
+                car_ms[k].append(ms)
+            feats = stage_outputs(car, [img])  # every split point's features
             is_hard = dec.hard
             hard += is_hard
             local_err.append(abs(dec.steering - s.steering))
@@ -153,7 +150,11 @@ def run(
     out: dict[str, Any] = {
         "frames": len(samples),
         "hard_frames": hard,
-        "car_stage_ms": [round(float(np.median(c)), 3) for c in car_ms],
+        # per stage (a merged segment's time on its last stage), as the planner takes it
+        "car_stage_ms": [
+            round(float(np.median(car_ms[k])), 3) if k in car_ms else 0.0 for k in range(max(points) + 1)
+        ],
+        "split_points": points,
         "car_local_mae": round(float(np.mean(local_err)), 4),
         "car_version": car.version,
         "ways": {},
@@ -180,12 +181,6 @@ def run(
         }
     out["planner"] = _plan(out)
     return out
-
-
-def _prep(car: Autopilot, img: np.ndarray) -> np.ndarray:
-    from edgepilot.model.preprocess import preprocess
-
-    return preprocess(img, car.spec)
 
 
 def _plan(out: dict[str, Any]) -> dict[str, Any]:

@@ -11,12 +11,6 @@ Every part that talks MQTT (car, edge node, cloud, benchmarks) goes through
   be committed without its secret).
 - Reconnect with exponential back-off (paho's loop thread), re-subscribing on every
   (re)connect: a broker restart must not leave the edge node deaf.
-- Publishes go out on the caller's thread (``direct_write``). paho's threaded mode only
-  queues a packet and wakes its network thread to send it: one thread hand-off per
-  message, which on a busy 2-core machine costs a scheduler time slice, not microseconds.
-  ``_Client`` serialises paho's packet writer with a lock so that the caller's thread and
-  paho's thread can both drain the queue safely (paho's own writer has no lock because it
-  assumes one writer thread).
 - Message dispatch looks the topic up in a cache (topic -> handlers), rebuilt when the
   subscriptions change, instead of matching every filter against every message.
 """
@@ -25,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -112,46 +105,6 @@ def properties(
 Handler = Callable[[paho.MQTTMessage], None]
 
 
-class _Client(paho.Client):
-    """paho's client, changed in two places for latency (paho-mqtt 2.x internals):
-
-    - ``_packet_write`` takes a lock, so that any thread may drain the outgoing queue
-      (paho's writer assumes one writer thread);
-    - ``_packet_queue``, called on a thread other than paho's network thread while
-      ``direct`` is on, writes the packet on the caller's thread and wakes the network
-      thread only when something is left to send (a full socket buffer), instead of always
-      queueing and waking it: one thread hand-off less per message."""
-
-    def __init__(self, *a: Any, direct: bool = True, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self._write_lock = threading.Lock()
-        self.direct = direct
-
-    def _packet_write(self) -> Any:
-        with self._write_lock:
-            return super()._packet_write()
-
-    def _packet_queue(self, command: int, packet: Any, mid: int, qos: int, info: Any = None) -> Any:
-        if not self.direct or threading.current_thread() is self._thread:
-            return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
-        rc = self.loop_write() if self._sock is not None else paho.MQTT_ERR_SUCCESS
-        if self.want_write() and self._sockpairW is not None:  # leftovers: paho's thread sends them
-            with contextlib.suppress(BlockingIOError, OSError):
-                self._sockpairW.send(b"0")
-        return rc
-
-
 class Connection:
     """A paho MQTT v5 client with remembered subscriptions and a connected flag.
 
@@ -166,7 +119,6 @@ class Connection:
         on_connect: Callable[[], None] | None = None,
         reconnect_min_s: float = 0.1,
         reconnect_max_s: float = 2.0,
-        direct_write: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.addr = parse_url(cfg.url)
@@ -177,12 +129,8 @@ class Connection:
         self._routes: dict[str, list[Handler]] = {}  # topic -> handlers (cleared on changes)
         self._user_on_connect = on_connect
         self._lock = threading.Lock()
-        if direct_write is None:  # EDGEPILOT_MQTT_DIRECT=0: paho's own writer thread (A/B runs)
-            direct_write = os.environ.get("EDGEPILOT_MQTT_DIRECT", "1") != "0"
-        self.direct_write = direct_write
-        c = _Client(
+        c = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
-            direct=direct_write,
             client_id=client_id,
             protocol=paho.MQTTv5,
         )

@@ -242,4 +242,6 @@ def test_bench_offload_reports_the_contract_keys_and_its_floor(broker, edge):
     assert res["rtt_ms"]["p99"] >= res["rtt_ms"]["p50"]
     # the floor is below the round trip it bounds, and the TCP echo below the MQTT round trip
     assert res["tcp_floor_ms"]["p50"] < res["rtt_unloaded_ms"]["p50"]
+    # the bare MQTT request/response: above the TCP echo (two hops through the broker)
+    assert res["tcp_floor_ms"]["p50"] < res["mqtt_floor_ms"]["p50"]
     assert res["sent"] == 2 * 20 and 0.0 <= res["deadline_miss_rate"] <= 1.0

@@ -135,33 +135,40 @@ class TailSet:
         return ts
 
 
-def stage_outputs(car: Autopilot, frames: list[np.ndarray]) -> list[torch.Tensor]:
-    """Every stage's output (float, N x C x H x W) of the car's own stages on ``frames``,
-    built the way ``Autopilot`` feeds them (an int8 package's stages take and give
-    quantised tensors: dequantised here, as ``Decision.features`` is)."""
+def split_points(car: Autopilot) -> list[int]:
+    """The stages whose output the car can send: the ends of the runtime's segments (an
+    exit switched off by calibration merges its stage into the next one)."""
+    segments = getattr(car, "segments", None) or [[k] for k in range(len(car.stages))]
+    return [seg[-1] for seg in segments]
+
+
+def stage_outputs(car: Autopilot, frames: list[np.ndarray]) -> dict[int, torch.Tensor]:
+    """Every split point's output (float, N x C x H x W) of the car's own stages on
+    ``frames``, built the way ``Autopilot`` feeds them (an int8 package's stages take and
+    give quantised tensors: dequantised here, as ``Decision.features`` is)."""
     inputs = getattr(car, "_inputs", None)
     with torch.inference_mode():
         if inputs is not None:
             x = inputs(frames)
         else:
             x = torch.from_numpy(np.stack([preprocess(f, car.spec) for f in frames]))
-        outs = []
-        for stage in car.stages:
+        outs = {}
+        for k, stage in zip(split_points(car), car.stages, strict=True):
             x, _ = stage(x)
-            outs.append(x.dequantize() if x.is_quantized else x)
+            outs[k] = x.dequantize() if x.is_quantized else x
     return outs
 
 
-def car_features(car: Autopilot, frames: list[np.ndarray], batch: int = 128) -> list[np.ndarray]:
-    """Every stage's output of the car's own (frozen, possibly int8) stages, after the same
-    8-bit wire round trip the car will apply: one (N, C, H, W) float32 array per stage."""
-    per_stage: list[list[np.ndarray]] = [[] for _ in car.stages]
+def car_features(car: Autopilot, frames: list[np.ndarray], batch: int = 128) -> dict[int, np.ndarray]:
+    """Every split point's output of the car's own (frozen, possibly int8) stages, after
+    the same 8-bit wire round trip the car will apply: {stage: (N, C, H, W) float32}."""
+    per_stage: dict[int, list[np.ndarray]] = {k: [] for k in split_points(car)}
     for i in range(0, len(frames), batch):
-        for k, x in enumerate(stage_outputs(car, frames[i : i + batch])):
+        for k, x in stage_outputs(car, frames[i : i + batch]).items():
             for one in x.numpy():
                 body, meta = wire.pack_features(one, k, level=0)
                 per_stage[k].append(wire.unpack_features(body, meta))
-    return [np.stack(a) for a in per_stage]
+    return {k: np.stack(a) for k, a in per_stage.items()}
 
 
 def _macs(net: nn.Module, shape: tuple[int, ...]) -> int:
@@ -206,7 +213,7 @@ def train_tails(
     yva = np.array([s.steering for s in val])
     ts = TailSet(car.version, bins=bins)
     rng = np.random.default_rng(seed)
-    for k in stages if stages is not None else range(car.n_exits):
+    for k in stages if stages is not None else split_points(car):
         shape = tuple(ftr[k].shape[1:])
         net = TailNet(shape, width, bins)  # type: ignore[arg-type]
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
