@@ -6,7 +6,8 @@ random (speed and size do not depend on their values; accuracy is measured by
 
 - fp32 eager (batch norms folded), fp32 traced + frozen;
 - dynamic int8 (linears only);
-- static int8, FX graph mode, eager GraphModule, and traced + frozen (the shipped path);
+- static int8, FX graph mode (quint8 input and stage boundaries), eager GraphModule, and
+  traced + frozen (the shipped path);
 - static int8 frozen of the early-exit net with half the channels in stages 1-2: what
   structured pruning could buy at most.
 """
@@ -24,6 +25,7 @@ import torch
 
 from edgepilot.model.compress import float_stages, freeze, int8_state, quantize_stages
 from edgepilot.model.nets import ArchSpec, build_net
+from edgepilot.model.preprocess import quantized_input
 
 warnings.filterwarnings("ignore")
 
@@ -34,7 +36,9 @@ def interleaved(cands: dict[str, list], n: int) -> dict[str, list[float]]:
     inputs: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
         for name, stages in cands.items():
-            x, xs = torch.randn(1, 3, 66, 200, generator=torch.Generator().manual_seed(0)), []
+            x, xs = torch.rand(1, 3, 66, 200, generator=torch.Generator().manual_seed(0)) * 2 - 1, []
+            if "int8_fx" in name:
+                x = quantized_input(x)
             for s in stages:
                 xs.append(x)
                 x, _ = s(x)
@@ -71,7 +75,7 @@ def candidates(arch: ArchSpec) -> tuple[dict[str, list], dict[str, int]]:
         "fp32_frozen": freeze(fp),
         "dynamic_int8": dyn,
         "int8_fx_eager": q,
-        "int8_fx_frozen": freeze(q),
+        "int8_fx_frozen": freeze(q, int8=True),
     }
     sizes = {"fp32_weights_bytes": size(net.state_dict()), "int8_weights_bytes": size(int8_state(q))}
     return stages, sizes
