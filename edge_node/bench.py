@@ -302,11 +302,86 @@ def mqtt_floor(cfg: BrokerConfig, size: int, rounds: int = 300) -> list[float]:
     return out
 
 
-if __name__ == "__main__":  # python -m edge_node.bench saturate|floor mqtt://HOST:PORT [SECONDS]
+def trace_hops(cfg: BrokerConfig, rounds: int = 300) -> dict[str, float]:
+    """Median time (ms) of each hop of one request, sequential, with an in-process edge
+    node (``builtin:pilotnet``) and car client: where a round trip goes. Car and edge share
+    one interpreter here (and its GIL), so hops are a little slower than across processes;
+    the point is the split between them."""
+    from edge_node.model import load_edge_model
+    from edge_node.service import EdgeService
+
+    marks: dict[str, float] = {}
+    svc = EdgeService(cfg, load_edge_model("builtin:pilotnet"), node_id=f"trace-{time.time_ns() % 10**6}")
+    on_request, process, reply = svc._on_request, svc.process, svc._reply
+
+    def mark(name: str, fn: Any) -> Any:
+        def wrapped(*a: Any) -> Any:
+            marks[name] = time.perf_counter()
+            out = fn(*a)
+            marks[name + "_end"] = time.perf_counter()
+            return out
+
+        return wrapped
+
+    svc._on_request = mark("arrive", on_request)  # type: ignore[method-assign]
+    svc.process = mark("batch", process)  # type: ignore[method-assign]
+    svc._reply = mark("reply", reply)  # type: ignore[method-assign]
+    svc.start()
+    car = OffloadClient(
+        cfg, f"trace-car-{time.time_ns() % 10**6}", deadline_s=1.0, breaker=CircuitBreaker(10**9)
+    )
+    car._on_reply = mark("back", car._on_reply)  # type: ignore[method-assign]
+    car.start()
+    payload = bench_frame()
+    rows = []
+    try:
+        for i in range(rounds + 20):
+            marks.clear()
+            t0 = time.perf_counter()
+            car.submit(i, payload)
+            t1 = time.perf_counter()
+            ans = car.poll(i, time.monotonic() + 1.0)
+            t2 = time.perf_counter()
+            time.sleep(0.002)  # the worker finishes its bookkeeping
+            if ans is None or i < 20 or "reply_end" not in marks:
+                continue
+            rows.append(
+                [
+                    t1 - t0,
+                    marks["arrive"] - t1,
+                    marks["batch"] - marks["arrive"],
+                    marks["reply"] - marks["batch"],
+                    marks["reply_end"] - marks["reply"],
+                    marks["back"] - marks["reply_end"],
+                    t2 - marks["back"],
+                    (ans.compute_ms or 0.0) / 1e3,
+                ]
+            )
+    finally:
+        car.close()
+        svc.stop()
+    names = [
+        "car_submit",
+        "car_to_edge",
+        "edge_queue_wake",
+        "edge_decode_infer",
+        "edge_reply_publish",
+        "edge_to_car",
+        "car_wake_poll",
+        "edge_compute_ms_reported",
+    ]
+    med = np.median(np.array(rows), axis=0) * 1e3
+    return {n: round(float(v), 4) for n, v in zip(names, med, strict=True)}
+
+
+if __name__ == "__main__":  # python -m edge_node.bench saturate|floor|trace mqtt://HOST:PORT [SECONDS]
     import json
     import sys
 
     url = sys.argv[2] if len(sys.argv) > 2 else "mqtt://127.0.0.1:1883"
+    if sys.argv[1:2] == ["trace"]:
+        print(json.dumps(trace_hops(BrokerConfig(url=url))))
+        sys.exit(0)
     if sys.argv[1:2] == ["floor"]:
         print(json.dumps(pct(mqtt_floor(BrokerConfig(url=url), len(bench_frame())), 50, 99)))
         sys.exit(0)

@@ -169,3 +169,17 @@ def test_a_node_without_tails_refuses_features(broker, car):
     finally:
         client.close()
         edge.stop()
+
+
+def test_a_bad_tails_file_is_a_clear_error(tmp_path, tails):
+    from edgepilot import EdgepilotError
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(EdgepilotError, match="unreadable"):
+        TailSet.load(bad)
+    k = min(tails.tails)
+    with pytest.raises(EdgepilotError, match="takes"):
+        tails.infer(k, np.zeros((1, 1, 2, 2), np.float32))
+    with pytest.raises(EdgepilotError, match="no tail"):
+        tails.infer(99, np.zeros((1, 1, 2, 2), np.float32))
