@@ -183,3 +183,40 @@ def test_a_bad_tails_file_is_a_clear_error(tmp_path, tails):
         tails.infer(k, np.zeros((1, 1, 2, 2), np.float32))
     with pytest.raises(EdgepilotError, match="no tail"):
         tails.infer(99, np.zeros((1, 1, 2, 2), np.float32))
+
+
+def test_the_drive_loop_offloads_features_and_drives_on_the_tails_answers(
+    broker, tiny_model, tails, sample_logs
+):
+    """The onboard loop in replay, every frame hard: in split mode it sends the features of
+    the exit that answered (no JPEG), and the edge's tail answers steer the car."""
+    from vehicle.cli import NullActuator
+    from vehicle.hotswap import ModelSlot, load_autopilot
+    from vehicle.loop import DriveLoop, LoopOptions
+    from vehicle.sources import ReplaySource
+
+    model = load_autopilot(tiny_model)
+    model.exit_thresholds = [float("inf")] * (model.n_exits - 1)  # every frame to the last exit ...
+    model.offload_thresholds = [2.0] * model.n_exits  # ... and hard there
+    cfg = BrokerConfig(url=broker.url)
+    edge = EdgeService(cfg, load_edge_model("builtin:pilotnet"), node_id="edge-loop", tails=tails).start()
+    client = OffloadClient(cfg, "car-loop", deadline_s=0.5)  # split mode: the default
+    client.start()
+    infos: list[dict] = []
+    try:
+        loop = DriveLoop(
+            ReplaySource(sample_logs[0]),
+            NullActuator(),
+            model=ModelSlot(model),
+            offload=client,
+            options=LoopOptions(mode="local", deadline_s=0.5),
+            on_frame=lambda f, info: infos.append(info),
+        )
+        loop.run()
+        res = loop.result()
+    finally:
+        client.close()
+        edge.stop()
+    assert res["offload_rate"] == 1.0 and res["edge_used_rate"] > 0.9
+    assert client.counts["split"] == client.counts["sent"] == len(infos)
+    assert edge.metrics.n_answered == client.counts["answered"] and edge.metrics.errors == 0
