@@ -16,6 +16,7 @@ a restarted trainer — or another one on the same store — carries on where it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -174,9 +175,31 @@ class CloudService:
         return push_current(self.conn, self.registry, target, key=key)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGKILL when the trainer that started it dies.
+
+    Why: a trainer SIGKILLed mid-run (``kill -9``, the OOM killer) otherwise leaves its
+    retraining child running as an orphan, which goes on to register and promote models
+    next to the restarted trainer's own run (tests/test_fault_cloud.py found it)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above ran
+        os._exit(1)
+
+
 def _child(
-    location: str, trusted: list[str] | None, workdir: str, cfg: RetrainConfig, key: str | None
+    location: str,
+    trusted: list[str] | None,
+    workdir: str,
+    cfg: RetrainConfig,
+    key: str | None,
+    parent: int = 0,
 ) -> dict:
+    if parent:
+        _die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return retrain(Registry(open_store(location), trusted), workdir, cfg, key=key)
 
@@ -199,7 +222,7 @@ def run_isolated(
         raise EdgepilotError("isolated retraining needs a store with a location")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
-            return pool.submit(_child, location, trusted, str(workdir), cfg, key).result()
+            return pool.submit(_child, location, trusted, str(workdir), cfg, key, os.getpid()).result()
         except BrokenProcessPool:
             raise EdgepilotError("the retraining process died (out of memory?)") from None
 
