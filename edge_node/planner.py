@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -128,3 +129,37 @@ class SplitPlanner:
         else:
             self.rtt_ms = max(0.0, float(np.median(ms - b * 8 / (self.bandwidth_mbps * 1e3))))
         return self._rechoose()
+
+
+def from_health(
+    tails: dict[str, Any],
+    car_stage_ms: list[float],
+    wire_bytes: dict[int, float],
+    *,
+    frame: Candidate | None = None,
+    encode_ms: dict[int, float] | None = None,
+    deadline_ms: float = 33.3,
+    default_edge_ms: float = 1.0,
+) -> SplitPlanner:
+    """A planner from an edge node's health ``tails`` (what it serves, each split's measured
+    compute and validation MAE) and the car's own measurements (per-stage compute, packed
+    sizes and packing times per split point). Split points the car cannot size are left
+    out; a split the edge has not run yet gets ``default_edge_ms`` until it has."""
+    cands = []
+    for key, st in (tails.get("stages") or {}).items():
+        k = int(key)
+        if k not in wire_bytes:
+            continue
+        ms = st.get("compute_ms")
+        cands.append(
+            Candidate(
+                k,
+                wire_bytes[k],
+                default_edge_ms if ms is None else float(ms),
+                (encode_ms or {}).get(k, 0.0),
+                st.get("val_mae"),
+            )
+        )
+    if frame is not None:
+        cands.append(frame)
+    return SplitPlanner(cands, car_stage_ms, deadline_ms=deadline_ms)

@@ -103,6 +103,7 @@ class EdgeService:
         self.group = group
         self.model = model
         self.tails = tails  # edgepilot.model.tail.TailSet: serves split-mode (features) requests
+        self.tail_ms: dict[int, float] = {}  # per split point: per-frame tail compute, smoothed
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1e3
         self.health_every_s = health_every_s
@@ -274,7 +275,12 @@ class EdgeService:
             if frames:
                 decisions = list(model.infer_batch(frames))
             for stage, group in split.items():  # one batch per split point
+                t_tail = time.perf_counter()
                 s_, t_, c_ = self.tails.infer(stage, np.stack([f for _, _, f in group]))
+                per = (time.perf_counter() - t_tail) * 1e3 / len(group)
+                self.tail_ms[stage] = (
+                    per if stage not in self.tail_ms else 0.9 * self.tail_ms[stage] + 0.1 * per
+                )
                 decisions += [
                     _Answer(a, b, c) for a, b, c in zip(s_.tolist(), t_.tolist(), c_.tolist(), strict=True)
                 ]
@@ -324,7 +330,20 @@ class EdgeService:
                 next_health = time.monotonic() + self.health_every_s
 
     def health(self) -> wire.EdgeHealth:
-        return self.metrics.snapshot(self.node_id, getattr(self.model, "version", None))
+        h = self.metrics.snapshot(self.node_id, getattr(self.model, "version", None))
+        if self.tails is not None:
+            h.tails = {
+                "car_model": self.tails.car_version,
+                "stages": {
+                    str(k): {
+                        "shape": list(t.shape),
+                        "val_mae": t.val_mae,
+                        "compute_ms": round(self.tail_ms[k], 4) if k in self.tail_ms else None,
+                    }
+                    for k, t in sorted(self.tails.tails.items())
+                },
+            }
+        return h
 
     def _publish_health(self) -> None:
         self.conn.publish(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edge_node.model import load_edge_model
-from edge_node.planner import FRAME, Candidate, SplitPlanner
+from edge_node.planner import FRAME, Candidate, SplitPlanner, from_health
 from edge_node.service import EdgeService
 from edgepilot.config import BrokerConfig
 from edgepilot.model.data import decode, load_samples
@@ -121,6 +121,16 @@ def test_split_mode_round_trip_and_refusals(broker, car, tails, sample_logs):
         want = tails.infer(dec.exit, wire.unpack_features(body, meta)[None])[0][0]
         assert ans.steering == pytest.approx(float(want), abs=1e-5)
         assert client.counts["split"] == 1
+        # the node's health says what it serves and what a split costs it (for a planner)
+        h = wire.decode_health(wire.encode_health(edge.health()))
+        assert h.tails["car_model"] == car.version
+        assert sorted(h.tails["stages"]) == [str(k) for k in sorted(tails.tails)]
+        served = h.tails["stages"][str(dec.exit)]
+        assert served["shape"] == list(dec.features.shape[1:]) and served["compute_ms"] > 0
+        assert all(v["compute_ms"] is None for k, v in h.tails["stages"].items() if k != str(dec.exit))
+        # ... which, with the car's own numbers, is a planner
+        p = from_health(h.tails, [0.3] * car.n_exits, {dec.exit: float(len(body))}, deadline_ms=33.0)
+        assert p.choice == dec.exit and p.candidates[0].edge_ms == served["compute_ms"]
         # features from another car model version: an error reply, not an answer
         assert client.submit(2, None, features=dec.features, stage=dec.exit, model="other-model")
         assert client.poll(2, time.monotonic() + 0.5) is None
