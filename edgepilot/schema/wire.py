@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,9 +35,6 @@ MAX_REQUEST_BYTES = 1 << 20  # a 160x120 JPEG is ~5 KB; a 640x480 one ~60 KB
 MAX_HEADER_BYTES = 4096
 MAX_ID_LEN = 64
 KINDS = ("jpeg", "features")
-MAX_FEATURE_ELEMS = 1 << 18  # 256 Ki values: a stage-0 tensor of the car's net is 3.6 K
-FEATURE_DTYPES = ("u8", "i8")
-FEATURE_CODECS = ("zlib", "none")
 REPLY_STATUSES = ("ok", "error", "dropped")
 
 
@@ -175,6 +171,8 @@ def decode_request(payload: bytes) -> InferRequest:
     if not isinstance(meta, dict):
         raise WireError("meta must be a JSON object")
     if kind == "features":
+        from edgepilot.schema.features import FeatureMeta
+
         FeatureMeta.from_dict(meta)  # a malformed meta is the sender's error, said here
     body = payload[nl + 1 :]
     if not body:
@@ -201,114 +199,6 @@ def peek_identity(payload: bytes) -> tuple[str | None, int | None]:
         return (car if isinstance(car, str) else None, frame if isinstance(frame, int) else None)
     except Exception:
         return None, None
-
-
-# -- split mode: intermediate features -----------------------------------------------------
-
-
-@dataclass(slots=True)
-class FeatureMeta:
-    """How a ``features`` body is packed (the request header's ``meta``).
-
-    ``stage``: the car stage whose output this is (the edge continues after it);
-    ``shape``: C, H, W of one frame's tensor; ``dtype``: ``u8`` (values ``q * scale``,
-    for post-ReLU features, which are >= 0) or ``i8`` (signed, symmetric); ``codec``:
-    ``zlib`` or ``none``. One scale per tensor: 8 bits keep the car's features to within
-    half a step (``scale / 2``), which the edge tail is trained to tolerate."""
-
-    stage: int
-    shape: tuple[int, int, int]
-    scale: float
-    dtype: str = "u8"
-    codec: str = "zlib"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "shape": list(self.shape),
-            "scale": self.scale,
-            "dtype": self.dtype,
-            "codec": self.codec,
-        }
-
-    @classmethod
-    def from_dict(cls, meta: dict[str, Any]) -> FeatureMeta:
-        stage = meta.get("stage")
-        if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage < 64:
-            raise WireError(f"features meta needs an integer stage in [0, 64), got {stage!r}")
-        shape = meta.get("shape")
-        if (
-            not isinstance(shape, list)
-            or len(shape) != 3
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
-        ):
-            raise WireError(f"features meta needs shape [C, H, W] of positive integers, got {shape!r}")
-        if math.prod(shape) > MAX_FEATURE_ELEMS:
-            raise WireError(f"features of shape {shape} exceed {MAX_FEATURE_ELEMS} values")
-        scale = meta.get("scale")
-        if (
-            isinstance(scale, bool)
-            or not isinstance(scale, (int, float))
-            or not (math.isfinite(scale) and scale > 0)
-        ):
-            raise WireError(f"features meta needs a finite scale > 0, got {scale!r}")
-        dtype, codec = meta.get("dtype", "u8"), meta.get("codec", "zlib")
-        if dtype not in FEATURE_DTYPES:
-            raise WireError(f"features dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
-        if codec not in FEATURE_CODECS:
-            raise WireError(f"features codec must be one of {FEATURE_CODECS}, got {codec!r}")
-        return cls(stage, (shape[0], shape[1], shape[2]), float(scale), dtype, codec)
-
-
-def pack_features(x: Any, stage: int, *, level: int = 1) -> tuple[bytes, FeatureMeta]:
-    """One frame's float features (C, H, W, or 1 x C x H x W) -> (body, meta).
-
-    zlib level 1: post-ReLU maps are mostly zeros, so the fast level already takes most
-    of the gain (docs/benchmarks.md, Split mode) at a fraction of level 6's time."""
-    import numpy as np
-
-    a = np.asarray(x, dtype=np.float32)
-    if a.ndim == 4 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 3:
-        raise WireError(f"features must be C x H x W, got shape {a.shape}")
-    lo, hi = float(a.min()), float(a.max())
-    if lo >= 0.0:
-        scale = hi / 255.0 if hi > 0 else 1.0
-        q = np.rint(a * (1.0 / scale)).astype(np.uint8)
-        dtype = "u8"
-    else:
-        scale = max(hi, -lo) / 127.0
-        q = np.clip(np.rint(a * (1.0 / scale)), -127, 127).astype(np.int8)
-        dtype = "i8"
-    raw = q.tobytes()
-    body = zlib.compress(raw, level) if level > 0 else raw
-    meta = FeatureMeta(
-        stage, (a.shape[0], a.shape[1], a.shape[2]), scale, dtype, "zlib" if level > 0 else "none"
-    )
-    return body, meta
-
-
-def unpack_features(body: bytes, meta: FeatureMeta) -> Any:
-    """The edge side: body -> float32 (C, H, W); WireError on anything that does not fit
-    (never inflates more than the shape allows: a zlib bomb stops at the limit)."""
-    import numpy as np
-
-    n = math.prod(meta.shape)
-    if meta.codec == "zlib":
-        d = zlib.decompressobj()
-        try:
-            raw = d.decompress(body, n + 1)
-        except zlib.error as e:
-            raise WireError(f"features body is not zlib data: {e}") from None
-        if not d.eof and len(raw) <= n:
-            raise WireError("features body is a truncated zlib stream")
-    else:
-        raw = body
-    if len(raw) != n:
-        raise WireError(f"features body holds {len(raw)} values, shape {list(meta.shape)} needs {n}")
-    q = np.frombuffer(raw, np.uint8 if meta.dtype == "u8" else np.int8)
-    return (q.astype(np.float32) * np.float32(meta.scale)).reshape(meta.shape)
 
 
 # -- inference reply ---------------------------------------------------------------------
@@ -460,3 +350,15 @@ def decode_announcement(payload: bytes) -> ModelAnnouncement:
     a = ModelAnnouncement(**{k: val for k, val in d.items() if k in known})
     model_topic(a.target)
     return a
+
+
+# split mode's feature payloads live in their own module; re-exported here, where every
+# other payload is, so that ``wire.pack_features`` etc. keep working
+from edgepilot.schema.features import (  # noqa: E402, F401
+    FEATURE_CODECS,
+    FEATURE_DTYPES,
+    MAX_FEATURE_ELEMS,
+    FeatureMeta,
+    pack_features,
+    unpack_features,
+)
