@@ -117,3 +117,23 @@ def test_a_slow_edge_trips_the_breaker_and_submit_then_declines(broker):
     finally:
         car.close()
         slow.conn.close()
+
+
+def test_split_submit_never_raises_into_the_loop(broker):
+    """Bad split-mode input is a counted drop (or the JPEG), never an exception: the loop
+    calls submit on every hard frame and must keep driving."""
+    import numpy as np
+
+    car = OffloadClient(BrokerConfig(url=broker.url), "car-badsplit", deadline_s=0.05)
+    car.start()
+    try:
+        assert car.mode == "split" and car.sends_features
+        assert not car.submit(1, None)  # nothing to send
+        assert not car.submit(2, None, features=np.zeros((2, 2)), stage=0)  # not C x H x W
+        assert not car.submit(3, None, features=np.zeros((1, 2, 2)))  # no stage: unusable
+        assert car.counts["dropped"] == 3 and car.counts["sent"] == 0
+        assert car.submit(4, b"\xff\xd8jpeg", features=np.zeros((1, 2, 2)))  # ... so the JPEG goes
+        assert car.submit(5, None, features=np.ones((1, 2, 2, 2), np.float32), stage=1)
+        assert car.counts["sent"] == 2 and car.counts["split"] == 1
+    finally:
+        car.close()

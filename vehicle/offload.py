@@ -254,15 +254,15 @@ class OffloadClient:
         """What to send: in split mode the car's features of the planner's split point (or
         of the last stage it ran when that one is not at hand), else the JPEG."""
         if self.mode == "split" and features is not None and (jpeg is None or self.sends_features):
-            avail = features if isinstance(features, dict) else {stage: features}
+            raw = features if isinstance(features, dict) else {stage: features}
+            avail = {k: v for k, v in raw.items() if isinstance(k, int) and k >= 0}
             want = self.planner.choice if self.planner is not None else None
-            if want is not None and want < 0 and jpeg is not None:
-                return jpeg, "jpeg", {}  # the planner prefers frame mode right now
-            k = want if want in avail else max(k for k in avail if k is not None)
-            x = avail[k]
-            x = x.numpy() if hasattr(x, "numpy") else x
-            body, meta = wire.pack_features(x, int(k))
-            return body, "features", meta.to_dict()
+            if avail and not (want is not None and want < 0 and jpeg is not None):
+                k = want if want in avail else max(avail)
+                x = avail[k]
+                x = x.numpy() if hasattr(x, "numpy") else x
+                body, meta = wire.pack_features(x, k)
+                return body, "features", meta.to_dict()
         return (jpeg, "jpeg", {}) if jpeg is not None else None
 
     def submit(
@@ -293,11 +293,16 @@ class OffloadClient:
                 self.counts["dropped"] += 1
                 return False
             sent = self._pending[frame_index] = _Sent(now, now + budget)
-        what = self._body(jpeg, features, stage)
-        if what is None:
+        try:
+            what = self._body(jpeg, features, stage)
+            if what is None:
+                raise wire.WireError("nothing to send (no JPEG and no features)")
+        except wire.WireError as e:  # never into the drive loop: the local answer drives
             with self._cond:
                 self._pending.pop(frame_index, None)
-            raise EdgepilotError("offload: nothing to send (no JPEG and no features)")
+                self.counts["dropped"] += 1
+            log.warning("offload: frame %d not sent: %s", frame_index, e)
+            return False
         body, kind, meta = what
         wall = time.time()
         req = wire.InferRequest(
