@@ -154,6 +154,14 @@ class CloudService:
         except EdgepilotError as e:
             self.errors.append(str(e))
             log.error("retraining skipped: %s", e)
+            # say so on the runs topic: whoever asked for this run must not wait for it
+            failed = {
+                "run": None,
+                "error": str(e),
+                "promoted": [],
+                "current": {t: self.registry.current(t) for t in ("car", "edge")},
+            }
+            self.conn.publish(fleet.CLOUD_RUNS_TOPIC, json.dumps(failed).encode(), qos=1, retain=False)
             return None
         self.store.put(TRAINED, json.dumps({"logs": sorted(logs_before), "run": res["run"]}).encode())
         self.runs.append(res)

@@ -1,0 +1,79 @@
+"""`edgepilot demo` end to end with tiny settings: every process really started (cloud
+trainer, edge node, simulated cars, uploads as separate processes against a real
+Mosquitto), five phases, a model pushed and swapped mid-drive, no child left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def test_demo_runs_the_whole_loop(broker, tmp_path):
+    work = tmp_path / "demo"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgepilot",
+        "demo",
+        "--headless",
+        "--json",
+        "--broker",
+        broker.url,
+        "--workdir",
+        str(work),
+        "--laps",
+        "1",
+        "--epochs",
+        "1",
+        "--max-frames",
+        "1200",
+        "--scene-seed",
+        "0",
+        "--latency-ms",
+        "0",
+        "--train-timeout",
+        "400",
+    ]
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "EDGEPILOT_CAR_ID": ""}
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [ph["ok"] for ph in res["phases"]] == [True] * 5
+    for k in (
+        "phases",
+        "model_versions",
+        "autonomy_before",
+        "autonomy_after",
+        "offload_rate",
+        "pushed",
+        "swapped",
+    ):
+        assert k in res
+    assert res["pushed"] and res["swapped"]
+    mv = res["model_versions"]
+    assert mv["car_drive_1"] == mv["car_before"] and mv["car_drive_2"] == mv["car_after"] != mv["car_before"]
+    assert 0 < res["package_bytes"]["car"] < res["package_bytes"]["edge"]
+    assert sum(res["exit_rate"].values()) == pytest.approx(1.0, abs=1e-3)
+    for name in ("cloud", "edge", "drive-1", "car-swap", "drive-2"):
+        assert (work / "proc" / f"{name}.log").exists()
+    assert processes_mentioning(str(work)) == []  # the supervisor left no orphans
