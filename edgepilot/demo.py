@@ -102,9 +102,12 @@ class FleetWatch:
         with self._cv:
             seen = len(self.runs)
         self.conn.publish(self.retrain_topic, b"{}", qos=1)
-        return self._wait(
+        run = self._wait(
             lambda: self.runs[-1] if len(self.runs) > seen else None, timeout, "a retraining run"
         )
+        if run.get("error"):
+            raise EdgepilotError(f"the cloud's retraining run failed: {run['error']}")
+        return run
 
     def car_runs(self, car: str, version: str, timeout: float) -> dict[str, Any]:
         def ok() -> dict[str, Any] | None:
@@ -345,6 +348,8 @@ class Demo:
             self.car_drive_args(
                 "--laps",
                 str(a.eval_laps),
+                "--max-seconds",
+                str(60.0 * a.eval_laps),
                 "--record",
                 str(record),
                 "--scene-seed",
