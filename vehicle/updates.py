@@ -85,8 +85,10 @@ class ModelUpdater:
 
     def start(self) -> None:
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.conn.subscribe(model_topic(self.target), self._on_announcement, qos=1)
+        # report first: the retained announcement can arrive (and its update thread report
+        # "fetching") before subscribe() returns; a later "running" would hide the fetch
         self.report("running", None)
+        self.conn.subscribe(model_topic(self.target), self._on_announcement, qos=1)
 
     # -- reporting -----------------------------------------------------------------------
     def report(self, state: str, offered: str | None, error: str | None = None) -> None:
