@@ -47,3 +47,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tmp_path_factory, tiny_model, sample_logs):
+    """``tiny_model`` compressed to int8 (TorchScript stages inside)."""
+    from edgepilot.cli import main
+
+    out = tmp_path_factory.mktemp("model8") / "tiny-int8.eppkg"
+    assert main(["compress", tiny_model, "--out", str(out), "--calib", *sample_logs]) == 0
+    return str(out)

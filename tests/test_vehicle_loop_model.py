@@ -143,3 +143,37 @@ def test_tampered_package_is_refused_by_the_slot(tmp_path, tiny_model):
     slot.wait()
     assert done["ok"] is False and slot.last_error
     assert not slot.maybe_swap() and slot.current is a
+
+
+def test_loading_an_int8_package_never_breaks_inference_on_other_threads(tiny_int8):
+    """Regression: int8 loading used torch.fx tracing, which patches nn.Module.__call__
+    process-wide; a car hot-swapping an int8 model crashed its own loop thread
+    ("module is not installed as a submodule"). Packages now carry TorchScript stages."""
+    import threading
+
+    import numpy as np
+
+    running = load_autopilot(tiny_int8)
+    frame = np.zeros((120, 160, 3), np.uint8)
+    errors: list[str] = []
+    stop = threading.Event()
+    calls = [0]
+
+    def infer() -> None:
+        while not stop.is_set():
+            try:
+                running.infer(frame)
+                calls[0] += 1
+            except Exception as e:  # noqa: BLE001 - the test reports whatever broke
+                errors.append(repr(e))
+                return
+
+    th = threading.Thread(target=infer)
+    th.start()
+    try:
+        for _ in range(5):
+            load_autopilot(tiny_int8).warmup(2)
+    finally:
+        stop.set()
+        th.join()
+    assert errors == [] and calls[0] > 0

@@ -17,6 +17,7 @@ trace + freeze for inference. Why this one (docs/model.md has the measurements):
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import warnings
 from collections import OrderedDict
@@ -138,6 +139,19 @@ def freeze(stages: list[nn.Module], spec: InputSpec = DEFAULT_SPEC, *, int8: boo
     return out
 
 
+def script_bytes(stages: list[nn.Module]) -> list[bytes] | None:
+    """The frozen stages as TorchScript archives, so a runtime loads them without tracing
+    (None when a stage could not be frozen and runs eagerly)."""
+    out = []
+    for s in stages:
+        if not isinstance(s, torch.jit.ScriptModule):
+            return None
+        buf = io.BytesIO()
+        torch.jit.save(s, buf)
+        out.append(buf.getvalue())
+    return out
+
+
 def float_stages(net: StagedNet) -> list[nn.Module]:
     """The fp32 inference stages (batch norms folded)."""
     return list(fuse_for_inference(copy.deepcopy(net)).stages)
@@ -201,6 +215,7 @@ def compress_package(
     )
     fp32 = Autopilot.from_state(pkg.manifest, pkg.state)
     int8 = Autopilot.from_state(m, state)
+    scripts = script_bytes(int8.stages)
     before, after = evaluate(fp32, frames, labels), evaluate(int8, frames, labels)
     final_fp = np.array([d.steering for d in fp32.infer_batch(frames[:512], force_final=True)])
     final_q = np.array([d.steering for d in int8.infer_batch(frames[:512], force_final=True)])
@@ -214,7 +229,8 @@ def compress_package(
             "frames": len(frames),
         },
     }
-    path = save_package(out, m, state, signing_key)
+    # the TorchScript stages hold the int8 weights: no need to ship them twice
+    path = save_package(out, m, {} if scripts else state, signing_key, scripts)
     return {
         "package": str(path),
         "version": m["version"],

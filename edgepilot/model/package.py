@@ -13,6 +13,12 @@ A package (``.eppkg``) is a zip archive (deflated) of three members:
     ``{"alg": "ed25519", "key_id": ..., "sig": base64}`` over the exact manifest bytes.
     The manifest carries the weights' hash, so the signature covers the weights too.
 
+``script/stage<k>.pt`` (int8 packages)
+    each inference stage as a frozen TorchScript program (``torch.jit.save``), hashed in
+    the manifest (``script_sha256``). Loading these needs no ``torch.fx`` tracing, which
+    patches ``nn.Module.__call__`` process-wide while it runs and so breaks inference on
+    other threads: this is what lets a car hot-swap an int8 model between two frames.
+
 Loading checks, in order: the archive opens, the signature verifies against one of the
 trusted public keys, the weights' hash matches the manifest. Any failure is an
 ``EdgepilotError`` with a one-line reason (the CLI prints it without a traceback).
@@ -142,19 +148,32 @@ class Package:
     manifest: dict[str, Any]
     state: dict[str, Any]
     path: Path | None = None
+    scripts: list[bytes] | None = None  # frozen TorchScript stages (int8 packages)
+
+
+def script_name(k: int) -> str:
+    return f"script/stage{k}.pt"
 
 
 def save_package(
-    path: str | Path, manifest: dict[str, Any], state: dict[str, Any], key: Ed25519PrivateKey
+    path: str | Path,
+    manifest: dict[str, Any],
+    state: dict[str, Any],
+    key: Ed25519PrivateKey,
+    scripts: list[bytes] | None = None,
 ) -> Path:
-    """Write ``manifest`` + ``state`` as one signed file; fills in format and hashes."""
+    """Write ``manifest`` + ``state`` (+ TorchScript stages) as one signed file; fills in
+    format and hashes."""
     buf = io.BytesIO()
     torch.save(state, buf)
     weights = buf.getvalue()
     m = dict(manifest)
+    m.pop("script_sha256", None)
     m["format"] = FORMAT
     m["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     m["weights_bytes"] = len(weights)
+    if scripts:
+        m["script_sha256"] = [hashlib.sha256(b).hexdigest() for b in scripts]
     mbytes = json.dumps(m, indent=1, sort_keys=True, default=_json_default).encode()
     sig = {
         "alg": "ed25519",
@@ -167,6 +186,8 @@ def save_package(
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         z.writestr(MANIFEST, mbytes)
         z.writestr(WEIGHTS, weights)
+        for k, b in enumerate(scripts or []):
+            z.writestr(script_name(k), b)
         z.writestr(SIGNATURE, json.dumps(sig))
     os.replace(tmp, path)
     return path
@@ -199,6 +220,8 @@ def load_package(path: str | Path, trusted_keys: list[str] | None = None) -> Pac
     with _open(path) as z:
         mbytes = _member(z, path, MANIFEST)
         weights = _member(z, path, WEIGHTS)
+        names = [n for n in z.namelist() if n.startswith("script/")]
+        scripts = [_member(z, path, script_name(k)) for k in range(len(names))] if names else None
         try:
             sig = json.loads(_member(z, path, SIGNATURE))
             raw_sig = base64.b64decode(sig["sig"], validate=True)
@@ -221,13 +244,20 @@ def load_package(path: str | Path, trusted_keys: list[str] | None = None) -> Pac
             f"{path}: weights hash mismatch (sha256 {digest[:12]}, manifest says "
             f"{str(manifest.get('weights_sha256'))[:12]}): the file is damaged or tampered"
         )
+    want = manifest.get("script_sha256")
+    if scripts is not None or want is not None:
+        got = [hashlib.sha256(b).hexdigest() for b in scripts or []]
+        if not isinstance(want, list) or got != want:
+            raise EdgepilotError(
+                f"{path}: TorchScript stages do not match the manifest: the file is damaged or tampered"
+            )
     try:
         with warnings.catch_warnings():  # int8 tensors: TypedStorage / quantized-creation deprecations
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any unpickling refusal is a bad package
         raise EdgepilotError(f"{path}: weights do not load safely ({type(e).__name__})") from None
-    return Package(manifest, state, Path(path))
+    return Package(manifest, state, Path(path), scripts)
 
 
 def _verifies(key: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:

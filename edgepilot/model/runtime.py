@@ -16,6 +16,7 @@ are too small for threads to pay, and the car's other parts need the other cores
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -117,10 +118,14 @@ class Autopilot:
         if threads is not None:
             torch.set_num_threads(threads)
         pkg = load_package(path, trusted_keys)
-        return cls.from_state(pkg.manifest, pkg.state, pkg.path)
+        return cls.from_state(pkg.manifest, pkg.state, pkg.path, pkg.scripts)
 
     @classmethod
-    def from_state(cls, manifest: dict, state: dict, path: Path | None = None) -> Autopilot:
+    def from_state(
+        cls, manifest: dict, state: dict, path: Path | None = None, scripts: list[bytes] | None = None
+    ) -> Autopilot:
+        """Build from a verified manifest + weights. With ``scripts`` (the package's frozen
+        TorchScript stages) nothing is traced: safe while other threads run models."""
         try:
             arch = ArchSpec.from_dict(manifest["arch"])
         except (KeyError, TypeError) as e:
@@ -129,6 +134,12 @@ class Autopilot:
         net = build_net(arch, spec)
         exits = (manifest.get("thresholds") or {}).get("exits")
         segs = manifest.get("segments") or segments_for(exits, len(net.stages))
+        if scripts:
+            try:
+                stages = [torch.jit.load(io.BytesIO(b), map_location="cpu") for b in scripts]
+            except Exception as e:  # noqa: BLE001 - any TorchScript load failure is a bad package
+                raise EdgepilotError(f"{path}: TorchScript stages do not load ({type(e).__name__})") from None
+            return cls(manifest, stages, path, segs)
         if manifest.get("quant", "fp32") == "int8":
             stages = load_int8(segment_net(net, segs), state, spec)
         else:
