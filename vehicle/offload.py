@@ -197,6 +197,7 @@ class OffloadClient:
                     if now >= self._split_off_until:
                         log.warning("offload: edge refused features (%s); frame mode for a while", rep.error)
                     self._split_off_until = now + self.split_fallback_s
+                self._cond.notify_all()  # the loop's poll returns now instead of at the deadline
                 return
             rtt = (now - sent.t) * 1e3
             self._rtts.append(rtt)
