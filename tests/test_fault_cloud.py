@@ -348,3 +348,57 @@ def test_cloud_killed_mid_training_registry_intact_and_a_restart_carries_on(brok
     assert current_after_kill == {"car": v0["version"], "edge": None}
     assert current["car"] is not None and current["edge"] is not None
     assert current["car"] != v0["version"]  # the restarted run finished and was promoted (wide margins)
+
+
+ORPHAN_PARENT = """
+import multiprocessing, os, sys, time
+from cloud_trainer.service import _die_with_parent
+
+def grandchild(parent, guard, ready):
+    if guard:
+        _die_with_parent(parent)
+    ready.set()
+    time.sleep(60)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=grandchild, args=(os.getpid(), sys.argv[1] == "1", ready))
+    p.start()
+    ready.wait(60)  # the grandchild is up and past its guard
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_retraining_child_dies_with_its_killed_trainer(tmp_path, guard):
+    """The regression test of the orphan trainer, in seconds (the slow test above kills a
+    whole `edgepilot cloud`): a spawned child that called ``_die_with_parent`` is gone
+    once its parent is SIGKILLed; one that did not outlives it (the test can fail)."""
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_PARENT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "1" if guard else "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the orphaned resource tracker's leak warning
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
+    try:
+        child = int(proc.stdout.readline())
+        assert alive(child)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        end = time.monotonic() + 1
+        while alive(child) and time.monotonic() < end:
+            time.sleep(0.02)
+        survived = alive(child)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    assert survived is not guard

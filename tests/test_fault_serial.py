@@ -149,8 +149,8 @@ def test_serial_port_vanishes_and_returns_gaps_and_reconnect(tmp_path, kind):
     run_times: list[float] = []
     period = 0.05  # the loop's 20 Hz
     t0 = time.monotonic()
-    t_unplug, t_plug = t0 + 1.0, t0 + 2.0
-    t_end = t_plug + 1.0
+    t_unplug, t_plug = t0 + 0.6, t0 + 1.2
+    t_end = t_plug + 0.8
     try:
         next_tick = t0
         while (now := time.monotonic()) < t_end:
@@ -188,7 +188,7 @@ def test_serial_port_vanishes_and_returns_gaps_and_reconnect(tmp_path, kind):
         first = next(ty for t, ty in car.frames if t >= t_replugged)
         figs["config_first_after_reconnect"] = first == sp.T_CONFIG
     save_figures(f"serial_vanish_{kind}", figs)
-    assert len(before) >= 10 and len(after) >= 10, "no commands before or after the outage"
+    assert len(before) >= 8 and len(after) >= 8, "too few commands before or after the outage"
     assert figs["max_gap_plugged_ms"] < SAFE_GAP_S * 1e3
     assert figs["reconnect_s"] is not None and figs["reconnect_s"] < 0.5
     assert figs["first_command_after_reconnect_neutral"]

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import zipfile
 
 import pytest
@@ -33,7 +34,10 @@ from edgepilot.schema.log import DeleteRange, Record, RecordError, SessionMeta, 
 from edgepilot.sim.tracks import parse_track
 from vehicle import serial_proto as sp
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI draws 40 examples per decoder (the ``@example`` cases always run); EDGEPILOT_SLOW=1
+# draws 1000 -- the deep search, run before a release and after touching a decoder
+EXAMPLES = 1000 if os.environ.get("EDGEPILOT_SLOW") == "1" else 40
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- strategies --------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """32 simulated cars against one Mosquitto and two edge node processes (scripts/load_fleet.py).
 
-The short run (15 s) is in the normal suite; the 5-minute run behind ``@pytest.mark.slow``
+The short run (6 s) is in the normal suite; the 5-minute run behind ``@pytest.mark.slow``
 (EDGEPILOT_SLOW=1). What must hold on a loaded 2-core machine: every request is accounted
 for (answered in time, late, or missed -- nothing vanishes), no process grows without
 bound over the second half of the run, the edges answered the large majority. Absolute
@@ -42,7 +42,7 @@ def check(res: dict, name: str) -> None:
 
 
 def test_load_32_cars_two_edges_short():
-    check(load_fleet().run(cars=32, rate=10.0, duration=15.0), "load_15s")
+    check(load_fleet().run(cars=32, rate=10.0, duration=6.0), "load_6s")
 
 
 @pytest.mark.slow
