@@ -141,8 +141,9 @@ def from_health(
     deadline_ms: float = 33.3,
     default_edge_ms: float = 1.0,
 ) -> SplitPlanner:
-    """A planner from an edge node's health ``tails`` (what it serves, each split's measured
-    compute and validation MAE) and the car's own measurements (per-stage compute, packed
+    """A planner from one entry of an edge node's health ``tails`` (the one for the car's
+    model version: each split's measured compute and validation MAE) and the car's own
+    measurements (per-stage compute, packed
     sizes and packing times per split point). Split points the car cannot size are left
     out; a split the edge has not run yet gets ``default_edge_ms`` until it has."""
     cands = []

@@ -33,6 +33,7 @@ import paho.mqtt.client as paho
 
 from edge_node.metrics import EdgeMetrics
 from edge_node.model import load_edge_model
+from edge_node.tails import TailShelf
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, load_profile
 from edgepilot.mqtt import Connection, broker_config, properties
@@ -102,8 +103,8 @@ class EdgeService:
         self.node_id = wire.check_id(node_id, "node id")
         self.group = group
         self.model = model
-        self.tails = tails  # edgepilot.model.tail.TailSet: serves split-mode (features) requests
-        self.tail_ms: dict[int, float] = {}  # per split point: per-frame tail compute, smoothed
+        # split mode (features requests): a TailShelf, or a TailSet / path to make one of
+        self.tails = tails if tails is None or isinstance(tails, TailShelf) else TailShelf(tails)
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1e3
         self.health_every_s = health_every_s
@@ -209,8 +210,8 @@ class EdgeService:
         log.debug("edge %s: error reply to %s: %s", self.node_id, car, why)
         self._reply(item, car, wire.InferReply("error", car=car, frame=frame, node=self.node_id, error=why))
 
-    def _features(self, item: _Pending, req: wire.InferRequest) -> tuple[int, np.ndarray] | None:
-        """A split-mode body -> (stage, float32 C x H x W), or an error reply and None."""
+    def _features(self, item: _Pending, req: wire.InferRequest) -> tuple[tuple[str, int], np.ndarray] | None:
+        """A split-mode body -> ((car model, stage), float32 C x H x W), or an error reply."""
         if self.tails is None:
             self._error(
                 item, "kind 'features' is not served by this node (no tails loaded)", req.car, req.frame
@@ -218,14 +219,16 @@ class EdgeService:
             return None
         try:
             meta = wire.FeatureMeta.from_dict(req.meta)
-            if req.model != self.tails.car_version:
+            ts = self.tails.get(req.model)
+            if ts is None:
                 raise wire.WireError(
-                    f"features from car model {req.model!r}; this node's tails are for {self.tails.car_version!r}"
+                    f"features from car model {req.model!r}: this node has no tails for it "
+                    f"(serves {sorted(self.tails.sets)})"
                 )
-            tail = self.tails.tails.get(meta.stage)
+            tail = ts.tails.get(meta.stage)
             if tail is None or tuple(meta.shape) != tuple(tail.shape):
                 raise wire.WireError(f"no tail for stage {meta.stage} with shape {list(meta.shape)}")
-            return meta.stage, wire.unpack_features(req.body, meta)
+            return (ts.car_version, meta.stage), wire.unpack_features(req.body, meta)
         except wire.WireError as e:
             self._error(item, str(e), req.car, req.frame)
             return None
@@ -255,7 +258,7 @@ class EdgeService:
             good.append((item, req))
         frames: list[np.ndarray] = []
         ready: list[tuple[_Pending, wire.InferRequest]] = []
-        split: dict[int, list[tuple[_Pending, wire.InferRequest, np.ndarray]]] = {}
+        split: dict[tuple[str, int], list[tuple[_Pending, wire.InferRequest, np.ndarray]]] = {}
         for item, req in good:
             if req.kind == "features":
                 feats = self._features(item, req)
@@ -274,13 +277,10 @@ class EdgeService:
         try:
             if frames:
                 decisions = list(model.infer_batch(frames))
-            for stage, group in split.items():  # one batch per split point
+            for (version, stage), group in split.items():  # one batch per car model and split point
                 t_tail = time.perf_counter()
-                s_, t_, c_ = self.tails.infer(stage, np.stack([f for _, _, f in group]))
-                per = (time.perf_counter() - t_tail) * 1e3 / len(group)
-                self.tail_ms[stage] = (
-                    per if stage not in self.tail_ms else 0.9 * self.tail_ms[stage] + 0.1 * per
-                )
+                s_, t_, c_ = self.tails.sets[version].infer(stage, np.stack([f for _, _, f in group]))
+                self.tails.timed(version, stage, (time.perf_counter() - t_tail) * 1e3 / len(group))
                 decisions += [
                     _Answer(a, b, c) for a, b, c in zip(s_.tolist(), t_.tolist(), c_.tolist(), strict=True)
                 ]
@@ -295,7 +295,7 @@ class EdgeService:
             return
         t1 = time.monotonic()
         compute_ms = (t1 - t0) * 1e3
-        versions = {"jpeg": getattr(model, "version", None), "features": getattr(self.tails, "version", None)}
+        jpeg_version = getattr(model, "version", None)
         late_wall = time.time()
         self.metrics.batch(len(ready))
         for (item, req), d in zip(ready, decisions, strict=True):
@@ -309,7 +309,7 @@ class EdgeService:
                 steering=max(-1.0, min(1.0, float(d.steering))),
                 throttle=max(-1.0, min(1.0, float(d.throttle))),
                 confidence=float(d.confidence),
-                model=versions[req.kind],
+                model=jpeg_version if req.kind == "jpeg" else f"tail-{req.model}",
                 node=self.node_id,
                 compute_ms=round(compute_ms, 3),
                 batch=len(ready),
@@ -332,17 +332,7 @@ class EdgeService:
     def health(self) -> wire.EdgeHealth:
         h = self.metrics.snapshot(self.node_id, getattr(self.model, "version", None))
         if self.tails is not None:
-            h.tails = {
-                "car_model": self.tails.car_version,
-                "stages": {
-                    str(k): {
-                        "shape": list(t.shape),
-                        "val_mae": t.val_mae,
-                        "compute_ms": round(self.tail_ms[k], 4) if k in self.tail_ms else None,
-                    }
-                    for k, t in sorted(self.tails.tails.items())
-                },
-            }
+            h.tails = self.tails.summary()
         return h
 
     def _publish_health(self) -> None:
@@ -389,11 +379,7 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
             "no edge model: pass --model PKG (or --model builtin:pilotnet for transport tests)"
         )
     model = load_edge_model(spec, prof.model.trusted_keys or None)
-    tails = None
-    if getattr(args, "tails", None):
-        from edgepilot.model.tail import TailSet
-
-        tails = TailSet.load(args.tails)
+    tails = TailShelf(args.tails) if getattr(args, "tails", None) else None
     svc = EdgeService(
         broker_config(prof.broker, args.broker),
         model,

@@ -335,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", metavar="PKG", help="the edge model package")
         p.add_argument("--node-id")
         p.add_argument(
-            "--tails", metavar="FILE", help="split-mode tails for the car model (edge_node.split_bench)"
+            "--tails",
+            metavar="FILE|DIR",
+            help="split-mode tails: a file, or a directory of them (one per car model)",
         )
 
     t.add(s, "edge", "edge_node.service:cli", "run an edge node: answer hard frames for the fleet", edge, 6)

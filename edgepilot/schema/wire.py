@@ -289,9 +289,9 @@ class EdgeHealth:
     latency_p99_ms: float | None = None
     uptime_s: float = 0.0
     # split mode: what this node serves, so a planner can weigh it against frame mode:
-    # {"car_model": version, "stages": {"<k>": {"shape": [C,H,W], "val_mae": x,
-    #  "compute_ms": per-frame tail compute, smoothed (null until it has run)}}}
-    tails: dict[str, Any] | None = None
+    # [{"car_model": version, "stages": {"<k>": {"shape": [C,H,W], "val_mae": x,
+    #   "compute_ms": per-frame tail compute, smoothed (null until it has run)}}}, ...]
+    tails: list[dict[str, Any]] | None = None
     v: int = WIRE_VERSION
 
 
