@@ -167,9 +167,9 @@ class Ingest:
             raise EdgepilotError("assembled log does not match its sha256")
         name = offer.name
         prefix = f"logs/{offer.car}/{name}"
-        if self.store.list(prefix + "/"):
+        if self.store.list(prefix + "/") and unpacked_upload(self.store, prefix) != offer.upload:
             prefix = f"logs/{offer.car}/{name}-{offer.upload[:8]}"
-        frames = unpack_log(self.store, buf.getvalue(), prefix)
+        frames = self._unpack(offer, buf.getvalue(), prefix)
         record = {
             "upload": offer.upload,
             "car": offer.car,
@@ -189,6 +189,14 @@ class Ingest:
         if self.on_log is not None:
             self.on_log(prefix, frames)
         return prefix, frames
+
+    def _unpack(self, offer: fleet.UploadOffer, tar_bytes: bytes, prefix: str) -> int:
+        """Unpack under ``prefix``, marked with the upload first. Why the mark: a trainer
+        killed between the unpack and ``uploads/<id>.json`` leaves a whole log no record
+        names; the next offer of the same upload must reuse that directory, not unpack a
+        second copy beside it (retraining would read it as another session, possibly one
+        held out and one trained on)."""
+        return unpack_log(self.store, tar_bytes, prefix, upload=offer.upload)
 
     # -- MQTT ----------------------------------------------------------------------------
     def attach(self, conn: Connection, group: str = "cloud") -> None:
@@ -245,11 +253,27 @@ class Ingest:
         self._conn.publish(fleet.upload_topic(car, "ack"), fleet.encode_ack(ack), qos=1)
 
 
-def unpack_log(store: Store, tar_bytes: bytes, prefix: str) -> int:
+UPLOAD_MARK = ".upload.json"  # in a received log: the upload it was unpacked from
+
+
+def unpacked_upload(store: Store, prefix: str) -> str | None:
+    """The upload a received log directory was unpacked from (None: unmarked)."""
+    key = f"{prefix}/{UPLOAD_MARK}"
+    if not store.exists(key):
+        return None
+    try:
+        return str(json.loads(store.get(key))["upload"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def unpack_log(store: Store, tar_bytes: bytes, prefix: str, upload: str | None = None) -> int:
     """Unpack a packed driving log into ``prefix/``; returns its record count.
 
-    Only regular files with plain relative names are accepted (no links, no ``..``), and
-    ``meta.json`` + ``records.jsonl`` must be present: it has to be a driving log."""
+    Only regular files with plain relative names are accepted (no links, no ``..``, no
+    hidden names), and ``meta.json`` + ``records.jsonl`` must be present: it has to be a
+    driving log. With ``upload`` the directory is marked (``UPLOAD_MARK``) once the tar
+    checked out, before the first member is written."""
     try:
         tar = tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:")  # noqa: SIM115 - in memory
         members = tar.getmembers()
@@ -257,12 +281,16 @@ def unpack_log(store: Store, tar_bytes: bytes, prefix: str) -> int:
         raise EdgepilotError(f"upload is not a packed log ({e})") from None
     names = set()
     for m in members:
-        if not m.isfile() or not _MEMBER.match(m.name) or ".." in m.name.split("/"):
+        parts = m.name.split("/")
+        # hidden names are markers (ours, the car's): a packed log never holds one
+        if not m.isfile() or not _MEMBER.match(m.name) or any(p.startswith(".") for p in parts):
             raise EdgepilotError(f"upload holds a member that is not allowed: {m.name!r}")
         names.add(m.name)
     for required in ("meta.json", "records.jsonl"):
         if required not in names:
             raise EdgepilotError(f"upload is not a driving log: no {required}")
+    if upload is not None:  # valid: mark the directory before the first file lands
+        store.put(f"{prefix}/{UPLOAD_MARK}", json.dumps({"upload": upload}).encode())
     frames = 0
     for m in members:
         f = tar.extractfile(m)

@@ -402,3 +402,55 @@ def test_a_retraining_child_dies_with_its_killed_trainer(tmp_path, guard):
         with contextlib.suppress(NameError, ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     assert survived is not guard
+
+
+def test_trainer_killed_between_unpack_and_record_the_next_offer_reuses_the_log(tmp_path):
+    """The state a trainer SIGKILLed inside the assembly leaves -- the log unpacked, no
+    ``uploads/<id>.json`` yet, the chunks still there -- then a restarted trainer (a new
+    ``Ingest`` on the same store) gets the car's next offer: one log, not two."""
+    from cloud_trainer.ingest import Ingest
+
+    log_dir = make_log(tmp_path / "drive-a", 20)
+    pack = pack_log(log_dir, 64 * 1024)
+    offer = fleet.UploadOffer(
+        car="car-a",
+        upload=pack.sha256,
+        name="drive-a",
+        size=pack.size,
+        chunk_size=pack.chunk_size,
+        chunk_sha256=pack.chunk_sha256,
+        frames=pack.frames,
+    )
+    store = DirStore(tmp_path / "store")
+    first = Ingest(store)
+    assert first.handle_offer(offer).state == "partial"
+    for i in range(offer.chunks):
+        assert (
+            first.handle_chunk(
+                "car-a", fleet.ChunkHeader(offer.upload, i, offer.chunk_sha256[i]), pack.chunk(i)
+            ).error
+            is None
+        )
+    tar = b"".join(pack.chunk(i) for i in range(offer.chunks))
+    pack.close()
+    first._unpack(offer, tar, "logs/car-a/drive-a")  # ... and the trainer dies here
+    assert not store.exists(f"uploads/{offer.upload}.json")
+
+    restarted = Ingest(store)
+    st = restarted.handle_offer(offer)
+    assert st.state == "complete" and st.log == "logs/car-a/drive-a"
+    dirs = {k.split("/")[2] for k in store.list("logs/car-a/")}
+    assert dirs == {"drive-a"}, dirs  # before the fix: drive-a and drive-a-<sha8>
+    assert len(LogReader(store.local_dir(st.log)).records()) == 20
+
+    # another upload under the same name still gets its own directory
+    other = make_log(tmp_path / "x" / "drive-a", 5)
+    p2 = pack_log(other, 64 * 1024)
+    o2 = fleet.UploadOffer("car-a", p2.sha256, "drive-a", p2.size, p2.chunk_size, p2.chunk_sha256, p2.frames)
+    restarted.handle_offer(o2)
+    for i in range(o2.chunks):
+        restarted.handle_chunk("car-a", fleet.ChunkHeader(o2.upload, i, o2.chunk_sha256[i]), p2.chunk(i))
+    p2.close()
+    st2 = restarted.handle_offer(o2)
+    assert st2.state == "complete" and st2.log == f"logs/car-a/drive-a-{o2.upload[:8]}"
+    assert len(LogReader(store.local_dir("logs/car-a/drive-a")).records()) == 20  # untouched
