@@ -27,7 +27,11 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_demo_runs_the_whole_loop(broker, tmp_path):
+def test_demo_runs_the_whole_loop(tmp_path):
+    # its own broker: the demo leaves retained model announcements that other tests must not see
+    from edgepilot.broker import start_broker
+
+    broker = start_broker(tmp_path / "mosquitto")
     work = tmp_path / "demo"
     cmd = [
         sys.executable,
@@ -53,9 +57,12 @@ def test_demo_runs_the_whole_loop(broker, tmp_path):
         "--train-timeout",
         "400",
     ]
-    p = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "EDGEPILOT_CAR_ID": ""}
-    )
+    try:
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "EDGEPILOT_CAR_ID": ""}
+        )
+    finally:
+        broker.stop()
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert [ph["ok"] for ph in res["phases"]] == [True] * 5
