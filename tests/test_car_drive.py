@@ -11,6 +11,7 @@ import threading
 
 import cv2
 import numpy as np
+import pytest
 
 from edgepilot.cli import main
 from edgepilot.drivelog import LogReader
@@ -72,5 +73,67 @@ trusted_keys = []
     assert cmds[-1] == (1500, 1500)  # neutral on the way out
     recs = LogReader(res["log"]).records()
     assert len(recs) == res["frames"] and recs[0].model_version == res["model_version"]
+    os.close(master)
+    os.close(slave)
+
+
+def test_collect_drives_the_car_by_keyboard_and_records(tmp_path, capsys, monkeypatch):
+    """`edgepilot collect`: the pygame window (SDL dummy driver, posted key events: a
+    scripted user) drives the real actuator code over a pty; auto-record starts with throttle."""
+    pygame = pytest.importorskip("pygame")
+    import vehicle.ui
+
+    class ScriptedWindow(vehicle.ui.DriveWindow):
+        script = {0: [pygame.K_w], 25: [pygame.K_ESCAPE]}
+
+        def poll(self) -> None:
+            self.k = getattr(self, "k", 0)
+            for key in self.script.get(self.k, []):
+                pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key, mod=0, unicode="", scancode=0))
+            self.k += 1
+            super().poll()
+
+    monkeypatch.setattr(vehicle.ui, "DriveWindow", ScriptedWindow)
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    video = str(tmp_path / "cam.avi")
+    vw = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 20, (160, 120))
+    for _ in range(200):
+        vw.write(np.full((120, 160, 3), 100, np.uint8))
+    vw.release()
+    master, slave = os.openpty()
+    prof = tmp_path / "car.toml"
+    prof.write_text(f"""
+car_id = "car-c"
+[camera]
+source = "{video}"
+[actuator]
+kind = "robohat"
+port = "{os.ttyname(slave)}"
+[drive]
+throttle_cap = 0.5
+record_dir = "{tmp_path / "rec"}"
+""")
+    got = bytearray()
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                got.extend(os.read(master, 4096))
+            except OSError:
+                return
+
+    threading.Thread(target=reader, daemon=True).start()
+    rc = main(["collect", "--profile", str(prof), "--json"])
+    stop.set()
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["frames"] == 25  # Esc on the 26th frame ends the drive before it acts
+    cmds = [tuple(map(int, m)) for m in re.findall(rb"(\d+), (\d+)\r", bytes(got))]
+    assert max(t for _, t in cmds) > 1500  # W drove the motor forward...
+    assert max(t for _, t in cmds) <= 1500 + 0.5 * 500 + 1  # ...capped
+    assert cmds[-1] == (1500, 1500)
+    recs = LogReader(res["log"]).records()
+    assert 0 < len(recs) <= 25 and all(r.throttle > 0 and r.mode == "user" for r in recs)
     os.close(master)
     os.close(slave)

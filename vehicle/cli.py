@@ -163,9 +163,9 @@ def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
         raise EdgepilotError(f"mode {mode} needs a model: --model PKG or model.package in the profile")
     window = None
     if collect or not getattr(args, "headless", False):
-        from edgepilot.sim.cli import has_display
+        from edgepilot.sim.cli import dummy_video, has_display
 
-        if has_display():
+        if has_display() or (collect and dummy_video()):  # dummy: SDL offscreen (tests)
             from vehicle.ui import DriveWindow
 
             window = DriveWindow(

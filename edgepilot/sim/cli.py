@@ -22,7 +22,7 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or (sdl and sdl != "dummy"))
 
 
-def _dummy_video() -> bool:
+def dummy_video() -> bool:
     """SDL's offscreen driver: the window works but nobody sees it (tests, CI)."""
     return os.environ.get("SDL_VIDEODRIVER") == "dummy"
 
@@ -54,7 +54,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         log.warning("--edge offloads the model pilot's hard frames; the %s pilot ignores it", args.pilot)
     # an unseen dummy window only for the keyboard pilot (scripted input in tests):
     # an expert drive under the dummy driver stays headless and at full speed
-    windowed = not args.headless and (has_display() or (args.pilot == "keyboard" and _dummy_video()))
+    windowed = not args.headless and (has_display() or (args.pilot == "keyboard" and dummy_video()))
     if args.pilot == "keyboard" and not windowed:
         raise EdgepilotError("--pilot keyboard needs a window (no display, or --headless given)")
     rate = args.rate or ("realtime" if windowed or args.edge else sim.rate)
