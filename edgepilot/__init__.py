@@ -2,7 +2,8 @@
 
 The shared library: the driving-log format, the wire protocol, config, the autopilot
 model and the CLI. The deployables (``vehicle``, ``edge_node``, ``cloud_trainer``) import
-from here; nothing here imports from them except the CLI, lazily.
+from here; only command wiring here (the CLI handlers, ``sim drive`` which runs the
+vehicle's loop, the demo) imports from them, and lazily, inside the function.
 """
 
 __version__ = "0.1.0"
