@@ -28,7 +28,7 @@ from typing import Any
 
 from edgepilot import EdgepilotError
 from edgepilot.broker import listening, start_broker
-from edgepilot.config import REPO_ROOT, load_profile
+from edgepilot.config import load_profile
 from edgepilot.progress import bar, table
 from edgepilot.supervise import Supervisor
 
@@ -171,7 +171,7 @@ class Demo:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from edgepilot.model.package import load_private_key
+        from edgepilot.model.package import default_key_dir, load_private_key
 
         for sub in ("logs", "store", "proc", "models-" + CAR):
             shutil.rmtree(self.work / sub, ignore_errors=True)
@@ -184,8 +184,8 @@ class Demo:
         if not listening(port):
             broker = start_broker(self.work / "mosquitto", port)
             log.warning("started Mosquitto on 127.0.0.1:%d", port)
-        key_dir = REPO_ROOT / "keys"
-        load_private_key(key_dir / "signing.key", create=True)  # the fleet's signing key (made once)
+        load_private_key(None, create=True)  # the fleet's signing key: made on the first run
+        key_dir = default_key_dir()
         store = self.work / "store"
         cloud_toml = self.work / "cloud.toml"
         cloud_toml.write_text(
