@@ -68,6 +68,8 @@ class DriveConfig:
     auto_record: bool = True  # record while throttle > 0 (DonkeyCar's auto_record_on_throttle)
     record_dir: str = "datasets/recordings"
     delete_seconds: float = 5.0  # the delete key removes this many seconds of log
+    upload_when_idle: bool = True  # send finished logs to the cloud while parked and connected
+    idle_after_s: float = 3.0  # parked = no throttle for this long
 
 
 @dataclass

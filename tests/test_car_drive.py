@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edgepilot.broker import free_port
 from edgepilot.cli import main
 from edgepilot.drivelog import LogReader
 
@@ -30,6 +31,8 @@ def test_drive_headless_sends_commands_and_records(tmp_path, tiny_model, capsys,
     prof = tmp_path / "car.toml"
     prof.write_text(f"""
 car_id = "car-t"
+[broker]
+url = "mqtt://127.0.0.1:{free_port()}"  # no fleet: nothing may be pushed to this car
 [camera]
 source = "{video}"
 fps = 20
@@ -104,6 +107,8 @@ def test_collect_drives_the_car_by_keyboard_and_records(tmp_path, capsys, monkey
     prof = tmp_path / "car.toml"
     prof.write_text(f"""
 car_id = "car-c"
+[broker]
+url = "mqtt://127.0.0.1:{free_port()}"
 [camera]
 source = "{video}"
 [actuator]
@@ -137,3 +142,56 @@ record_dir = "{tmp_path / "rec"}"
     assert 0 < len(recs) <= 25 and all(r.throttle > 0 and r.mode == "user" for r in recs)
     os.close(master)
     os.close(slave)
+
+
+def test_parked_car_uploads_finished_logs_but_not_the_one_it_records(broker, tmp_path, capsys, monkeypatch):
+    """Upload 'automatically from the car when it is idle and connected' (issue 7), on the
+    real-car path: a finished log from an earlier session goes to the cloud while the car
+    stands still; the session being recorded does not."""
+    from cloud_trainer.ingest import Ingest
+    from cloud_trainer.store import DirStore
+    from edgepilot.config import BrokerConfig
+    from edgepilot.drivelog import LogWriter
+    from edgepilot.mqtt import Connection
+    from edgepilot.schema.log import Record, SessionMeta
+
+    store = DirStore(tmp_path / "store")
+    ingest = Ingest(store)
+    conn = Connection(BrokerConfig(url=broker.url), "cloud-idle-test")
+    conn.start()
+    ingest.attach(conn, group="idle-test")
+    rec_root = tmp_path / "rec"
+    old = rec_root / "car-p-earlier"
+    with LogWriter(old, SessionMeta(session="earlier", created=0.0, source="car"), block=True) as w:
+        for i in range(20):
+            w.write(Record(i=i, t=i * 0.05, steering=0.0, throttle=0.2), np.full((120, 160, 3), 60, np.uint8))
+    os.utime(old / "records.jsonl", (1, 1))  # finished long ago
+    video = str(tmp_path / "cam.avi")
+    vw = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 20, (160, 120))
+    for _ in range(80):  # 4 s at the profile's 20 Hz
+        vw.write(np.full((120, 160, 3), 100, np.uint8))
+    vw.release()
+    prof = tmp_path / "car.toml"
+    prof.write_text(f"""
+car_id = "car-p"
+[broker]
+url = "{broker.url}"
+[camera]
+source = "{video}"
+[actuator]
+kind = "none"
+[drive]
+mode = "user"
+auto_record = false
+record_dir = "{rec_root}"
+idle_after_s = 0.3
+""")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    try:
+        assert main(["drive", "--profile", str(prof), "--headless", "--json"]) == 0
+    finally:
+        ingest.close()
+        conn.close()
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(res["uploaded"]) == 1 and res["uploaded"][0].endswith("car-p-earlier")
+    assert len(store.list("uploads/")) == 1  # only the finished log; the recording one stayed home

@@ -25,7 +25,7 @@ def test_camera_source_hands_over_newest_frames_resized(tmp_path):
         cv2.putText(img, str(i), (100, 150), cv2.FONT_HERSHEY_SIMPLEX, 3, (255, 255, 255), 5)
         vw.write(img)
     vw.release()
-    cam = CameraSource(CameraConfig(source=path, width=160, height=120))
+    cam = CameraSource(CameraConfig(source=path, width=160, height=120, fps=1000))  # a fast "camera"
     got = []
     while (f := cam.read()) is not None:
         got.append(f.index)

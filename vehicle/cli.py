@@ -159,8 +159,6 @@ def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
         profile.broker.url = args.broker
     slot = model_slot(profile, getattr(args, "model", None))
     mode = "user" if collect else (getattr(args, "mode", None) or profile.drive.mode)
-    if mode != "user" and slot.current is None:
-        raise EdgepilotError(f"mode {mode} needs a model: --model PKG or model.package in the profile")
     window = None
     if collect or not getattr(args, "headless", False):
         from edgepilot.sim.cli import dummy_video, has_display
@@ -178,20 +176,27 @@ def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
         elif collect:
             raise EdgepilotError("collect needs a window (a display) for the keyboard/gamepad")
     link = None
-    if not collect:
-        try:
-            from vehicle.fleetlink import follow_fleet
+    try:  # the fleet: model pushes (drive), uploads while parked (both)
+        from vehicle.fleetlink import follow_fleet
 
-            link = follow_fleet(
-                profile,
-                None,
-                slot,
-                Path(profile.drive.record_dir).parent / "models",
-                trusted_keys(profile),
-                wait_s=0 if slot.current else 60,
-            )
-        except EdgepilotError as e:
-            log.warning("not following the fleet's model pushes: %s", e)
+        link = follow_fleet(
+            profile,
+            None,
+            slot,
+            Path(profile.drive.record_dir).parent / "models",
+            trusted_keys(profile),
+            wait_s=60,
+            wait_for_model=mode != "user" and slot.current is None,  # a fresh car takes the fleet's
+        )
+    except EdgepilotError as e:
+        log.warning("not linked to the fleet (no model pushes, no uploads): %s", e)
+    if mode != "user" and slot.current is None:
+        for part in (window, link):
+            if part is not None:
+                part.close()
+        raise EdgepilotError(
+            f"mode {mode} needs a model: --model PKG, model.package, or a fleet that pushes one"
+        )
     recorder = _car_session(profile, getattr(args, "record", None))
     source = CameraSource(profile.camera)
     actuator = make_actuator(profile.actuator)
@@ -203,6 +208,7 @@ def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
         auto_record=profile.drive.auto_record,
         delete_seconds=profile.drive.delete_seconds,
         deadline_s=1.0 / profile.camera.fps,
+        rate_hz=profile.drive.rate_hz,  # a camera paces itself; a video file would not
         car_id=profile.car_id,
     )
 
@@ -220,9 +226,24 @@ def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
         options=opts,
         on_frame=on_frame,
     )
+    idle_upload = None
+    if link is not None and profile.drive.upload_when_idle:
+        from vehicle.upload import IdleUploader, Uploader
+
+        idle_upload = IdleUploader(
+            Uploader(link.conn, profile.car_id),
+            Path(recorder.path).parent,
+            lambda: time.monotonic() - loop.moved_at > profile.drive.idle_after_s,
+            interval_s=1.0,
+            settle_s=2.0,
+            exclude=lambda p: p.resolve() == Path(recorder.path).resolve(),  # still being written
+        )
+        idle_upload.start()
     try:
         loop.run()
     finally:
+        if idle_upload is not None:
+            idle_upload.stop()
         source.close()
         recorder.close()
         if window is not None:
@@ -231,6 +252,8 @@ def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
             link.close()
     res = _finish(loop, offload)
     res["log"] = str(recorder.path)
+    if idle_upload is not None:
+        res["uploaded"] = [r.log for r in idle_upload.done]
     res["actuator"] = getattr(actuator, "stats", {})
     return res
 

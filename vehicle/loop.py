@@ -132,6 +132,7 @@ class DriveLoop:
         period = 1.0 / self.opt.rate_hz if self.opt.rate_hz else None
         self.deadline_s = self.opt.deadline_s or period or 0.05
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, 90]
+        self.moved_at = time.monotonic()  # last frame with throttle applied (idle detection)
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -214,6 +215,8 @@ class DriveLoop:
         if self.estop:
             steering, throttle = 0.0, 0.0
 
+        if throttle != 0.0:
+            self.moved_at = time.monotonic()
         t = time.perf_counter()
         self.actuator.run(steering, throttle)
         lat["actuate"] = (time.perf_counter() - t) * 1e3

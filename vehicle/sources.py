@@ -105,11 +105,18 @@ class CameraSource:
         self.dropped = 0
         self._ended = False
         self._stop = False
+        # a video file stands in for a camera (development, tests): play it at the camera's
+        # rate, or the grab thread would race through it in a fraction of a second
+        self._pace = 1.0 / cfg.fps if Path(cfg.source).is_file() and cfg.fps > 0 else 0.0
         self._thread = threading.Thread(target=self._grab, name="camera", daemon=True)
         self._thread.start()
 
     def _grab(self) -> None:
+        t_next = time.monotonic()
         while not self._stop:
+            if self._pace:
+                t_next += self._pace
+                time.sleep(max(0.0, t_next - time.monotonic()))
             ok, img = self.cap.read()
             if not ok:
                 with self._cond:

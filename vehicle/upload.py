@@ -374,6 +374,7 @@ class IdleUploader:
         interval_s: float = 5.0,
         settle_s: float = 10.0,
         delete_after: bool = False,
+        exclude: Callable[[Path], bool] | None = None,  # e.g. the session being recorded now
     ) -> None:
         self.uploader = uploader
         self.root = Path(root)
@@ -381,6 +382,7 @@ class IdleUploader:
         self.interval_s = interval_s
         self.settle_s = settle_s
         self.delete_after = delete_after
+        self.exclude = exclude
         self.done: list[UploadResult] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -397,6 +399,7 @@ class IdleUploader:
                 p.is_dir()
                 and rec.is_file()
                 and not is_uploaded(p)
+                and not (self.exclude is not None and self.exclude(p))
                 and now - rec.stat().st_mtime >= self.settle_s
             ):
                 out.append(p)
