@@ -297,9 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--workdir", default="var/demo", help="where the demo keeps its logs, store and models"
         )
         p.add_argument("--laps", type=int, default=2, help="expert laps per training track")
-        p.add_argument("--eval-laps", type=int, default=1, help="laps of the evaluation drives")
-        p.add_argument("--epochs", type=int, default=4, help="training epochs per cloud run")
-        p.add_argument("--max-frames", type=int, default=6000, help="cap on training frames per run")
+        p.add_argument("--eval-laps", type=int, default=2, help="laps of the evaluation drives")
+        p.add_argument("--epochs", type=int, default=6, help="training epochs per cloud run")
+        p.add_argument("--max-frames", type=int, default=8000, help="cap on training frames per run")
         p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
         p.add_argument(
             "--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives"

@@ -46,6 +46,8 @@ def test_demo_runs_the_whole_loop(tmp_path):
         str(work),
         "--laps",
         "1",
+        "--eval-laps",
+        "1",
         "--epochs",
         "1",
         "--max-frames",
