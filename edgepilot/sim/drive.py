@@ -1,9 +1,10 @@
-"""One simulated drive: world + pilot (+ window) + recorder, step by step until done.
+"""One simulated drive from Python: world + expert (+ window) + recorder, until done.
 
-Kept apart from the CLI so the demo and tests can run a drive from Python. The frame a
-record stores is the one the pilot saw; its ``sim`` truth is the state that frame
-shows; its label is the command decided from it (the expert's answer even while a
-perturbation bends what the car gets).
+The drive itself runs through the onboard loop (``vehicle.simdrive.run_loop_drive``),
+the same loop that drives the real car; this module keeps the simulator's side: the
+log's session metadata and a small result. The frame a record stores is the one the
+pilot saw; its ``sim`` truth is the state that frame shows; its label is the expert's
+(or the user's) answer even while a perturbation bends what the car gets.
 """
 
 from __future__ import annotations
