@@ -21,27 +21,17 @@ def run_json(capsys, argv):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def model_drive(capsys, model: str, rec, seconds: float) -> dict:
+    """`sim drive --pilot model` on the oval for ``seconds`` of simulated time, recorded."""
+    argv = ["sim", "drive", "--track", "oval", "--pilot", "model", "--model", model]
+    return run_json(
+        capsys, [*argv, "--max-seconds", str(seconds), "--headless", "--record", str(rec), "--json"]
+    )
+
+
 def test_sim_drive_with_model_goes_through_the_loop(capsys, tmp_path, tiny_model):
     rec = tmp_path / "drive"
-    res = run_json(
-        capsys,
-        [
-            "sim",
-            "drive",
-            "--track",
-            "oval",
-            "--pilot",
-            "model",
-            "--model",
-            tiny_model,
-            "--max-seconds",
-            "4",
-            "--headless",
-            "--record",
-            str(rec),
-            "--json",
-        ],
-    )
+    res = model_drive(capsys, tiny_model, rec, 4)
     for k in (
         "laps",
         "autonomy",
@@ -66,25 +56,7 @@ def test_sim_drive_with_model_goes_through_the_loop(capsys, tmp_path, tiny_model
 
 def test_replay_reproduces_the_recorded_pilot(capsys, tmp_path, tiny_model):
     rec = tmp_path / "drive"
-    run_json(
-        capsys,
-        [
-            "sim",
-            "drive",
-            "--track",
-            "oval",
-            "--pilot",
-            "model",
-            "--model",
-            tiny_model,
-            "--max-seconds",
-            "3",
-            "--headless",
-            "--record",
-            str(rec),
-            "--json",
-        ],
-    )
+    model_drive(capsys, tiny_model, rec, 3)
     res = run_json(capsys, ["replay", str(rec), "--model", tiny_model, "--json"])
     assert res["frames"] == 60
     # replayed through the same loop and model, the answers match what drove (JPEG round trip only)
