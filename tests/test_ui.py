@@ -95,7 +95,9 @@ def test_record_toggle_mode_switch_estop_and_delete(tmp_path):
     assert modes[5] == "user" and modes[25] == "local_angle" and modes[35] == "local"
     la = next(r for r in recs if r.mode == "local_angle")
     # the expert steers (label = what was applied), the held W key throttles; no model ran
-    assert la.applied_steering == pytest.approx(la.steering) and la.throttle == 1.0 and la.pilot_steering is None
+    assert (
+        la.applied_steering == pytest.approx(la.steering) and la.throttle == 1.0 and la.pilot_steering is None
+    )
     stopped = [r for r in recs if 40 <= r.i < 49]
     assert stopped and all(r.applied_throttle == 0 and r.applied_steering == 0 for r in stopped)
 
