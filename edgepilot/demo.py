@@ -284,8 +284,7 @@ class Demo:
         if pushed:
             watch.car_runs(CAR, new_car, timeout=60)
             time.sleep(2.0)  # a little driving on the new model
-        sup.stop("car-swap")
-        swap_res = _last_json(self.work / "proc" / "car-swap.out")  # it printed its result on SIGTERM
+        swap_res = sup.stop("car-swap").json_result()  # it printed its result on SIGTERM
         swapped = pushed and swap_res.get("swaps", 0) >= 1 and swap_res.get("model_version") == new_car
         self.done(
             p,
@@ -378,14 +377,6 @@ class Demo:
                     f"{name} did not get ready in {timeout:.0f} s: {sup.children[name].tail()}"
                 )
             time.sleep(0.2)
-
-
-def _last_json(path: Path) -> dict[str, Any]:
-    try:
-        lines = path.read_text().strip().splitlines()
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def final_table(res: dict[str, Any]) -> str:

@@ -113,16 +113,18 @@ class Supervisor:
                     f"{c.name} exited with code {c.proc.returncode}; its log ends:\n{c.tail()}"
                 )
 
-    def stop(self, name: str, timeout: float = 5.0) -> None:
+    def stop(self, name: str, timeout: float = 5.0) -> Child | None:
+        """SIGTERM (then SIGKILL) a child; returns it, so its output can still be read."""
         c = self.children.pop(name, None)
         if c is None or c.proc.poll() is not None:
-            return
+            return c
         _signal_group(c.proc, signal.SIGTERM)
         try:
             c.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             _signal_group(c.proc, signal.SIGKILL)
             c.proc.wait()
+        return c
 
     def stop_all(self) -> None:
         for name in list(self.children)[::-1]:

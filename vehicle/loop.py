@@ -114,7 +114,7 @@ class DriveLoop:
     ) -> None:
         self.source, self.actuator = source, actuator
         self.slot = model or ModelSlot()
-        self.user = user
+        self.user = user or ReplayLabel()  # no user: whatever was recorded with the frame
         self.offload = offload
         self.recorder = recorder
         self.opt = options or LoopOptions()
@@ -177,7 +177,7 @@ class DriveLoop:
         lat: dict[str, float] = {"capture": (t_frame - t_start) * 1e3}
         tm.add("capture", lat["capture"])
 
-        user = self.user.poll(frame) if self.user is not None else ReplayLabel().poll(frame)
+        user = self.user.poll(frame)
         self._apply_requests(user)
         if user.quit:  # Esc: stop before this frame drives or is recorded
             st.quit = True
@@ -247,27 +247,27 @@ class DriveLoop:
                 time.sleep(left)
         return True
 
-    def _offload(
-        self, frame: Frame, t_frame: float, dec: Any = None, model: Any = None
-    ) -> tuple[Any, bool, bool]:
-        # split mode (vehicle.offload): send the features the model already computed, no JPEG
-        split = getattr(self.offload, "sends_features", False) and getattr(dec, "features", None) is not None
-        jpeg = frame.jpeg
-        if jpeg is None and not split:
-            ok, buf = cv2.imencode(".jpg", frame.image, self._jpeg_params)
-            jpeg = buf.tobytes() if ok else None
-        extra = (
-            dict(features=dec.features, stage=dec.exit, model=getattr(model, "version", None))
-            if split
-            else {}
-        )
-        if (jpeg is None and not split) or not self.offload.submit(
-            frame.index, jpeg, self.deadline_s, **extra
-        ):
+    def _offload(self, frame: Frame, t_frame: float, dec: Any, model: Any) -> tuple[Any, bool, bool]:
+        """Send a hard frame to the edge and wait for its answer until this frame's deadline.
+
+        Split mode (vehicle.offload) sends the features the model already computed, not a
+        JPEG. Returns (answer or None, offloaded, late)."""
+        if getattr(self.offload, "sends_features", False) and dec.features is not None:
+            jpeg, extra = (
+                None,
+                {"features": dec.features, "stage": dec.exit, "model": getattr(model, "version", None)},
+            )
+        else:
+            jpeg, extra = frame.jpeg, {}
+            if jpeg is None:
+                ok, buf = cv2.imencode(".jpg", frame.image, self._jpeg_params)
+                if not ok:
+                    return None, False, False
+                jpeg = buf.tobytes()
+        if not self.offload.submit(frame.index, jpeg, self.deadline_s, **extra):
             return None, False, False
-        answer = self.offload.poll(
-            frame.index, time.monotonic() + max(0.0, self.deadline_s - (time.perf_counter() - t_frame))
-        )
+        left = max(0.0, self.deadline_s - (time.perf_counter() - t_frame))
+        answer = self.offload.poll(frame.index, time.monotonic() + left)
         return answer, True, answer is None
 
     def _apply_requests(self, user: UserState) -> None:

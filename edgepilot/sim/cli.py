@@ -28,7 +28,7 @@ def dummy_video() -> bool:
 
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
-    from edgepilot.sim.drive import open_log
+    from edgepilot.sim.drive import open_log, run_drive
     from edgepilot.sim.expert import Expert
     from edgepilot.sim.plot import plot_trajectory
     from edgepilot.sim.tracks import load_track
@@ -94,7 +94,6 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         window.recording = writer is not None
     from vehicle.cli import model_slot, offload_client, trusted_keys
     from vehicle.hotswap import ModelSlot
-    from vehicle.simdrive import run_loop_drive
 
     slot, link, offload = ModelSlot(None), None, None
     if args.pilot == "model":  # the expert still rides along: it labels every record
@@ -107,22 +106,19 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             cache = Path(args.record or "var/models").parent / f"models-{prof.car_id}"
             link = follow_fleet(prof, args.broker, slot, cache, trusted_keys(prof))
         offload = offload_client(prof, args, deadline_s=sim.dt_s)
-    mode = "user" if args.pilot == "keyboard" else "local"
-    if window is not None:
-        window.mode = mode
     try:
-        run = run_loop_drive(
+        run = run_drive(
             world,
-            expert=expert,
-            slot=slot,
+            pilot=args.pilot,
             laps=laps,
             max_seconds=max_seconds,
+            expert=expert,
             writer=writer,
             window=window,
-            offload=offload,
             realtime=rate == "realtime",
-            mode=mode,
             delete_seconds=prof.drive.delete_seconds,
+            slot=slot,
+            offload=offload,
             car_id=prof.car_id,
         )
     finally:
@@ -130,12 +126,13 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             offload.close()
         if link is not None:
             link.close()
-    loop_result = run.loop.result()
+    loop = run.extra["loop"]
+    loop_result = loop.result()
     if link is not None:
         loop_result["fleet"] = link.summary()
     if offload is not None:
         loop_result["offload"] = dict(offload.stats)
-    log.info("per-stage timing:\n%s", run.loop.timer.table())
+    log.info("per-stage timing:\n%s", loop.timer.table())
     score = world.score
     plot = args.plot or (str(Path(args.record) / "trajectory.png") if args.record else None)
     if plot and world.trail is not None:
@@ -164,7 +161,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "pilot": args.pilot,
         "scene_seed": scene_seed,
         "actuator_latency_ms": latency,  # --latency-ms (latency_ms is the loop's, with a model)
-        "records": run.loop.stats.recorded,
+        "records": run.records,
         "record": str(args.record) if args.record else None,
         "plot": plot,
         "wall_s": round(run.wall_s, 3),

@@ -76,9 +76,14 @@ def run_drive(
     window: Window | None = None,
     realtime: bool = False,
     delete_seconds: float = 5.0,
+    slot: Any = None,
+    offload: Any = None,
+    car_id: str = "sim-1",
 ) -> DriveResult:
     """Drive until ``laps`` are done, ``max_seconds`` of simulated time pass, or the
-    window is closed. ``pilot`` is "expert" or "keyboard" (the user through ``window``).
+    window is closed. ``pilot``: "expert", "keyboard" (the user through ``window``), or
+    "model" (the model in ``slot``, a ``vehicle.hotswap.ModelSlot``; hard frames go to
+    ``offload`` when given).
 
     The drive runs through the onboard loop (``vehicle.simdrive``), the same loop that
     drives the real car; the expert rides along as the labeller."""
@@ -87,19 +92,21 @@ def run_drive(
 
     expert = expert or Expert(world.track)
     mode = "user" if pilot == "keyboard" else "local"
-    if window is not None and pilot == "keyboard":
-        window.mode = "user"
+    if window is not None:
+        window.mode = mode
     run = run_loop_drive(
         world,
         expert=expert,
-        slot=ModelSlot(None),
+        slot=slot if slot is not None else ModelSlot(None),
         laps=laps,
         max_seconds=max_seconds,
         writer=writer,
         window=window,
+        offload=offload,
         realtime=realtime,
         mode=mode,
         delete_seconds=delete_seconds,
+        car_id=car_id,
     )
     st = run.loop.stats
     return DriveResult(
