@@ -188,6 +188,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     prof = load_profile(args.profile, default="sim")
     cfg = broker_config(prof.broker, args.broker)
+    if getattr(args, "saturate", False):
+        from edge_node.scaling import cli as saturate_cli
+
+        return saturate_cli(args, cfg.url)
     if args.vehicles < 1 or args.rate <= 0 or args.duration <= 0:
         raise EdgepilotError("--vehicles, --rate and --duration must be positive")
     edges = find_edges(cfg)

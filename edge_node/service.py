@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 import paho.mqtt.client as paho
+import torch
 
 from edge_node.metrics import EdgeMetrics
 from edge_node.model import load_edge_model
@@ -99,6 +101,7 @@ class EdgeService:
         model_loader: Any = None,
         trusted_keys: list[str] | None = None,
         tails: Any = None,
+        batch_threads: int = 1,
     ) -> None:
         self.node_id = wire.check_id(node_id, "node id")
         self.group = group
@@ -107,6 +110,10 @@ class EdgeService:
         self.tails = tails if tails is None or isinstance(tails, TailShelf) else TailShelf(tails)
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1e3
+        # intra-op threads for a batch of 2+ frames (0: every core); a lone frame always runs
+        # on one thread: at batch 1, 2 threads measured slower than 1 (too little work to
+        # split), while a batch of 4+ splits well (docs/benchmarks.md#offload)
+        self.batch_threads = batch_threads if batch_threads > 0 else (os.cpu_count() or 1)
         self.health_every_s = health_every_s
         self.metrics = EdgeMetrics()
         self._loader = model_loader or load_edge_model
@@ -276,6 +283,8 @@ class EdgeService:
         decisions: list[Any] = []
         try:
             if frames:
+                if self.batch_threads > 1:
+                    torch.set_num_threads(self.batch_threads if len(frames) > 1 else 1)
                 decisions = list(model.infer_batch(frames))
             for (version, stage), group in split.items():  # one batch per car model and split point
                 t_tail = time.perf_counter()
@@ -389,6 +398,7 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
         batch_wait_ms=prof.edge.batch_wait_ms,
         trusted_keys=prof.model.trusted_keys or None,
         tails=tails,
+        batch_threads=prof.edge.batch_threads,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -158,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--epochs", type=int)
         p.add_argument("--teacher", metavar="PKG", help="distil from this (larger) model package")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--widths",
+            metavar="W,W,...",
+            help="channel widths of the architecture (default: edgepilot.model.nets.DEFAULT_WIDTHS)",
+        )
         p.add_argument("--key", help="private key to sign with (default: keys/ of the repo)")
 
     t.add(s, "train", "edgepilot.model.cli:train", "train a model package from driving logs", train, 4)
@@ -249,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--vehicles", type=int, default=8)
         p.add_argument("--rate", type=float, default=30.0, help="frames per second per vehicle")
         p.add_argument("--duration", type=float, default=10.0, help="seconds")
+        p.add_argument(
+            "--saturate",
+            action="store_true",
+            help="instead: start edge nodes here (1 node batch 1, 1 node batched, 2 nodes) and "
+            "measure each one's saturated requests/s in alternating rounds (--duration s each)",
+        )
+        p.add_argument("--rounds", type=int, default=3, help="--saturate: rounds per set-up")
+        p.add_argument("--window", type=int, default=64, help="--saturate: requests kept in flight")
+        p.add_argument("--model", help="--saturate: the edge nodes' model (default builtin:pilotnet)")
 
     t.add(
         bsub,
@@ -427,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     name = " ".join(x for x in (args.command, getattr(args, "subcommand", None)) if x)
     module, _, func = args.handler.partition(":")
+    # OpenMP threads that wait for work spin by default: with intra-op threads on a machine
+    # whose cores are busy (the edge's batches, training), spinning starved the real work
+    # (measured: an edge's batched throughput fell 9x under load). Passive waiting costs
+    # nothing measurable when the cores are free. Must be set before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         fn = getattr(importlib.import_module(module), func)
     except (ModuleNotFoundError, AttributeError) as e:

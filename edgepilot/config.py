@@ -106,6 +106,7 @@ class EdgeConfig:
     model: str | None = None
     max_batch: int = 16
     batch_wait_ms: float = 1.0
+    batch_threads: int = 0  # intra-op threads for batches of 2+ (0: every core); batch 1 uses 1
     group: str = "edge"
     node_id: str = "edge-1"
 

@@ -30,7 +30,17 @@ def train(args: argparse.Namespace) -> dict:
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.arch]
     if epochs < 1:
         raise EdgepilotError("--epochs must be at least 1")
-    cfg = TrainConfig(arch=args.arch, epochs=epochs, seed=args.seed)
+    widths: list[int] = []
+    if getattr(args, "widths", None):
+        try:
+            widths = [int(w) for w in args.widths.split(",")]
+        except ValueError:
+            raise EdgepilotError(
+                f"--widths must be integers separated by commas, got {args.widths!r}"
+            ) from None
+        if min(widths) < 1:
+            raise EdgepilotError("--widths must be positive")
+    cfg = TrainConfig(arch=args.arch, epochs=epochs, seed=args.seed, widths=widths)
     return run(args.logs, args.out, cfg, teacher=args.teacher, key=args.key)
 
 
