@@ -9,6 +9,11 @@ announcement, so whoever reads the announcement can fetch at once.
 Only the current version's chunks stay retained on the broker (the previous current's
 are cleared with an empty retained message): the broker holds one package per target,
 and a rollback simply pushes the older version again.
+
+A car model with split-mode tails in the registry (``cloud_trainer.tails``) has them
+pushed right after it, the same way, on ``wire.TAILS_TOPIC`` (target ``tails``, version =
+the car model's), for the edge nodes. A tails push that fails is logged and leaves the
+car model's push standing: cars offload JPEG frames until an edge has tails.
 """
 
 from __future__ import annotations
@@ -91,6 +96,36 @@ def clear_chunks(conn: Connection, target: str, version: str, chunks: int) -> No
         conn.publish(fleet.chunk_topic(target, version, i), b"", qos=1, retain=True)
 
 
+def push_tails(
+    conn: Connection, registry: Any, version: str, *, key: Any = None
+) -> fleet.PushAnnouncement | None:
+    """Announce the split-mode tails of car model ``version`` to the edge nodes (None when
+    it has none); clears the previously pushed tails' chunks."""
+    import json
+
+    path = registry.tails_path(version)
+    if path is None:
+        log.warning("car model %s has no split-mode tails: edge nodes answer its frames only", version)
+        return None
+    state_key = "models/tails/pushed.json"
+    prev = json.loads(registry.store.get(state_key)) if registry.store.exists(state_key) else {}
+    ann = announce(conn, "tails", path, key=key, version=version)
+    if prev.get("version") and prev["version"] != version:
+        clear_chunks(
+            conn,
+            "tails",
+            prev["version"],
+            -(-int(prev.get("size", 0)) // int(prev.get("chunk_size", PUSH_CHUNK))),
+        )
+    registry.store.put(
+        state_key,
+        json.dumps(
+            {"version": version, "size": ann.size, "chunk_size": ann.chunk_size, "at": ann.at}
+        ).encode(),
+    )
+    return ann
+
+
 def push_current(
     conn: Connection, registry: Any, target: str, *, key: Any = None, rollback: bool = False
 ) -> fleet.PushAnnouncement:
@@ -121,4 +156,9 @@ def push_current(
             {"version": version, "size": ann.size, "chunk_size": ann.chunk_size, "at": ann.at}
         ).encode(),
     )
+    if target == "car":
+        try:
+            push_tails(conn, registry, version, key=key)
+        except (EdgepilotError, OSError) as e:  # the car model is out: frame mode until fixed
+            log.error("car model %s pushed, its split-mode tails not: %s", version, e)
     return ann

@@ -4,6 +4,7 @@ Layout in the store (``cloud_trainer.store``)::
 
     models/<target>/<version>/package.eppkg   the signed package, byte for byte as pushed
     models/<target>/<version>/manifest.json   registry manifest (below)
+    models/car/<version>/tails.pt             the car model's split-mode tails, when trained
     models/<target>/current.json              {"version": ..., "history": [older currents]}
 
 The registry manifest repeats what the package's own manifest says (parent, thresholds,
@@ -109,6 +110,26 @@ class Registry:
         self.store.put(mkey, json.dumps(entry, indent=1, default=str).encode())
         log.info("registered %s model %s (%d bytes)", target, version, len(raw))
         return entry
+
+    # -- split-mode tails of a car model ----------------------------------------------------
+    def tails_key(self, version: str) -> str:
+        return self._dir("car", version) + "/tails.pt"
+
+    def add_tails(self, version: str, path: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+        """Keep the tails file of registered car model ``version`` next to its package; the
+        manifest's ``tails`` says what they are (split points, validation MAE, sha256)."""
+        raw = Path(path).read_bytes()
+        self.get("car", version)  # the car model must be registered first
+        self.store.put(self.tails_key(version), raw)
+        meta = {k: v for k, v in info.items() if k != "path"}
+        meta.update(sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+        log.info("registered tails of car model %s (%d bytes)", version, len(raw))
+        return self.update("car", version, tails=meta)
+
+    def tails_path(self, version: str) -> Path | None:
+        """The tails file of car model ``version``, or None when it has none."""
+        key = self.tails_key(version)
+        return self.store.local_file(key) if self.store.exists(key) else None
 
     def get(self, target: str, version: str) -> dict[str, Any]:
         try:

@@ -14,7 +14,10 @@ One run (``retrain``):
    at batch 1 on one thread;
 4. gate (``gate``): the candidate is promoted only if it is not worse than the current
    one by more than the configured margins and meets the latency budget;
-5. register both packages with their verdict and report; promote (and push) if passed.
+5. register both packages with their verdict and report; promote (and push) if passed;
+6. for a car model that passed, train its split-mode tails on the same training logs
+   (``cloud_trainer.tails``) and register them next to it, so they are pushed with it; a
+   failure there is reported and the car model goes out without them.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class RetrainConfig:
     train_edge: bool = True
     seed: int = 0
     threads: int = 1
+    # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick
+    tails: bool = True
+    tail_epochs: int = 3
+    tail_width: int = 96
+    tail_max_frames: int | None = None  # default: max_frames
 
 
 # -- data --------------------------------------------------------------------------------
@@ -247,13 +255,31 @@ def retrain(
         )
         verdict = gate(cand, cur, cfg, check_latency=target == "car")
         results["targets"][target] = {"candidate": cand, "current": cur, "gate": verdict}
+    tails = None
+    if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
+        from cloud_trainer.tails import train_for_package
+
+        tails = train_for_package(
+            car_pkg,
+            train_dirs,
+            work / "tails.pt",
+            epochs=cfg.tail_epochs,
+            width=cfg.tail_width,
+            max_frames=cfg.tail_max_frames or cfg.max_frames,
+            trusted_keys=registry.trusted_keys,
+            seed=cfg.seed,
+        )
+        results["tails"] = {k: v for k, v in tails.items() if k != "path"}
     report_key = write_report(registry.store, run_id, results, work)
     promoted = []
     for target, pkg in candidates.items():
         verdict = results["targets"][target]["gate"]
         registry.add(target, pkg, data=train_keys, gate=verdict, report=report_key)
         if verdict["passed"]:
-            registry.promote(target, results["targets"][target]["candidate"]["version"])
+            version = results["targets"][target]["candidate"]["version"]
+            if target == "car" and tails is not None and "path" in tails:
+                registry.add_tails(version, tails["path"], tails)  # before promote: pushed with it
+            registry.promote(target, version)
             promoted.append(target)
     results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
     return results

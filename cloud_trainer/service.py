@@ -7,7 +7,8 @@ One process, three jobs on one MQTT connection:
 - retrain when ``retrain_min_frames`` new frames arrived since the last run (or when
   asked on ``edgepilot/v1/cloud/retrain``), one run at a time on a worker thread, so
   ingest keeps going while it trains;
-- push whatever the gate promotes (``cloud_trainer.push``) and follow what every car
+- push whatever the gate promotes (``cloud_trainer.push``; a car model with the
+  split-mode tails trained in its run, for the edge nodes) and follow what every car
   reports it runs (``car/+/model``, kept in ``fleet/<car>.json``).
 
 State lives in the store only (``state/trained.json``: the logs the last run used), so
@@ -171,7 +172,10 @@ class CloudService:
             "report": res["report"],
             "current": {t: self.registry.current(t) for t in ("car", "edge")},
             "gate": {t: r["gate"]["passed"] for t, r in res["targets"].items()},
+            "tails": res.get("tails"),  # the promoted car model's split-mode tails, or why not
         }
+        if (res.get("tails") or {}).get("error"):
+            self.errors.append(f"tails: {res['tails']['error']}")
         self.conn.publish(fleet.CLOUD_RUNS_TOPIC, json.dumps(summary).encode(), qos=1, retain=True)
         log.info("run %s: promoted %s; report %s", res["run"], res["promoted"] or "nothing", res["report"])
         return res
@@ -260,6 +264,10 @@ def cli(args: Any) -> dict[str, Any]:
         margin_autonomy=c.margin_autonomy,
         margin_cte_m=c.margin_cte_m,
         latency_budget_ms=c.latency_budget_ms,
+        tails=c.tails,
+        tail_epochs=c.tail_epochs,
+        tail_width=c.tail_width,
+        tail_max_frames=c.tail_max_frames,
     )
     svc = CloudService(
         store,

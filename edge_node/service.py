@@ -35,6 +35,7 @@ import torch
 
 from edge_node.metrics import EdgeMetrics
 from edge_node.model import load_edge_model
+from edge_node.tailpush import TailsFollower
 from edge_node.tails import TailShelf
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, load_profile
@@ -101,13 +102,16 @@ class EdgeService:
         model_loader: Any = None,
         trusted_keys: list[str] | None = None,
         tails: Any = None,
+        follow_tails: bool = True,
         batch_threads: int = 1,
     ) -> None:
         self.node_id = wire.check_id(node_id, "node id")
         self.group = group
         self.model = model
-        # split mode (features requests): a TailShelf, or a TailSet / path to make one of
-        self.tails = tails if tails is None or isinstance(tails, TailShelf) else TailShelf(tails)
+        # split mode (features requests): a TailShelf, or a TailSet / path to make one of;
+        # with none, an empty shelf that the cloud's tails pushes fill (``follow_tails``)
+        self.tails = tails if isinstance(tails, TailShelf) else TailShelf(tails)
+        self.follow_tails = follow_tails
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1e3
         # intra-op threads for a batch of 2+ frames (0: every core); a lone frame always runs
@@ -128,6 +132,9 @@ class EdgeService:
         self.swap_error: str | None = None
         offline = wire.encode_health(wire.EdgeHealth(node=self.node_id, status="offline"))
         self.conn = Connection(broker, self.node_id, will=(wire.health_topic(self.node_id), offline, True))
+        self.tails_follower = TailsFollower(
+            self.tails, self.conn, self.node_id, trusted_keys, on_added=self._publish_health
+        )
 
     # -- network thread ------------------------------------------------------------------
     def _on_request(self, msg: paho.MQTTMessage) -> None:
@@ -219,7 +226,7 @@ class EdgeService:
 
     def _features(self, item: _Pending, req: wire.InferRequest) -> tuple[tuple[str, int], np.ndarray] | None:
         """A split-mode body -> ((car model, stage), float32 C x H x W), or an error reply."""
-        if self.tails is None:
+        if self.tails is None or (not self.tails.sets and self.tails.dir is None):
             self._error(
                 item, "kind 'features' is not served by this node (no tails loaded)", req.car, req.frame
             )
@@ -353,6 +360,8 @@ class EdgeService:
     def start(self, wait_s: float = 5.0) -> EdgeService:
         self.conn.subscribe(wire.shared_infer_filter(self.group), self._on_request)
         self.conn.subscribe(wire.model_topic("edge"), self._on_model, qos=1)
+        if self.follow_tails:  # the cloud's split-mode tails for the car models it pushes
+            self.conn.subscribe(wire.TAILS_TOPIC, self.tails_follower.on_announcement, qos=1)
         self._running = True
         self._worker = threading.Thread(target=self._work, daemon=True, name=f"edge-{self.node_id}")
         self._worker.start()

@@ -33,12 +33,12 @@ import cv2
 import numpy as np
 import torch
 
-from edge_node.planner import FRAME, Candidate, SplitPlanner
 from edgepilot.broker import start_broker
 from edgepilot.config import BrokerConfig
 from edgepilot.model.data import decode, load_samples
 from edgepilot.model.runtime import Autopilot
 from edgepilot.model.tail import TailSet, split_points, stage_outputs, train_tails
+from edgepilot.planner import FRAME, Candidate, SplitPlanner
 from edgepilot.schema import wire
 from vehicle.offload import CircuitBreaker, OffloadClient
 

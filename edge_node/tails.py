@@ -6,7 +6,9 @@ keeps a shelf: ``--tails FILE`` serves one version; ``--tails DIR`` serves every
 ``*.pt`` tails file in the directory and looks again (at most every ``rescan_s``) when a
 request names a version it does not have, so tails trained for a newly pushed car model
 (``edgepilot.model.tail.train_tails`` + ``TailSet.save`` into the directory) are served
-without a restart. A file that does not load is logged and skipped, never fatal.
+without a restart. A file that does not load is logged and skipped, never fatal. Tails the
+cloud pushes (``edge_node.tailpush``) are added with ``add`` — written into the directory
+first when the shelf has one, so a restarted node still has them.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ class TailShelf:
             self.sets[ts.car_version] = ts
             log.info("edge: serving split mode for car model %s (%s)", ts.car_version, f.name)
 
+    def add(self, ts: TailSet, path: Path | None = None) -> None:
+        """Serve ``ts`` from now on (pushed tails: ``edge_node.tailpush``); ``path``, the
+        file it came from in this shelf's directory, is not loaded again by a rescan."""
+        with self._lock:
+            if path is not None:
+                self._seen.add(path)
+            self.sets[ts.car_version] = ts
+        log.info("edge: serving split mode for car model %s (pushed)", ts.car_version)
+
     def get(self, car_version: str | None) -> TailSet | None:
         """The tails for ``car_version``; a miss rescans the directory (throttled)."""
         if car_version is None:
@@ -80,7 +91,7 @@ class TailShelf:
         """For the node's health: per car model version, per split point: shape, validation
         MAE and the measured per-frame tail compute (null until used)."""
         out = []
-        for version, ts in sorted(self.sets.items()):
+        for version, ts in sorted(dict(self.sets).items()):  # a copy: pushes add from another thread
             stages = {}
             for k, t in sorted(ts.tails.items()):
                 ms = self.tail_ms.get((version, k))

@@ -128,6 +128,11 @@ class CloudConfig:
     margin_autonomy: float = 0.0
     margin_cte_m: float = 0.02
     latency_budget_ms: float = 10.0
+    # split-mode tails trained with every promoted car model and pushed to the edge nodes
+    tails: bool = True
+    tail_epochs: int = 3
+    tail_width: int = 96
+    tail_max_frames: int | None = None  # default: max_frames
 
 
 @dataclass

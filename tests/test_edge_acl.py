@@ -277,3 +277,29 @@ def test_tls_with_the_test_ca(tmp_path):
         edge.stop()
         b.stop()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_acl_split_plan_health_to_cars_and_tails_pushes_to_edges(secure):
+    """Cars read the edges' health (their split plan: vehicle/splitplan.py); edge nodes read
+    the cloud's tails pushes (edge_node/tailpush.py); a car cannot push tails."""
+    b, auth = secure
+    R = wire.ROOT
+    cloud, _ = client(b, auth, "cloud", "cloud-tails", [])
+    edge, edge_in = client(b, auth, "edge-1", "edge-1-tails", [wire.TAILS_TOPIC, f"{R}/models/tails/#"])
+    car1, car1_in = client(b, auth, "car-1", "car-1-plan", [wire.HEALTH_FILTER, f"{R}/models/tails/#"])
+    try:
+        health = wire.encode_health(wire.EdgeHealth(node="edge-1"))
+        assert edge.publish(wire.health_topic("edge-1"), health, qos=1)
+        assert car1_in.wait_for(wire.health_topic("edge-1"), health)
+        car1.publish(wire.TAILS_TOPIC, b"evil-tails", qos=1)
+        car1.publish(fleet.chunk_topic("tails", "evil", 0), b"evil-chunk", qos=1)
+        assert cloud.publish(fleet.chunk_topic("tails", "v1", 0), b"tails-chunk", qos=1)
+        assert cloud.publish(wire.TAILS_TOPIC, b"tails-announcement", qos=1)
+        assert edge_in.wait_for(fleet.chunk_topic("tails", "v1", 0), b"tails-chunk")
+        assert edge_in.wait_for(wire.TAILS_TOPIC, b"tails-announcement")
+        time.sleep(0.3)
+        assert all(p not in (b"evil-tails", b"evil-chunk") for _, p in edge_in.got)
+        assert not [t for t in car1_in.topics() if "/models/tails" in t]  # cars never see tails
+    finally:
+        for conn in (cloud, edge, car1):
+            conn.close()

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from edge_node.model import load_edge_model
-from edge_node.planner import FRAME, Candidate, SplitPlanner, from_health
 from edge_node.service import EdgeService
 from edgepilot.config import BrokerConfig
 from edgepilot.model.data import decode, load_samples
 from edgepilot.model.runtime import Autopilot
 from edgepilot.model.tail import TailSet, car_features, split_points, train_tails
+from edgepilot.planner import FRAME, Candidate, SplitPlanner, from_health
 from edgepilot.schema import wire
 from vehicle.offload import OffloadClient
 
@@ -156,7 +156,11 @@ def test_split_mode_round_trip_and_refusals(broker, car, tails, sample_logs):
 def test_a_node_without_tails_refuses_features(broker, car):
     cfg = BrokerConfig(url=broker.url)
     edge = EdgeService(cfg, load_edge_model("builtin:pilotnet"), node_id="edge-notails").start()
-    client = OffloadClient(cfg, "car-notails", deadline_s=1.0, mode="split", model_version=car.version)
+    # without the health-fed plan (which would send frames from the start: test_split_plan.py),
+    # the error reply is what teaches the car
+    client = OffloadClient(
+        cfg, "car-notails", deadline_s=1.0, mode="split", model_version=car.version, plan_from_health=False
+    )
     client.start()
     try:
         dec = car.infer(np.zeros((120, 160, 3), np.uint8), force_final=True)

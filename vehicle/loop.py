@@ -251,11 +251,16 @@ class DriveLoop:
         """Send a hard frame to the edge and wait for its answer until this frame's deadline.
 
         Split mode (vehicle.offload) sends the features the model already computed, not a
-        JPEG. Returns (answer or None, offloaded, late)."""
+        JPEG: of the split point its planner chose (``Decision.outputs``), which follows the
+        model after a hot-swap (``track``). Returns (answer or None, offloaded, late)."""
+        track = getattr(self.offload, "track", None)
+        if track is not None:
+            track(model, dec)
         if getattr(self.offload, "sends_features", False) and dec.features is not None:
+            feats = getattr(dec, "outputs", None) or dec.features
             jpeg, extra = (
                 None,
-                {"features": dec.features, "stage": dec.exit, "model": getattr(model, "version", None)},
+                {"features": feats, "stage": dec.exit, "model": getattr(model, "version", None)},
             )
         else:
             jpeg, extra = frame.jpeg, {}

@@ -12,7 +12,9 @@ edge that cannot serve them (no tails for this car model) answers an error, and 
 client falls back to frame mode for ``split_fallback_s``; ``sends_features`` tells the
 loop whether to encode a JPEG at all. With a ``SplitPlanner``, each answer's link time
 updates its round-trip and bandwidth estimate, and its choice (a split point, or frame
-mode) decides what is sent.
+mode) decides what is sent. In split mode the client builds that planner itself from the
+edge nodes' health (``vehicle.splitplan.HealthPlanner``) for the car model the loop runs
+(``track``): a split point every live node has tails for, or frame mode when none has.
 
 Three promises the loop relies on:
 
@@ -43,7 +45,9 @@ import paho.mqtt.client as paho
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig
 from edgepilot.mqtt import Connection, properties
+from edgepilot.planner import FRAME
 from edgepilot.schema import wire
+from vehicle.splitplan import HealthPlanner
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,7 @@ class _Sent:
     deadline: float
     nbytes: int = 0
     kind: str = "jpeg"
+    stage: int = FRAME  # the split point of a features request
 
 
 class OffloadClient:
@@ -133,6 +138,7 @@ class OffloadClient:
         model_version: str | None = None,
         on_answer: Callable[[EdgeAnswer, bool], None] | None = None,
         planner: Any = None,
+        plan_from_health: bool = True,
     ) -> None:
         if mode not in MODES:
             raise EdgepilotError(f"offload mode {mode!r} is not available (built: {', '.join(MODES)})")
@@ -143,7 +149,16 @@ class OffloadClient:
         self.wall_clock_deadline = wall_clock_deadline
         self.model_version = model_version
         self.on_answer = on_answer  # (answer, in_time) on the network thread: benchmarks
-        self.planner = planner  # edge_node.planner.SplitPlanner: which split point to send
+        self._planner = planner  # edgepilot.planner.SplitPlanner: which split point to send
+        # ... or, in split mode, one built from the edge nodes' health for the car's model
+        self.plan = (
+            HealthPlanner(deadline_s * 1e3)
+            if mode == "split" and planner is None and plan_from_health
+            else None
+        )
+        if self.plan is not None and model_version is not None:
+            self.plan.follow(model_version)
+        self._tracked: Any = None
         self.split_fallback_s = 10.0  # frame mode this long after an edge refused features
         self._split_off_until = 0.0
         self._infer_topic = wire.infer_topic(car_id)
@@ -161,6 +176,8 @@ class OffloadClient:
         """Connect (waiting up to ``wait_s``); without a broker the car drives locally and
         the client keeps reconnecting in the background."""
         self.conn.subscribe(self._reply_topic, self._on_reply)
+        if self.plan is not None:
+            self.conn.subscribe(wire.HEALTH_FILTER, self.plan.on_health, qos=1)
         if not self.conn.start(wait_s, required=False):
             log.warning("offload: broker %s not reachable; driving locally until it is", self.conn.cfg.url)
 
@@ -223,8 +240,12 @@ class OffloadClient:
                 return
             self.counts["answered"] += 1
             self.breaker.success()
-            if self.planner is not None and rep.compute_ms is not None:
-                self.planner.observe(sent.nbytes, rtt - rep.compute_ms - (rep.queue_ms or 0.0))
+            if rep.compute_ms is not None:
+                link_ms = rtt - rep.compute_ms - (rep.queue_ms or 0.0)
+                if self.plan is not None:
+                    self.plan.note_answer(sent.stage, rep.compute_ms, sent.nbytes, link_ms)
+                elif self._planner is not None:
+                    self._planner.observe(sent.nbytes, link_ms)
             self._answers[frame] = ans  # type: ignore[index]
             while len(self._answers) > _REMEMBER:
                 self._answers.popitem(last=False)
@@ -240,6 +261,30 @@ class OffloadClient:
             self.breaker.failure(now)
         while len(self._expired) > _REMEMBER:
             self._expired.popitem(last=False)
+
+    @property
+    def planner(self) -> Any:
+        """The split planner in force: the one given, else the health-fed one once any edge
+        has been heard of (None: plain split mode, with the error fallback)."""
+        if self._planner is not None:
+            return self._planner
+        return self.plan.planner if self.plan is not None and self.plan.active else None
+
+    @planner.setter
+    def planner(self, p: Any) -> None:
+        self._planner = p
+
+    def track(self, model: Any, dec: Any = None) -> None:
+        """The loop's model for this hard frame (and its decision): after a hot-swap the
+        plan follows the new version; the decision's stage times are the car's compute."""
+        if model is not self._tracked:
+            self._tracked = model
+            version = getattr(model, "version", None)
+            self.model_version = version
+            if self.plan is not None:
+                self.plan.follow(version)
+        if self.plan is not None and dec is not None and getattr(dec, "stage_ms", None):
+            self.plan.note_stages(dec.stage_ms)
 
     @property
     def sends_features(self) -> bool:
@@ -259,12 +304,27 @@ class OffloadClient:
             avail = {k: v for k, v in raw.items() if isinstance(k, int) and k >= 0}
             want = self.planner.choice if self.planner is not None else None
             if avail and not (want is not None and want < 0 and jpeg is not None):
-                k = want if want in avail else max(avail)
+                k = want if want in avail else self._fallback_stage(avail)
+                if k is None and jpeg is not None:
+                    return jpeg, "jpeg", {}  # none of the stages at hand has tails: the JPEG
+                k = max(avail) if k is None else k
+                t0 = time.perf_counter()
                 x = avail[k]
+                x = x.dequantize() if getattr(x, "is_quantized", False) else x
                 x = x.numpy() if hasattr(x, "numpy") else x
                 body, meta = wire.pack_features(x, k)
+                if self.plan is not None:
+                    self.plan.note_sent(k, len(body), (time.perf_counter() - t0) * 1e3)
                 return body, "features", meta.to_dict()
         return (jpeg, "jpeg", {}) if jpeg is not None else None
+
+    def _fallback_stage(self, avail: dict[int, Any]) -> int | None:
+        """The planner's split is not at hand (the frame left at an earlier exit): the
+        latest stage at hand that the edges have tails for; None when the health-fed plan
+        knows of none (then the JPEG goes, if there is one)."""
+        served = self.plan.splits if self.plan is not None and self.plan.active else None
+        ok = [k for k in avail if served is None or k in served]
+        return max(ok) if ok else None
 
     def submit(
         self,
@@ -284,6 +344,8 @@ class OffloadClient:
         features given, sends the JPEG. ``model``: the car model version that made them
         (the edge's tails are bound to one; default ``model_version``)."""
         budget = self.deadline_s if deadline_s is None else deadline_s
+        if self.plan is not None:
+            self.plan.set_deadline(budget * 1e3)
         now = time.monotonic()
         with self._cond:
             self._sweep(now)
@@ -331,6 +393,10 @@ class OffloadClient:
             log.warning("offload: frame %d not sent: %s", frame_index, e)
             return False
         sent.nbytes, sent.kind = len(payload), kind
+        if kind == "features":
+            sent.stage = int(meta["stage"])
+        elif self.plan is not None:
+            self.plan.note_sent(FRAME, len(body))
         ok = self.conn.publish(self._infer_topic, payload, qos=0, props=props)
         with self._cond:
             if ok:
@@ -364,6 +430,8 @@ class OffloadClient:
             out["breaker_open"] = self.breaker.open
             out["breaker_trips"] = self.breaker.trips
             out["connected"] = self.conn.connected.is_set()
+        if self.plan is not None:
+            out["plan"] = self.plan.summary()
         out["rtt_ms"] = (
             {
                 "p50": round(float(np.percentile(rtts, 50)), 3),

@@ -18,7 +18,6 @@ On every announcement of ``models/car`` (retained, so also right after connectin
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import threading
@@ -28,31 +27,13 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 from edgepilot import EdgepilotError
+from edgepilot.delivery import fetch_chunks, verify_announcement
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
 from edgepilot.schema.wire import WireError, model_topic
 from vehicle.hotswap import ModelSlot
 
 log = logging.getLogger(__name__)
-
-
-def verify_announcement(ann: fleet.PushAnnouncement, trusted_keys: list[str] | None) -> None:
-    """EdgepilotError unless one trusted key signed this announcement."""
-    from cryptography.exceptions import InvalidSignature
-
-    from edgepilot.model.package import default_trusted_keys, parse_public_key
-
-    keys = [parse_public_key(k) for k in (default_trusted_keys() if trusted_keys is None else trusted_keys)]
-    sig = base64.b64decode(ann.signature)
-    for k in keys:
-        try:
-            k.verify(sig, ann.signed_bytes())
-            return
-        except InvalidSignature:
-            continue
-    raise EdgepilotError(
-        f"announcement of {ann.version} is not signed by a trusted key (key {ann.key_id or '?'})"
-    )
 
 
 class ModelUpdater:
@@ -168,42 +149,8 @@ class ModelUpdater:
         out = self.cache / f"{ann.version}.eppkg"
         if out.is_file() and hashlib.sha256(out.read_bytes()).hexdigest() == ann.sha256:
             return out  # e.g. a rollback to a version this car ran before
-        parts: dict[int, bytes] = {}
-        bad: list[str] = []
-        got = threading.Condition()
-
-        def on_chunk(msg: paho.MQTTMessage) -> None:
-            try:
-                i = fleet.index_of_chunk_topic(msg.topic)
-            except WireError:
-                return
-            if i >= ann.chunks or not msg.payload:
-                return
-            if hashlib.sha256(msg.payload).hexdigest() != ann.chunk_sha256[i]:
-                bad.append(f"chunk {i} sha256 mismatch")
-            with got:
-                parts[i] = bytes(msg.payload)
-                got.notify_all()
-
-        fc = Connection(self.conn.cfg, f"{self.car}-fetch-{ann.version[-20:]}-{time.monotonic_ns() % 10**6}")
-        fc.subscribe(fleet.chunk_filter(ann.target, ann.version), on_chunk, qos=1)
-        try:
-            fc.start(wait_s=min(5.0, self.fetch_timeout_s))
-            deadline = time.monotonic() + self.fetch_timeout_s
-            with got:
-                while len(parts) < ann.chunks and not bad and time.monotonic() < deadline:
-                    got.wait(deadline - time.monotonic())
-        finally:
-            fc.close()
-        if bad:
-            raise EdgepilotError(f"package {ann.version}: {bad[0]}")
-        if len(parts) < ann.chunks:
-            raise EdgepilotError(
-                f"package {ann.version}: only {len(parts)}/{ann.chunks} chunks within {self.fetch_timeout_s:.0f} s"
-            )
-        data = b"".join(parts[i] for i in range(ann.chunks))
-        if len(data) != ann.size or hashlib.sha256(data).hexdigest() != ann.sha256:
-            raise EdgepilotError(f"package {ann.version}: sha256/size do not match the announcement")
+        client_id = f"{self.car}-fetch-{ann.version[-20:]}-{time.monotonic_ns() % 10**6}"
+        data = fetch_chunks(self.conn.cfg, client_id, ann, self.fetch_timeout_s)
         tmp = out.with_suffix(".tmp")
         tmp.write_bytes(data)
         tmp.replace(out)

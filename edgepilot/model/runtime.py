@@ -41,6 +41,9 @@ class Decision:
     hard: bool  # no local exit was sure enough: a candidate for offloading
     stage_ms: dict[str, float] = field(default_factory=dict)  # per stage compute time
     features: torch.Tensor | None = field(default=None, repr=False)  # last evaluated stage output (split)
+    # every split point's output on the way (int8 stages: quantised): split mode sends the
+    # one the car's planner chose, which may be an earlier stage than ``exit``
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 def decode_np(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -186,12 +189,14 @@ class Autopilot:
 
     def _run(self, x: torch.Tensor, first: int, ms: dict[str, float], force_final: bool) -> Decision:
         last = len(self.segments) - 1
+        outs: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
             for j in range(first, len(self.segments)):
                 seg = self.segments[j]
                 k = seg[-1]
                 t = time.perf_counter()
                 x, out = self.stages[j](x)
+                outs[k] = x
                 s, th, c = decode_np(out.numpy())
                 ms[self._names[j]] = (time.perf_counter() - t) * 1e3
                 for i in seg:
@@ -200,7 +205,7 @@ class Autopilot:
                 if j == last or (not force_final and conf >= self.exit_thresholds[k]):
                     hard = conf < self.offload_thresholds[k]
                     feat = x.dequantize() if x.is_quantized else x
-                    return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, feat)
+                    return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, feat, outs)
         raise AssertionError("unreachable")
 
     def infer_batch(self, frames: list[np.ndarray], *, force_final: bool = False) -> list[Decision]:

@@ -16,6 +16,7 @@ car model have another meaning, and the edge refuses them.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -113,9 +114,12 @@ class TailSet:
         return p
 
     @classmethod
-    def load(cls, path: str | Path) -> TailSet:
+    def load(cls, path: str | Path | bytes) -> TailSet:
+        """From a file, or from its bytes (an edge node given pushed tails and no directory
+        to keep them in)."""
         try:
-            blob = torch.load(Path(path), weights_only=True)
+            src = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
+            blob = torch.load(src, weights_only=True)
             ts = cls(str(blob["car_version"]), bins=int(blob["bins"]))
             for key, d in blob["tails"].items():
                 shape = tuple(int(n) for n in d["shape"])
@@ -131,7 +135,8 @@ class TailSet:
                     int(d.get("macs", 0)),  # type: ignore[arg-type]
                 )
         except Exception as e:  # noqa: BLE001 - torch.load raises pickle's, zip's, torch's own errors
-            raise EdgepilotError(f"tail set {path}: unreadable ({type(e).__name__}: {e})") from None
+            name = f"of {len(path)} bytes" if isinstance(path, bytes) else str(path)
+            raise EdgepilotError(f"tail set {name}: unreadable ({type(e).__name__}: {e})") from None
         return ts
 
 

@@ -84,10 +84,24 @@ def health_topic(node_id: str) -> str:
 HEALTH_FILTER = f"{ROOT}/edge/+/health"
 
 
+PUSH_TARGETS = ("car", "edge", "tails")
+"""What the cloud pushes: the car model, the edge model, and the split-mode tails of the
+car model (``TAILS_TOPIC``)."""
+
+
 def model_topic(target: str) -> str:
-    if target not in ("car", "edge"):
-        raise WireError(f"model target must be 'car' or 'edge', got {target!r}")
+    if target not in PUSH_TARGETS:
+        raise WireError(f"model target must be one of {PUSH_TARGETS}, got {target!r}")
     return f"{ROOT}/models/{target}"
+
+
+TAILS_TOPIC = model_topic("tails")
+"""Retained, cloud -> edge nodes: a ``fleet.PushAnnouncement`` with target ``tails`` for the
+split-mode tails (``edgepilot.model.tail.TailSet`` file) of a pushed car model. Its
+``version`` is that *car model's* version (tails are bound to one); the file travels like
+a package: ``path`` on a shared disk, and retained chunks on
+``models/tails/chunks/<car version>/<i>``; the signature covers target, version, sha256
+and size. Edge nodes verify it and add the tails to their shelf without a restart."""
 
 
 # -- inference request -------------------------------------------------------------------

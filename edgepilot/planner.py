@@ -1,5 +1,8 @@
 """Choosing the split point (issue 6, co-inference by partitioning; Neurosurgeon's idea).
 
+Shared: the car runs it (``vehicle.splitplan`` builds one from edge health) and the
+split benchmark feeds it its measurements (``edge_node.split_bench``).
+
 For each way of asking the edge, the end-to-end time of an answer is predicted from
 measured parts: the car's own stages up to the split that it would not run anyway, the
 8-bit + zlib encoding, the link (round trip plus bytes over bandwidth), and the edge's
@@ -111,6 +114,17 @@ class SplitPlanner:
                 c.edge_ms = edge_ms[c.stage]
         return self._rechoose()
 
+    def set_candidates(self, candidates: list[Candidate], car_stage_ms: list[float] | None = None) -> bool:
+        """Another set of ways to ask (an edge gained or lost tails, the car swapped its
+        model); the link estimates learned so far are kept, since the link is the same.
+        True when the choice changed."""
+        if not candidates:
+            raise ValueError("SplitPlanner needs at least one candidate")
+        self.candidates = list(candidates)
+        if car_stage_ms is not None:
+            self.car_stage_ms = list(car_stage_ms)
+        return self._rechoose()
+
     def observe(self, wire_bytes: int, link_ms: float) -> bool:
         """One answer's link time (round trip minus the edge's compute and queue) for a
         request of ``wire_bytes``. With sizes spread enough, fit ``link = rtt + bytes/bw``
@@ -131,21 +145,17 @@ class SplitPlanner:
         return self._rechoose()
 
 
-def from_health(
+def candidates_from_health(
     tails: dict[str, Any],
-    car_stage_ms: list[float],
     wire_bytes: dict[int, float],
     *,
-    frame: Candidate | None = None,
     encode_ms: dict[int, float] | None = None,
-    deadline_ms: float = 33.3,
     default_edge_ms: float = 1.0,
-) -> SplitPlanner:
-    """A planner from one entry of an edge node's health ``tails`` (the one for the car's
-    model version: each split's measured compute and validation MAE) and the car's own
-    measurements (per-stage compute, packed
-    sizes and packing times per split point). Split points the car cannot size are left
-    out; a split the edge has not run yet gets ``default_edge_ms`` until it has."""
+) -> list[Candidate]:
+    """The split candidates of one entry of an edge node's health ``tails`` (the one for the
+    car's model version: each split's measured compute and validation MAE), sized by the
+    car's own measurements. Split points the car cannot size are left out; a split the
+    edge has not run yet gets ``default_edge_ms`` until it has."""
     cands = []
     for key, st in (tails.get("stages") or {}).items():
         k = int(key)
@@ -161,6 +171,23 @@ def from_health(
                 st.get("val_mae"),
             )
         )
+    return cands
+
+
+def from_health(
+    tails: dict[str, Any],
+    car_stage_ms: list[float],
+    wire_bytes: dict[int, float],
+    *,
+    frame: Candidate | None = None,
+    encode_ms: dict[int, float] | None = None,
+    deadline_ms: float = 33.3,
+    default_edge_ms: float = 1.0,
+) -> SplitPlanner:
+    """A planner from one entry of an edge node's health ``tails`` and the car's own
+    measurements (per-stage compute, packed sizes and packing times per split point);
+    ``frame`` adds frame mode as a candidate."""
+    cands = candidates_from_health(tails, wire_bytes, encode_ms=encode_ms, default_edge_ms=default_edge_ms)
     if frame is not None:
         cands.append(frame)
     return SplitPlanner(cands, car_stage_ms, deadline_ms=deadline_ms)
