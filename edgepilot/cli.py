@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("package", metavar="PKG")
         p.add_argument("--out", required=True, metavar="PKG")
         p.add_argument("--calib", nargs="+", metavar="LOG", help="logs to draw calibration frames from")
+        p.add_argument(
+            "--int8-logits",
+            action="store_true",
+            help="quantise the exits' last linear too (default: float logits, ~3%% lower steering MAE)",
+        )
         p.add_argument("--key", help="private key to sign with")
 
     t.add(

@@ -4,7 +4,7 @@ The stated targets (defaults; stored in the manifest next to the thresholds):
 
 - exit k answers a frame when its confidence >= ``t_k``; ``t_k`` is the *lowest*
   threshold at which, among the validation frames that reach exit k and pass it, at
-  least ``agree_share`` (95%) have a steering within ``agree_tol`` (0.04) of the final
+  least ``agree_share`` (95%) have a steering within ``agree_tol`` (0.02) of the final
   head's. Agreement with the final head, not with the label, because the exit replaces
   the final head: that is the error it adds. Exits are screened in order, each on the
   frames the earlier exits left (BranchyNet's screening). An exit that would take fewer
@@ -14,7 +14,7 @@ The stated targets (defaults; stored in the manifest next to the thresholds):
 - the offload thresholds, one per exit: a frame is hard when the confidence of the exit
   that answered it is below that exit's offload threshold. Each is the lowest threshold at
   which ``ok_share`` (95%) of that exit's frames kept local have a steering error <=
-  ``ok_tol`` (0.1) against the label, capped so that at most ``max_offload`` (15%) of that
+  ``ok_tol`` (0.05) against the label, capped so that at most ``max_offload`` (15%) of that
   exit's validation frames are hard. (Per exit, because confidences of different exits are
   not on one scale, and because with good exits few frames reach the final head at all.)
 """
@@ -31,9 +31,9 @@ MIN_SUPPORT = 20  # an exit threshold resting on fewer frames than this is not t
 
 @dataclass
 class CalibrationTarget:
-    agree_tol: float = 0.04
+    agree_tol: float = 0.02
     agree_share: float = 0.95
-    ok_tol: float = 0.1
+    ok_tol: float = 0.05
     ok_share: float = 0.95
     max_offload: float = 0.15
     min_exit_share: float = 0.02  # an exit taking fewer frames than this is switched off

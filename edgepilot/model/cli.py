@@ -59,7 +59,14 @@ def compress(args: argparse.Namespace) -> dict:
 
     if not args.calib:
         raise EdgepilotError("compress needs --calib LOG... (frames to calibrate the int8 ranges)")
-    return compress_package(args.package, args.out, args.calib, key=args.key, trusted=_trusted(args))
+    return compress_package(
+        args.package,
+        args.out,
+        args.calib,
+        key=args.key,
+        trusted=_trusted(args),
+        float_logits=not getattr(args, "int8_logits", False),
+    )
 
 
 def keys(args: argparse.Namespace) -> dict:

@@ -144,7 +144,8 @@ class Autopilot:
                 raise EdgepilotError(f"{path}: TorchScript stages do not load ({type(e).__name__})") from None
             return cls(manifest, stages, path, segs)
         if manifest.get("quant", "fp32") == "int8":
-            stages = load_int8(segment_net(net, segs), state, spec)
+            float_logits = bool((manifest.get("quantization") or {}).get("float_logits", False))
+            stages = load_int8(segment_net(net, segs), state, spec, float_logits=float_logits)
         else:
             try:
                 net.load_state_dict(state)
