@@ -51,7 +51,8 @@ def test_sim_drive_with_model_goes_through_the_loop(capsys, tmp_path, tiny_model
     assert r.mode == "local" and r.pilot_steering is not None and r.exit is not None
     assert r.applied_steering == pytest.approx(r.pilot_steering, abs=1e-6)  # the model drove
     assert "x" in r.sim and r.model_version == res["model_version"]
-    assert "stage0" in res["stages_ms"]
+    # per-segment timings: "stage0", or "stage0-1" when calibration merged stage 0 into 1
+    assert any(k.startswith("stage0") for k in res["stages_ms"])
 
 
 def test_replay_reproduces_the_recorded_pilot(capsys, tmp_path, tiny_model):
