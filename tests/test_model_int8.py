@@ -52,14 +52,20 @@ def test_int8_agrees_with_fp32_and_is_smaller(trained):
         compress_package(str(d / "int8.eppkg"), str(d / "x.eppkg"), logs, key=str(priv), trusted=[str(pub)])
 
 
-def test_int8_state_round_trips_exactly(trained):
+@pytest.mark.parametrize("float_logits", [False, True])
+def test_int8_state_round_trips_exactly(trained, float_logits):
     _, logs, _, _ = trained
     torch.manual_seed(0)
     net = build_net(ArchSpec("early-exit")).eval()
     frames, _ = load_frames(logs[:1])
     x = to_tensor(frames[:32])
-    stages = quantize_stages(net, [x])
-    loaded = load_int8(net, int8_state(stages))
+    stages = quantize_stages(net, [x], float_logits=float_logits)
+    state = int8_state(stages)
+    # float logits: each head's last linear keeps float weights; all-int8: packed int8 ones
+    float_fc2 = [k for k in state if k.endswith("head.fc2.weight")]
+    packed_fc2 = [k for k in state if k.endswith("head.fc2._packed_params._packed_params")]
+    assert (len(float_fc2), len(packed_fc2)) == ((3, 0) if float_logits else (0, 3))
+    loaded = load_int8(net, state, float_logits=float_logits)
     x = quantized_input(x)  # int8 stage 0 takes the quantised pixels
     with torch.no_grad():
         for a, b in zip(stages, loaded, strict=True):
