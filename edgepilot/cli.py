@@ -319,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--laps", type=int, default=2, help="expert laps per training track")
         p.add_argument("--eval-laps", type=int, default=2, help="laps of the evaluation drives")
         p.add_argument("--epochs", type=int, default=6, help="training epochs per cloud run")
+        p.add_argument(
+            "--gate-open",
+            action="store_true",
+            help="push the retrained car model whatever its quality checks say (latency is "
+            "still checked): for tiny smoke runs, whose models drive at random",
+        )
         p.add_argument("--max-frames", type=int, default=8000, help="cap on training frames per run")
         p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
         p.add_argument(

@@ -50,6 +50,10 @@ def test_demo_runs_the_whole_loop(tmp_path):
         "1",
         "--epochs",
         "1",
+        # models trained for one epoch on 1200 frames drive at random (autonomy -0.8 to 0.2
+        # measured), so the gate's "not worse than the current one" is a coin flip; this test
+        # is about the loop (push, swap mid-drive), the gate has its own tests (test_cloud*.py)
+        "--gate-open",
         "--max-frames",
         "1200",
         "--scene-seed",
