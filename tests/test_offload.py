@@ -137,3 +137,75 @@ def test_split_submit_never_raises_into_the_loop(broker):
         assert car.counts["sent"] == 2 and car.counts["split"] == 1
     finally:
         car.close()
+
+
+class TaillessEdge:
+    """A hand-written edge without tails: refuses features with an error reply (as
+    ``EdgeService`` does), answers JPEGs at once."""
+
+    def __init__(self, broker) -> None:
+        self.kinds: list[tuple[str, str]] = []  # (kind, status) of each request answered
+        self.conn = Connection(BrokerConfig(url=broker.url), "tailless-edge")
+        self.conn.subscribe(wire.INFER_FILTER, self.on_request)
+        self.conn.start()
+        time.sleep(0.2)
+
+    def on_request(self, msg) -> None:
+        req = wire.decode_request(msg.payload)
+        if req.kind == "features":
+            rep = wire.InferReply("error", car=req.car, frame=req.frame, node="tailless", error="no tails")
+        else:
+            rep = wire.InferReply(
+                "ok", car=req.car, frame=req.frame, steering=0.3, throttle=0.2, node="tailless"
+            )
+        self.kinds.append((req.kind, rep.status))
+        props = properties(correlation=msg.properties.CorrelationData)
+        self.conn.publish(msg.properties.ResponseTopic, wire.encode_reply(rep), props=props)
+
+
+def test_a_refused_probe_does_not_keep_the_breaker_open_for_good(broker):
+    """The fault test's flake (edge SIGKILLed and restarted, 1 run in 5): the dead node's
+    will (status offline) leaves the health plan empty, so the open breaker's probe goes as
+    features; the new node, without tails, refuses it with an error reply. That reply ended
+    the probe without a success or a failure and the breaker never let another frame through.
+    Now the refused probe releases it: the next probe goes as a JPEG (split fallback) and
+    closes it."""
+    import numpy as np
+
+    car = OffloadClient(
+        BrokerConfig(url=broker.url),
+        "car-refused",
+        deadline_s=0.05,
+        breaker=CircuitBreaker(trip_after=3, probe_s=0.05, probe_max_s=0.1),
+    )
+    car.start()
+    feats = np.ones((1, 2, 2, 2), np.float32)
+
+    def frame(i: int) -> bool:
+        """One hard frame as the loop sends it; True when the edge's answer came in time."""
+        t0 = time.monotonic()
+        jpeg = None if car.sends_features else b"\xff\xd8jpeg"
+        if not car.submit(i, jpeg, features=feats, stage=1):
+            time.sleep(0.05)
+            return False
+        return car.poll(i, t0 + 0.05) is not None
+
+    edge = None
+    try:
+        for i in range(3):  # nobody serves the group yet: three misses open the breaker
+            assert not frame(i)
+        assert car.breaker.open and car.plan is not None and not car.plan.active
+        edge = TaillessEdge(broker)
+        answered = [i for i in range(3, 43) if frame(i)]  # 2 s at most
+        assert ("features", "error") in edge.kinds  # the probe went as features and was refused
+        assert answered and answered[0] <= 10, f"no answer after the refused probe ({car.stats})"
+        assert not car.breaker.open
+        # a probe that is never sent (nothing to send) must not hold the breaker either
+        for _ in range(3):
+            car.breaker.failure(0.0)  # open again, probe due at once
+        assert car.breaker.open
+        assert not car.submit(100, None) and not car.breaker._probing
+    finally:
+        car.close()
+        if edge is not None:
+            edge.conn.close()

@@ -25,7 +25,9 @@ Three promises the loop relies on:
 - A circuit breaker stops offloading after a few misses in a row (edge slow, gone, or
   the link down), so a dead edge costs nothing but a counter. While open it lets one
   probe frame through every ``probe_s`` (doubling up to ``probe_max_s``); an answer in
-  time closes it again, so offloading resumes by itself when the edge comes back.
+  time closes it again, so offloading resumes by itself when the edge comes back. A probe
+  that ends any other way (missed, refused with an error reply, never sent) lets the next
+  one go: the breaker must never wait for a probe that can no longer be answered.
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ class EdgeAnswer:
 
 
 class CircuitBreaker:
-    """closed -> (``trip_after`` failures in a row) -> open -> (probe answered) -> closed."""
+    """closed -> (``trip_after`` failures in a row) -> open -> (probe answered) -> closed.
+
+    While open, exactly one probe is out at a time (``allow``); it must end in ``success``,
+    ``failure`` or ``release``, or no further probe is ever let through."""
 
     def __init__(self, trip_after: int = 3, probe_s: float = 0.25, probe_max_s: float = 2.0) -> None:
         self.trip_after = trip_after
@@ -113,6 +118,19 @@ class CircuitBreaker:
             self._next_probe = now + self._wait
             log.warning("offload: %d misses in a row; breaker open, driving on local answers", self.failures)
 
+    def release(self, now: float) -> None:
+        """The probe ended without showing whether the edge answers in time: the edge
+        refused it (an error reply, e.g. features to a node without tails, while the client
+        now falls back to the JPEG) or it was never sent. It is neither an answer nor a
+        miss, so the breaker stays open and probes again after the current wait (not
+        doubled: a refusal means the edge is there). Before this, such a probe was popped
+        from the pending frames without a success or failure, ``_probing`` stayed True and
+        the breaker stayed open for good: after an edge restart the car never offloaded
+        again (tests/test_fault_drive.py, 1 run in 5)."""
+        if self.open and self._probing:
+            self._probing = False
+            self._next_probe = now + self._wait
+
 
 @dataclass(slots=True)
 class _Sent:
@@ -121,6 +139,7 @@ class _Sent:
     nbytes: int = 0
     kind: str = "jpeg"
     stage: int = FRAME  # the split point of a features request
+    probe: bool = False  # the open breaker's probe: it must end in success, failure or release
 
 
 class OffloadClient:
@@ -208,6 +227,8 @@ class OffloadClient:
                 return
             if rep.status != "ok":
                 self.counts["errors"] += 1
+                if sent.probe:  # refused, not answered: the next probe (a JPEG after this) goes
+                    self.breaker.release(now)
                 log.debug("offload: edge refused frame %s: %s", frame, rep.error)
                 if sent.kind == "features" and self.mode == "split":
                     # no tails for this car model on the edge (yet): frames until it has them
@@ -355,7 +376,8 @@ class OffloadClient:
             if not self.breaker.allow(now):
                 self.counts["dropped"] += 1
                 return False
-            sent = self._pending[frame_index] = _Sent(now, now + budget)
+            # allowed while open: this frame is the probe
+            sent = self._pending[frame_index] = _Sent(now, now + budget, probe=self.breaker.open)
         try:
             what = self._body(jpeg, features, stage)
             if what is None:
@@ -364,6 +386,8 @@ class OffloadClient:
             with self._cond:
                 self._pending.pop(frame_index, None)
                 self.counts["dropped"] += 1
+                if sent.probe:
+                    self.breaker.release(now)
             log.warning("offload: frame %d not sent: %s", frame_index, e)
             return False
         body, kind, meta = what
@@ -390,6 +414,8 @@ class OffloadClient:
             with self._cond:  # the drive loop and stopped the car (docs/reliability.md)
                 self._pending.pop(frame_index, None)
                 self.counts["dropped"] += 1
+                if sent.probe:
+                    self.breaker.release(now)
             log.warning("offload: frame %d not sent: %s", frame_index, e)
             return False
         sent.nbytes, sent.kind = len(payload), kind
