@@ -79,6 +79,20 @@ def _request_parts(car_id: str, payload: bytes) -> tuple[bytes, bytes]:
     return bytes([0x30]) + _varint(rem) + var, payload
 
 
+def _varint_at(buf: bytearray, i: int) -> tuple[int, int] | None:
+    """The MQTT variable-length integer at ``buf[i:]`` and the index after it; None when
+    the buffer ends inside it."""
+    value, mult = 0, 1
+    while i < len(buf):
+        b = buf[i]
+        value += (b & 0x7F) * mult
+        mult <<= 7
+        i += 1
+        if not b & 0x80:
+            return value, i
+    return None
+
+
 def _read_packets(car: _Car, on_publish: Callable[[int | None], None]) -> int:
     """Parse whole packets from the car's buffer; call ``on_publish(correlation)`` for each
     PUBLISH that carries one. Returns how many were handled."""
@@ -87,31 +101,16 @@ def _read_packets(car: _Car, on_publish: Callable[[int | None], None]) -> int:
         if len(buf) - i < 2:
             break
         first = buf[i]
-        mult, rem, j = 1, 0, i + 1
-        while True:
-            if j >= len(buf):
-                del buf[:i]
-                return n
-            b = buf[j]
-            rem += (b & 0x7F) * mult
-            mult <<= 7
-            j += 1
-            if not b & 0x80:
-                break
+        got = _varint_at(buf, i + 1)
+        if got is None:  # the remaining length itself is not complete yet
+            break
+        rem, j = got
         end = j + rem
         if end > len(buf):
             break
         if first >> 4 == 3:  # PUBLISH (QoS 0: no packet id)
             tlen = struct.unpack_from("!H", buf, j)[0]
-            k = j + 2 + tlen
-            plen, mult = 0, 1
-            while True:
-                b = buf[k]
-                plen += (b & 0x7F) * mult
-                mult <<= 7
-                k += 1
-                if not b & 0x80:
-                    break
+            plen, k = _varint_at(buf, j + 2 + tlen) or (0, end)
             p, pend, corr = k, k + plen, None
             while p < pend:  # properties: find Correlation Data (0x09)
                 pid = buf[p]
