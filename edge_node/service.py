@@ -178,6 +178,10 @@ class EdgeService:
             self.swap_error = str(e)
             log.warning("edge %s: model %s not swapped in: %s", self.node_id, ann.version, e)
             return False
+        except Exception as e:  # noqa: BLE001 - any loader failure keeps the current model
+            self.swap_error = f"{type(e).__name__}: {e}"
+            log.exception("edge %s: model %s not swapped in", self.node_id, ann.version)
+            return False
         self.model = model  # one attribute store: the worker reads it once per batch
         self.swaps += 1
         self.swap_error = None

@@ -230,6 +230,24 @@ def test_model_hot_swap_on_announcement(broker, model, tmp_path):
         svc.stop()
 
 
+def test_a_loader_that_crashes_keeps_the_current_model(broker, model, tmp_path):
+    """Any exception from loading an announced package (here a UnicodeDecodeError, as a
+    foreign file gave a test's loader) is a refused swap, not a dead swap thread."""
+
+    def loader(path, trusted_keys=None):
+        return BuiltinPilotNet(seed=int(open(path).read()))  # noqa: SIM115
+
+    svc = EdgeService(BrokerConfig(url=broker.url), model, node_id="edge-crash", model_loader=loader)
+    pkg = tmp_path / "binary.pkg"
+    pkg.write_bytes(b"\x89PNG\xff\xfe")
+    ann = wire.ModelAnnouncement(
+        "edge", "e-bin", sha256=hashlib.sha256(pkg.read_bytes()).hexdigest(), path=str(pkg)
+    )
+    assert svc.swap_model(ann) is False
+    assert svc.model is model and svc.swaps == 0
+    assert svc.swap_error.startswith("UnicodeDecodeError")
+
+
 def test_bench_offload_reports_the_contract_keys_and_its_floor(broker, edge):
     import argparse
 
