@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="W,W,...",
             help="channel widths of the architecture (default: edgepilot.model.nets.DEFAULT_WIDTHS)",
         )
+        p.add_argument(
+            "--head0",
+            metavar="ROWS,COLS,HIDDEN",
+            help="early-exit: exit 0's head, pooled grid and hidden units (default 2,6,32; "
+            "5,13,64 makes exit 0 about as accurate as exit 1, docs/benchmarks.md#model)",
+        )
         p.add_argument("--key", help="private key to sign with (default: keys/ of the repo)")
 
     t.add(s, "train", "edgepilot.model.cli:train", "train a model package from driving logs", train, 4)

@@ -149,3 +149,15 @@ def test_early_exit_is_cheap_in_macs():
     assert 26_000_000 < pilot < 28_000_000  # PilotNet as published: 26.9M MACs
     assert macs[0] < 0.06 * pilot  # the first exit costs about 5% of PilotNet (1.36M MACs)
     assert macs[0] < min(macs[1:])  # the first stage is the cheap look; the later ones are heavier
+
+
+def test_exit0_head_is_part_of_the_architecture():
+    """``head0`` changes exit 0's head and survives the manifest round trip; packages made
+    before the field existed (no key) build the first design's head."""
+    spec = ArchSpec("early-exit", head0=[5, 13, 64])
+    again = ArchSpec.from_dict(spec.to_dict())
+    assert again.head0 == [5, 13, 64]
+    net = build_net(again)
+    assert net.stages[0].head.fc1.in_features == 24 * 5 * 13 and net.stages[0].head.fc1.out_features == 64
+    old = {k: v for k, v in spec.to_dict().items() if k != "head0"}
+    assert build_net(ArchSpec.from_dict(old)).stages[0].head.fc1.in_features == 24 * 2 * 6

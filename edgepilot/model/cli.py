@@ -40,7 +40,19 @@ def train(args: argparse.Namespace) -> dict:
             ) from None
         if min(widths) < 1:
             raise EdgepilotError("--widths must be positive")
-    cfg = TrainConfig(arch=args.arch, epochs=epochs, seed=args.seed, widths=widths)
+    head0: list[int] = []
+    if getattr(args, "head0", None):
+        try:
+            head0 = [int(x) for x in args.head0.split(",")]
+        except ValueError:
+            raise EdgepilotError(
+                f"--head0 must be three integers ROWS,COLS,HIDDEN, got {args.head0!r}"
+            ) from None
+        if len(head0) != 3 or min(head0) < 1:
+            raise EdgepilotError(
+                f"--head0 must be three positive integers ROWS,COLS,HIDDEN, got {args.head0!r}"
+            )
+    cfg = TrainConfig(arch=args.arch, epochs=epochs, seed=args.seed, widths=widths, head0=head0)
     return run(args.logs, args.out, cfg, teacher=args.teacher, key=args.key)
 
 

@@ -54,6 +54,9 @@ class ArchSpec:
     name: str = "early-exit"
     widths: list[int] = field(default_factory=list)
     bins: int = BINS
+    # early-exit only: exit 0's head as [pool rows, pool cols, hidden units]; empty: the
+    # first design's [2, 6, 32] (packages from before this field load unchanged)
+    head0: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.name not in ARCHS:
@@ -66,7 +69,12 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ArchSpec:
-        return cls(name=d["name"], widths=list(d.get("widths") or []), bins=int(d.get("bins", BINS)))
+        return cls(
+            name=d["name"],
+            widths=list(d.get("widths") or []),
+            bins=int(d.get("bins", BINS)),
+            head0=[int(x) for x in d.get("head0") or []],
+        )
 
 
 def conv(cin: int, cout: int, k: int, stride: int, pad: int | None = None) -> nn.Sequential:
@@ -157,10 +165,14 @@ def build_net(arch: ArchSpec, spec: InputSpec = DEFAULT_SPEC) -> StagedNet:
             nn.Sequential(conv(w[1], w[2], 3, 1), conv(w[2], w[3], 3, 2)),
             nn.Sequential(conv(w[3], w[4], 3, 1), conv(w[4], w[5], 3, 2)),
         ]
+        h0 = arch.head0 or [2, 6, 32]
+        if len(h0) != 3 or min(h0) < 1:
+            raise EdgepilotError(f"head0 must be [pool rows, pool cols, hidden], got {h0}")
         for k, body in enumerate(bodies):
             shape = _feat_shape(body, shape)
-            pool = (2, 6) if k < 2 else (shape[1], shape[2])
-            stages.append(Stage(body, Head(shape[0], pool, 32 if k < 2 else 64, bins)))
+            pool = (h0[0], h0[1]) if k == 0 else (2, 6) if k < 2 else (shape[1], shape[2])
+            hidden = h0[2] if k == 0 else 32 if k < 2 else 64
+            stages.append(Stage(body, Head(shape[0], pool, hidden, bins)))
     else:
         n_conv = 5
         if len(w) < n_conv + 1:

@@ -48,6 +48,7 @@ EXIT_WEIGHTS = (1.0, 0.8, 0.6)
 class TrainConfig:
     arch: str = "early-exit"
     widths: list[int] = field(default_factory=list)  # empty: the architecture's defaults
+    head0: list[int] = field(default_factory=list)  # early-exit: exit 0's head (nets.ArchSpec)
     epochs: int = 20
     patience: int = 4
     batch: int = 64
@@ -132,7 +133,7 @@ def train(
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
         samples = [samples[i] for i in keep]
     train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed)
-    arch = ArchSpec(cfg.arch, list(cfg.widths))
+    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0))
     net = build_net(arch, spec)
     teacher_net = load_teacher(teacher, arch.bins) if teacher else None
     ds = FrameDataset(train_s, spec, cfg.augment, cfg.seed)
