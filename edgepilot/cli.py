@@ -182,6 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
         s, "eval", "edgepilot.model.cli:evaluate", "open-loop evaluation of a model package on logs", eval_, 4
     )
 
+    def calibrate(p: argparse.ArgumentParser) -> None:
+        p.add_argument("package", metavar="PKG", help="an fp32 package (compress afterwards)")
+        p.add_argument(
+            "logs", nargs="+", metavar="LOG", help="logs whose validation sessions to use (the training logs)"
+        )
+        p.add_argument("--out", required=True, metavar="PKG")
+        p.add_argument(
+            "--agree-tol",
+            type=float,
+            help="an exit answers when it agrees with the final head within this on >= 95%% of its "
+            "frames (default 0.02; larger: faster, less accurate)",
+        )
+        p.add_argument(
+            "--ok-tol",
+            type=float,
+            help="a local answer is fine within this of the label (default 0.05; smaller: more offloading)",
+        )
+        p.add_argument(
+            "--max-offload", type=float, help="cap on the share of hard frames per exit (default 0.15)"
+        )
+        p.add_argument("--key", help="private key to sign with")
+
+    t.add(
+        s,
+        "calibrate",
+        "edgepilot.model.cli:calibrate",
+        "re-choose exit and offload thresholds of an fp32 package (another speed/accuracy point)",
+        calibrate,
+        4,
+    )
+
     def compress(p: argparse.ArgumentParser) -> None:
         p.add_argument("package", metavar="PKG")
         p.add_argument("--out", required=True, metavar="PKG")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from edgepilot.model.calibrate import MIN_SUPPORT, CalibrationTarget, calibrate, lowest_threshold
 
@@ -65,3 +66,29 @@ def test_exit_that_is_never_right_is_never_taken():
     )
     assert cal["exits"] == [None]
     assert cal["val_exit_rate"]["0"] == 0.0
+
+
+def test_calibrate_command_moves_the_speed_accuracy_point(tiny_model, tiny_int8, sample_logs, tmp_path):
+    """``edgepilot calibrate``: a looser agreement target lets exits take more frames, the new
+    package is signed with the old one as its parent, and an int8 package is refused."""
+    import json
+
+    from edgepilot import EdgepilotError
+    from edgepilot.cli import main
+    from edgepilot.model.package import load_package, read_manifest
+    from edgepilot.model.recalibrate import recalibrate
+
+    out = tmp_path / "loose.eppkg"
+    assert (
+        main(["calibrate", tiny_model, *sample_logs, "--out", str(out), "--agree-tol", "2.0", "--json"]) == 0
+    )
+    old, new = read_manifest(tiny_model), read_manifest(out)
+    assert new["parent"] == old["version"] and new["version"] != old["version"]
+    assert new["calibration"]["target"]["agree_tol"] == 2.0
+    # every exit agrees within 2.0 (the whole steering range): exit 0 answers every frame
+    assert new["thresholds"]["exits"][0] is not None
+    assert new["calibration"]["val_exit_rate"]["0"] == 1.0
+    assert load_package(out).state.keys() == load_package(tiny_model).state.keys()  # verified, same weights
+    assert json.dumps(new["thresholds"]) != json.dumps(old["thresholds"])
+    with pytest.raises(EdgepilotError, match="fp32 parent"):
+        recalibrate(tiny_int8, tmp_path / "x.eppkg", sample_logs, CalibrationTarget())

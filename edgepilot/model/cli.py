@@ -81,6 +81,21 @@ def compress(args: argparse.Namespace) -> dict:
     )
 
 
+def calibrate(args: argparse.Namespace) -> dict:
+    from edgepilot.model.calibrate import CalibrationTarget
+    from edgepilot.model.recalibrate import recalibrate
+
+    d = CalibrationTarget()
+    target = CalibrationTarget(
+        agree_tol=d.agree_tol if args.agree_tol is None else args.agree_tol,
+        ok_tol=d.ok_tol if args.ok_tol is None else args.ok_tol,
+        max_offload=d.max_offload if args.max_offload is None else args.max_offload,
+    )
+    if min(target.agree_tol, target.ok_tol) <= 0 or not 0 <= target.max_offload <= 1:
+        raise EdgepilotError("--agree-tol and --ok-tol must be positive, --max-offload within [0, 1]")
+    return recalibrate(args.package, args.out, args.logs, target, key=args.key, trusted=_trusted(args))
+
+
 def keys(args: argparse.Namespace) -> dict:
     from edgepilot.model.package import key_id, load_private_key, make_keys
 

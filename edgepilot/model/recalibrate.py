@@ -1,0 +1,83 @@
+"""``edgepilot calibrate``: choose another speed/accuracy point for a trained package.
+
+The exit and offload thresholds are not weights: they are chosen on validation frames to
+meet a stated target (``calibrate.CalibrationTarget``). A looser agreement tolerance lets
+the early exits answer more frames (faster, less accurate); a tighter ``ok_tol`` makes more
+frames hard (more offloading). This command re-runs that choice on an fp32 package without
+retraining and writes a new signed package whose parent is the old one; compress it
+afterwards (an int8 package's graphs are cut at the exits that are on, so its thresholds
+cannot change after compression).
+
+Validation frames: the by-session validation split of the given logs with the package's
+training seed, i.e. the very sessions training validated on when the training logs are
+given.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from edgepilot import EdgepilotError
+from edgepilot.model.calibrate import CalibrationTarget, calibrate
+from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.nets import ArchSpec, build_net
+from edgepilot.model.package import load_package, load_private_key, save_package
+from edgepilot.model.preprocess import InputSpec
+from edgepilot.model.train import TrainConfig, predict_exits
+
+
+def recalibrate(
+    src: str | Path,
+    out: str | Path,
+    logs: list[str],
+    target: CalibrationTarget,
+    *,
+    key: str | None = None,
+    trusted: list[str] | None = None,
+) -> dict:
+    signing_key = load_private_key(key, create=True)
+    pkg = load_package(src, trusted)
+    m = dict(pkg.manifest)
+    if m.get("quant", "fp32") != "fp32":
+        raise EdgepilotError(
+            f"{src}: calibrate its fp32 parent, then compress (an int8 package is cut at its exits)"
+        )
+    spec = InputSpec.from_dict(m.get("input", {}))
+    net = build_net(ArchSpec.from_dict(m["arch"]), spec)
+    net.load_state_dict(pkg.state)
+    if len(net.stages) < 2:
+        raise EdgepilotError(f"{src}: a single-exit network has no exit thresholds to calibrate")
+    seed = int((m.get("training") or {}).get("seed", 0))
+    _, val = split_by_session(load_samples(logs).samples, TrainConfig().val_fraction, seed)
+    steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(val, spec, None), batch_size=256))
+    cal = calibrate(steer, conf, labels, target)
+    m.update(
+        parent=pkg.manifest.get("version"),
+        version=f"{pkg.manifest.get('version', 'model')}-cal-{time.strftime('%Y%m%d-%H%M%S')}",
+        created=time.time(),
+        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
+        calibration=cal,
+    )
+    m["metrics"] = {
+        **(m.get("metrics") or {}),
+        "val_steering_mae_exits": cal["val_steering_mae_exits"],
+        "val_exit_rate": cal["val_exit_rate"],
+    }
+    for k in ("weights_sha256", "weights_bytes", "format"):
+        m.pop(k, None)
+    path = save_package(out, m, pkg.state, signing_key)
+    return {
+        "package": str(path),
+        "version": m["version"],
+        "parent": m["parent"],
+        "target": target.to_dict(),
+        "thresholds": m["thresholds"],
+        "val_frames": len(labels),
+        "val_exit_rate": cal["val_exit_rate"],
+        "val_offload_rate": cal["val_offload_rate"],
+        "val_steering_mae": cal["val_steering_mae_exits"],
+        "val_steering_mae_before": (pkg.manifest.get("calibration") or {}).get("val_steering_mae_exits"),
+    }
