@@ -23,6 +23,26 @@ def _trusted(args: argparse.Namespace) -> list[str] | None:
     return None
 
 
+def _ints(args: argparse.Namespace, name: str, what: str, count: int | None = None) -> list[int]:
+    """``--name 1,2,3`` -> [1, 2, 3] (empty when not given); positive integers only."""
+    text = getattr(args, name, None)
+    if not text:
+        return []
+    flag = "--" + name.replace("_", "-")
+    try:
+        vals = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise EdgepilotError(
+            f"{flag} must be positive integers separated by commas ({what}), got {text!r}"
+        ) from None
+    if min(vals) < 1 or (count is not None and len(vals) != count):
+        n = f"{count} " if count else ""
+        raise EdgepilotError(
+            f"{flag} must be {n}positive integers separated by commas ({what}), got {text!r}"
+        )
+    return vals
+
+
 def train(args: argparse.Namespace) -> dict:
     from edgepilot.model.train import TrainConfig
     from edgepilot.model.train import train as run
@@ -30,28 +50,8 @@ def train(args: argparse.Namespace) -> dict:
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.arch]
     if epochs < 1:
         raise EdgepilotError("--epochs must be at least 1")
-    widths: list[int] = []
-    if getattr(args, "widths", None):
-        try:
-            widths = [int(w) for w in args.widths.split(",")]
-        except ValueError:
-            raise EdgepilotError(
-                f"--widths must be integers separated by commas, got {args.widths!r}"
-            ) from None
-        if min(widths) < 1:
-            raise EdgepilotError("--widths must be positive")
-    head0: list[int] = []
-    if getattr(args, "head0", None):
-        try:
-            head0 = [int(x) for x in args.head0.split(",")]
-        except ValueError:
-            raise EdgepilotError(
-                f"--head0 must be three integers ROWS,COLS,HIDDEN, got {args.head0!r}"
-            ) from None
-        if len(head0) != 3 or min(head0) < 1:
-            raise EdgepilotError(
-                f"--head0 must be three positive integers ROWS,COLS,HIDDEN, got {args.head0!r}"
-            )
+    widths = _ints(args, "widths", "channel widths")
+    head0 = _ints(args, "head0", "ROWS,COLS,HIDDEN", count=3)
     cfg = TrainConfig(arch=args.arch, epochs=epochs, seed=args.seed, widths=widths, head0=head0)
     return run(args.logs, args.out, cfg, teacher=args.teacher, key=args.key)
 
