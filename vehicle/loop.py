@@ -256,11 +256,10 @@ class DriveLoop:
         track = getattr(self.offload, "track", None)
         if track is not None:
             track(model, dec)
-        if getattr(self.offload, "sends_features", False) and dec.features is not None:
-            feats = getattr(dec, "outputs", None) or dec.features
+        if getattr(self.offload, "sends_features", False) and dec.outputs:
             jpeg, extra = (
                 None,
-                {"features": feats, "stage": dec.exit, "model": getattr(model, "version", None)},
+                {"features": dec.outputs, "stage": dec.exit, "model": getattr(model, "version", None)},
             )
         else:
             jpeg, extra = frame.jpeg, {}

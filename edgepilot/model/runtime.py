@@ -40,10 +40,16 @@ class Decision:
     confidence: float
     hard: bool  # no local exit was sure enough: a candidate for offloading
     stage_ms: dict[str, float] = field(default_factory=dict)  # per stage compute time
-    features: torch.Tensor | None = field(default=None, repr=False)  # last evaluated stage output (split)
     # every split point's output on the way (int8 stages: quantised): split mode sends the
     # one the car's planner chose, which may be an earlier stage than ``exit``
     outputs: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """The last evaluated stage's output as float32 (split mode). Derived on demand:
+        dequantising it on every frame cost the loop work for the few frames offloaded."""
+        x = self.outputs.get(self.exit)
+        return x.dequantize() if x is not None and x.is_quantized else x
 
 
 def decode_np(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -205,8 +211,7 @@ class Autopilot:
                 conf = float(c[0])
                 if j == last or (not force_final and conf >= self.exit_thresholds[k]):
                     hard = conf < self.offload_thresholds[k]
-                    feat = x.dequantize() if x.is_quantized else x
-                    return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, feat, outs)
+                    return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, outs)
         raise AssertionError("unreachable")
 
     def infer_batch(self, frames: list[np.ndarray], *, force_final: bool = False) -> list[Decision]:
@@ -234,7 +239,6 @@ class Autopilot:
                 done = np.ones(len(idx), bool) if (j == last) else (c >= self.exit_thresholds[k])
                 if force_final and j < last:
                     done[:] = False
-                feats = x.dequantize() if x.is_quantized else x
                 for jj, i in enumerate(idx):
                     ms[i][self._names[j]] = per
                     if done[jj]:
@@ -246,7 +250,7 @@ class Autopilot:
                             float(c[jj]),
                             hard,
                             ms[i],
-                            feats[jj : jj + 1].clone(),
+                            {k: x[jj : jj + 1].clone()},
                         )
                 keep = np.flatnonzero(~done)
                 if not len(keep):
