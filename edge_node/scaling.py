@@ -52,14 +52,8 @@ def _start_nodes(sup: Supervisor, profile: Path, model: str, n: int, tag: str, u
             name, "edge", "--profile", str(profile), "--model", model, "--node-id", name, "--broker", url
         )
         names.append(name)
-    deadline = time.monotonic() + 60
     for name in names:
-        out = sup.children[name].out_path
-        while "ready" not in (out.read_text() if out.exists() else ""):
-            sup.check()
-            if time.monotonic() > deadline:
-                raise EdgepilotError(f"edge node {name} did not get ready: {sup.children[name].tail()}")
-            time.sleep(0.1)
+        sup.wait_ready(name)
     return names
 
 

@@ -262,7 +262,7 @@ class Demo:
         reg = Registry(open_store(store))
         edge_pkg = reg.package_path("edge", cur["edge"])
         sup.edgepilot("edge", "edge", "--broker", self.url, "--model", str(edge_pkg), "--profile", "edge")
-        self._wait_ready(sup, "edge")
+        sup.wait_ready("edge")
         self.done(
             p,
             t0,
@@ -372,17 +372,6 @@ class Demo:
             f"autonomy {r.get('autonomy')}, {r.get('interventions')} interventions, mean |CTE| "
             f"{r.get('mean_abs_cte_m')} m, exits {r.get('exit_rate')}, offload {r.get('offload_rate')}"
         )
-
-    def _wait_ready(self, sup: Supervisor, name: str, timeout: float = 60) -> None:
-        out = sup.children[name].out_path
-        deadline = time.monotonic() + timeout
-        while "ready" not in (out.read_text() if out.exists() else ""):
-            sup.check()
-            if time.monotonic() > deadline:
-                raise EdgepilotError(
-                    f"{name} did not get ready in {timeout:.0f} s: {sup.children[name].tail()}"
-                )
-            time.sleep(0.2)
 
 
 def final_table(res: dict[str, Any]) -> str:

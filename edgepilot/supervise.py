@@ -106,6 +106,17 @@ class Supervisor:
             time.sleep(0.2)
         return c.proc.returncode
 
+    def wait_ready(self, name: str, timeout: float = 60.0, word: str = "ready") -> None:
+        """Wait until a long-running child prints ``word`` on its stdout (services print
+        e.g. ``edge edge-1 ready`` once they serve), checking that none has died."""
+        c = self.children[name]
+        deadline = time.monotonic() + timeout
+        while word not in (c.out_path.read_text() if c.out_path.exists() else ""):
+            self.check()
+            if time.monotonic() > deadline:
+                raise EdgepilotError(f"{name} did not get ready in {timeout:.0f} s: {c.tail()}")
+            time.sleep(0.1)
+
     def check_others(self, name: str) -> None:
         for c in self.children.values():
             if c.name != name and not c.expect_exit and c.proc.poll() is not None:
