@@ -215,8 +215,6 @@ def compress_package(
     stages = quantize_stages(segment_net(net, segs), calib, spec, float_logits=float_logits)
     state = int8_state(stages)
     m = dict(pkg.manifest)
-    for k in ("weights_sha256", "weights_bytes", "format"):
-        m.pop(k, None)
     m.update(
         parent=pkg.manifest.get("version"),
         version=f"{pkg.manifest.get('version', 'model')}-int8-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -8,9 +8,9 @@ retraining and writes a new signed package whose parent is the old one; compress
 afterwards (an int8 package's graphs are cut at the exits that are on, so its thresholds
 cannot change after compression).
 
-Validation frames: the by-session validation split of the given logs with the package's
-training seed, i.e. the very sessions training validated on when the training logs are
-given.
+Validation frames: the by-session validation split of the given logs, with the rule and
+the seed training used (the same sessions when the training logs are given and training
+used every frame).
 """
 
 from __future__ import annotations
@@ -66,8 +66,6 @@ def recalibrate(
         "val_steering_mae_exits": cal["val_steering_mae_exits"],
         "val_exit_rate": cal["val_exit_rate"],
     }
-    for k in ("weights_sha256", "weights_bytes", "format"):
-        m.pop(k, None)
     path = save_package(out, m, pkg.state, signing_key)
     return {
         "package": str(path),
