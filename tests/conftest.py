@@ -20,6 +20,60 @@ def broker(tmp_path_factory):
     b.stop()
 
 
+RETAINED_PUSHES = ("edgepilot/v1/models/#", "edgepilot/v1/car/+/model")
+"""Where tests leave retained messages that a later test's edge node or car would act on."""
+
+
+def clear_retained(url: str, filters: tuple[str, ...] = RETAINED_PUSHES, timeout_s: float = 3.0) -> list[str]:
+    """Wipe every retained message under ``filters``; returns the topics wiped.
+
+    The broker sends a subscription's retained messages before anything published after
+    the SUBACK, so a sentinel published then marks the end of them."""
+    import threading
+    import uuid
+
+    import paho.mqtt.client as paho
+
+    from edgepilot.mqtt import parse_url
+
+    addr = parse_url(url)
+    sentinel = f"edgepilot-test/sentinel/{uuid.uuid4().hex}"
+    topics: list[str] = []
+    subscribed, done = threading.Event(), threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.on_connect = lambda cl, *_: cl.subscribe([(f, 1) for f in (*filters, sentinel)])
+    c.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(cl, userdata, msg):
+        if msg.topic == sentinel:
+            done.set()
+        elif msg.retain and msg.payload:
+            topics.append(msg.topic)
+
+    c.on_message = on_message
+    c.connect(addr.host, addr.port)
+    c.loop_start()
+    try:
+        assert subscribed.wait(timeout_s), "clear_retained: no SUBACK from the test broker"
+        c.publish(sentinel, b".", qos=1)
+        assert done.wait(timeout_s), "clear_retained: the sentinel never came back"
+        for t in topics:
+            c.publish(t, b"", qos=1, retain=True).wait_for_publish(timeout_s)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return topics
+
+
+@pytest.fixture(autouse=True)
+def _no_retained_pushes_leak(request):
+    """Tests share one broker; a retained model push one test leaves must not reach the edge
+    nodes and cars of the next (a stale edge announcement raced a hot-swap test's own)."""
+    yield
+    if "broker" in request.fixturenames:
+        clear_retained(request.getfixturevalue("broker").url)
+
+
 SAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "datasets" / "samples"
 
 

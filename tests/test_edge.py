@@ -263,3 +263,19 @@ def test_bench_offload_reports_the_contract_keys_and_its_floor(broker, edge):
     # the bare MQTT request/response: above the TCP echo (two hops through the broker)
     assert res["tcp_floor_ms"]["p50"] < res["mqtt_floor_ms"]["p50"]
     assert res["sent"] == 2 * 20 and 0.0 <= res["deadline_miss_rate"] <= 1.0
+
+
+def test_the_suite_leaves_no_retained_model_push_behind(broker):
+    """The conftest teardown that keeps one test's retained pushes from the next test's nodes."""
+    from conftest import clear_retained
+
+    conn = Connection(BrokerConfig(url=broker.url), "cloud-leak")
+    conn.start()
+    try:
+        ann = wire.ModelAnnouncement("edge", "e-leak", sha256="0" * 64, path="/nonexistent")
+        conn.publish(wire.model_topic("edge"), wire.encode_announcement(ann), qos=1, retain=True)
+        time.sleep(0.1)
+    finally:
+        conn.close()
+    assert wire.model_topic("edge") in clear_retained(broker.url)
+    assert clear_retained(broker.url) == []
