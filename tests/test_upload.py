@@ -22,7 +22,8 @@ from edgepilot.drivelog import LogReader, LogWriter
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
 from edgepilot.schema.log import Record, SessionMeta
-from vehicle.upload import IdleUploader, UploadCancelled, Uploader, is_uploaded, pack_log
+from vehicle.idle_upload import IdleUploader
+from vehicle.upload import UploadCancelled, Uploader, is_uploaded, pack_log
 
 
 def make_log(path: Path, frames: int, seed: int = 0) -> Path:

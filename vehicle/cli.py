@@ -228,7 +228,8 @@ def _run_car(args: Any, *, collect: bool) -> dict[str, Any]:
     )
     idle_upload = None
     if link is not None and profile.drive.upload_when_idle:
-        from vehicle.upload import IdleUploader, Uploader
+        from vehicle.idle_upload import IdleUploader
+        from vehicle.upload import Uploader
 
         idle_upload = IdleUploader(
             Uploader(link.conn, profile.car_id),
