@@ -13,6 +13,7 @@ Its version says so: ``builtin-pilotnet-untrained-s<seed>``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,12 @@ def load_edge_model(spec: str, trusted_keys: list[str] | None = None) -> Any:
         model = Autopilot.load(spec, trusted_keys=trusted_keys)
     model.warmup()
     return model
+
+
+def model_mae(model: Any) -> float | None:
+    """The model's held-out steering MAE (its package's ``metrics.val_steering_mae``), put
+    in the node's health so that a car weighs frame mode's accuracy against its split
+    tails' (``vehicle.splitplan``); None for a model without one (the builtin)."""
+    metrics = (getattr(model, "manifest", None) or {}).get("metrics") or {}
+    v = metrics.get("val_steering_mae")
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None

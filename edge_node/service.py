@@ -34,7 +34,7 @@ import paho.mqtt.client as paho
 import torch
 
 from edge_node.metrics import EdgeMetrics
-from edge_node.model import load_edge_model
+from edge_node.model import load_edge_model, model_mae
 from edge_node.tailpush import TailsFollower
 from edge_node.tails import TailShelf
 from edgepilot import EdgepilotError
@@ -351,6 +351,7 @@ class EdgeService:
 
     def health(self) -> wire.EdgeHealth:
         h = self.metrics.snapshot(self.node_id, getattr(self.model, "version", None))
+        h.model_mae = model_mae(self.model)
         if self.tails is not None:
             h.tails = self.tails.summary()
         return h

@@ -128,11 +128,19 @@ def test_the_car_plans_from_edge_health_falls_back_and_follows_a_swap(
         edge.stop()
 
 
-def health(node: str, version: str, stages: dict, status: str = "up", p50: float | None = 3.0):
+def health(
+    node: str,
+    version: str,
+    stages: dict,
+    status: str = "up",
+    p50: float | None = 3.0,
+    mae: float | None = None,
+):
     h = wire.EdgeHealth(
         node=node,
         status=status,
         latency_p50_ms=p50,
+        model_mae=mae,
         tails=[{"car_model": version, "stages": stages}] if stages else [],
     )
     return SimpleNamespace(payload=wire.encode_health(h), topic=wire.health_topic(node))
@@ -172,3 +180,34 @@ def test_a_split_point_counts_only_when_every_live_node_serves_it():
     hp.on_health(SimpleNamespace(payload=b"junk", topic="x"))  # ignored
     hp.refresh()
     assert not hp.active and hp.splits == []
+
+
+def test_frame_mode_wins_when_the_edge_model_is_more_accurate_than_the_tails():
+    """Frame mode's accuracy is the edge model's ``model_mae`` from health: the more
+    accurate way that fits the deadline wins; an unknown MAE ranks below every known one,
+    and across nodes the worst counts (any node of the group may answer)."""
+    hp = HealthPlanner(deadline_ms=33.0)
+    hp.follow("car-v1")
+    hp.on_health(health("e1", "car-v1", {"2": st(0.03, 0.3, (64, 3, 7))}, mae=None))
+    assert hp.planner.choice == 2  # the builtin says nothing of its accuracy
+    hp.on_health(health("e1", "car-v1", {"2": st(0.03, 0.3, (64, 3, 7))}, mae=0.02))
+    assert hp.planner.choice == FRAME
+    assert {c.stage: c.mae for c in hp.planner.candidates}[FRAME] == 0.02
+    hp.on_health(health("e2", "car-v1", {"2": st(0.03, 0.3, (64, 3, 7))}, mae=None))
+    assert hp.planner.choice == 2  # e2's model is of unknown accuracy
+    hp.on_health(health("e2", "car-v1", {"2": st(0.03, 0.3, (64, 3, 7))}, mae=0.05))
+    assert hp.planner.choice == 2  # e2's model is worse than the tails
+    hp.on_health(health("e2", "car-v1", {"2": st(0.03, 0.3, (64, 3, 7))}, mae=0.025))
+    assert hp.planner.choice == FRAME
+
+
+def test_an_edge_node_puts_its_packaged_models_accuracy_in_its_health(tiny_model):
+    from edge_node.model import model_mae
+
+    pkg = load_edge_model(tiny_model)
+    mae = pkg.manifest["metrics"]["val_steering_mae"]
+    cfg = BrokerConfig(url="mqtt://127.0.0.1:1")  # never connected: health() is local
+    h = EdgeService(cfg, pkg, node_id="e-mae").health()
+    assert h.model_mae == pytest.approx(mae) and model_mae(pkg) == pytest.approx(mae)
+    assert wire.decode_health(wire.encode_health(h)).model_mae == h.model_mae
+    assert EdgeService(cfg, load_edge_model("builtin:pilotnet"), node_id="e-b").health().model_mae is None

@@ -8,7 +8,9 @@ offload client subscribes to that (``wire.HEALTH_FILTER``) and keeps one
 - each split point for which *every* live node has a tail for this car model version —
   the nodes of a group share requests (the broker hands each to any of them), so a split
   one node lacks would be answered with an error half the time;
-- frame mode (the JPEG and the edge's own model), always.
+- frame mode (the JPEG and the edge's own model), always; its accuracy is the edge
+  model's validation MAE from the health (``model_mae``), so the plan weighs the edge's
+  bigger model against the tails on the same footing.
 
 The car's side of each candidate is measured by the car: bytes actually sent per split
 point (until then the 8-bit size ``C*H*W`` from the health's shape, an upper bound of
@@ -177,7 +179,13 @@ class HealthPlanner:
             )
             p50s = [h.latency_p50_ms for h in live if h.latency_p50_ms is not None]
             frame_ms = self._frame_ms if self._frame_ms is not None else max(p50s, default=DEFAULT_EDGE_MS)
-            cands.append(Candidate(FRAME, self._sizes.get(FRAME, DEFAULT_JPEG_BYTES), frame_ms))
+            # frame mode's accuracy: the worst live node's edge model (any node may answer);
+            # unknown if one does not say, and unknown ranks below every known MAE
+            maes = [h.model_mae for h in live]
+            frame_mae = None if None in maes else max(maes)  # type: ignore[type-var]
+            cands.append(
+                Candidate(FRAME, self._sizes.get(FRAME, DEFAULT_JPEG_BYTES), frame_ms, mae=frame_mae)
+            )
             before = self.planner.choice if self.active else None
             self.planner.set_candidates(cands, self._car_stage_ms(stages))
             self.splits = sorted(int(k) for k in stages)

@@ -306,6 +306,9 @@ class EdgeHealth:
     # [{"car_model": version, "stages": {"<k>": {"shape": [C,H,W], "val_mae": x,
     #   "compute_ms": per-frame tail compute, smoothed (null until it has run)}}}, ...]
     tails: list[dict[str, Any]] | None = None
+    # frame mode's accuracy for that weighing: the edge model's held-out steering MAE (its
+    # package's ``metrics.val_steering_mae``; null for a model without one, e.g. builtin)
+    model_mae: float | None = None
     v: int = WIRE_VERSION
 
 
