@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from edgepilot.schema import fleet, wire
+
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
@@ -20,8 +22,9 @@ def broker(tmp_path_factory):
     b.stop()
 
 
-RETAINED_PUSHES = ("edgepilot/v1/models/#", "edgepilot/v1/car/+/model")
-"""Where tests leave retained messages that a later test's edge node or car would act on."""
+RETAINED_PUSHES = (f"{wire.ROOT}/models/#", fleet.CAR_MODEL_FILTER, fleet.CLOUD_RUNS_TOPIC)
+"""Where tests leave retained messages that a later test's edge node, car or run watcher
+would act on (edge health is left: every node's last word is its own, ``offline``)."""
 
 
 def clear_retained(url: str, filters: tuple[str, ...] = RETAINED_PUSHES, timeout_s: float = 3.0) -> list[str]:
