@@ -34,6 +34,28 @@ def test_features_round_trip_within_half_a_step(data, shape, signed, level):
     assert meta.dtype == ("i8" if x.min() < 0 else "u8")
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_subnormal_features_round_trip_without_overflow(signed):
+    """A range of subnormal floats once gave a step whose inverse overflowed float32: NaN
+    bytes on the wire (hypothesis found it in CI as an overflow warning)."""
+    x = np.zeros((2, 3, 4), np.float32)
+    x[0, 0, 0] = 1e-45  # the smallest float32 subnormal
+    if signed:
+        x[1, 2, 3] = -3e-44
+    with np.errstate(all="raise"):
+        body, meta = wire.pack_features(x, 1)
+    y = wire.unpack_features(body, wire.FeatureMeta.from_dict(meta.to_dict()))
+    assert np.isfinite(y).all() and np.abs(y - x).max() <= meta.scale / 2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_features_are_a_wire_error(bad):
+    x = np.ones((2, 3, 4), np.float32)
+    x[1, 1, 1] = bad
+    with pytest.raises(wire.WireError, match="finite"):
+        wire.pack_features(x, 1)
+
+
 def test_features_request_round_trip_and_size():
     rng = np.random.default_rng(0)
     x = np.maximum(rng.normal(size=(1, 64, 3, 7)), 0).astype(np.float32)  # post-ReLU, batch 1

@@ -87,12 +87,17 @@ def pack_features(x: Any, stage: int, *, level: int = 1) -> tuple[bytes, Feature
     if a.ndim != 3:
         raise WireError(f"features must be C x H x W, got shape {a.shape}")
     lo, hi = float(a.min()), float(a.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise WireError("features must be finite (got NaN or infinity)")
+    # the step never goes below float32's smallest normal: 1/step of a subnormal range
+    # overflows float32 (inf, then NaN, then garbage bytes); found by the hypothesis test
+    tiny = float(np.finfo(np.float32).tiny)
     if lo >= 0.0:
-        scale = hi / 255.0 if hi > 0 else 1.0
+        scale = max(hi / 255.0, tiny) if hi > 0 else 1.0
         q = np.rint(a * (1.0 / scale)).astype(np.uint8)
         dtype = "u8"
     else:
-        scale = max(hi, -lo) / 127.0
+        scale = max(max(hi, -lo) / 127.0, tiny)
         q = np.clip(np.rint(a * (1.0 / scale)), -127, 127).astype(np.int8)
         dtype = "i8"
     raw = q.tobytes()
