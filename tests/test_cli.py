@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import SIM_DRIVE_KEYS
 
 import edgepilot.cli as cli
 from edgepilot.cli import NOT_BUILT, build_parser, main
@@ -147,16 +148,7 @@ JSON_COMMANDS = [
     (["bench", "sim", "--track", "oval", "--steps", "50"], {"fps"}),
     (
         ["sim", "drive", "--track", "oval", "--pilot", "expert", "--max-seconds", "2", "--headless"],
-        {
-            "laps",
-            "autonomy",
-            "interventions",
-            "mean_abs_cte_m",
-            "elapsed_s",
-            "frames",
-            "exit_rate",
-            "offload_rate",
-        },
+        SIM_DRIVE_KEYS,
     ),
 ]
 

@@ -3,49 +3,17 @@ two nodes, and a node SIGKILLed mid-drive while a car keeps driving on local ans
 
 from __future__ import annotations
 
-import os
-import select
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import cv2
 import numpy as np
-import pytest
+from helpers import spawn_edge
 
-from edgepilot.config import REPO_ROOT, BrokerConfig
+from edgepilot.config import BrokerConfig
 from vehicle.offload import CircuitBreaker, OffloadClient
-
-
-def spawn_edge(broker, node_id: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgepilot",
-            "edge",
-            "--model",
-            "builtin:pilotnet",
-            "--node-id",
-            node_id,
-            "--broker",
-            broker.url,
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        text=True,
-    )
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if "ready" not in line:
-        proc.kill()
-        pytest.fail(f"edge {node_id} did not start: {line!r}")
-    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -64,7 +32,7 @@ def jpeg() -> bytes:
 
 
 def test_two_edge_processes_split_the_requests(broker):
-    a, b = spawn_edge(broker, "edge-split-a"), spawn_edge(broker, "edge-split-b")
+    a, b = spawn_edge(broker.url, "edge-split-a"), spawn_edge(broker.url, "edge-split-b")
     car = OffloadClient(BrokerConfig(url=broker.url), "car-split", deadline_s=1.0)
     car.start()
     try:
@@ -86,7 +54,7 @@ def test_two_edge_processes_split_the_requests(broker):
 
 
 def test_edge_killed_mid_drive_car_drives_on_and_offloading_resumes(broker):
-    edge = spawn_edge(broker, "edge-kill")
+    edge = spawn_edge(broker.url, "edge-kill")
     period = 1 / 30
     car = OffloadClient(
         BrokerConfig(url=broker.url),
@@ -115,7 +83,7 @@ def test_edge_killed_mid_drive_car_drives_on_and_offloading_resumes(broker):
                 edge.wait()
                 phase = "down"
             elif phase == "down" and i == 120:
-                restarted = spawn_edge(broker, "edge-kill")
+                restarted = spawn_edge(broker.url, "edge-kill")
                 phase = "back"
             elif phase == "back" and sum(1 for p, _, a, _ in log[-10:] if p == "back" and a) == 10:
                 break

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import spawn_edge
 from test_fault_serial import PtyCar  # tests/ is on sys.path under pytest's default import mode
 
 from edgepilot.config import REPO_ROOT, ActuatorConfig, BrokerConfig
@@ -77,25 +77,6 @@ class Tee:
     def max_gap(self, t0: float = 0.0, t1: float = float("inf")) -> float:
         ts = [t for t in self.times if t0 <= t <= t1]
         return max((b - a for a, b in zip(ts, ts[1:], strict=False)), default=0.0)
-
-
-def spawn_edge(url: str, node_id: str) -> subprocess.Popen:
-    """`edgepilot edge` (builtin PilotNet) as a process; returns once it is ready."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgepilot", "edge", "--model", "builtin:pilotnet"]
-        + ["--node-id", node_id, "--broker", url],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        text=True,
-    )
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if "ready" not in line:
-        proc.kill()
-        pytest.fail(f"edge {node_id} did not start: {line!r}")
-    return proc
 
 
 @pytest.mark.parametrize("fault", ["broker", "edge"])

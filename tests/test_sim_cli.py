@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from helpers import SIM_DRIVE_KEYS, run_json
 
 from edgepilot.cli import main
 from edgepilot.drivelog import LogReader
 from edgepilot.sim.tracks import load_track
-
-CONTRACT_KEYS = {
-    "laps",
-    "autonomy",
-    "interventions",
-    "mean_abs_cte_m",
-    "elapsed_s",
-    "frames",
-    "exit_rate",
-    "offload_rate",
-}
-
-
-def run_json(capsys, argv):
-    rc = main(argv)
-    out = capsys.readouterr().out.strip().splitlines()
-    return rc, json.loads(out[-1]) if out else None
 
 
 def test_expert_drive_records_a_valid_log_and_a_plot(tmp_path, capsys):
@@ -52,7 +34,7 @@ def test_expert_drive_records_a_valid_log_and_a_plot(tmp_path, capsys):
         ],
     )
     assert rc == 0
-    assert res.keys() >= CONTRACT_KEYS
+    assert res.keys() >= SIM_DRIVE_KEYS
     assert res["exit_rate"] == {} and res["offload_rate"] == 0.0
     assert res["frames"] == 80 and res["elapsed_s"] == pytest.approx(4.0)
     r = LogReader(log)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import wait_for
 
 from edge_node.model import load_edge_model
 from edge_node.service import EdgeService
@@ -34,15 +35,6 @@ def all_hard(model):
     model.exit_thresholds = [float("inf")] * (model.n_exits - 1)
     model.offload_thresholds = [2.0] * model.n_exits
     return model
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def steps(loop: DriveLoop, n: int, answers: list) -> list:

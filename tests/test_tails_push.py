@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import wait_for
 
 from cloud_trainer.push import PUSH_CHUNK, announce
 from cloud_trainer.retrain import RetrainConfig
@@ -35,15 +36,6 @@ from edgepilot.schema import fleet, wire
 from vehicle.offload import OffloadClient
 
 torch.set_num_threads(1)
-
-
-def wait_for(cond, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def publish_tampered(conn: Connection, key, version: str, good: bytes, bad: bytes, path) -> None:
