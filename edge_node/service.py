@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -322,13 +323,18 @@ class EdgeService:
             if self._expired(req, item, t1, late_wall):
                 self.metrics.dropped_expired += 1
                 continue
+            steering, throttle, confidence = float(d.steering), float(d.throttle), float(d.confidence)
+            if not (math.isfinite(steering) and math.isfinite(throttle) and math.isfinite(confidence)):
+                # clamping would turn NaN into full right lock (min(1.0, nan) is 1.0)
+                self._error(item, "the edge model gave a non-finite answer", req.car, req.frame)
+                continue
             rep = wire.InferReply(
                 "ok",
                 car=req.car,
                 frame=req.frame,
-                steering=max(-1.0, min(1.0, float(d.steering))),
-                throttle=max(-1.0, min(1.0, float(d.throttle))),
-                confidence=float(d.confidence),
+                steering=max(-1.0, min(1.0, steering)),
+                throttle=max(-1.0, min(1.0, throttle)),
+                confidence=confidence,
                 model=jpeg_version if req.kind == "jpeg" else f"tail-{req.model}",
                 node=self.node_id,
                 compute_ms=round(compute_ms, 3),

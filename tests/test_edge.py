@@ -279,3 +279,24 @@ def test_the_suite_leaves_no_retained_model_push_behind(broker):
         conn.close()
     assert wire.model_topic("edge") in clear_retained(broker.url)
     assert clear_retained(broker.url) == []
+
+
+def test_a_model_giving_nan_gets_an_error_reply_not_full_lock(broker):
+    """A corrupted edge model (NaN weights) must not answer "ok": clamping NaN to [-1, 1]
+    gave steering 1.0, full right lock, which the car would have driven on."""
+    bad = BuiltinPilotNet(seed=3)
+    with torch.no_grad():
+        bad.net[-1].bias.fill_(float("nan"))
+    svc = EdgeService(BrokerConfig(url=broker.url), bad, node_id="edge-nan").start()
+    lis = Listener(broker, "nan/inbox")
+    try:
+        _, jpeg = frame(4)
+        req = wire.encode_request(wire.InferRequest("car-nan", 9, jpeg))
+        lis.conn.publish(wire.infer_topic("car-nan"), req, props=properties(response_topic="nan/inbox"))
+        rep = wire.decode_reply(lis.next().payload)
+        assert (rep.status, rep.frame, rep.steering) == ("error", 9, None)
+        assert "non-finite" in rep.error
+        assert svc.health().errors == 1
+    finally:
+        lis.close()
+        svc.stop()

@@ -75,6 +75,7 @@ def test_features_request_round_trip_and_size():
         ({"stage": 0, "shape": [1024, 1024, 1024], "scale": 1.0}, "exceed"),
         ({"stage": 0, "shape": [1, 2, 3], "scale": 0}, "scale"),
         ({"stage": 0, "shape": [1, 2, 3], "scale": float("nan")}, "scale"),
+        ({"stage": 0, "shape": [1, 2, 3], "scale": 1e300}, "scale"),  # unpacks to inf
         ({"stage": 0, "shape": [1, 2, 3], "scale": 1.0, "dtype": "f16"}, "dtype"),
         ({"stage": 0, "shape": [1, 2, 3], "scale": 1.0, "codec": "lz4"}, "codec"),
     ],

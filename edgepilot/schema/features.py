@@ -16,6 +16,7 @@ from typing import Any
 from edgepilot.schema.wire import WireError
 
 MAX_FEATURE_ELEMS = 1 << 18  # 256 Ki values: a stage-0 tensor of the car's net is 3.6 K
+MAX_FEATURE_SCALE = 3.4e38 / 255  # 255 steps of it still fit float32: no inf, no NaN on unpack
 FEATURE_DTYPES = ("u8", "i8")
 FEATURE_CODECS = ("zlib", "none")
 
@@ -63,9 +64,9 @@ class FeatureMeta:
         if (
             isinstance(scale, bool)
             or not isinstance(scale, (int, float))
-            or not (math.isfinite(scale) and scale > 0)
+            or not (math.isfinite(scale) and 0 < scale <= MAX_FEATURE_SCALE)
         ):
-            raise WireError(f"features meta needs a finite scale > 0, got {scale!r}")
+            raise WireError(f"features meta needs a scale in (0, {MAX_FEATURE_SCALE:.3g}], got {scale!r}")
         dtype, codec = meta.get("dtype", "u8"), meta.get("codec", "zlib")
         if dtype not in FEATURE_DTYPES:
             raise WireError(f"features dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
