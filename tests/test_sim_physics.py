@@ -72,3 +72,18 @@ def test_same_seed_same_noisy_drive():
 def test_bad_latency_is_refused():
     with pytest.raises(ValueError):
         Car(latency_s=-0.1)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_command_is_neutral_as_on_the_real_actuator(bad):
+    """Clamped, NaN steering was full left lock in the simulator while the real car's
+    actuator sends neutral (``vehicle.actuators._map``): the sim must not be harsher or
+    kinder than the car to a broken pilot."""
+    car = Car(CarParams())
+    car.place(0, 0, 0, v=1.0)
+    for k in range(10):
+        car.step(0.1 * k, 0.1, bad, 0.0)
+    assert car.state.yaw == pytest.approx(0.0) and car.state.y == pytest.approx(0.0)
+    v0 = car.state.v
+    car.step(1.0, 0.1, 0.0, bad)
+    assert math.isfinite(car.state.v) and car.state.v <= v0  # neutral: never flooring it

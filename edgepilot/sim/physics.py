@@ -22,6 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def _command(x: float) -> float:
+    x = float(x)
+    return min(1.0, max(-1.0, x)) if math.isfinite(x) else 0.0
+
+
 @dataclass
 class CarParams:
     wheelbase_m: float = 0.26
@@ -68,9 +73,12 @@ class Car:
         s.x, s.y, s.yaw, s.v = x, y, yaw, v
 
     def step(self, t: float, dt: float, steering: float, throttle: float) -> None:
-        """Send (steering, throttle) at time ``t`` and advance the car to ``t + dt``."""
-        steering = min(1.0, max(-1.0, float(steering)))
-        throttle = min(1.0, max(-1.0, float(throttle)))
+        """Send (steering, throttle) at time ``t`` and advance the car to ``t + dt``.
+
+        A NaN or infinite command is neutral, as on the real car's actuator
+        (``vehicle.actuators._map``); clamped, NaN would be full left lock here."""
+        steering = _command(steering)
+        throttle = _command(throttle)
         if self.actuator_noise > 0:
             n = self._rng.standard_normal(2) * self.actuator_noise
             steering = min(1.0, max(-1.0, steering + n[0]))
