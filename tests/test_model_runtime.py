@@ -16,12 +16,17 @@ from edgepilot.model.runtime import Autopilot
 from edgepilot.model.synthetic import road_frame
 
 
-def make_autopilot(exits: list[float | None], offload: float | list = 0.0, seed: int = 0) -> Autopilot:
+def make_autopilot(
+    exits: list[float | None], offload: float | list = 0.0, seed: int = 0, poison: bool = False
+) -> Autopilot:
     torch.manual_seed(seed)
     net = build_net(ArchSpec("early-exit"))
     with torch.no_grad():  # untrained batch-norm statistics: give them something non-trivial
         net.train()
         net(torch.randn(8, 3, 66, 200))
+        if poison:  # a corrupted model: every output NaN
+            for p in net.parameters():
+                p.fill_(math.nan)
     manifest = {
         "version": "test",
         "arch": net.arch.to_dict(),
@@ -81,6 +86,17 @@ def test_force_final_and_hard_flag():
     assert not ap.infer(frames(1)[0]).hard  # exit 0 answered, above its offload threshold
     # one number applies to every exit (older manifests)
     assert make_autopilot([0.0, 0.0], offload=1.01).infer(frames(1)[0]).hard
+
+
+def test_a_nan_answer_is_hard_never_trusted():
+    """NaN confidence compares False with every threshold: it used to pass as "not hard",
+    so a corrupted model's NaN answer was never offered to the edge. Now it is hard (the
+    actuator still turns the NaN itself into neutral)."""
+    ap = make_autopilot([0.5, 0.5], offload=[0.0, 0.0, 0.0], poison=True)
+    d = ap.infer(frames(1)[0])
+    assert d.exit == 2 and math.isnan(d.steering) and math.isnan(d.confidence) and d.hard
+    assert all(b.hard and b.exit == 2 for b in ap.infer_batch(frames(3)))
+    assert not make_autopilot([0.5, 0.5], offload=[0.0, 0.0, 0.0]).infer(frames(1)[0]).hard
 
 
 def test_batch_matches_single_frames():

@@ -210,7 +210,7 @@ class Autopilot:
                     self.stage_calls[i] += 1
                 conf = float(c[0])
                 if j == last or (not force_final and conf >= self.exit_thresholds[k]):
-                    hard = conf < self.offload_thresholds[k]
+                    hard = not conf >= self.offload_thresholds[k]  # a NaN answer is hard
                     return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, outs)
         raise AssertionError("unreachable")
 
@@ -242,7 +242,7 @@ class Autopilot:
                 for jj, i in enumerate(idx):
                     ms[i][self._names[j]] = per
                     if done[jj]:
-                        hard = bool(c[jj] < self.offload_thresholds[k])
+                        hard = not c[jj] >= self.offload_thresholds[k]  # NaN: hard
                         result[i] = Decision(
                             float(s[jj]),
                             float(th[jj]),
