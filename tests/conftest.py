@@ -30,41 +30,30 @@ would act on (edge health is left: every node's last word is its own, ``offline`
 def clear_retained(url: str, filters: tuple[str, ...] = RETAINED_PUSHES, timeout_s: float = 3.0) -> list[str]:
     """Wipe every retained message under ``filters``; returns the topics wiped.
 
-    The broker sends a subscription's retained messages before anything published after
-    the SUBACK, so a sentinel published then marks the end of them."""
+    The broker handles one connection's packets in order and sends a subscription's
+    retained messages as it handles the SUBSCRIBE, so a sentinel published after the
+    subscriptions (``start`` returns once they are queued) comes back after all of them."""
     import threading
     import uuid
 
-    import paho.mqtt.client as paho
+    from edgepilot.config import BrokerConfig
+    from edgepilot.mqtt import Connection
 
-    from edgepilot.mqtt import parse_url
-
-    addr = parse_url(url)
     sentinel = f"edgepilot-test/sentinel/{uuid.uuid4().hex}"
     topics: list[str] = []
-    subscribed, done = threading.Event(), threading.Event()
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    c.on_connect = lambda cl, *_: cl.subscribe([(f, 1) for f in (*filters, sentinel)])
-    c.on_subscribe = lambda *_: subscribed.set()
-
-    def on_message(cl, userdata, msg):
-        if msg.topic == sentinel:
-            done.set()
-        elif msg.retain and msg.payload:
-            topics.append(msg.topic)
-
-    c.on_message = on_message
-    c.connect(addr.host, addr.port)
-    c.loop_start()
+    done = threading.Event()
+    conn = Connection(BrokerConfig(url=url), f"test-wipe-{uuid.uuid4().hex[:8]}")
+    for flt in filters:
+        conn.subscribe(flt, lambda m: m.retain and m.payload and topics.append(m.topic), qos=1)
+    conn.subscribe(sentinel, lambda m: done.set(), qos=1)
+    conn.start()
     try:
-        assert subscribed.wait(timeout_s), "clear_retained: no SUBACK from the test broker"
-        c.publish(sentinel, b".", qos=1)
+        conn.publish(sentinel, b".", qos=1)
         assert done.wait(timeout_s), "clear_retained: the sentinel never came back"
         for t in topics:
-            c.publish(t, b"", qos=1, retain=True).wait_for_publish(timeout_s)
+            conn.client.publish(t, b"", qos=1, retain=True).wait_for_publish(timeout_s)
     finally:
-        c.disconnect()
-        c.loop_stop()
+        conn.close()
     return topics
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import math
 import os
 import select
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 
 from edgepilot import EdgepilotError
 from edgepilot.config import ActuatorConfig
+from edgepilot.schema.log import unit_command
 from vehicle import serial_proto as sp
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,7 @@ def validate(cfg: ActuatorConfig) -> None:
 def _map(x: float, neg_us: int, mid_us: int, pos_us: int) -> int:
     """-1..1 onto a piecewise-linear pulse: each half has its own end point, so a
     servo whose centre is not midway between its ends still reaches both ends."""
-    if not math.isfinite(x):
-        x = 0.0  # NaN/inf from a broken pilot: the safe command
-    x = max(-1.0, min(1.0, x))
+    x = unit_command(x)
     end = pos_us if x >= 0 else neg_us
     return int(round(mid_us + abs(x) * (end - mid_us)))
 

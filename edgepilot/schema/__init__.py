@@ -13,6 +13,7 @@ from edgepilot.schema.log import (
     SessionMeta,
     decode_line,
     encode_record,
+    unit_command,
 )
 from edgepilot.schema.wire import (
     WIRE_VERSION,
@@ -35,6 +36,7 @@ __all__ = [
     "SessionMeta",
     "decode_line",
     "encode_record",
+    "unit_command",
     "WIRE_VERSION",
     "EdgeHealth",
     "InferReply",

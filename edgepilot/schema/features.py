@@ -16,7 +16,8 @@ from typing import Any
 from edgepilot.schema.wire import WireError
 
 MAX_FEATURE_ELEMS = 1 << 18  # 256 Ki values: a stage-0 tensor of the car's net is 3.6 K
-MAX_FEATURE_SCALE = 3.4e38 / 255  # 255 steps of it still fit float32: no inf, no NaN on unpack
+F32_TINY = 1.1754943508222875e-38  # numpy.finfo(numpy.float32).tiny: the smallest normal
+MAX_FEATURE_SCALE = 3.4e38 / 255  # 255 steps of it still fit float32 (max 3.4028e38) after rounding
 FEATURE_DTYPES = ("u8", "i8")
 FEATURE_CODECS = ("zlib", "none")
 
@@ -92,13 +93,12 @@ def pack_features(x: Any, stage: int, *, level: int = 1) -> tuple[bytes, Feature
         raise WireError("features must be finite (got NaN or infinity)")
     # the step never goes below float32's smallest normal: 1/step of a subnormal range
     # overflows float32 (inf, then NaN, then garbage bytes); found by the hypothesis test
-    tiny = float(np.finfo(np.float32).tiny)
     if lo >= 0.0:
-        scale = max(hi / 255.0, tiny) if hi > 0 else 1.0
+        scale = max(hi / 255.0, F32_TINY) if hi > 0 else 1.0
         q = np.rint(a * (1.0 / scale)).astype(np.uint8)
         dtype = "u8"
     else:
-        scale = max(max(hi, -lo) / 127.0, tiny)
+        scale = max(max(hi, -lo) / 127.0, F32_TINY)
         q = np.clip(np.rint(a * (1.0 / scale)), -127, 127).astype(np.int8)
         dtype = "i8"
     raw = q.tobytes()

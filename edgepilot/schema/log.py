@@ -119,6 +119,14 @@ class SessionMeta:
 _RECORD_FIELDS = {f.name: f for f in fields(Record)}
 
 
+def unit_command(x: float) -> float:
+    """A steering or throttle command as a device takes it: clamped to [-1, 1], and NaN or
+    infinite (a broken pilot) neutral. Clamping alone would turn NaN into a lock: one rule
+    for the real car's actuator (``vehicle.actuators``) and the simulated one."""
+    x = float(x)
+    return min(1.0, max(-1.0, x)) if math.isfinite(x) else 0.0
+
+
 def _check_unit(name: str, v: object) -> None:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or abs(v) > 1.0:
         raise RecordError(f"{name} must be a finite number in [-1, 1], got {v!r}")

@@ -21,10 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def _command(x: float) -> float:
-    x = float(x)
-    return min(1.0, max(-1.0, x)) if math.isfinite(x) else 0.0
+from edgepilot.schema.log import unit_command
 
 
 @dataclass
@@ -76,13 +73,13 @@ class Car:
         """Send (steering, throttle) at time ``t`` and advance the car to ``t + dt``.
 
         A NaN or infinite command is neutral, as on the real car's actuator
-        (``vehicle.actuators._map``); clamped, NaN would be full left lock here."""
-        steering = _command(steering)
-        throttle = _command(throttle)
+        (``unit_command``); clamped, NaN would be full left lock here."""
+        steering = unit_command(steering)
+        throttle = unit_command(throttle)
         if self.actuator_noise > 0:
             n = self._rng.standard_normal(2) * self.actuator_noise
-            steering = min(1.0, max(-1.0, steering + n[0]))
-            throttle = min(1.0, max(-1.0, throttle + 0.5 * n[1]))
+            steering = unit_command(steering + n[0])
+            throttle = unit_command(throttle + 0.5 * n[1])
         self._pending.append((t + self.latency_s, steering, throttle))
         now, end = t, t + dt
         s = self.state
