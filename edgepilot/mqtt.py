@@ -124,6 +124,7 @@ class Connection:
         self.addr = parse_url(cfg.url)
         self.client_id = client_id
         self.connected = threading.Event()
+        self.connects = 0  # successful CONNACKs so far: a change means a reconnect happened
         self.last_error: str | None = None
         self._subs: dict[str, tuple[int, Handler]] = {}
         self._routes: dict[str, list[Handler]] = {}  # topic -> handlers (cleared on changes)
@@ -164,6 +165,7 @@ class Connection:
             subs = list(self._subs.items())
         for flt, (qos, _) in subs:
             self._subscribe_now(flt, qos)
+        self.connects += 1
         self.connected.set()
         if self._user_on_connect:
             self._user_on_connect()

@@ -286,6 +286,10 @@ class Uploader:
         inflight: dict[int, float] = {}
         sent_bytes = resumes = 0
         last_progress = time.monotonic()
+        # A reconnect between two checks of `connected` (the 0.1 s reconnect is quicker
+        # than one wait for acks) still lost the acks the cloud sent meanwhile: compare
+        # connection generations, not just the flag, or such a blip costs a stall.
+        generation = self.conn.connects
         with self._cond:
             self._acks.clear()
         while len(acked) < offer.chunks:
@@ -320,6 +324,7 @@ class Uploader:
                 last_progress = time.monotonic()
                 if pbar is not None:
                     pbar.update(offer.chunk_len(a.index))
+            lost = lost or generation != self.conn.connects or not self.conn.connected.is_set()
             stalled = inflight and time.monotonic() - last_progress > self.timeout_s / 2
             if lost or stalled:
                 # Broken connection or lost acks: ask the cloud what it stored, send the rest.
@@ -334,6 +339,7 @@ class Uploader:
                         f"connection lost with {len(acked)}/{offer.chunks} chunks acknowledged; "
                         "run the upload again to resume"
                     )
+                generation = self.conn.connects
                 st = self._ask(offer)
                 if st.state == "complete":
                     return sent_bytes, resumes
