@@ -25,6 +25,8 @@ def test_unsubscribe_stops_delivery_and_survives_reconnect(broker):
     raw: list[str] = []  # what the broker delivered, before any handler lookup
     inner = sub.client.on_message
     sub.client.on_message = lambda c, u, m: (raw.append(m.topic), inner(c, u, m))
+    unsubacks: list[int] = []
+    sub.client.on_unsubscribe = lambda c, u, mid, rcs, props: unsubacks.append(mid)
     sub.start()
     pub = Connection(BrokerConfig(url=broker.url), "unsub-pub")
     pub.start()
@@ -35,7 +37,7 @@ def test_unsubscribe_stops_delivery_and_survives_reconnect(broker):
         assert sub.unsubscribe("edgepilot/test/unsub/a")
         assert not sub.unsubscribe("edgepilot/test/unsub/a")  # already gone
         assert not sub.unsubscribe("edgepilot/test/never")
-        time.sleep(0.1)  # the UNSUBSCRIBE is on its way; one publisher's QoS 1 stays ordered
+        assert wait(lambda: len(unsubacks) == 1)  # the broker has dropped the subscription
         pub.publish("edgepilot/test/unsub/a", b"2", qos=1)
         pub.publish("edgepilot/test/unsub/b", b"sentinel", qos=1)
         assert wait(lambda: ("edgepilot/test/unsub/b", b"sentinel") in got)
