@@ -11,6 +11,7 @@ import time
 import zipfile
 
 import numpy as np
+from helpers import wait_for
 
 from cloud_trainer.push import announce, push_current
 from cloud_trainer.retrain import RetrainConfig
@@ -191,8 +192,8 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
         push_current(cloud_conn, svc.registry, "car", key=key, rollback=True)
         assert updater.wait_for(v0["version"], 15).state == "running"
         assert slot.version == v0["version"]
-        time.sleep(0.3)
-        assert svc.fleet["car-e2e"]["version"] == v0["version"]
+        # the car's status report reaches the cloud's fleet view
+        assert wait_for(lambda: svc.fleet.get("car-e2e", {}).get("version") == v0["version"], 10), svc.fleet
     finally:
         stop_tick.set()
         svc.stop()
