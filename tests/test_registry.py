@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import wait_for
 
 from cloud_trainer.push import announce, push_current
 from cloud_trainer.registry import Registry, cli_list, cli_promote, cli_rollback
@@ -178,8 +179,8 @@ def test_push_swap_tamper_and_rollback_over_mqtt(broker, tmp_path, keys, reg):
         assert ann.rollback
         st = car.updater.wait_for("reg-a", 10)
         assert st.state == "running" and car.slot.version == "reg-a" and car.slot.swaps == 3
-        time.sleep(0.2)
-        assert statuses and statuses[-1].version == "reg-a"  # the cloud sees what the car runs
+        # the cloud sees what the car runs
+        assert wait_for(lambda: bool(statuses) and statuses[-1].version == "reg-a", 5)
     finally:
         car.close()
         cloud.close()
