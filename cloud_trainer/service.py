@@ -277,6 +277,8 @@ def cli(args: Any) -> dict[str, Any]:
         trusted_keys=prof.model.trusted_keys or None,
     )
     svc.start()
+    if not conn.wait_subscribed(5.0):  # the ready line below means uploads are routed to us
+        log.warning("cloud: the broker did not acknowledge every subscription in 5 s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"edgepilot cloud: store {store}, broker {conn.cfg.url}; Ctrl-C to stop", flush=True)

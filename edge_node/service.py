@@ -381,6 +381,10 @@ class EdgeService:
         except EdgepilotError:
             self.stop()
             raise
+        if not self.conn.wait_subscribed(wait_s):  # ready = the broker routes requests to us
+            log.warning(
+                "edge %s: the broker did not acknowledge every subscription in %.0f s", self.node_id, wait_s
+            )
         return self
 
     def stop(self) -> None:

@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,7 @@ class Connection:
         self._routes: dict[str, list[Handler]] = {}  # topic -> handlers (cleared on changes)
         self._user_on_connect = on_connect
         self._lock = threading.Lock()
+        self._subacked = threading.Condition()
         c = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -178,7 +180,9 @@ class Connection:
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
         flt = self._mid_topic.pop(mid, None)
         if flt is not None:
-            self.suback[flt] = [int(getattr(r, "value", r)) for r in rcs]
+            with self._subacked:
+                self.suback[flt] = [int(getattr(r, "value", r)) for r in rcs]
+                self._subacked.notify_all()
 
     def _handlers(self, topic: str) -> list[Handler]:
         with self._lock:
@@ -214,6 +218,24 @@ class Connection:
             self._routes.clear()
         if self.connected.is_set():
             self._subscribe_now(flt, qos)
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait until the broker has answered (SUBACK) every subscription made so far.
+
+        CONNACK is not enough for a service to call itself ready: its SUBSCRIBE may still be
+        on its way, and a request published meanwhile finds no subscriber and is dropped.
+        A refused subscription counts as answered (its reason code is in ``suback``)."""
+        deadline = time.monotonic() + timeout_s
+        with self._subacked:
+            while True:
+                with self._lock:
+                    missing = [f for f in self._subs if f not in self.suback]
+                left = deadline - time.monotonic()
+                if not missing:
+                    return True
+                if left <= 0:
+                    return False
+                self._subacked.wait(left)
 
     def unsubscribe(self, flt: str) -> bool:
         """Forget ``flt`` (no re-subscribe on reconnect) and tell the broker now if connected.

@@ -160,6 +160,7 @@ def test_parked_car_uploads_finished_logs_but_not_the_one_it_records(broker, tmp
     conn = Connection(BrokerConfig(url=broker.url), "cloud-idle-test")
     conn.start()
     ingest.attach(conn, group="idle-test")
+    assert conn.wait_subscribed(5)
     rec_root = tmp_path / "rec"
     old = rec_root / "car-p-earlier"
     with LogWriter(old, SessionMeta(session="earlier", created=0.0, source="car"), block=True) as w:

@@ -51,9 +51,7 @@ class Listener:
         self.conn = Connection(BrokerConfig(url=broker.url), f"listener-{next(_n)}")
         self.conn.subscribe(topic, self.got.put)
         self.conn.start()
-        deadline = time.monotonic() + 2
-        while topic not in self.conn.suback and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert self.conn.wait_subscribed(5)
 
     def next(self, timeout: float = 2.0):
         return self.got.get(timeout=timeout)
@@ -63,14 +61,15 @@ class Listener:
 
 
 def test_round_trip_answers_with_the_edge_models_own_output(broker, edge, model):
-    car = OffloadClient(BrokerConfig(url=broker.url), "car-rt", deadline_s=0.5)
+    # deadlines generous for a loaded machine: this test is about what comes back, not when
+    car = OffloadClient(BrokerConfig(url=broker.url), "car-rt", deadline_s=2.0)
     car.start()
     try:
         answers = {}
         for i in range(5):
             img, jpeg = frame(i)
             assert car.submit(100 + i, jpeg)
-            answers[i] = car.poll(100 + i, time.monotonic() + 0.5)
+            answers[i] = car.poll(100 + i, time.monotonic() + 2.0)
         for i, ans in answers.items():
             assert ans is not None and ans.frame == 100 + i
             img, jpeg = frame(i)

@@ -59,3 +59,32 @@ def test_unsubscribe_stops_delivery_and_survives_reconnect(broker):
     finally:
         pub.close()
         sub.close()
+
+
+def test_wait_subscribed_waits_for_every_suback(broker):
+    conn = Connection(BrokerConfig(url=broker.url), "wait-sub")
+    conn.subscribe("edgepilot/test/ws/a", lambda m: None, qos=1)
+    assert not conn.wait_subscribed(0.05)  # not connected: nothing is acknowledged
+    conn.start()
+    try:
+        assert conn.wait_subscribed(5) and set(conn.suback) == {"edgepilot/test/ws/a"}
+        conn.subscribe("edgepilot/test/ws/b", lambda m: None)  # made while connected
+        assert conn.wait_subscribed(5) and "edgepilot/test/ws/b" in conn.suback
+    finally:
+        conn.close()
+
+
+def test_a_started_edge_node_is_subscribed_to_requests(broker):
+    """``EdgeService.start`` (and so ``edgepilot edge``'s "ready" line) returns once the
+    broker routes requests to it: a car's first request is never dropped for want of a
+    subscriber (a loaded suite run saw a round-trip test lose a frame this way)."""
+    from edge_node.model import load_edge_model
+    from edge_node.service import EdgeService
+    from edgepilot.schema import wire
+
+    svc = EdgeService(BrokerConfig(url=broker.url), load_edge_model("builtin:pilotnet"), node_id="edge-ws")
+    svc.start()
+    try:
+        assert wire.shared_infer_filter(svc.group) in svc.conn.suback
+    finally:
+        svc.stop()

@@ -74,7 +74,6 @@ class CloudProcess:
         if not self.ready.wait(60):
             self.kill()
             raise AssertionError("edgepilot cloud did not start: " + self.log()[-2000:])
-        time.sleep(0.3)  # its SUBACKs
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

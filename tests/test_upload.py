@@ -42,7 +42,7 @@ def cloud(broker, tmp_path):
     conn = Connection(BrokerConfig(url=broker.url), f"cloud-{tmp_path.name}")
     conn.start()
     ingest.attach(conn, group=f"g{abs(hash(tmp_path.name)) % 10**8}")
-    time.sleep(0.2)  # SUBACK
+    assert conn.wait_subscribed(5)
     yield ingest
     ingest.close()
     conn.close()
