@@ -61,7 +61,7 @@ class SlowResponder:
         self.conn = Connection(BrokerConfig(url=broker.url), "slow-edge")
         self.conn.subscribe(wire.INFER_FILTER, self.on_request)
         self.conn.start()
-        time.sleep(0.2)
+        assert self.conn.wait_subscribed(5)
 
     def on_request(self, msg) -> None:
         req = wire.decode_request(msg.payload)
@@ -74,7 +74,9 @@ class SlowResponder:
 
 
 def test_late_answers_are_counted_and_ignored_and_the_poll_keeps_the_deadline(broker):
-    slow = SlowResponder(broker, delay_s=0.08)
+    # answers come 0.3 s late: far enough past the 30 ms deadline that a poll which waited
+    # for them cannot pass for one that kept the deadline, even on a loaded machine
+    slow = SlowResponder(broker, delay_s=0.3)
     car = OffloadClient(
         BrokerConfig(url=broker.url), "car-late", deadline_s=0.03, breaker=CircuitBreaker(trip_after=100)
     )
@@ -84,14 +86,14 @@ def test_late_answers_are_counted_and_ignored_and_the_poll_keeps_the_deadline(br
             t0 = time.monotonic()
             assert car.submit(i, b"\xff\xd8 any bytes")
             assert car.poll(i, t0 + 0.03) is None
-            assert time.monotonic() - t0 < 0.03 + 0.02
+            assert time.monotonic() - t0 < 0.03 + 0.15
         assert wait_for(lambda: car.stats["late"] == 5, 5)  # the late answers arrive
         st = car.stats
         assert st["late"] == 5 and st["answered"] == 0 and st["missed"] == 5
-        assert st["rtt_ms"]["p50"] >= 80
+        assert st["rtt_ms"]["p50"] >= 300
         # the same responder, fast enough for a longer deadline: answered in time
-        assert car.submit(10, b"x", deadline_s=0.5)
-        ans = car.poll(10, time.monotonic() + 0.5)
+        assert car.submit(10, b"x", deadline_s=2.0)
+        ans = car.poll(10, time.monotonic() + 2.0)
         assert ans is not None and ans.steering == 0.5 and ans.node == "slow"
     finally:
         car.close()
@@ -149,7 +151,7 @@ class TaillessEdge:
         self.conn = Connection(BrokerConfig(url=broker.url), "tailless-edge")
         self.conn.subscribe(wire.INFER_FILTER, self.on_request)
         self.conn.start()
-        time.sleep(0.2)
+        assert self.conn.wait_subscribed(5)
 
     def on_request(self, msg) -> None:
         req = wire.decode_request(msg.payload)
@@ -176,7 +178,7 @@ def test_a_refused_probe_does_not_keep_the_breaker_open_for_good(broker):
     car = OffloadClient(
         BrokerConfig(url=broker.url),
         "car-refused",
-        deadline_s=0.05,
+        deadline_s=0.2,  # an in-process edge answers in ~1 ms; slack for a loaded machine
         breaker=CircuitBreaker(trip_after=3, probe_s=0.05, probe_max_s=0.1),
     )
     car.start()
@@ -189,7 +191,7 @@ def test_a_refused_probe_does_not_keep_the_breaker_open_for_good(broker):
         if not car.submit(i, jpeg, features=feats, stage=1):
             time.sleep(0.05)
             return False
-        return car.poll(i, t0 + 0.05) is not None
+        return car.poll(i, t0 + 0.2) is not None
 
     edge = None
     try:
@@ -197,7 +199,7 @@ def test_a_refused_probe_does_not_keep_the_breaker_open_for_good(broker):
             assert not frame(i)
         assert car.breaker.open and car.plan is not None and not car.plan.active
         edge = TaillessEdge(broker)
-        answered = [i for i in range(3, 43) if frame(i)]  # 2 s at most
+        answered = [i for i in range(3, 43) if frame(i)]  # 8 s at most
         assert ("features", "error") in edge.kinds  # the probe went as features and was refused
         assert answered and answered[0] <= 10, f"no answer after the refused probe ({car.stats})"
         assert not car.breaker.open
