@@ -154,7 +154,8 @@ class Connection:
             c.will_set(will[0], will[1], qos=1, retain=will[2])
         self.client = c
         self.suback: dict[str, list[int]] = {}  # topic filter -> reason codes of the last SUBACK
-        self._mid_topic: dict[int, str] = {}
+        self._mid_topic: dict[int, str] = {}  # SUBSCRIBE packet id -> filter, until its SUBACK
+        self._early_subacks: dict[int, list[int]] = {}  # SUBACKs that came before that entry
 
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -178,11 +179,16 @@ class Connection:
         self.connected.clear()
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        flt = self._mid_topic.pop(mid, None)
-        if flt is not None:
-            with self._subacked:
-                self.suback[flt] = [int(getattr(r, "value", r)) for r in rcs]
-                self._subacked.notify_all()
+        codes = [int(getattr(r, "value", r)) for r in rcs]
+        with self._subacked:
+            flt = self._mid_topic.pop(mid, None)
+            if flt is None:  # the SUBACK beat subscribe()'s return of its mid to the caller
+                if len(self._early_subacks) > 1024:  # not ours (a raw client.subscribe): bound it
+                    self._early_subacks.clear()
+                self._early_subacks[mid] = codes
+                return
+            self.suback[flt] = codes
+            self._subacked.notify_all()
 
     def _handlers(self, topic: str) -> list[Handler]:
         with self._lock:
@@ -208,7 +214,13 @@ class Connection:
     def _subscribe_now(self, flt: str, qos: int) -> None:
         rc, mid = self.client.subscribe(flt, qos=qos)
         if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
-            self._mid_topic[mid] = flt
+            with self._subacked:
+                codes = self._early_subacks.pop(mid, None)
+                if codes is None:
+                    self._mid_topic[mid] = flt
+                else:
+                    self.suback[flt] = codes
+                    self._subacked.notify_all()
 
     # -- API -------------------------------------------------------------------------------
     def subscribe(self, flt: str, handler: Handler, qos: int = 0) -> None:

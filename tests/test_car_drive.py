@@ -160,7 +160,6 @@ def test_parked_car_uploads_finished_logs_but_not_the_one_it_records(broker, tmp
     conn = Connection(BrokerConfig(url=broker.url), "cloud-idle-test")
     conn.start()
     ingest.attach(conn, group="idle-test")
-    assert conn.wait_subscribed(5)
     rec_root = tmp_path / "rec"
     old = rec_root / "car-p-earlier"
     with LogWriter(old, SessionMeta(session="earlier", created=0.0, source="car"), block=True) as w:
@@ -189,6 +188,7 @@ idle_after_s = 0.3
 """)
     monkeypatch.delenv("DISPLAY", raising=False)
     try:
+        assert conn.wait_subscribed(5)
         assert main(["drive", "--profile", str(prof), "--headless", "--json"]) == 0
     finally:
         ingest.close()

@@ -88,3 +88,25 @@ def test_a_started_edge_node_is_subscribed_to_requests(broker):
         assert wire.shared_infer_filter(svc.group) in svc.conn.suback
     finally:
         svc.stop()
+
+
+def test_a_suback_that_beats_subscribes_return_still_counts(broker):
+    """paho can read the SUBACK on its network thread before ``client.subscribe`` has
+    returned the packet id to the caller; that SUBACK was dropped, so ``suback`` never
+    named the filter and ``wait_subscribed`` timed out (seen once in a loaded suite run).
+    Here the caller is held back until the SUBACK has surely come."""
+    conn = Connection(BrokerConfig(url=broker.url), "early-suback")
+    conn.start()
+    real = conn.client.subscribe
+
+    def late_return(*args, **kwargs):
+        out = real(*args, **kwargs)
+        time.sleep(0.3)  # loopback SUBACK: well under this
+        return out
+
+    conn.client.subscribe = late_return
+    try:
+        conn.subscribe("edgepilot/test/early", lambda m: None, qos=1)
+        assert conn.wait_subscribed(2) and conn.suback["edgepilot/test/early"] == [1]
+    finally:
+        conn.close()

@@ -61,8 +61,8 @@ def test_sigkill_while_uploading_resumes_without_resending_acknowledged_chunks(b
     conn = Connection(BrokerConfig(url=broker.url), "cloud-kill")
     conn.start()
     ingest.attach(conn, group="gkill")
-    assert conn.wait_subscribed(5)
     try:
+        assert conn.wait_subscribed(5)
         p = subprocess.Popen(
             upload_cmd(log, broker.url), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )

@@ -42,10 +42,12 @@ def cloud(broker, tmp_path):
     conn = Connection(BrokerConfig(url=broker.url), f"cloud-{tmp_path.name}")
     conn.start()
     ingest.attach(conn, group=f"g{abs(hash(tmp_path.name)) % 10**8}")
-    assert conn.wait_subscribed(5)
-    yield ingest
-    ingest.close()
-    conn.close()
+    try:
+        assert conn.wait_subscribed(5)
+        yield ingest
+    finally:
+        ingest.close()
+        conn.close()
 
 
 def settled(fn, quiet_s: float = 0.3):
