@@ -122,6 +122,9 @@ class CloudService:
         self.conn.subscribe(fleet.CAR_MODEL_FILTER, self._on_car, qos=1)
         self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
         self._thread.start()
+        # started = uploads are routed to us (as EdgeService.start): wait for the SUBACKs
+        if self.conn.connected.is_set() and not self.conn.wait_subscribed(5.0):
+            log.warning("cloud: the broker did not acknowledge every subscription in 5 s")
         if self.new_frames() >= self.min_frames:
             self._wake.set()
 
@@ -277,8 +280,6 @@ def cli(args: Any) -> dict[str, Any]:
         trusted_keys=prof.model.trusted_keys or None,
     )
     svc.start()
-    if not conn.wait_subscribed(5.0):  # the ready line below means uploads are routed to us
-        log.warning("cloud: the broker did not acknowledge every subscription in 5 s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"edgepilot cloud: store {store}, broker {conn.cfg.url}; Ctrl-C to stop", flush=True)

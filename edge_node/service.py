@@ -41,7 +41,7 @@ from edge_node.tails import TailShelf
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, load_profile
 from edgepilot.mqtt import Connection, broker_config, properties
-from edgepilot.schema import wire
+from edgepilot.schema import unit_command, wire
 
 log = logging.getLogger(__name__)
 
@@ -332,8 +332,8 @@ class EdgeService:
                 "ok",
                 car=req.car,
                 frame=req.frame,
-                steering=max(-1.0, min(1.0, steering)),
-                throttle=max(-1.0, min(1.0, throttle)),
+                steering=unit_command(steering),
+                throttle=unit_command(throttle),
                 confidence=confidence,
                 model=jpeg_version if req.kind == "jpeg" else f"tail-{req.model}",
                 node=self.node_id,

@@ -290,6 +290,10 @@ class Uploader:
         # than one wait for acks) still lost the acks the cloud sent meanwhile: compare
         # connection generations, not just the flag, or such a blip costs a stall.
         generation = self.conn.connects
+
+        def link_broken() -> bool:
+            return generation != self.conn.connects or not self.conn.connected.is_set()
+
         with self._cond:
             self._acks.clear()
         while len(acked) < offer.chunks:
@@ -297,7 +301,7 @@ class Uploader:
                 raise UploadCancelled(
                     f"upload cancelled with {len(acked)}/{offer.chunks} chunks acknowledged; run again to resume"
                 )
-            lost = not self.conn.connected.is_set()
+            lost = link_broken()
             while not lost and todo and len(inflight) < self.window:
                 i = todo.popleft()
                 body = packed.chunk(i)
@@ -324,7 +328,7 @@ class Uploader:
                 last_progress = time.monotonic()
                 if pbar is not None:
                     pbar.update(offer.chunk_len(a.index))
-            lost = lost or generation != self.conn.connects or not self.conn.connected.is_set()
+            lost = lost or link_broken()
             stalled = inflight and time.monotonic() - last_progress > self.timeout_s / 2
             if lost or stalled:
                 # Broken connection or lost acks: ask the cloud what it stored, send the rest.
