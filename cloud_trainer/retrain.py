@@ -5,7 +5,7 @@ One run (``retrain``):
 1. data: every received log in the store; whole sessions are held out for evaluation
    (never frames of a training session: neighbouring frames are near-duplicates);
 2. train the edge model (the teacher, fp32) and the car's model (early exit, distilled
-   from that teacher), then compress the car model to int8 — the model issue's own
+   from that teacher), then compress the car model to int8 — the model package's own
    ``train``/``compress_package`` functions, so the cloud builds exactly what
    ``edgepilot train``/``compress`` build;
 3. evaluate candidate and current side by side in the same run: open loop on the
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +32,11 @@ import numpy as np
 
 from cloud_trainer.registry import Registry
 from edgepilot import EdgepilotError
+from edgepilot.config import RetrainConfig
+from edgepilot.sim.drive import scored_drives
+from edgepilot.stats import pct
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RetrainConfig:
-    epochs: int = 8
-    edge_epochs: int | None = None  # default: epochs
-    max_frames: int | None = None  # cap training frames (tests, quick runs)
-    heldout_every: int = 5  # every 5th session (at least one) is held out
-    eval_frames: int = 2000
-    eval_tracks: list[str] = field(default_factory=lambda: ["oval"])
-    eval_seconds: float = 30.0  # simulated seconds per track
-    eval_scene_seed: int = 0
-    eval_latency_ms: float = 0.0
-    # gate margins: how much worse than the current model a candidate may be
-    margin_mae: float = 0.01
-    margin_autonomy: float = 0.0
-    margin_cte_m: float = 0.02
-    latency_budget_ms: float = 10.0  # car model, p50 per frame, batch 1, one thread
-    train_edge: bool = True
-    seed: int = 0
-    threads: int = 1
-    # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick
-    tails: bool = True
-    tail_epochs: int = 3
-    tail_width: int = 96
-    tail_max_frames: int | None = None  # default: max_frames
 
 
 # -- data --------------------------------------------------------------------------------
@@ -98,36 +75,7 @@ def latency_ms(ap: Any, frames: list[np.ndarray], n: int = 200) -> dict[str, flo
         t = time.perf_counter()
         ap.infer(frames[i % len(frames)])
         ts.append((time.perf_counter() - t) * 1e3)
-    return {"p50": round(float(np.percentile(ts, 50)), 4), "p99": round(float(np.percentile(ts, 99)), 4)}
-
-
-def closed_loop(
-    ap: Any, tracks: list[str], seconds: float, scene_seed: int, latency: float
-) -> dict[str, Any]:
-    """Drive each evaluation track with ``ap`` through the onboard loop; mean scores."""
-    from edgepilot.sim.tracks import load_track
-    from edgepilot.sim.world import SimWorld
-    from vehicle.hotswap import ModelSlot
-    from vehicle.loop import DriveLoop, LoopOptions
-    from vehicle.sources import SimActuator, SimSource
-
-    per = {}
-    for name in tracks:
-        world = SimWorld(load_track(name), scene_seed=scene_seed, latency_ms=latency, keep_trail=False)
-        loop = DriveLoop(
-            SimSource(world).until(10**6, seconds),  # time-bound, not lap-bound
-            SimActuator(world),
-            model=ModelSlot(ap),
-            options=LoopOptions(mode="local"),
-        )
-        loop.run()
-        per[name] = world.score.as_dict()
-    return {
-        "autonomy": round(float(np.mean([s["autonomy"] for s in per.values()])), 4),
-        "mean_abs_cte_m": round(float(np.mean([s["mean_abs_cte_m"] for s in per.values()])), 4),
-        "interventions": int(sum(s["interventions"] for s in per.values())),
-        "tracks": per,
-    }
+    return pct(ts)
 
 
 def evaluate_package(
@@ -145,8 +93,8 @@ def evaluate_package(
         "offload_rate": round(ol["offload_rate"], 4),
         "latency_ms": latency_ms(ap, frames),
     }
-    if cfg.eval_tracks:
-        out["closed_loop"] = closed_loop(
+    if cfg.eval_tracks:  # the same car wiring and loop as every car (edgepilot.drive.car)
+        out["closed_loop"] = scored_drives(
             ap, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms
         )
     return out

@@ -23,7 +23,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,29 +158,35 @@ class CloudService:
             self.errors.append(str(e))
             log.error("retraining skipped: %s", e)
             # say so on the runs topic: whoever asked for this run must not wait for it
-            failed = {
-                "run": None,
-                "error": str(e),
-                "promoted": [],
-                "current": {t: self.registry.current(t) for t in ("car", "edge")},
-            }
-            self.conn.publish(fleet.CLOUD_RUNS_TOPIC, json.dumps(failed).encode(), qos=1, retain=False)
+            failed = fleet.RunSummary(None, error=str(e), current=self._current(), at=time.time())
+            self.conn.publish(fleet.CLOUD_RUNS_TOPIC, fleet.encode_run_summary(failed), qos=1, retain=False)
             return None
         self.store.put(TRAINED, json.dumps({"logs": sorted(logs_before), "run": res["run"]}).encode())
         self.runs.append(res)
-        summary = {
-            "run": res["run"],
-            "promoted": res["promoted"],
-            "report": res["report"],
-            "current": {t: self.registry.current(t) for t in ("car", "edge")},
-            "gate": {t: r["gate"]["passed"] for t, r in res["targets"].items()},
-            "tails": res.get("tails"),  # the promoted car model's split-mode tails, or why not
-        }
         if (res.get("tails") or {}).get("error"):
             self.errors.append(f"tails: {res['tails']['error']}")
-        self.conn.publish(fleet.CLOUD_RUNS_TOPIC, json.dumps(summary).encode(), qos=1, retain=True)
+        summary = fleet.encode_run_summary(self._summary(res))
+        self.conn.publish(fleet.CLOUD_RUNS_TOPIC, summary, qos=1, retain=True)
         log.info("run %s: promoted %s; report %s", res["run"], res["promoted"] or "nothing", res["report"])
         return res
+
+    def _current(self) -> dict[str, str | None]:
+        return {t: self.registry.current(t) for t in ("car", "edge")}
+
+    def _summary(self, res: dict[str, Any]) -> fleet.RunSummary:
+        return fleet.RunSummary(
+            run=res["run"],
+            promoted=res["promoted"],
+            current=self._current(),
+            report=res["report"],
+            gate={t: r["gate"]["passed"] for t, r in res["targets"].items()},
+            checks={t: r["gate"]["checks"] for t, r in res["targets"].items()},
+            data=list(res.get("train", [])),
+            heldout=list(res.get("heldout", [])),
+            tails=res.get("tails"),
+            elapsed_s=res.get("elapsed_s"),
+            at=time.time(),
+        )
 
     def push(self, target: str) -> Any:
         from edgepilot.model.package import load_private_key
@@ -195,7 +200,7 @@ def _die_with_parent(parent: int) -> None:
 
     Why: a trainer SIGKILLed mid-run (``kill -9``, the OOM killer) otherwise leaves its
     retraining child running as an orphan, which goes on to register and promote models
-    next to the restarted trainer's own run (tests/test_fault_cloud.py found it)."""
+    next to the restarted trainer's own run."""
     import ctypes
     import signal
 
@@ -253,25 +258,7 @@ def cli(args: Any) -> dict[str, Any]:
     store = open_store(getattr(args, "store", None) or prof.cloud.store)
     conn = Connection(broker_config(prof.broker, getattr(args, "broker", None)), f"cloud-{os.getpid()}")
     conn.start()
-    c = prof.cloud
-    cfg = replace(
-        RetrainConfig(),
-        epochs=c.epochs,
-        edge_epochs=c.edge_epochs,
-        max_frames=c.max_frames,
-        eval_tracks=list(c.eval_tracks),
-        eval_seconds=c.eval_seconds,
-        eval_scene_seed=c.eval_scene_seed,
-        eval_latency_ms=c.eval_latency_ms,
-        margin_mae=c.margin_mae,
-        margin_autonomy=c.margin_autonomy,
-        margin_cte_m=c.margin_cte_m,
-        latency_budget_ms=c.latency_budget_ms,
-        tails=c.tails,
-        tail_epochs=c.tail_epochs,
-        tail_width=c.tail_width,
-        tail_max_frames=c.tail_max_frames,
-    )
+    cfg = prof.cloud.retrain()
     svc = CloudService(
         store,
         conn,

@@ -1,4 +1,4 @@
-"""Split-mode tails for a car model the cloud is about to push (issue 6 leftovers).
+"""Split-mode tails for a car model the cloud is about to push.
 
 An edge node can answer a car's features (split mode) only with tails trained on exactly
 that car model's stages, so the cloud trains them in the same run as the car model, on

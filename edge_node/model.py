@@ -124,7 +124,7 @@ def load_edge_model(spec: str, trusted_keys: list[str] | None = None) -> Any:
 def model_mae(model: Any) -> float | None:
     """The model's held-out steering MAE (its package's ``metrics.val_steering_mae``), put
     in the node's health so that a car weighs frame mode's accuracy against its split
-    tails' (``vehicle.splitplan``); None for a model without one (the builtin)."""
+    tails' (``edgepilot.offload.healthplan``); None for a model without one (the builtin)."""
     metrics = (getattr(model, "manifest", None) or {}).get("metrics") or {}
     v = metrics.get("val_steering_mae")
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None

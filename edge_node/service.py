@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -40,8 +40,10 @@ from edge_node.tailpush import TailsFollower
 from edge_node.tails import TailShelf
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, load_profile
+from edgepilot.delivery import receive
+from edgepilot.drive.slot import Loader, ModelSlot
 from edgepilot.mqtt import Connection, broker_config, properties
-from edgepilot.schema import unit_command, wire
+from edgepilot.schema import fleet, unit_command, wire
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +102,21 @@ class EdgeService:
         max_batch: int = 16,
         batch_wait_ms: float = 1.0,
         health_every_s: float = 1.0,
-        model_loader: Any = None,
+        model_loader: Loader | None = None,
         trusted_keys: list[str] | None = None,
+        cache_dir: str | Path | None = None,
+        fetch_timeout_s: float = 20.0,
         tails: Any = None,
         follow_tails: bool = True,
         batch_threads: int = 1,
     ) -> None:
         self.node_id = wire.check_id(node_id, "node id")
         self.group = group
-        self.model = model
+        # the served model, swapped between batches like the car's between frames
+        self.slot = ModelSlot(model, trusted_keys, model_loader or load_edge_model)
+        self._broker = broker
+        self._fetch_timeout_s = fetch_timeout_s
+        self._cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix=f"edgepilot-{node_id}-"))
         # split mode (features requests): a TailShelf, or a TailSet / path to make one of;
         # with none, an empty shelf that the cloud's tails pushes fill (``follow_tails``)
         self.tails = tails if isinstance(tails, TailShelf) else TailShelf(tails)
@@ -121,7 +129,6 @@ class EdgeService:
         self.batch_threads = batch_threads if batch_threads > 0 else (os.cpu_count() or 1)
         self.health_every_s = health_every_s
         self.metrics = EdgeMetrics()
-        self._loader = model_loader or load_edge_model
         self._trusted = trusted_keys
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
@@ -129,8 +136,6 @@ class EdgeService:
         self._last_arrival = 0.0
         self._running = False
         self._worker: threading.Thread | None = None
-        self.swaps = 0
-        self.swap_error: str | None = None
         offline = wire.encode_health(wire.EdgeHealth(node=self.node_id, status="offline"))
         self.conn = Connection(broker, self.node_id, will=(wire.health_topic(self.node_id), offline, True))
         self.tails_follower = TailsFollower(
@@ -155,40 +160,55 @@ class EdgeService:
             self._queue.append(item)
             self._cond.notify()
 
+    @property
+    def model(self) -> Any:
+        return self.slot.current
+
+    @property
+    def swaps(self) -> int:
+        return self.slot.swaps
+
+    @property
+    def swap_error(self) -> str | None:
+        return self.slot.last_error
+
     def _on_model(self, msg: paho.MQTTMessage) -> None:
+        if not msg.payload:
+            return
         try:
-            ann = wire.decode_announcement(msg.payload)
+            ann = fleet.decode_announcement(msg.payload)
         except wire.WireError as e:
             log.warning("edge %s: ignoring model announcement: %s", self.node_id, e)
             return
-        if ann.target != "edge" or ann.version == getattr(self.model, "version", None):
+        if ann.target != "edge" or ann.version == self.slot.version:
             return
         threading.Thread(target=self.swap_model, args=(ann,), daemon=True, name="edge-swap").start()
 
     # -- model hot-swap ------------------------------------------------------------------
-    def swap_model(self, ann: wire.ModelAnnouncement) -> bool:
-        """Load, verify and warm the announced package off the worker; swap between batches."""
+    def swap_model(self, ann: fleet.PushAnnouncement) -> bool:
+        """Verify the announcement's signature before reading a byte, fetch the package
+        (shared path or the retained chunks, hash-checked), load and warm it off the
+        worker; the worker swaps it in between batches. Any failure keeps the current model."""
         try:
-            if ann.path is None:
-                raise EdgepilotError("only path announcements are supported by this node")
-            data = Path(ann.path).read_bytes()
-            if hashlib.sha256(data).hexdigest() != ann.sha256:
-                raise EdgepilotError(f"{ann.path}: sha256 does not match the announcement")
-            model = self._loader(ann.path, trusted_keys=self._trusted)
+            data = receive(ann, self._trusted, self._broker, f"{self.node_id}-fetch", self._fetch_timeout_s)
+            path = self._cache / f"edge-{ann.version}.eppkg"
+            path.write_bytes(data)
+            model = self.slot.load(path)
         except (OSError, EdgepilotError) as e:
-            self.swap_error = str(e)
-            log.warning("edge %s: model %s not swapped in: %s", self.node_id, ann.version, e)
-            return False
+            return self._refused(ann, str(e))
         except Exception as e:  # noqa: BLE001 - any loader failure keeps the current model
-            self.swap_error = f"{type(e).__name__}: {e}"
             log.exception("edge %s: model %s not swapped in", self.node_id, ann.version)
-            return False
-        self.model = model  # one attribute store: the worker reads it once per batch
-        self.swaps += 1
-        self.swap_error = None
-        log.info("edge %s: now serving model %s", self.node_id, getattr(model, "version", "?"))
-        self._publish_health()
+            return self._refused(ann, f"{type(e).__name__}: {e}")
+        self.slot.last_error = None
+        self.slot.offer(model)
+        with self._cond:
+            self._cond.notify()  # an idle worker swaps now, not at its next wake-up
         return True
+
+    def _refused(self, ann: fleet.PushAnnouncement, why: str) -> bool:
+        self.slot.last_error = why
+        log.warning("edge %s: model %s not swapped in: %s", self.node_id, ann.version, why)
+        return False
 
     # -- worker --------------------------------------------------------------------------
     def _take_batch(self) -> list[_Pending]:
@@ -213,8 +233,8 @@ class EdgeService:
         if topic is None:
             try:
                 topic = wire.reply_topic(car) if car is not None else None
-            except wire.WireError:  # a topic level that is no valid car id: this raised out
-                topic = None  # of process() and ended the worker thread (docs/reliability.md)
+            except wire.WireError:  # a topic level that is no valid car id: must not end the worker
+                topic = None
             if topic is None:
                 return  # nowhere to answer: counted as an error already
         props = properties(correlation=item.correlation) if item.correlation is not None else None
@@ -261,7 +281,7 @@ class EdgeService:
         """Validate, drop the expired, decode, infer once, reply. Never raises."""
         t0 = time.monotonic()
         wall0 = time.time()
-        model = self.model
+        model = self.slot.current
         good: list[tuple[_Pending, wire.InferRequest]] = []
         for item in batch:
             try:
@@ -347,6 +367,9 @@ class EdgeService:
     def _work(self) -> None:
         next_health = time.monotonic()
         while self._running:
+            if self.slot.maybe_swap():
+                log.info("edge %s: now serving model %s", self.node_id, self.slot.version)
+                self._publish_health()
             batch = self._take_batch()
             self.metrics.requests += len(batch)
             if batch:
@@ -356,8 +379,8 @@ class EdgeService:
                 next_health = time.monotonic() + self.health_every_s
 
     def health(self) -> wire.EdgeHealth:
-        h = self.metrics.snapshot(self.node_id, getattr(self.model, "version", None))
-        h.model_mae = model_mae(self.model)
+        h = self.metrics.snapshot(self.node_id, self.slot.version)
+        h.model_mae = model_mae(self.slot.current)
         if self.tails is not None:
             h.tails = self.tails.summary()
         return h
@@ -429,10 +452,10 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
         signal.signal(sig, lambda *_: stop.set())
     svc.start()
     log.warning(
-        "edge %s: serving %s on %s (group %s)", svc.node_id, model.version, svc.conn.cfg.url, svc.group
+        "edge %s: serving %s on %s (group %s)", svc.node_id, svc.slot.version, svc.conn.cfg.url, svc.group
     )
     print(f"edge {svc.node_id} ready", flush=True)  # tests and scripts wait for this line
     while not stop.wait(0.5):
         pass
     svc.stop()
-    return {"node": svc.node_id, "model": model.version, **asdict(svc.health())}
+    return {"node": svc.node_id, "model": svc.slot.version, **asdict(svc.health())}

@@ -1,9 +1,10 @@
 """edgepilot: record, train, drive — an edge-computing stack for small self-driving cars.
 
-The shared library: the driving-log format, the wire protocol, config, the autopilot
-model and the CLI. The deployables (``vehicle``, ``edge_node``, ``cloud_trainer``) import
-from here; only command wiring here (the CLI handlers, ``sim drive`` which runs the
-vehicle's loop, the demo) imports from them, and lazily, inside the function.
+The shared library: the message schema, the onboard loop and its parts, the offload
+client, the autopilot model, the simulator, the driving-log format, config and the
+command line's root. The deployables (``vehicle``, ``edge_node``, ``cloud_trainer``) and
+the ``testbed`` above them import from here; nothing here imports them, not even inside a
+function (pyproject.toml's import-linter contracts, docs/architecture.md).
 """
 
 __version__ = "0.1.0"

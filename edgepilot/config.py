@@ -112,27 +112,43 @@ class EdgeConfig:
 
 
 @dataclass
-class CloudConfig:
-    """The cloud trainer; the retrain/gate knobs map onto ``cloud_trainer.retrain.RetrainConfig``."""
+class RetrainConfig:
+    """One retraining run of the cloud trainer (``cloud_trainer.retrain``) and its gate."""
 
-    store: str = "var/cloud"
-    retrain_min_frames: int = 2000
     epochs: int = 8
     edge_epochs: int | None = None  # default: epochs
-    max_frames: int | None = None  # cap the training frames of one run
+    max_frames: int | None = None  # cap training frames (tests, quick runs)
+    heldout_every: int = 5  # every 5th session (at least one) is held out
+    eval_frames: int = 2000
     eval_tracks: list[str] = field(default_factory=lambda: ["oval"])
-    eval_seconds: float = 30.0
+    eval_seconds: float = 30.0  # simulated seconds per track
     eval_scene_seed: int = 0
     eval_latency_ms: float = 0.0
+    # gate margins: how much worse than the current model a candidate may be
     margin_mae: float = 0.01
     margin_autonomy: float = 0.0
     margin_cte_m: float = 0.02
-    latency_budget_ms: float = 10.0
-    # split-mode tails trained with every promoted car model and pushed to the edge nodes
+    latency_budget_ms: float = 10.0  # car model, p50 per frame, batch 1, one thread
+    train_edge: bool = True
+    seed: int = 0
+    threads: int = 1
+    # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick
     tails: bool = True
     tail_epochs: int = 3
     tail_width: int = 96
     tail_max_frames: int | None = None  # default: max_frames
+
+
+@dataclass
+class CloudConfig(RetrainConfig):
+    """The cloud trainer: its store, when it retrains by itself, and every retraining knob."""
+
+    store: str = "var/cloud"
+    retrain_min_frames: int = 2000
+
+    def retrain(self) -> RetrainConfig:
+        """The retraining knobs alone (what a run, or its isolated child, is given)."""
+        return RetrainConfig(**{f.name: getattr(self, f.name) for f in fields(RetrainConfig)})
 
 
 @dataclass

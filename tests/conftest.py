@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from edgepilot.schema import fleet, wire
+from tests.helpers import clear_retained
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -20,41 +20,6 @@ def broker(tmp_path_factory):
     b = start_broker(tmp_path_factory.mktemp("mosquitto"))
     yield b
     b.stop()
-
-
-RETAINED_PUSHES = (f"{wire.ROOT}/models/#", fleet.CAR_MODEL_FILTER, fleet.CLOUD_RUNS_TOPIC)
-"""Where tests leave retained messages that a later test's edge node, car or run watcher
-would act on (edge health is left: every node's last word is its own, ``offline``)."""
-
-
-def clear_retained(url: str, filters: tuple[str, ...] = RETAINED_PUSHES, timeout_s: float = 3.0) -> list[str]:
-    """Wipe every retained message under ``filters``; returns the topics wiped.
-
-    The broker handles one connection's packets in order and sends a subscription's
-    retained messages as it handles the SUBSCRIBE, so a sentinel published after the
-    subscriptions (``start`` returns once they are queued) comes back after all of them."""
-    import threading
-    import uuid
-
-    from edgepilot.config import BrokerConfig
-    from edgepilot.mqtt import Connection
-
-    sentinel = f"edgepilot-test/sentinel/{uuid.uuid4().hex}"
-    topics: list[str] = []
-    done = threading.Event()
-    conn = Connection(BrokerConfig(url=url), f"test-wipe-{uuid.uuid4().hex[:8]}")
-    for flt in filters:
-        conn.subscribe(flt, lambda m: m.retain and m.payload and topics.append(m.topic), qos=1)
-    conn.subscribe(sentinel, lambda m: done.set(), qos=1)
-    conn.start()
-    try:
-        conn.publish(sentinel, b".", qos=1)
-        assert done.wait(timeout_s), "clear_retained: the sentinel never came back"
-        for t in topics:
-            conn.client.publish(t, b"", qos=1, retain=True).wait_for_publish(timeout_s)
-    finally:
-        conn.close()
-    return topics
 
 
 @pytest.fixture(autouse=True)
@@ -86,12 +51,17 @@ def tiny_model(tmp_path_factory, sample_logs):
 
 
 def pytest_collection_modifyitems(config, items):
-    """``@pytest.mark.slow`` tests (5-minute load, long fault runs) only with EDGEPILOT_SLOW=1."""
-    if os.environ.get("EDGEPILOT_SLOW") == "1":
-        return
+    """Markers from what a test uses: ``broker`` (a real Mosquitto), ``processes`` (the
+    deployables as processes: everything under tests/system/); select with ``-m``.
+    ``@pytest.mark.slow`` tests (5-minute load, long fault runs) only with EDGEPILOT_SLOW=1."""
+    run_slow = os.environ.get("EDGEPILOT_SLOW") == "1"
     skip = pytest.mark.skip(reason="slow: set EDGEPILOT_SLOW=1 to run")
     for item in items:
-        if "slow" in item.keywords:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+        if "/tests/system/" in str(item.path):
+            item.add_marker(pytest.mark.processes)
+        if "slow" in item.keywords and not run_slow:
             item.add_marker(skip)
 
 

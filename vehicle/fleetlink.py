@@ -16,8 +16,8 @@ from typing import Any
 
 from edgepilot import EdgepilotError
 from edgepilot.config import Profile
+from edgepilot.drive.slot import ModelSlot
 from edgepilot.mqtt import Connection, broker_config
-from vehicle.hotswap import ModelSlot
 
 log = logging.getLogger(__name__)
 

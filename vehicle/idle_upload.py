@@ -1,6 +1,6 @@
 """Upload when idle and connected: the car's background uploader of finished driving logs.
 
-Wired by ``edgepilot drive`` (``vehicle/cli.py``); the transfer itself (chunks, resume,
+Wired by ``edgepilot drive`` (``vehicle.car``); the transfer itself (chunks, resume,
 hashes) is ``vehicle.upload.Uploader``.
 """
 
@@ -91,16 +91,19 @@ class IdleUploader:
                 shutil.rmtree(p, ignore_errors=True)
         return n
 
-    def start(self) -> None:
+    def start(self) -> IdleUploader:
         def loop() -> None:
             while not self._stop.wait(self.interval_s):
                 self.run_once()
 
         self._thread = threading.Thread(target=loop, name="idle-upload", daemon=True)
         self._thread.start()
+        return self
 
     def stop(self) -> None:
         self._stop.set()
         self.uploader.cancel()
         if self._thread is not None:
             self._thread.join(5)
+
+    close = stop  # a car part: closed after the drive

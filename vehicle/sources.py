@@ -1,7 +1,9 @@
-"""Frame sources: a live camera, the simulator, and replay of a recorded log.
+"""The car's camera: frames from OpenCV (V4L2, a video file), newest frame only.
 
-All three hand the loop a ``vehicle.parts.Frame``; the loop cannot tell them apart,
-which is the point (openpilot's replay drives the processes that run live).
+Like the simulator's and replay's sources (``edgepilot.sim.parts``,
+``edgepilot.drive.replay``) it hands the loop an ``edgepilot.drive.parts.Frame``; the loop
+cannot tell them apart, which is the point (openpilot's replay drives the processes that
+run live).
 """
 
 from __future__ import annotations
@@ -16,56 +18,9 @@ import numpy as np
 
 from edgepilot import EdgepilotError
 from edgepilot.config import CameraConfig
-from edgepilot.drivelog import LogReader
-from vehicle.parts import Frame
+from edgepilot.drive.parts import Frame
 
 log = logging.getLogger(__name__)
-
-
-class ReplaySource:
-    """Frames of a recorded log, at recorded timing (``realtime``) or as fast as possible.
-
-    The JPEG bytes are handed on with the decoded image so that recording a replay does
-    not re-encode, and the recorded label rides along for scoring (``steering_mae``)."""
-
-    def __init__(self, path: str | Path, rate: str = "max", loop: bool = False) -> None:
-        self.reader = LogReader(path)
-        self.records = self.reader.records()
-        if not self.records:
-            raise EdgepilotError(f"{path}: the log holds no records")
-        self.rate = rate
-        self.loop = loop
-        self._pos = 0
-        self._t0_wall: float | None = None
-        self._t0_rec = self.records[0].t
-        self.decode_errors = 0
-
-    def read(self) -> Frame | None:
-        while True:
-            if self._pos >= len(self.records):
-                if not self.loop:
-                    return None
-                self._pos, self._t0_wall = 0, None
-            rec = self.records[self._pos]
-            self._pos += 1
-            data = self.reader.jpeg(rec)
-            img = None if data is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                self.decode_errors += 1  # counted; the reader already warned for missing/empty files
-                continue
-            if self.rate == "realtime":
-                now = time.monotonic()
-                if self._t0_wall is None:
-                    self._t0_wall = now
-                wait = (rec.t - self._t0_rec) - (now - self._t0_wall)
-                if wait > 0:
-                    time.sleep(wait)
-            return Frame(
-                img, rec.t, rec.i, jpeg=data, label=(rec.steering, rec.throttle), truth=dict(rec.sim)
-            )
-
-    def close(self) -> None:
-        pass
 
 
 def _open_capture(source: str) -> cv2.VideoCapture:
@@ -150,41 +105,3 @@ class CameraSource:
         self._stop = True
         self._thread.join(timeout=2)
         self.cap.release()
-
-
-class SimSource:
-    """The simulator's camera: renders the world as it is now (the actuator steps it)."""
-
-    def __init__(self, world) -> None:  # edgepilot.sim.world.SimWorld
-        self.world = world
-        self.laps: int | None = None
-        self.max_seconds: float | None = None
-
-    def until(self, laps: int | None, max_seconds: float | None) -> SimSource:
-        self.laps, self.max_seconds = laps, max_seconds
-        return self
-
-    def read(self) -> Frame | None:
-        w = self.world
-        if (self.laps or self.max_seconds) and w.done(self.laps or 10**9, self.max_seconds):
-            return None
-        return Frame(w.render(), w.t, w.frames, truth=w.truth())
-
-    def close(self) -> None:
-        pass
-
-
-class SimActuator:
-    """The simulator's car: each command advances simulated time by one step."""
-
-    def __init__(self, world) -> None:
-        self.world = world
-
-    def run(self, steering: float, throttle: float) -> None:
-        self.world.step(steering, throttle)
-
-    def neutral(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -28,10 +28,10 @@ import paho.mqtt.client as paho
 
 from edgepilot import EdgepilotError
 from edgepilot.delivery import fetch_chunks, verify_announcement
+from edgepilot.drive.slot import ModelSlot
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
 from edgepilot.schema.wire import WireError, model_topic
-from vehicle.hotswap import ModelSlot
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The autopilot model (issue 4): early-exit steering CNN, baselines, training, packaging.
+"""The autopilot model: early-exit steering CNN, baselines, training, packaging.
 
 Modules, each for one job:
 

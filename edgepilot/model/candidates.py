@@ -23,9 +23,9 @@ import warnings
 
 import torch
 
-from edgepilot.model.compress import float_stages, freeze, int8_state, quantize_stages
 from edgepilot.model.nets import ArchSpec, build_net
 from edgepilot.model.preprocess import quantized_input
+from edgepilot.model.quantize import float_stages, freeze, int8_state, quantize_stages
 
 warnings.filterwarnings("ignore")
 

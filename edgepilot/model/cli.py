@@ -1,5 +1,6 @@
-"""CLI handlers of issue 4 (wired in ``edgepilot/cli.py``): train, eval, compress, keys,
-bench model. Each takes the argparse namespace and returns the result dict."""
+"""Handlers of the model commands (listed in ``edgepilot/commands.py``): train, eval,
+calibrate, compress, keys, bench model. Each takes the argparse namespace and returns
+the result dict."""
 
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ def _ints(args: argparse.Namespace, name: str, what: str, count: int | None = No
     return vals
 
 
+def _labels(args: argparse.Namespace) -> tuple[str, ...]:
+    from edgepilot.schema.log import LABEL_SOURCES, TRAINING_LABELS
+
+    text = getattr(args, "labels", None)
+    if not text:
+        return TRAINING_LABELS
+    got = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in got if x not in LABEL_SOURCES or x == "none"]
+    if bad or not got:
+        raise EdgepilotError(f"--labels takes human, expert, edge (comma-separated), got {text!r}")
+    return got
+
+
 def train(args: argparse.Namespace) -> dict:
     from edgepilot.model.train import TrainConfig
     from edgepilot.model.train import train as run
@@ -52,7 +66,9 @@ def train(args: argparse.Namespace) -> dict:
         raise EdgepilotError("--epochs must be at least 1")
     widths = _ints(args, "widths", "channel widths")
     head0 = _ints(args, "head0", "ROWS,COLS,HIDDEN", count=3)
-    cfg = TrainConfig(arch=args.arch, epochs=epochs, seed=args.seed, widths=widths, head0=head0)
+    cfg = TrainConfig(
+        arch=args.arch, epochs=epochs, seed=args.seed, widths=widths, head0=head0, labels=_labels(args)
+    )
     return run(args.logs, args.out, cfg, teacher=args.teacher, key=args.key)
 
 

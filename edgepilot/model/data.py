@@ -25,6 +25,7 @@ from edgepilot import EdgepilotError
 from edgepilot.drivelog import LogReader, find_logs
 from edgepilot.model.augment import AugmentConfig, augment
 from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec, preprocess
+from edgepilot.schema.log import TRAINING_LABELS, training_label
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +43,40 @@ class Loaded:
     samples: list[Sample]
     sessions: list[str]
     skipped: int
+    unlabelled: int = 0  # frames whose label source is not accepted (autopilot, no human)
 
 
-def load_samples(paths: Iterable[str | Path]) -> Loaded:
-    """Every labelled frame of the logs (or folders of logs). Damaged records are skipped
-    and counted (LogReader warns); a log without a usable frame is an error."""
-    samples: list[Sample] = []
-    sessions: list[str] = []
-    skipped = 0
+def load_samples(paths: Iterable[str | Path], labels: tuple[str, ...] = TRAINING_LABELS) -> Loaded:
+    """Every labelled frame of the logs (or folders of logs): labels from ``labels`` only
+    (``edgepilot.schema.log.training_label``). Damaged records are skipped and counted
+    (LogReader warns), unlabelled ones counted with one warning; a log set without a usable
+    frame is an error."""
+    out = Loaded([], [], 0)
     for p in find_logs(paths):
         r = LogReader(p)
-        n0 = len(samples)
+        n0 = len(out.samples)
         for rec in r.records():
-            data = r.jpeg(rec)
-            if data is None:
+            label = training_label(rec, r.meta.source, labels)
+            if label is None:
+                out.unlabelled += 1
                 continue
-            samples.append(Sample(data, float(rec.steering), float(rec.throttle), r.meta.session))
-        skipped += r.skipped
-        if len(samples) == n0:
+            data = r.jpeg(rec)
+            if data is not None:
+                out.samples.append(Sample(data, float(label[0]), float(label[1]), r.meta.session))
+        out.skipped += r.skipped
+        if len(out.samples) == n0:
             log.warning("%s: no usable frames", p)
         else:
-            sessions.append(r.meta.session)
-    if not samples:
-        raise EdgepilotError("no labelled frames in the given logs")
-    return Loaded(samples, sessions, skipped)
+            out.sessions.append(r.meta.session)
+    if out.unlabelled:
+        log.warning(
+            "skipped %d frames without a %s label (autopilot frames nobody labelled)",
+            out.unlabelled,
+            " or ".join(labels),
+        )
+    if not out.samples:
+        raise EdgepilotError(f"no frames with a {' or '.join(labels)} label in the given logs")
+    return out
 
 
 def split_by_session(

@@ -14,7 +14,7 @@ spends 73% of its MACs in conv1-2, so exits bolted onto it save little):
     stage 1  two 3x3 convs, more channels (~3.7M MACs)                   -> 5x13, exit 1
     stage 2  two 3x3 convs, most channels (~2.7M MACs, smaller maps)     -> 3x7,  final head
 
-Stage boundaries are the split points of issue 6: the car sends the features of its last
+Stage boundaries are the split points of split offload: the car sends the features of its last
 evaluated stage and the edge continues with ``stages[k+1:]`` of the same model.
 
 Steering is predicted as a distribution over ``BINS`` bins on [-1, 1]; the steering value

@@ -5,7 +5,7 @@ calibrated threshold, answer from it and skip the rest; else run stage 1, and so
 final head always answers. A frame is *hard* when the confidence of the exit that answered
 is below that exit's offload threshold: the car may send it to the edge.
 
-Split mode (issue 6): ``Decision.features`` holds the output of the last stage that ran;
+Split mode: ``Decision.features`` holds the output of the last stage that ran;
 ``continue_from(features, stage)`` runs the remaining stages of the same model on them
 (the edge node holds the same package). Features are float32, shape (1, C, H, W) as the
 manifest's ``stage_features`` lists.
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from edgepilot import EdgepilotError
-from edgepilot.model.compress import float_stages, freeze, load_int8
 from edgepilot.model.nets import ArchSpec, build_net, segment_net, segments_for
 from edgepilot.model.package import load_package
 from edgepilot.model.preprocess import InputSpec, preprocess, preprocess_u8, quantized_input
+from edgepilot.model.quantize import float_stages, freeze, load_int8
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Edge tails for split mode: networks that continue from the car's intermediate features.
 
-Split mode (issue 6, co-inference by partitioning as in Neurosurgeon/Edgent): a car whose
+Split mode (co-inference by partitioning, as in Neurosurgeon/Edgent): a car whose
 model is unsure sends the output of one of its stages (8-bit, zlib; ``wire.pack_features``)
 instead of the JPEG. The edge runs a *tail* on it. Continuing with the car's own later
 stages is pointless for a hard frame: the car already ran them and they were unsure. So

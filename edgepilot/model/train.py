@@ -38,6 +38,7 @@ from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, stage_m
 from edgepilot.model.package import load_package, load_private_key, save_package
 from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec
 from edgepilot.progress import bar
+from edgepilot.schema.log import TRAINING_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class TrainConfig:
     label_sigma_bins: float = 1.0
     distill_alpha: float = 0.5
     max_frames: int | None = None  # cap (evenly subsampled) for quick runs and tests
+    labels: tuple[str, ...] = TRAINING_LABELS  # label sources to learn from (schema.log)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     target: CalibrationTarget = field(default_factory=CalibrationTarget)
 
@@ -127,7 +129,7 @@ def train(
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     signing_key = load_private_key(key, create=True)  # fail before an hour of training
-    loaded = load_samples(logs)
+    loaded = load_samples(logs, cfg.labels)
     samples = loaded.samples
     if cfg.max_frames and len(samples) > cfg.max_frames:
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
@@ -218,6 +220,8 @@ def train(
         "epochs": len(history),
         "samples": len(samples),
         "skipped": loaded.skipped,
+        "unlabelled": loaded.unlabelled,
+        "labels": list(cfg.labels),
         "exit_rate": cal["val_exit_rate"],
         "offload_rate": cal["val_offload_rate"],
         "thresholds": manifest["thresholds"],

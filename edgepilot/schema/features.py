@@ -1,4 +1,4 @@
-"""Split-mode payloads (issue 6): one frame's intermediate features, 8-bit and compressed.
+"""Split-mode payloads: one frame's intermediate features, 8-bit and compressed.
 
 The body of an inference request with ``kind: "features"`` (``edgepilot.schema.wire``);
 its header's ``meta`` says how it is packed (``FeatureMeta``). 8 bits with one scale per
@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from edgepilot.schema.wire import WireError
+from edgepilot.schema.errors import WireError
 
 MAX_FEATURE_ELEMS = 1 << 18  # 256 Ki values: a stage-0 tensor of the car's net is 3.6 K
 F32_TINY = 1.1754943508222875e-38  # numpy.finfo(numpy.float32).tiny: the smallest normal

@@ -20,9 +20,14 @@ Model push (target ``car`` or ``edge``)::
     models/<target>/chunks/<version>/<i>  cloud, retained: raw package bytes of chunk i
     car/<car>/model                       car, retained: CarModelStatus (JSON)
 
-``PushAnnouncement`` is a superset of ``wire.ModelAnnouncement`` (same topic, same keys,
-unknown keys ignored), so an edge node that reads the package from a shared ``path``
-and a car that fetches the retained chunks both read the one message.
+``PushAnnouncement`` is the one model announcement: an edge node that reads the package
+from a shared ``path`` and a car that fetches the retained chunks both read it, and both
+check its signature before reading a byte of the package.
+
+Cloud control::
+
+    cloud/retrain  anyone allowed -> cloud: any payload asks for a retraining run now
+    cloud/runs     cloud, retained: RunSummary (JSON) of the last run, or why it failed
 """
 
 from __future__ import annotations
@@ -408,4 +413,50 @@ CLOUD_RETRAIN_TOPIC = f"{ROOT}/cloud/retrain"
 retrains by itself once ``retrain_min_frames`` new frames arrived)."""
 
 CLOUD_RUNS_TOPIC = f"{ROOT}/cloud/runs"
-"""The cloud publishes (retained) a JSON summary of its last retraining run here."""
+"""The cloud publishes (retained) a ``RunSummary`` of its last retraining run here."""
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What one retraining run came to, for whoever watches the fleet (the demo, the
+    dashboard): which models are current now, what was promoted, the gate's verdict per
+    target with its checks (value against limit), the data it trained on. A run that
+    could not run has ``run`` None and ``error`` set (published, not retained)."""
+
+    run: str | None
+    promoted: list[str] = field(default_factory=list)
+    current: dict[str, str | None] = field(default_factory=dict)  # target -> version
+    error: str | None = None
+    report: str | None = None  # the store key of the run's report
+    gate: dict[str, bool] = field(default_factory=dict)  # target -> passed
+    checks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # target -> gate checks
+    data: list[str] = field(default_factory=list)  # training sessions (store keys)
+    heldout: list[str] = field(default_factory=list)  # evaluation sessions
+    tails: dict[str, Any] | None = None  # the promoted car model's split-mode tails, or why not
+    elapsed_s: float | None = None
+    at: float = 0.0
+    v: int = FLEET_VERSION
+
+
+def encode_run_summary(r: RunSummary) -> bytes:
+    _validate_run_summary(r)
+    return json.dumps(asdict(r), separators=(",", ":")).encode()
+
+
+def _validate_run_summary(r: RunSummary) -> None:
+    if r.run is not None:
+        check_name(r.run, "run summary: run")
+    if r.run is None and not r.error:
+        raise WireError("run summary: a run without an id must say why (error)")
+    for t in (*r.promoted, *r.current, *r.gate, *r.checks):
+        model_topic(t)  # a known target
+    for name in ("data", "heldout", "promoted"):
+        val = getattr(r, name)
+        if not isinstance(val, list) or not all(isinstance(x, str) for x in val):
+            raise WireError(f"run summary: {name} must be a list of strings")
+
+
+def decode_run_summary(payload: bytes) -> RunSummary:
+    r = _build(RunSummary, _loads(payload, "run summary"), "run summary")
+    _validate_run_summary(r)
+    return r

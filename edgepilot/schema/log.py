@@ -21,12 +21,22 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-LOG_SCHEMA_VERSION = 1
-"""Bumped on any change a version-1 reader could misread. Readers refuse newer versions."""
+LOG_SCHEMA_VERSION = 2
+"""Bumped on any change an older reader could misread. Readers refuse newer versions.
+2: ``Record.label_source`` (a version-1 reader would train on frames that have no label)."""
 
 MODES = ("user", "local_angle", "local")
 """DonkeyCar's drive modes: the user drives; the autopilot steers and the user throttles;
 the autopilot does both."""
+
+
+LABEL_SOURCES = ("human", "expert", "edge", "none")
+"""Where a record's label came from: a person driving (keyboard, gamepad, phone, RC
+transmitter), the simulator's expert (ground truth), the edge node's answer (a teacher,
+for distillation), or nobody (the autopilot drove and no human touched the controls)."""
+
+TRAINING_LABELS = ("human", "expert")
+"""What training uses by default: labels someone or something that knows the road gave."""
 
 
 class RecordError(ValueError):
@@ -38,8 +48,10 @@ class Record:
     """One frame of driving.
 
     ``steering``/``throttle`` are the *label*: what the human or the expert asked for
-    (DonkeyCar's ``user/angle``). What the autopilot said is in ``pilot_*``; what reached
-    the motors is ``applied_*`` (they differ under perturbation, throttle caps, e-stop).
+    (DonkeyCar's ``user/angle``), throttle as the car was given it (after the cap); whose
+    label it is says ``label_source`` (``LABEL_SOURCES``; None only in version-1 logs, see
+    ``label_source_of``). What the autopilot said is in ``pilot_*``; what reached the
+    motors is ``applied_*`` (they differ under perturbation, throttle caps, e-stop).
     """
 
     i: int
@@ -61,12 +73,15 @@ class Record:
     latency_ms: dict[str, float] = field(default_factory=dict)  # per loop stage
     model_version: str | None = None
     sim: dict[str, float] = field(default_factory=dict)  # simulator truth: x, y, yaw, v, cte...
+    label_source: str | None = None
 
     def __post_init__(self) -> None:
         _check_unit("steering", self.steering)
         _check_unit("throttle", self.throttle)
         if self.mode not in MODES:
             raise RecordError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.label_source is not None and self.label_source not in LABEL_SOURCES:
+            raise RecordError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
 
 
 @dataclass(slots=True)
@@ -117,6 +132,29 @@ class SessionMeta:
 
 
 _RECORD_FIELDS = {f.name: f for f in fields(Record)}
+
+
+def label_source_of(rec: Record, log_source: str) -> str:
+    """``rec.label_source``, or for a version-1 record (which has none) the rule that
+    migrates it: every simulator record carries the expert's answer; elsewhere a label is a
+    human's only in user mode (an autopilot frame recorded the idle user's (0, 0))."""
+    if rec.label_source is not None:
+        return rec.label_source
+    if log_source == "sim":
+        return "expert"
+    return "human" if rec.mode == "user" else "none"
+
+
+def training_label(
+    rec: Record, log_source: str, accept: tuple[str, ...] = TRAINING_LABELS
+) -> tuple[float, float] | None:
+    """(steering, throttle) to train on, or None: labels from ``accept`` only; with "edge"
+    in ``accept``, a frame the edge answered in time teaches its answer (distillation)."""
+    if label_source_of(rec, log_source) in accept:
+        return rec.steering, rec.throttle
+    if "edge" in accept and rec.edge_steering is not None and rec.edge_throttle is not None:
+        return rec.edge_steering, rec.edge_throttle
+    return None
 
 
 def unit_command(x: float) -> float:

@@ -27,6 +27,26 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgepilot.schema.errors import WireError
+from edgepilot.schema.features import (
+    FEATURE_CODECS,
+    FEATURE_DTYPES,
+    MAX_FEATURE_ELEMS,
+    FeatureMeta,
+    pack_features,
+    unpack_features,
+)
+
+__all__ = [  # the split-mode payload helpers are part of the inference protocol
+    "FEATURE_CODECS",
+    "FEATURE_DTYPES",
+    "MAX_FEATURE_ELEMS",
+    "FeatureMeta",
+    "WireError",
+    "pack_features",
+    "unpack_features",
+]
+
 WIRE_VERSION = 1
 """Payload version this code writes and the highest it reads."""
 
@@ -36,10 +56,6 @@ MAX_HEADER_BYTES = 4096
 MAX_ID_LEN = 64
 KINDS = ("jpeg", "features")
 REPLY_STATUSES = ("ok", "error", "dropped")
-
-
-class WireError(ValueError):
-    """A payload that does not follow this schema; the message says what is wrong."""
 
 
 # -- topics ------------------------------------------------------------------------------
@@ -269,7 +285,7 @@ def decode_reply(payload: bytes) -> InferReply:
         raise WireError(f"reply status must be one of {REPLY_STATUSES}, got {d.get('status')!r}")
     rep = InferReply(**{k: val for k, val in d.items() if k in _REPLY_KNOWN})
     # the car matches a reply by ``frame`` when it has no correlation data: a list there
-    # was an unhashable key on its network thread (docs/reliability.md)
+    # would be an unhashable key on its network thread
     if rep.frame is not None and (isinstance(rep.frame, bool) or not isinstance(rep.frame, int)):
         raise WireError(f"reply frame must be an integer, got {rep.frame!r:.40}")
     if rep.car is not None and not isinstance(rep.car, str):
@@ -325,57 +341,3 @@ def decode_health(payload: bytes) -> EdgeHealth:
         return EdgeHealth(**{k: v for k, v in d.items() if k in known})
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError, RecursionError) as e:
         raise WireError(f"bad health payload: {str(e)[:200]}") from None
-
-
-@dataclass(slots=True)
-class ModelAnnouncement:
-    """The cloud's "a new model is current" (retained on ``models/<target>``).
-
-    The package itself travels out of band (``path`` on a shared disk, or ``url``); the
-    receiver checks ``sha256`` and the package signature before swapping it in."""
-
-    target: str  # car | edge
-    version: str
-    sha256: str
-    path: str | None = None
-    url: str | None = None
-    size: int | None = None
-    v: int = WIRE_VERSION
-
-
-def encode_announcement(a: ModelAnnouncement) -> bytes:
-    model_topic(a.target)  # validates the target
-    return json.dumps({k: v for k, v in asdict(a).items() if v is not None}, separators=(",", ":")).encode()
-
-
-def decode_announcement(payload: bytes) -> ModelAnnouncement:
-    try:
-        d = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
-        raise WireError(f"announcement is not JSON: {str(e)[:200]}") from None
-    if not isinstance(d, dict):
-        raise WireError("announcement must be a JSON object")
-    v = d.get("v")
-    if not isinstance(v, int) or v < 1 or v > WIRE_VERSION:
-        raise WireError(f"unsupported announcement version {v!r}")
-    for key in ("target", "version", "sha256"):
-        if not isinstance(d.get(key), str):
-            raise WireError(f"announcement needs a string {key!r}")
-    if d.get("path") is None and d.get("url") is None:
-        raise WireError("announcement needs a path or a url")
-    known = set(ModelAnnouncement.__slots__)  # type: ignore[attr-defined]
-    a = ModelAnnouncement(**{k: val for k, val in d.items() if k in known})
-    model_topic(a.target)
-    return a
-
-
-# split mode's feature payloads live in their own module; re-exported here, where every
-# other payload is, so that ``wire.pack_features`` etc. keep working
-from edgepilot.schema.features import (  # noqa: E402, F401
-    FEATURE_CODECS,
-    FEATURE_DTYPES,
-    MAX_FEATURE_ELEMS,
-    FeatureMeta,
-    pack_features,
-    unpack_features,
-)

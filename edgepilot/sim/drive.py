@@ -1,62 +1,43 @@
-"""One simulated drive from Python: world + expert (+ window) + recorder, until done.
+"""A simulated car: the simulator's parts in the one car wiring, and a scored drive.
 
-The drive itself runs through the onboard loop (``vehicle.simdrive.run_loop_drive``),
-the same loop that drives the real car; this module keeps the simulator's side: the
-log's session metadata and a small result. The frame a record stores is the one the
-pilot saw; its ``sim`` truth is the state that frame shows; its label is the expert's
-(or the user's) answer even while a perturbation bends what the car gets.
+``sim_parts`` puts the simulator's camera and car (``edgepilot.sim.parts``) where a real
+car has its camera and motor controller, with the expert riding along as the labeller;
+``drive_car`` (``edgepilot.drive.car``) runs them through the very loop that drives the
+real car. ``edgepilot sim drive`` adds a window, the fleet and the edge to these parts;
+the cloud's closed-loop gate uses ``scored_drives`` as they are.
+
+The frame a record stores is the one the pilot saw; its ``sim`` truth is the state that
+frame shows; its label is the expert's (or the user's) answer even while a perturbation
+bends what the car gets.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from edgepilot.drive.car import CarParts, CarRun, drive_car
+from edgepilot.drive.loop import LoopOptions
+from edgepilot.drive.parts import Pilot, UserInput
+from edgepilot.drive.slot import ModelSlot
 from edgepilot.drivelog import LogWriter
 from edgepilot.schema.log import SessionMeta
 from edgepilot.sim.expert import Expert
+from edgepilot.sim.parts import ExpertUser, SimActuator, SimSource
+from edgepilot.sim.tracks import load_track
 from edgepilot.sim.world import SimWorld
-
-log = logging.getLogger(__name__)
-
-
-class Window(Protocol):
-    """What the drive needs of a window (``vehicle.ui.DriveWindow`` is the real one)."""
-
-    mode: str
-    recording: bool
-    estop: bool
-    quit: bool
-
-    def poll(self) -> None: ...
-    def user_command(self) -> tuple[float, float]: ...
-    def take_delete_request(self) -> bool: ...
-    def draw(self, frame: Any, world: SimWorld, info: dict[str, Any]) -> None: ...
-    def close(self) -> None: ...
+from edgepilot.stats import mean
 
 
-@dataclass
-class DriveResult:
-    world: SimWorld
-    records: int = 0
-    deleted: int = 0
-    wall_s: float = 0.0
-    quit_early: bool = False
-    log_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def open_log(path: str | Path, world: SimWorld, notes: dict[str, Any]) -> LogWriter:
+def open_log(path: str | Path, world: SimWorld, notes: dict[str, Any], car_id: str = "sim-1") -> LogWriter:
     """A driving log for a sim drive: source "sim", the track, the camera spec in meta."""
     meta = SessionMeta(
         session=uuid.uuid4().hex,
         created=time.time(),
         source="sim",
-        car_id="sim-1",
+        car_id=car_id,
         track=world.track.name,
         camera=world.camera.to_meta(),
         notes=notes,
@@ -65,56 +46,67 @@ def open_log(path: str | Path, world: SimWorld, notes: dict[str, Any]) -> LogWri
     return LogWriter(path, meta, block=True)
 
 
-def run_drive(
+def sim_parts(
     world: SimWorld,
     *,
-    pilot: str,
-    laps: int,
+    laps: int | None,
     max_seconds: float | None,
+    slot: ModelSlot | None = None,
     expert: Expert | None = None,
+    user: UserInput | None = None,
+    labels: bool = True,
+) -> CarParts:
+    """The simulator as a car: renders until ``laps`` or ``max_seconds``; the expert is the
+    user (its labels ride along) unless ``user`` wraps it (a window over the expert).
+    ``labels=False``: no user at all (a scored drive needs no labels; saves the expert)."""
+    if user is None and labels:
+        user = ExpertUser(expert or Expert(world.track), world)
+    return CarParts(
+        source=SimSource(world).until(laps, max_seconds),
+        actuator=SimActuator(world),
+        slot=slot or ModelSlot(),
+        user=user,
+    )
+
+
+def sim_options(world: SimWorld, mode: str, *, realtime: bool, car_id: str = "sim-1", **kw: Any) -> LoopOptions:
+    """Loop options of a simulated car: one frame per simulated step; the offload deadline
+    is one step; ``realtime`` paces simulated time to the wall clock."""
+    return LoopOptions(
+        mode=mode, rate_hz=1.0 / world.dt if realtime else None, deadline_s=world.dt, car_id=car_id, **kw
+    )
+
+
+def scored_drives(
+    pilot: Pilot, tracks: list[str], seconds: float, scene_seed: int = 0, latency_ms: float = 0.0
+) -> dict[str, Any]:
+    """``pilot`` drives each track for ``seconds`` of simulated time (time-bound, not
+    lap-bound) through the car wiring; the contract's scores per track and their means."""
+    per = {}
+    for name in tracks:
+        world = SimWorld(load_track(name), scene_seed=scene_seed, latency_ms=latency_ms, keep_trail=False)
+        parts = sim_parts(world, laps=10**6, max_seconds=seconds, slot=ModelSlot(pilot), labels=False)
+        drive_car(parts, sim_options(world, "local", realtime=False))
+        per[name] = world.score.as_dict()
+    scores = list(per.values())
+    return {
+        "autonomy": round(mean(s["autonomy"] for s in scores), 4),
+        "mean_abs_cte_m": round(mean(s["mean_abs_cte_m"] for s in scores), 4),
+        "interventions": int(sum(s["interventions"] for s in scores)),
+        "tracks": per,
+    }
+
+
+def expert_drive(
+    world: SimWorld,
+    expert: Expert | None = None,
+    *,
+    laps: int | None = None,
+    max_seconds: float | None = None,
     writer: LogWriter | None = None,
-    window: Window | None = None,
     realtime: bool = False,
-    delete_seconds: float = 5.0,
-    slot: Any = None,
-    offload: Any = None,
-    car_id: str = "sim-1",
-) -> DriveResult:
-    """Drive until ``laps`` are done, ``max_seconds`` of simulated time pass, or the
-    window is closed. ``pilot``: "expert", "keyboard" (the user through ``window``), or
-    "model" (the model in ``slot``, a ``vehicle.hotswap.ModelSlot``; hard frames go to
-    ``offload`` when given).
-
-    The drive runs through the onboard loop (``vehicle.simdrive``), the same loop that
-    drives the real car; the expert rides along as the labeller."""
-    from vehicle.hotswap import ModelSlot
-    from vehicle.simdrive import run_loop_drive
-
-    expert = expert or Expert(world.track)
-    mode = "user" if pilot == "keyboard" else "local"
-    if window is not None:
-        window.mode = mode
-    run = run_loop_drive(
-        world,
-        expert=expert,
-        slot=slot if slot is not None else ModelSlot(None),
-        laps=laps,
-        max_seconds=max_seconds,
-        writer=writer,
-        window=window,
-        offload=offload,
-        realtime=realtime,
-        mode=mode,
-        delete_seconds=delete_seconds,
-        car_id=car_id,
-    )
-    st = run.loop.stats
-    return DriveResult(
-        world=world,
-        records=st.recorded,
-        deleted=st.deleted,
-        wall_s=run.wall_s,
-        quit_early=st.quit,
-        log_dir=writer.path if writer else None,
-        extra={"loop": run.loop},
-    )
+) -> CarRun:
+    """The expert drives ``world`` (recording into ``writer`` when given): training data."""
+    parts = sim_parts(world, laps=laps, max_seconds=max_seconds, expert=expert)
+    parts.recorder = writer
+    return drive_car(parts, sim_options(world, "local", realtime=realtime, record=writer is not None))

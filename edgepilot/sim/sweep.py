@@ -1,4 +1,4 @@
-"""The expert sweep behind the issue's "done when": every shipped track and a set of
+"""The expert sweep behind the simulator's acceptance (docs/simulator.md): every shipped track and a set of
 generated ones, 3 laps, at 0 and 100 ms actuator latency.
 
     .venv/bin/python -m edgepilot.sim.sweep [--generated 20] [--laps 3] [--json]

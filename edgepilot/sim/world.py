@@ -1,6 +1,6 @@
 """The closed-loop world: track + car + camera + score, advanced in fixed steps.
 
-``SimWorld`` is what both the sim CLI and the onboard loop (``vehicle.loop``) drive:
+``SimWorld`` is what both the sim CLI and the onboard loop (``edgepilot.drive.loop``) drive:
 ``render()`` the camera, decide, ``step(steering, throttle)``, repeat until ``done()``.
 Time is simulated (``t``), so a drive is reproducible bit for bit and runs as fast as
 the machine allows; pacing to the wall clock is the caller's business.

@@ -1,0 +1,136 @@
+"""The library's own commands: model (train, eval, calibrate, compress, keys), data,
+simulator tracks, and the single-process benchmarks (model, record, sim)."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgepilot.cli import Command
+
+
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("logs", nargs="+", metavar="LOG", help="driving logs (or folders of logs)")
+    p.add_argument("--out", required=True, metavar="PKG", help="model package to write")
+    p.add_argument("--arch", choices=["early-exit", "pilotnet", "edge"], default="early-exit")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--teacher", metavar="PKG", help="distil from this (larger) model package")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--widths",
+        metavar="W,W,...",
+        help="channel widths of the architecture (default: edgepilot.model.nets.DEFAULT_WIDTHS)",
+    )
+    p.add_argument(
+        "--head0",
+        metavar="ROWS,COLS,HIDDEN",
+        help="early-exit: exit 0's head, pooled grid and hidden units (default 2,6,32; "
+        "5,13,64 makes exit 0 about as accurate as exit 1, docs/benchmarks.md#model)",
+    )
+    p.add_argument(
+        "--labels",
+        default="human,expert",
+        metavar="SRC,SRC",
+        help="label sources to train on: human, expert, edge (the edge's answers as a teacher); "
+        "autopilot frames nobody labelled are always skipped (default human,expert)",
+    )
+    p.add_argument("--key", help="private key to sign with (default: keys/ of the repo)")
+
+
+def _eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", metavar="PKG")
+    p.add_argument("logs", nargs="+", metavar="LOG")
+
+
+def _calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", metavar="PKG", help="an fp32 package (compress afterwards)")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="logs whose validation sessions to use (the training logs)")
+    p.add_argument("--out", required=True, metavar="PKG")
+    p.add_argument(
+        "--agree-tol",
+        type=float,
+        help="an exit answers when it agrees with the final head within this on >= 95%% of its "
+        "frames (default 0.02; larger: faster, less accurate)",
+    )
+    p.add_argument(
+        "--ok-tol", type=float, help="a local answer is fine within this of the label (default 0.05; smaller: more offloading)"
+    )
+    p.add_argument("--max-offload", type=float, help="cap on the share of hard frames per exit (default 0.15)")
+    p.add_argument("--key", help="private key to sign with")
+
+
+def _compress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", metavar="PKG")
+    p.add_argument("--out", required=True, metavar="PKG")
+    p.add_argument("--calib", nargs="+", metavar="LOG", help="logs to draw calibration frames from")
+    p.add_argument(
+        "--int8-logits",
+        action="store_true",
+        help="quantise the exits' last linear too (default: float logits, ~3%% lower steering MAE)",
+    )
+    p.add_argument("--key", help="private key to sign with")
+
+
+def _keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="keys", help="directory for signing.key / signing.pub")
+    p.add_argument("--force", action="store_true", help="overwrite existing keys")
+
+
+def _bench_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="PKG")
+    p.add_argument("--baseline", required=True, metavar="PKG")
+    p.add_argument("--data", required=True, nargs="+", metavar="LOG")
+
+
+def _bench_record(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=3000)
+    p.add_argument("--out", help="directory to write into (default: a temporary one)")
+
+
+def _bench_sim(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track", default="oval")
+    p.add_argument("--steps", type=int, default=3000)
+
+
+def _tracks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="write a generated track to this JSON file")
+    p.add_argument("--generate", type=int, metavar="SEED", help="generate a random closed track from SEED")
+
+
+def _one_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", metavar="LOG")
+
+
+def _two(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="OUT")
+
+
+def _migrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("logs", nargs="+", metavar="LOG", help="driving logs (or folders of logs) to bring to this schema")
+
+
+COMMANDS = [
+    Command(("train",), "train a model package from driving logs", "edgepilot.model.cli:train", _train),
+    Command(("eval",), "open-loop evaluation of a model package on logs", "edgepilot.model.cli:evaluate", _eval),
+    Command(
+        ("calibrate",),
+        "re-choose exit and offload thresholds of an fp32 package (another speed/accuracy point)",
+        "edgepilot.model.cli:calibrate",
+        _calibrate,
+    ),
+    Command(("compress",), "int8 quantisation (+ pruning) of a model package", "edgepilot.model.cli:compress", _compress),
+    Command(("keys",), "make an Ed25519 key pair for signing model packages", "edgepilot.model.cli:keys", _keys),
+    Command(("bench", "model"), "per-frame compute of a model vs a baseline, side by side", "edgepilot.model.cli:bench", _bench_model),
+    Command(("bench", "record"), "driving-log recorder throughput vs bare JPEG encoding", "edgepilot.bench_record:run", _bench_record),
+    Command(("bench", "sim"), "simulator steps (physics + render) per second, one core", "edgepilot.sim.cli:bench", _bench_sim),
+    Command(("sim", "tracks"), "list the shipped tracks, or generate a new one", "edgepilot.sim.cli:tracks", _tracks),
+    Command(("data", "info"), "records, duration and a steering histogram of a log", "edgepilot.data_cli:info", _one_log),
+    Command(("data", "import-donkey"), "convert a DonkeyCar tub (v2) into a driving log", "edgepilot.donkey:import_cli", _two),
+    Command(("data", "export-donkey"), "convert a driving log into a DonkeyCar tub (v2)", "edgepilot.donkey:export_cli", _two),
+    Command(
+        ("data", "migrate"),
+        "bring driving logs to this schema in place (labels say where they came from)",
+        "edgepilot.data_cli:migrate",
+        _migrate,
+    ),
+]

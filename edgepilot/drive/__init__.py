@@ -1,0 +1,1 @@
+"""The onboard loop and its parts: what the car, replay and the cloud's gate all run."""

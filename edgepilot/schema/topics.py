@@ -1,0 +1,72 @@
+"""The table of topics: every MQTT topic edgepilot uses, its payload, who speaks, how.
+
+One row per topic (openpilot's services table): the pattern under ``edgepilot/v1/``, the
+payload class that defines its bytes (``wire``, ``fleet``), QoS, whether the broker keeps
+it (retained), who publishes and who subscribes. docs/protocol.md documents each row
+(a test holds the two together), and the broker's ACL (launch/make-broker-auth) grants
+each role exactly the rows where it appears.
+
+Changing a message (the rule, after openpilot's cereal):
+
+- add a field with a default; readers ignore keys they do not know, so old readers keep
+  working and the payload's ``v`` stays;
+- never reuse a field's name for another meaning, never change a field's type or unit;
+  a field that is no longer written stays in the class, marked ``# deprecated`` in its
+  comment, still read (so old writers keep working) until the payload's ``v`` is bumped;
+- a change an old reader would misread (a new required meaning, a new unit) bumps the
+  payload's ``v`` (``WIRE_VERSION``, ``FLEET_VERSION``); readers refuse a ``v`` newer
+  than theirs with a clear error rather than guess;
+- a change of the topic tree itself bumps the ``v1`` in ``ROOT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgepilot.schema import fleet, wire
+from edgepilot.schema.wire import ROOT
+
+
+@dataclass(frozen=True)
+class Topic:
+    pattern: str  # under ROOT; <car>, <node>, <target>, <version>, <i> are topic levels
+    payload: str  # the class (or format) that defines its bytes
+    qos: int
+    retained: bool
+    publishers: tuple[str, ...]
+    subscribers: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def full(self) -> str:
+        return f"{ROOT}/{self.pattern}"
+
+
+TOPICS = (
+    Topic("car/<car>/infer", "wire.InferRequest", 0, False, ("car",), ("edge",), "shared group $share/<group>/"),
+    Topic("car/<car>/reply", "wire.InferReply", 0, False, ("edge",), ("car",), "only the car it names reads it"),
+    Topic("edge/<node>/health", "wire.EdgeHealth", 1, True, ("edge",), ("car", "dashboard"), "also the Last Will"),
+    Topic("models/<target>", "fleet.PushAnnouncement", 1, True, ("cloud",), ("car", "edge", "dashboard")),
+    Topic("models/<target>/chunks/<version>/<i>", "raw package bytes", 1, True, ("cloud",), ("car", "edge")),
+    Topic("car/<car>/model", "fleet.CarModelStatus", 1, True, ("car",), ("cloud", "dashboard")),
+    Topic("upload/<car>/offer", "fleet.UploadOffer", 1, False, ("car",), ("cloud",), "shared group $share/cloud/"),
+    Topic("upload/<car>/chunk", "fleet.ChunkHeader + bytes", 1, False, ("car",), ("cloud",), "shared group"),
+    Topic("upload/<car>/ack", "fleet.ChunkAck", 1, False, ("cloud",), ("car",)),
+    Topic("upload/<car>/status", "fleet.UploadStatus", 1, False, ("cloud",), ("car",)),
+    Topic("cloud/retrain", "any (ignored)", 1, False, ("operator", "demo"), ("cloud",)),
+    Topic("cloud/runs", "fleet.RunSummary", 1, True, ("cloud",), ("demo", "dashboard")),
+)
+
+PAYLOADS = {
+    "wire.InferRequest": (wire.encode_request, wire.decode_request),
+    "wire.InferReply": (wire.encode_reply, wire.decode_reply),
+    "wire.EdgeHealth": (wire.encode_health, wire.decode_health),
+    "fleet.PushAnnouncement": (fleet.encode_announcement, fleet.decode_announcement),
+    "fleet.CarModelStatus": (fleet.encode_car_status, fleet.decode_car_status),
+    "fleet.UploadOffer": (fleet.encode_offer, fleet.decode_offer),
+    "fleet.ChunkHeader + bytes": (fleet.encode_chunk, fleet.decode_chunk),
+    "fleet.ChunkAck": (fleet.encode_ack, fleet.decode_ack),
+    "fleet.UploadStatus": (fleet.encode_status, fleet.decode_status),
+    "fleet.RunSummary": (fleet.encode_run_summary, fleet.decode_run_summary),
+}
+"""The one encoder and decoder of each typed payload."""

@@ -1,0 +1,55 @@
+"""Commands that play several parts: ``edgepilot demo`` and ``bench offload``."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgepilot.cli import Command, add_broker
+
+
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--headless", action="store_true", help="no pygame window even when a display exists")
+    add_broker(p)
+    p.add_argument("--workdir", default="var/demo", help="where the demo keeps its logs, store and models")
+    p.add_argument("--laps", type=int, default=2, help="expert laps per training track")
+    p.add_argument("--eval-laps", type=int, default=2, help="laps of the evaluation drives")
+    p.add_argument("--epochs", type=int, default=6, help="training epochs per cloud run")
+    p.add_argument(
+        "--gate-open",
+        action="store_true",
+        help="push the retrained car model whatever its quality checks say (latency is "
+        "still checked): for tiny smoke runs, whose models drive at random",
+    )
+    p.add_argument("--max-frames", type=int, default=8000, help="cap on training frames per run")
+    p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
+    p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")
+    p.add_argument("--train-timeout", type=float, default=420.0, help="seconds to wait for a training run")
+
+
+def _bench_offload(p: argparse.ArgumentParser) -> None:
+    add_broker(p)
+    p.add_argument("--vehicles", type=int, default=8)
+    p.add_argument("--rate", type=float, default=30.0, help="frames per second per vehicle")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds")
+    p.add_argument(
+        "--saturate",
+        action="store_true",
+        help="instead: start edge nodes here (1 node batch 1, 1 node batched, 2 nodes) and "
+        "measure each one's saturated requests/s in alternating rounds (--duration s each)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="--saturate: rounds per set-up")
+    p.add_argument("--window", type=int, default=64, help="--saturate: requests kept in flight")
+    p.add_argument("--model", help="--saturate: the edge nodes' model (default builtin:pilotnet)")
+
+
+COMMANDS = [
+    Command(
+        ("demo",),
+        "the whole loop on one machine: collect, train, drive, offload, retrain, push",
+        "testbed.demo:run",
+        _demo,
+    ),
+    Command(
+        ("bench", "offload"), "offload round trips through a running edge node", "testbed.offload_bench:run", _bench_offload
+    ),
+]

@@ -1,0 +1,390 @@
+"""``edgepilot demo``: the whole loop on one machine, as separate processes.
+
+Mosquitto, a cloud trainer, an edge node and a simulated car run as their own processes
+(``edgepilot.supervise``), talking only MQTT and the files a real deployment would
+share. This process only starts them, watches the fleet's topics and keeps score:
+
+1. the expert drives the training tracks and records (randomised look, perturbations);
+2. the logs are uploaded; the cloud trains the edge model and the car model, gates and
+   pushes them; the edge node starts on the edge model;
+3. the car takes the pushed model and drives an evaluation track it never saw, with
+   early exit, offloading its hard frames to the edge;
+4. its log is uploaded; the cloud retrains with it (the expert's labels ride along in
+   every record: DAgger), gates, pushes; a car that is driving swaps mid-drive;
+5. the car drives the evaluation track again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepilot import EdgepilotError
+from edgepilot.broker import listening, start_broker
+from edgepilot.config import BrokerConfig, load_profile
+from edgepilot.mqtt import Connection
+from edgepilot.progress import bar, table
+from edgepilot.schema import fleet
+from edgepilot.schema.wire import WireError, model_topic
+from edgepilot.supervise import Supervisor
+
+log = logging.getLogger(__name__)
+
+TRAIN_TRACKS = ("oval", "chicane", "kidney", "s_bends", "triangle", "switchback", "random_7")
+GATE_TRACKS = ("long_straights",)  # the cloud's closed-loop check: not trained on, not the demo's
+EVAL_TRACK = "rounded_square"
+CAR = "sim-1"
+
+CLOUD_PROFILE = """\
+# written by `edgepilot demo`: small settings so the whole demo fits in minutes on 2 cores
+name = "demo-cloud"
+[cloud]
+store = "{store}"
+retrain_min_frames = 1000000000   # the demo asks for each retraining run itself
+epochs = {epochs}
+edge_epochs = {edge_epochs}
+max_frames = {max_frames}
+eval_tracks = {gate_tracks}
+eval_seconds = 20.0
+margin_mae = {margin_mae}
+margin_autonomy = {margin_autonomy}
+margin_cte_m = {margin_cte_m}
+[model]
+trusted_keys = ["{pub}"]
+"""
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float = 0.0
+    ok: bool = False
+    line: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class FleetWatch:
+    """Follows the cloud's run summaries, its model announcements and the car's model
+    status over MQTT: all the demo knows of the fleet is what the fleet says on the bus."""
+
+    def __init__(self, url: str) -> None:
+        self.runs: list[fleet.RunSummary] = []
+        self.car_status: dict[str, fleet.CarModelStatus] = {}
+        self.models: dict[str, fleet.PushAnnouncement] = {}
+        self._cv = threading.Condition()
+        self.conn = Connection(BrokerConfig(url=url), "demo-watch")
+        self.conn.start()
+        self.conn.subscribe(fleet.CLOUD_RUNS_TOPIC, self._on(fleet.decode_run_summary, self.runs.append), qos=1)
+        self.conn.subscribe(fleet.CAR_MODEL_FILTER, self._on(fleet.decode_car_status, self._car), qos=1)
+        for target in ("car", "edge"):
+            self.conn.subscribe(model_topic(target), self._on(fleet.decode_announcement, self._model), qos=1)
+
+    def _on(self, decode: Callable[[bytes], Any], keep: Callable[[Any], None]) -> Callable[[Any], None]:
+        def handle(msg: Any) -> None:
+            if not msg.payload:
+                return
+            try:
+                item = decode(msg.payload)
+            except WireError as e:
+                log.warning("demo: ignoring a bad message on %s: %s", msg.topic, e)
+                return
+            with self._cv:
+                keep(item)
+                self._cv.notify_all()
+
+        return handle
+
+    def _car(self, st: fleet.CarModelStatus) -> None:
+        self.car_status[st.car] = st
+
+    def _model(self, ann: fleet.PushAnnouncement) -> None:
+        self.models[ann.target] = ann
+
+    def retrain(self, timeout: float) -> fleet.RunSummary:
+        """Ask the cloud for a run and wait for its summary."""
+        with self._cv:
+            seen = len(self.runs)
+        self.conn.publish(fleet.CLOUD_RETRAIN_TOPIC, b"{}", qos=1)
+        run = self._wait(lambda: self.runs[-1] if len(self.runs) > seen else None, timeout, "a retraining run")
+        if run.error:
+            raise EdgepilotError(f"the cloud's retraining run failed: {run.error}")
+        return run
+
+    def car_runs(self, car: str, version: str, timeout: float) -> fleet.CarModelStatus:
+        def ok() -> fleet.CarModelStatus | None:
+            st = self.car_status.get(car)
+            return st if st and st.version == version and st.state == "running" else None
+
+        return self._wait(ok, timeout, f"{car} to run {version}")
+
+    def announced(self, target: str, version: str, timeout: float) -> fleet.PushAnnouncement:
+        def ok() -> fleet.PushAnnouncement | None:
+            ann = self.models.get(target)
+            return ann if ann is not None and ann.version == version else None
+
+        return self._wait(ok, timeout, f"the {target} model {version} to be announced")
+
+    def _wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while (got := pred()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EdgepilotError(f"timed out after {timeout:.0f} s waiting for {what}")
+                self._cv.wait(min(left, 1.0))
+        return got
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Demo:
+    def __init__(self, args: Any) -> None:
+        self.args = args
+        self.work = Path(args.workdir).resolve()
+        self.headless = bool(args.headless)
+        self.phases: list[Phase] = []
+        self.url = ""
+        self.car_env = {"EDGEPILOT_CAR_ID": CAR}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def drive_args(self, track: str, *extra: str) -> list[str]:
+        a = ["sim", "drive", "--track", track, "--json", "--broker", self.url]
+        return a + (["--headless"] if self.headless else []) + list(extra)
+
+    def car_drive_args(self, *extra: str) -> list[str]:
+        """The simulated car on the evaluation track: the fleet's model, offloading."""
+        return self.drive_args(EVAL_TRACK, "--pilot", "model", "--follow-fleet", "--edge", "--rate", "realtime", *extra)
+
+    def run_child(
+        self, sup: Supervisor, name: str, args: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        sup.edgepilot(name, *args, env=env, expect_exit=True)
+        rc = sup.wait(name, timeout)
+        child = sup.children[name]
+        if rc != 0:
+            raise EdgepilotError(f"{name} failed (exit {rc}); its log {child.log_path} ends:\n{child.tail()}")
+        return child.json_result()
+
+    def phase(self, name: str) -> tuple[Phase, float]:
+        p = Phase(name)
+        self.phases.append(p)
+        print(f"== phase {len(self.phases)}: {name}", file=sys.stderr, flush=True)
+        return p, time.monotonic()
+
+    def done(self, p: Phase, t0: float, line: str, **detail: Any) -> None:
+        p.seconds, p.ok, p.line, p.detail = round(time.monotonic() - t0, 1), True, line, detail
+        print(f"   {line}  ({p.seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        for sub in ("logs", "store", "proc", "models-" + CAR):
+            shutil.rmtree(self.work / sub, ignore_errors=True)
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        prof = load_profile(getattr(self.args, "profile", None), "sim")
+        self.url = self.args.broker or prof.broker.url
+        host_port = self.url.split("://", 1)[-1]
+        port = int(host_port.rsplit(":", 1)[1]) if ":" in host_port else 1883
+        broker = None
+        if not listening(port):
+            broker = start_broker(self.work / "mosquitto", port)
+            log.warning("started Mosquitto on 127.0.0.1:%d", port)
+        cloud_toml = self._cloud_profile()
+        watch = FleetWatch(self.url)
+        t_all = time.monotonic()
+        try:
+            with Supervisor(self.work / "proc") as sup:
+                sup.edgepilot("cloud", "cloud", "--broker", self.url, "--profile", str(cloud_toml), "-v")
+                result = self._phases(sup, watch)
+        finally:
+            watch.close()
+            if broker is not None:
+                broker.stop()
+        result["elapsed_s"] = round(time.monotonic() - t_all, 1)
+        return result
+
+    def _cloud_profile(self) -> Path:
+        """The cloud trainer's profile for the demo (and the fleet's signing key, made on the
+        first run)."""
+        from edgepilot.model.package import default_key_dir, load_private_key
+
+        load_private_key(None, create=True)
+        wide = getattr(self.args, "gate_open", False)  # smoke runs: margins any model passes
+        margins = (1e9, 1e9, 1e9) if wide else (0.02, 0.0, 0.03)
+        path = self.work / "cloud.toml"
+        path.write_text(
+            CLOUD_PROFILE.format(
+                store=self.work / "store",
+                epochs=self.args.epochs,
+                edge_epochs=max(1, self.args.epochs - 1),
+                max_frames=self.args.max_frames,
+                gate_tracks=json.dumps(list(GATE_TRACKS)),
+                margin_mae=margins[0],
+                margin_autonomy=margins[1],
+                margin_cte_m=margins[2],
+                pub=default_key_dir() / "signing.pub",
+            )
+        )
+        return path
+
+    def _phases(self, sup: Supervisor, watch: FleetWatch) -> dict[str, Any]:
+        self._collect(sup)
+        run1 = self._first_training(sup, watch)
+        before = self._drive_phase(sup, "the car drives an unseen track with early exit and offload", "1")
+        run2, swapped = self._retrain_and_swap(sup, watch, run1)
+        after = self._drive_phase(sup, "the car drives the unseen track again", "2")
+        return self._summary(watch, run1, run2, before, after, swapped)
+
+    # -- the phases --------------------------------------------------------------------------
+    def _collect(self, sup: Supervisor) -> None:
+        p, t0 = self.phase("the expert drives the training tracks and records")
+        frames = 0
+        for i, track in enumerate(bar(TRAIN_TRACKS, desc="collect", unit="track")):
+            extra = ["--pilot", "expert", "--record", str(self.work / "logs" / f"expert-{track}")]
+            extra += ["--randomize", "--perturb", "0.3", "--seed", str(i + 1), "--laps", str(self.args.laps)]
+            r = self.run_child(sup, f"collect-{track}", self.drive_args(track, *extra, "--rate", "max"), 300)
+            frames += r.get("records", r.get("frames", 0))
+        self.done(p, t0, f"{len(TRAIN_TRACKS)} tracks, {frames} frames recorded", frames=frames)
+
+    def _first_training(self, sup: Supervisor, watch: FleetWatch) -> fleet.RunSummary:
+        p, t0 = self.phase("upload the logs; the cloud trains the edge and car models")
+        logs = self.work / "logs"
+        sent = sum(self._upload(sup, logs / f"expert-{t}", t)["sent_bytes"] for t in TRAIN_TRACKS)
+        run = watch.retrain(timeout=self.args.train_timeout)
+        car, edge = run.current.get("car"), run.current.get("edge")
+        if not car or not edge:
+            raise EdgepilotError(f"the first training run promoted no car or edge model: {run}")
+        edge_pkg = watch.announced("edge", edge, timeout=30).path
+        sup.edgepilot("edge", "edge", "--broker", self.url, "--model", str(edge_pkg), "--profile", "edge")
+        sup.wait_ready("edge")
+        line = f"uploaded {sent / 1e6:.1f} MB; car {car}, edge {edge} trained and pushed"
+        self.done(p, t0, line, run=run.run, sent_bytes=sent)
+        return run
+
+    def _drive_phase(self, sup: Supervisor, title: str, n: str) -> dict[str, Any]:
+        p, t0 = self.phase(title)
+        res = self._drive(sup, f"drive-{n}", self.work / "logs" / f"car-drive-{n}")
+        self.done(p, t0, self._drive_line(res), **res)
+        return res
+
+    def _retrain_and_swap(
+        self, sup: Supervisor, watch: FleetWatch, run1: fleet.RunSummary
+    ) -> tuple[fleet.RunSummary, bool]:
+        """Upload the first drive, retrain while the car drives; a promoted model must reach
+        the driving car between two frames."""
+        p, t0 = self.phase("upload the car's log; retrain, gate, push; the driving car swaps")
+        self._upload(sup, self.work / "logs" / "car-drive-1", "car-drive-1")
+        sup.edgepilot("car-swap", *self.car_drive_args("--laps", "100"), env=self.car_env)
+        watch.car_runs(CAR, str(run1.current["car"]), timeout=120)  # the driving car runs the current model
+        run2 = watch.retrain(timeout=self.args.train_timeout)
+        new_car = run2.current.get("car")
+        pushed = "car" in run2.promoted
+        if pushed:
+            watch.car_runs(CAR, str(new_car), timeout=60)
+            time.sleep(2.0)  # a little driving on the new model
+        swap_res = sup.stop("car-swap").json_result()  # it printed its result on SIGTERM
+        swapped = pushed and swap_res.get("swaps", 0) >= 1 and swap_res.get("model_version") == new_car
+        verdict = f"promoted {new_car}" if pushed else f"kept {new_car}"
+        self.done(
+            p,
+            t0,
+            f"gate {verdict}; pushed {pushed}, swapped mid-drive {swapped}",
+            run=run2.run,
+            gate=run2.gate,
+            report=run2.report,
+            swap_drive={k: swap_res.get(k) for k in ("frames", "swaps", "model_version", "autonomy")},
+        )
+        return run2, swapped
+
+    def _summary(
+        self,
+        watch: FleetWatch,
+        run1: fleet.RunSummary,
+        run2: fleet.RunSummary,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        swapped: bool,
+    ) -> dict[str, Any]:
+        a = self.args
+        sizes = {t: ann.size for t, ann in watch.models.items()}
+        return {
+            "phases": [{"name": x.name, "ok": x.ok, "seconds": x.seconds, "result": x.line} for x in self.phases],
+            "model_versions": {
+                "car_before": run1.current.get("car"),
+                "car_after": run2.current.get("car"),
+                "edge": run2.current.get("edge"),
+                "car_drive_1": before.get("model_version"),
+                "car_drive_2": after.get("model_version"),
+            },
+            "package_bytes": sizes,
+            "autonomy_before": before.get("autonomy"),
+            "autonomy_after": after.get("autonomy"),
+            "mean_abs_cte_before_m": before.get("mean_abs_cte_m"),
+            "mean_abs_cte_after_m": after.get("mean_abs_cte_m"),
+            "exit_rate_before": before.get("exit_rate"),
+            "exit_rate": after.get("exit_rate"),
+            "offload_rate_before": before.get("offload_rate"),
+            "offload_rate": after.get("offload_rate"),
+            "edge_used_rate": after.get("edge_used_rate"),
+            "rtt_ms": (after.get("offload") or {}).get("rtt_ms"),
+            "pushed": "car" in run2.promoted,
+            "swapped": swapped,
+            "track": EVAL_TRACK,
+            "scene_seed": a.scene_seed,
+            "latency_ms": a.latency_ms,
+        }
+
+    def _upload(self, sup: Supervisor, path: Path, name: str) -> dict[str, Any]:
+        args = ["upload", str(path), "--broker", self.url, "--json"]
+        return self.run_child(sup, f"upload-{name}", args, 120, env=self.car_env)
+
+    def _drive(self, sup: Supervisor, name: str, record: Path) -> dict[str, Any]:
+        a = self.args
+        extra = ["--laps", str(a.eval_laps), "--max-seconds", str(60.0 * a.eval_laps), "--record", str(record)]
+        extra += ["--scene-seed", str(a.scene_seed), "--latency-ms", str(a.latency_ms)]
+        return self.run_child(sup, name, self.car_drive_args(*extra), 600, env=self.car_env)
+
+    @staticmethod
+    def _drive_line(r: dict[str, Any]) -> str:
+        return (
+            f"autonomy {r.get('autonomy')}, {r.get('interventions')} interventions, mean |CTE| "
+            f"{r.get('mean_abs_cte_m')} m, exits {r.get('exit_rate')}, offload {r.get('offload_rate')}"
+        )
+
+
+def final_table(res: dict[str, Any]) -> str:
+    rows = [
+        ["autonomy (before -> after)", f"{res['autonomy_before']} -> {res['autonomy_after']}"],
+        [
+            "mean |CTE| m (before -> after)",
+            f"{res['mean_abs_cte_before_m']} -> {res['mean_abs_cte_after_m']}",
+        ],
+        ["exit histogram (after)", res["exit_rate"]],
+        ["offload rate / edge answers used", f"{res['offload_rate']} / {res['edge_used_rate']}"],
+        ["offload round trip ms", res["rtt_ms"]],
+        [
+            "car model before -> after",
+            f"{res['model_versions']['car_before']} -> {res['model_versions']['car_after']}",
+        ],
+        ["edge model", res["model_versions"]["edge"]],
+        ["package bytes", res["package_bytes"]],
+        ["pushed / swapped mid-drive", f"{res['pushed']} / {res['swapped']}"],
+        ["elapsed", f"{res['elapsed_s']} s"],
+    ]
+    return table(
+        rows, ["", f"track {res['track']}, scene {res['scene_seed']}, latency {res['latency_ms']} ms"]
+    )
+
+
+def run(args: Any) -> dict[str, Any]:
+    res = Demo(args).run()
+    print(final_table(res), file=sys.stderr)
+    return res

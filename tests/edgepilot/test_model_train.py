@@ -1,0 +1,155 @@
+"""Training end to end: a tiny run on the sample logs (< 1 minute), learning on synthetic
+logs, determinism under a seed, the by-session split and the augmentations."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepilot import EdgepilotError
+from edgepilot.model.augment import AugmentConfig, flip, lateral_shift
+from edgepilot.model.data import Sample, load_samples, split_by_session
+from edgepilot.model.evaluate import evaluate, load_frames
+from edgepilot.model.package import make_keys, read_manifest
+from edgepilot.model.runtime import Autopilot
+from edgepilot.model.synthetic import road_frame, write_synthetic_log
+from edgepilot.model.train import TrainConfig, train
+
+SAMPLES = Path(__file__).resolve().parents[2] / "datasets" / "samples"
+SIM_SAMPLES = [str(SAMPLES / "sim-oval"), str(SAMPLES / "sim-s_bends")]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    return make_keys(d)
+
+
+@pytest.fixture(scope="module")
+def synthetic_logs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synthetic")
+    return [str(write_synthetic_log(d / f"s{i}", frames=80, seed=i)) for i in range(4)]
+
+
+def test_tiny_end_to_end_on_the_sample_logs(tmp_path, keys):
+    priv, pub = keys
+    out = tmp_path / "tiny.eppkg"
+    r = train(SIM_SAMPLES, out, TrainConfig(epochs=2, batch=16), key=str(priv))
+    assert r["samples"] == 60 and r["epochs"] == 2
+    assert np.isfinite(r["val_steering_mae"])
+    assert Path(r["curve"]).stat().st_size > 1000  # the training-curve PNG
+    m = read_manifest(out)
+    assert m["arch"]["name"] == "early-exit" and m["quant"] == "fp32"
+    assert sorted(m["training"]["sessions"]) == sorted(load_samples(SIM_SAMPLES).sessions)
+    assert len(m["thresholds"]["exits"]) == 2
+    ap = Autopilot.load(out, [str(pub)])
+    frames, labels = load_frames(SIM_SAMPLES)
+    ev = evaluate(ap, frames, labels)
+    assert ev["frames"] == 60 and abs(sum(ev["exit_rate"].values()) - 1) < 1e-9
+
+
+def test_training_learns_the_road(tmp_path, keys, synthetic_logs):
+    priv, pub = keys
+    r = train(synthetic_logs, tmp_path / "m.eppkg", TrainConfig(epochs=6, batch=16), key=str(priv))
+    labels = np.array([s.steering for s in load_samples(synthetic_logs).samples])
+    spread = np.abs(labels - labels.mean()).mean()  # MAE of always answering the mean
+    assert r["val_steering_mae"] < 0.25 * spread
+    ap = Autopilot.load(tmp_path / "m.eppkg", [str(pub)])
+    rng = np.random.default_rng(7)
+    left, right = (
+        ap.infer(road_frame(-0.6, rng), force_final=True),
+        ap.infer(road_frame(0.6, rng), force_final=True),
+    )
+    assert left.steering < -0.3 and right.steering > 0.3
+
+
+def test_deterministic_under_a_seed(tmp_path, keys, synthetic_logs):
+    priv, _ = keys
+    cfg = TrainConfig(epochs=1, batch=32, max_frames=100, seed=3)
+    shas = []
+    for n in range(2):
+        out = tmp_path / f"d{n}.eppkg"
+        train(synthetic_logs, out, cfg, key=str(priv))
+        shas.append(read_manifest(out)["weights_sha256"])
+    assert shas[0] == shas[1]
+    train(
+        synthetic_logs,
+        tmp_path / "other.eppkg",
+        TrainConfig(epochs=1, batch=32, max_frames=100, seed=4),
+        key=str(priv),
+    )
+    assert read_manifest(tmp_path / "other.eppkg")["weights_sha256"] != shas[0]
+
+
+def test_distillation_from_a_teacher(tmp_path, keys, synthetic_logs):
+    priv, pub = keys
+    teacher = tmp_path / "teacher.eppkg"
+    train(
+        synthetic_logs, teacher, TrainConfig(arch="edge", epochs=1, batch=32, max_frames=100), key=str(priv)
+    )
+    # a trusted-key lookup: the teacher is verified like any package (keys/ of the repo or cwd)
+    import edgepilot.model.train as tr
+
+    orig = tr.load_package
+    tr.load_package = lambda p, keys=None: orig(p, [str(pub)])
+    try:
+        r = train(
+            synthetic_logs,
+            tmp_path / "student.eppkg",
+            TrainConfig(epochs=1, batch=32, max_frames=100),
+            teacher=teacher,
+            key=str(priv),
+        )
+    finally:
+        tr.load_package = orig
+    m = read_manifest(tmp_path / "student.eppkg")
+    assert m["training"]["teacher"] == read_manifest(teacher)["version"]
+    assert np.isfinite(r["val_steering_mae"])
+
+
+def test_split_is_by_session_never_by_frame():
+    samples = [Sample(b"", 0.0, 0.0, f"sess{i % 5}") for i in range(500)]
+    train_s, val_s = split_by_session(samples, 0.2, seed=1)
+    assert {s.session for s in train_s}.isdisjoint({s.session for s in val_s})
+    assert len(train_s) + len(val_s) == 500 and len(val_s) >= 100
+    one = [Sample(b"", 0.0, 0.0, "only") for _ in range(1000)]
+    t, v = split_by_session(one, 0.2, block=100)
+    assert len(v) == 200 and len(t) == 800
+    with pytest.raises(EdgepilotError):
+        split_by_session(one[:50], 0.2, block=100)
+
+
+def test_flip_and_shift_correct_the_steering():
+    rng = np.random.default_rng(0)
+    f = road_frame(0.3, rng)
+    g, s = flip(f, 0.3)
+    assert s == -0.3 and np.array_equal(g[:, 0], f[:, -1])
+    cfg = AugmentConfig()
+    shifted, s2 = lateral_shift(f, 0.0, 16.0, cfg)
+    assert s2 > 0  # the road moved right in the image: steer right to get back
+    assert np.array_equal(shifted[:30], f[:30])  # above the horizon nothing moves
+    assert not np.array_equal(shifted[-1], f[-1])  # the bottom row moved
+    _, s3 = lateral_shift(f, 0.0, -16.0, cfg)
+    assert s3 == pytest.approx(-s2)
+
+
+def test_damaged_log_is_counted_not_fatal(tmp_path):
+    log = write_synthetic_log(tmp_path / "log", frames=20)
+    (log / "images" / "000003.jpg").write_bytes(b"")
+    with open(log / "records.jsonl", "a") as f:
+        f.write('{"i": 99, "t": 1.0, "steering": 7}\n')
+    loaded = load_samples([str(log)])
+    assert len(loaded.samples) == 19 and loaded.skipped == 2
+
+
+def test_packages_are_zip_with_three_members(tmp_path, keys, synthetic_logs):
+    priv, _ = keys
+    out = tmp_path / "p.eppkg"
+    train(synthetic_logs[:2], out, TrainConfig(arch="pilotnet", epochs=1, max_frames=100), key=str(priv))
+    with zipfile.ZipFile(out) as z:
+        assert sorted(z.namelist()) == ["manifest.json", "signature.json", "weights.pt"]
+        assert json.loads(z.read("signature.json"))["alg"] == "ed25519"

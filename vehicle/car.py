@@ -1,0 +1,187 @@
+"""A car from its profile: which camera, actuator, user input, model, edge link and log.
+
+Every function here builds one kind of part from the profile; ``edgepilot.drive.car``
+puts them into the one loop (``drive_car``). ``drive``/``collect`` (the real car),
+``sim drive`` (``vehicle.simcar``) and ``replay`` share these builders.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from edgepilot import EdgepilotError
+from edgepilot.config import REPO_ROOT, Profile
+from edgepilot.drive.car import CarParts, IdleWatch, car_options, drive_car
+from edgepilot.drive.slot import ModelSlot, load_autopilot
+from edgepilot.drivelog import LogWriter, new_session_dir
+from edgepilot.mqtt import broker_config
+from edgepilot.offload.client import OffloadClient
+from edgepilot.schema.log import SessionMeta
+from vehicle.display import dummy_video, has_display
+from vehicle.fleetlink import FleetLink, follow_fleet
+
+log = logging.getLogger(__name__)
+
+
+def trusted_keys(profile: Profile) -> list[str] | None:
+    """The profile's public keys, relative paths taken from the repo root; None (the
+    model package's default, ``keys/*.pub``) when the profile names none."""
+    if not profile.model.trusted_keys:
+        return None
+    out = []
+    for k in profile.model.trusted_keys:
+        p = Path(k)
+        out.append(str(p if p.is_absolute() or p.exists() else REPO_ROOT / p))
+    return out
+
+
+def model_slot(profile: Profile, package: str | None) -> ModelSlot:
+    """The car's model slot, holding ``package`` (or the profile's) loaded and warmed."""
+    slot = ModelSlot(None, trusted_keys(profile), partial(load_autopilot, threads=max(1, profile.model.threads)))
+    pkg = package or profile.model.package
+    if pkg:
+        slot.current = slot.load(pkg)
+    return slot
+
+
+def offload_client(profile: Profile, broker_url: str | None, deadline_s: float) -> OffloadClient:
+    """The car's link to the edge nodes, started (it reconnects on its own)."""
+    client = OffloadClient(broker_config(profile.broker, broker_url), profile.car_id, deadline_s=deadline_s)
+    client.start()
+    return client
+
+
+def car_recorder(profile: Profile, record_root: str | None) -> LogWriter:
+    """A driving log for a real-car session, in the profile's record directory."""
+    root = Path(record_root or profile.drive.record_dir)
+    cam = profile.camera
+    meta = SessionMeta(
+        session=uuid.uuid4().hex,
+        created=time.time(),
+        source="car",
+        car_id=profile.car_id,
+        camera={"width": cam.width, "height": cam.height, "source": cam.source},
+    )
+    return LogWriter(new_session_dir(root, prefix=f"{profile.car_id}-"), meta)
+
+
+def car_window(profile: Profile, mode: str, *, collect: bool, headless: bool) -> Any:
+    """The pygame window when there is a display (collect needs one), else None."""
+    if headless and not collect:
+        return None
+    if not (has_display() or (collect and dummy_video())):  # dummy: SDL offscreen (tests)
+        if collect:
+            raise EdgepilotError("collect needs a window (a display) for the keyboard/gamepad")
+        return None
+    from vehicle.ui import DriveWindow
+
+    window = DriveWindow(
+        None, gamepad=profile.gamepad, title=f"edgepilot {profile.car_id}", fps_hint=profile.camera.fps
+    )
+    window.mode = mode
+    return window
+
+
+def car_fleet(profile: Profile, slot: ModelSlot, mode: str) -> FleetLink | None:
+    """Model pushes and uploads while parked; a fresh car waits for the fleet's model.
+    None (with a warning) when the fleet cannot be reached: the car drives without it."""
+    try:
+        return follow_fleet(
+            profile,
+            None,
+            slot,
+            Path(profile.drive.record_dir).parent / "models",
+            trusted_keys(profile),
+            wait_s=60,
+            wait_for_model=mode != "user" and slot.current is None,
+        )
+    except EdgepilotError as e:
+        log.warning("not linked to the fleet (no model pushes, no uploads): %s", e)
+        return None
+
+
+def idle_uploader(profile: Profile, link: FleetLink, recorder: LogWriter, watch: IdleWatch) -> Any:
+    """Uploads finished logs while the car is parked (not the one being recorded)."""
+    from vehicle.idle_upload import IdleUploader
+    from vehicle.upload import Uploader
+
+    current = Path(recorder.path).resolve()
+    return IdleUploader(
+        Uploader(link.conn, profile.car_id),
+        Path(recorder.path).parent,
+        watch.idle,
+        interval_s=1.0,
+        settle_s=2.0,
+        exclude=lambda p: p.resolve() == current,
+    ).start()
+
+
+def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slot: ModelSlot) -> CarParts:
+    """Camera, actuator, keyboard/gamepad, edge, recorder and fleet of the real car."""
+    from vehicle.actuators import make_actuator
+    from vehicle.sources import CameraSource
+    from vehicle.userinput import WindowUser
+
+    window = car_window(profile, mode, collect=collect, headless=getattr(args, "headless", False))
+    link = car_fleet(profile, slot, mode)
+    extras = [x for x in (window, link) if x is not None]
+    if mode != "user" and slot.current is None:
+        for x in extras:
+            x.close()
+        raise EdgepilotError(f"mode {mode} needs a model: --model PKG, model.package, or a fleet that pushes one")
+    recorder = car_recorder(profile, getattr(args, "record", None))
+    parts = CarParts(CameraSource(profile.camera), make_actuator(profile.actuator), slot, recorder=recorder)
+    parts.user = WindowUser(window) if window is not None else None
+    if getattr(args, "edge", False):
+        parts.offload = offload_client(profile, args.broker, 1.0 / profile.camera.fps)
+    if window is not None:
+        parts.observers.append(lambda frame, info: window.draw(frame.image, None, info))
+    if link is not None and profile.drive.upload_when_idle:
+        watch = IdleWatch(profile.drive.idle_after_s)
+        parts.observers.append(watch)
+        extras.insert(0, idle_uploader(profile, link, recorder, watch))
+    parts.extras = extras
+    return parts
+
+
+def run_real_car(profile: Profile, args: Any, *, collect: bool) -> dict[str, Any]:
+    """``drive`` and ``collect``: camera -> loop -> motor controller, recorded."""
+    slot = model_slot(profile, getattr(args, "model", None))
+    mode = "user" if collect else (getattr(args, "mode", None) or profile.drive.mode)
+    parts = real_car_parts(profile, args, collect=collect, mode=mode, slot=slot)
+    run = drive_car(parts, car_options(profile, mode))
+    res = run.result
+    res["log"] = str(parts.recorder.path) if parts.recorder is not None else None
+    for x in parts.extras:
+        if hasattr(x, "done"):
+            res["uploaded"] = [r.log for r in x.done]
+    res["actuator"] = getattr(parts.actuator, "stats", {})
+    print(run.loop.timer.table(), file=sys.stderr)
+    return res
+
+
+def drive(args: Any) -> dict[str, Any]:
+    """``edgepilot drive``: the real car on the autopilot (or as its profile's mode says)."""
+    from edgepilot.config import load_profile
+
+    return run_real_car(_car_profile(args, load_profile), args, collect=False)
+
+
+def collect(args: Any) -> dict[str, Any]:
+    """``edgepilot collect``: the real car driven by a human, recorded."""
+    from edgepilot.config import load_profile
+
+    return run_real_car(_car_profile(args, load_profile), args, collect=True)
+
+
+def _car_profile(args: Any, load: Any) -> Profile:
+    profile = load(args.profile, "car")
+    if getattr(args, "broker", None):
+        profile.broker.url = args.broker
+    return profile
