@@ -228,26 +228,31 @@ class EdgeService:
                     self._cond.wait(left)
         return batch
 
-    def _reply(self, item: _Pending, car: str | None, rep: wire.InferReply) -> None:
-        topic = item.response_topic
-        if topic is None:
-            try:
-                topic = wire.reply_topic(car) if car is not None else None
-            except wire.WireError:  # a topic level that is no valid car id: must not end the worker
-                topic = None
-            if topic is None:
-                return  # nowhere to answer: counted as an error already
+    def _reply(self, item: _Pending, rep: wire.InferReply) -> None:
+        """Answer the car the request came from: the one its topic names (the broker's ACL
+        lets a car publish only on its own), never a topic the request asks for."""
+        try:
+            topic = wire.reply_topic(wire.car_of_infer_topic(item.topic))
+        except wire.WireError:  # not a car's inference topic: nobody to answer (counted already)
+            return
         props = properties(correlation=item.correlation) if item.correlation is not None else None
         self.conn.publish(topic, wire.encode_reply(rep), qos=0, props=props)
 
     def _error(self, item: _Pending, why: str, car: str | None = None, frame: int | None = None) -> None:
         self.metrics.error(why)
         if car is None:
-            car, frame = wire.peek_identity(item.payload)
+            _, frame = wire.peek_identity(item.payload)
             with contextlib.suppress(wire.WireError):
                 car = wire.car_of_infer_topic(item.topic)
         log.debug("edge %s: error reply to %s: %s", self.node_id, car, why)
-        self._reply(item, car, wire.InferReply("error", car=car, frame=frame, node=self.node_id, error=why))
+        self._reply(item, wire.InferReply("error", car=car, frame=frame, node=self.node_id, error=why))
+
+    @staticmethod
+    def _misrouted(item: _Pending, car: str) -> str | None:
+        """Why a request's Response Topic is refused: it may only name the car's own."""
+        if item.response_topic is None or item.response_topic == wire.reply_topic(car):
+            return None
+        return f"response topic must be {wire.reply_topic(car)} (the requester's own), got {item.response_topic[:80]!r}"
 
     def _features(self, item: _Pending, req: wire.InferRequest) -> tuple[tuple[str, int], np.ndarray] | None:
         """A split-mode body -> ((car model, stage), float32 C x H x W), or an error reply."""
@@ -288,6 +293,9 @@ class EdgeService:
                 req = wire.decode_request(item.payload)
                 if req.car != wire.car_of_infer_topic(item.topic):
                     raise wire.WireError(f"car id {req.car!r} does not match the topic {item.topic!r}")
+                why = self._misrouted(item, req.car)
+                if why is not None:
+                    raise wire.WireError(why)
             except wire.WireError as e:
                 self._error(item, str(e))
                 continue
@@ -361,7 +369,7 @@ class EdgeService:
                 batch=len(ready),
                 queue_ms=round((t0 - item.t_mono) * 1e3, 3),
             )
-            self._reply(item, req.car, rep)
+            self._reply(item, rep)
             self.metrics.answered(time.monotonic() - item.t_mono)
 
     def _work(self) -> None:

@@ -113,7 +113,9 @@ class OffloadClient:
         self._expired: OrderedDict[int, float] = OrderedDict()  # frame -> send time, for late answers
         self._answers: OrderedDict[int, EdgeAnswer] = OrderedDict()
         self._rtts: deque[float] = deque(maxlen=4096)
-        self.counts = dict(sent=0, answered=0, late=0, missed=0, dropped=0, errors=0, stray=0, split=0)
+        self.counts = dict(
+            sent=0, answered=0, late=0, missed=0, dropped=0, errors=0, stray=0, split=0, foreign=0
+        )
         self.conn = Connection(broker, car_id)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -130,6 +132,18 @@ class OffloadClient:
         self.conn.close()
 
     # -- network thread --------------------------------------------------------------------
+    def _foreign(self, msg: paho.MQTTMessage, rep: wire.InferReply) -> bool:
+        """A reply that is not this car's (another car's answer, sent here by a forged
+        request): dropped, counted, and said once every 100 so an attack is not silent."""
+        if msg.topic == self._reply_topic and rep.car in (None, self.car_id):
+            return False
+        with self._cond:
+            self.counts["foreign"] += 1
+            n = self.counts["foreign"]
+        if n == 1 or n % 100 == 0:
+            log.warning("offload: %d replies for another car (car %r on %s) dropped", n, rep.car, msg.topic)
+        return True
+
     def _on_reply(self, msg: paho.MQTTMessage) -> None:
         now = time.monotonic()
         try:
@@ -138,6 +152,8 @@ class OffloadClient:
             log.debug("offload: bad reply: %s", e)
             with self._cond:
                 self.counts["errors"] += 1
+            return
+        if self._foreign(msg, rep):
             return
         corr = getattr(msg.properties, "CorrelationData", None)
         frame = int.from_bytes(corr, "big") if corr and len(corr) == 8 else rep.frame

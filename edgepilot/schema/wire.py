@@ -12,7 +12,8 @@ JSON for the small, self-describing header; raw bytes for the frame, because bas
 cost a third more bytes and an encode/decode on both ends of a link whose whole budget is
 a frame period. ``printf '{"v":1,...}\\n' | cat - frame.jpg`` builds one by hand.
 
-The request's MQTT v5 Response Topic and Correlation Data are echoed on the reply; the
+The reply goes to the reply topic of the car the request's topic names (a Response Topic
+that names anything else is refused); Correlation Data is echoed on the reply; the
 reply also repeats ``car`` and ``frame`` so a client without v5 properties can match.
 Deadlines: ``deadline`` (unix seconds, needs NTP-synced clocks) and/or ``budget_ms``
 (the edge drops a request that waited longer than this in its own queue, which needs no

@@ -86,16 +86,13 @@ def test_round_trip_answers_with_the_edge_models_own_output(broker, edge, model)
         car.close()
 
 
-def test_reply_goes_to_the_requests_response_topic_with_its_correlation_data(broker, edge):
-    lis = Listener(broker, "custom/inbox")
+def test_reply_goes_to_the_requesters_own_reply_topic_with_its_correlation_data(broker, edge):
+    lis = Listener(broker, wire.reply_topic("car-x"))
     try:
         _, jpeg = frame(1)
         payload = wire.encode_request(wire.InferRequest(car="car-x", frame=42, body=jpeg))
-        lis.conn.publish(
-            wire.infer_topic("car-x"),
-            payload,
-            props=properties(response_topic="custom/inbox", correlation=b"my-token"),
-        )
+        props = properties(response_topic=wire.reply_topic("car-x"), correlation=b"my-token")
+        lis.conn.publish(wire.infer_topic("car-x"), payload, props=props)
         msg = lis.next()
         assert msg.properties.CorrelationData == b"my-token"
         rep = wire.decode_reply(msg.payload)
@@ -103,6 +100,25 @@ def test_reply_goes_to_the_requests_response_topic_with_its_correlation_data(bro
         assert rep.compute_ms > 0
     finally:
         lis.close()
+
+
+def test_a_response_topic_naming_another_car_is_refused_not_followed(broker, edge):
+    """car-a asks for car-b's reply topic: the edge answers car-a with an error and sends
+    nothing to car-b (otherwise car-a steers car-b with answers to its own frames)."""
+    victim = Listener(broker, wire.reply_topic("car-b"))
+    own = Listener(broker, wire.reply_topic("car-a"))
+    try:
+        _, jpeg = frame(3)
+        payload = wire.encode_request(wire.InferRequest(car="car-a", frame=7, body=jpeg))
+        props = properties(response_topic=wire.reply_topic("car-b"), correlation=(7).to_bytes(8, "big"))
+        own.conn.publish(wire.infer_topic("car-a"), payload, props=props)
+        rep = wire.decode_reply(own.next().payload)
+        assert rep.status == "error" and "response topic" in rep.error
+        with pytest.raises(queue.Empty):
+            victim.next(0.5)
+    finally:
+        victim.close()
+        own.close()
 
 
 def test_without_response_topic_the_reply_goes_to_the_cars_reply_topic(broker, edge):
@@ -119,10 +135,10 @@ def test_without_response_topic_the_reply_goes_to_the_cars_reply_topic(broker, e
 
 
 def test_expired_requests_are_dropped_not_answered(broker, edge):
-    lis = Listener(broker, "exp/inbox")
+    lis = Listener(broker, wire.reply_topic("car-e"))
     try:
         _, jpeg = frame(3)
-        props = properties(response_topic="exp/inbox")
+        props = properties(response_topic=wire.reply_topic("car-e"))
         past = wire.InferRequest("car-e", 1, jpeg, deadline=time.time() - 0.01)
         lis.conn.publish(wire.infer_topic("car-e"), wire.encode_request(past), props=props)
         fresh = wire.InferRequest("car-e", 2, jpeg, deadline=time.time() + 5, budget_ms=5000)
@@ -151,9 +167,9 @@ def test_expired_requests_are_dropped_not_answered(broker, edge):
     ],
 )
 def test_malformed_payloads_get_an_error_reply_and_the_node_carries_on(broker, edge, payload, why):
-    lis = Listener(broker, "bad/inbox")
+    lis = Listener(broker, wire.reply_topic("car-m"))
     try:
-        props = properties(response_topic="bad/inbox", correlation=b"c1")
+        props = properties(response_topic=wire.reply_topic("car-m"), correlation=b"c1")
         lis.conn.publish(wire.infer_topic("car-m"), payload, props=props)
         rep = wire.decode_reply(lis.next().payload)
         assert rep.status == "error" and why in rep.error and rep.car == "car-m"
@@ -168,10 +184,10 @@ def test_malformed_payloads_get_an_error_reply_and_the_node_carries_on(broker, e
 
 
 def test_a_burst_from_many_cars_is_micro_batched(broker, edge):
-    lis = Listener(broker, "burst/inbox")
+    lis = Listener(broker, f"{wire.ROOT}/car/+/reply")
     try:
         _, jpeg = frame(5)
-        props = properties(response_topic="burst/inbox")
+        props = None
         n = 48
         for i in range(n):
             car = f"car-b{i % 8}"
@@ -324,11 +340,11 @@ def test_a_model_giving_nan_gets_an_error_reply_not_full_lock(broker):
     with torch.no_grad():
         bad.net[-1].bias.fill_(float("nan"))
     svc = EdgeService(BrokerConfig(url=broker.url), bad, node_id="edge-nan").start()
-    lis = Listener(broker, "nan/inbox")
+    lis = Listener(broker, wire.reply_topic("car-nan"))
     try:
         _, jpeg = frame(4)
         req = wire.encode_request(wire.InferRequest("car-nan", 9, jpeg))
-        lis.conn.publish(wire.infer_topic("car-nan"), req, props=properties(response_topic="nan/inbox"))
+        lis.conn.publish(wire.infer_topic("car-nan"), req)
         rep = wire.decode_reply(lis.next().payload)
         assert (rep.status, rep.frame, rep.steering) == ("error", 9, None)
         assert "non-finite" in rep.error

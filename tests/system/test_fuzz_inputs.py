@@ -44,7 +44,7 @@ def edge_offline():
     )
 
 
-def pending(payload: bytes, topic: str = "edgepilot/v1/car/car-1/infer", response: str | None = "r/1"):
+def pending(payload: bytes, topic: str = "edgepilot/v1/car/car-1/infer", response: str | None = None):
     from edge_node.service import _Pending
 
     return _Pending(payload, topic, response, b"\x00" * 8, time.monotonic())
