@@ -422,8 +422,13 @@ class LogActuator:
         self.neutral()
 
 
-def make_actuator(cfg: ActuatorConfig, sim_world: Any = None) -> Any:
-    """The profile's actuator: "robohat" | "framed" | "none" | "sim" (needs ``sim_world``)."""
+def make_actuator(cfg: ActuatorConfig, sim_world: Any = None, *, i2c_bus_factory: Any = None) -> Any:
+    """The profile's actuator: "robohat" | "framed" | "pca9685" | "none" | "sim" (needs
+    ``sim_world``); ``i2c_bus_factory(bus_number)`` replaces smbus2.SMBus (tests: a chip model)."""
+    if cfg.kind == "pca9685":
+        from vehicle.pca9685 import PCA9685Actuator
+
+        return PCA9685Actuator(cfg, bus_factory=i2c_bus_factory)
     if cfg.kind == "robohat":
         return RoboHatActuator(cfg)
     if cfg.kind == "framed":
@@ -436,4 +441,4 @@ def make_actuator(cfg: ActuatorConfig, sim_world: Any = None) -> Any:
         from vehicle.sources import SimActuator
 
         return SimActuator(sim_world)
-    raise EdgepilotError(f"actuator.kind: unknown kind {cfg.kind!r} (robohat, framed, none, sim)")
+    raise EdgepilotError(f"actuator.kind: unknown kind {cfg.kind!r} (robohat, framed, pca9685, none, sim)")
