@@ -6,6 +6,7 @@ registers and prescale: what the chip would put on its pins."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -283,3 +284,22 @@ def test_datasheet_prescale_and_tick():
     )
     assert pca9685.tick_us(60) == pytest.approx(4.08)
     assert pca9685.us_to_ticks(pca9685.ticks_to_us(370, 60), 60) == 370
+
+
+def test_probe_reads_what_the_chip_runs(i2c):
+    chip = i2c.chips[0x40]
+    act = start(i2c)
+    try:
+        drive(act, chip, -1.0, 0.5, (1100, 1600))
+        got = pca9685.probe(CFG, bus_factory=i2c.open)
+    finally:
+        act.close()
+    assert got["prescale"] == 101 and not got["asleep"] and abs(got["frequency_hz"] - 59.84) < 0.01
+    assert near((got["steering_us"], got["throttle_us"]), (1100, 1600), chip)
+
+
+def test_neutral_command_without_a_bus_says_so(capsys):
+    """``python -m vehicle.pca9685 neutral`` on this machine (no /dev/i2c-1): exit 1 and why."""
+    assert pca9685.main(["neutral", "--profile", "kit-picam-pca9685"]) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["neutral"] is False and "/dev/i2c-1" in out["error"]

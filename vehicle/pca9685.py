@@ -318,3 +318,53 @@ class PCA9685Actuator:
             self._verify()
             self._verified_at = now
         return False
+
+
+def probe(cfg: ActuatorConfig, bus_factory: Callable[[int], I2CBus] | None = None) -> dict[str, Any]:
+    """What the chip runs now, read from its registers (nothing is written)."""
+    bus = (bus_factory or open_smbus)(cfg.i2c_bus)
+    try:
+        mode1 = bus.read_byte_data(cfg.i2c_address, MODE1)
+        prescale = bus.read_byte_data(cfg.i2c_address, PRE_SCALE)
+        out: dict[str, Any] = {"mode1": mode1, "asleep": bool(mode1 & SLEEP), "prescale": prescale}
+        out["frequency_hz"] = round(OSC_HZ / (4096 * (prescale + 1)), 2)
+        for name in ("steering_channel", "throttle_channel"):
+            base = LED0_ON_L + 4 * getattr(cfg, name)
+            on_l, on_h, off_l, off_h = (bus.read_byte_data(cfg.i2c_address, base + i) for i in range(4))
+            ticks = 0 if off_h & 0x10 else ((off_h & 0xF) << 8 | off_l) - ((on_h & 0xF) << 8 | on_l)
+            out[name.replace("_channel", "_us")] = round(ticks % 4096 * (prescale + 1) * 1e6 / OSC_HZ, 1)
+        return out
+    finally:
+        bus.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vehicle.pca9685 {probe,neutral} --profile P``: read the chip, or put it to neutral
+    (e.g. systemd's ExecStopPost after the car's process was killed: the chip has no watchdog)."""
+    import argparse
+    import json
+
+    from edgepilot.config import load_profile
+
+    p = argparse.ArgumentParser(prog="python -m vehicle.pca9685")
+    p.add_argument("action", choices=("probe", "neutral"))
+    p.add_argument("--profile", default="kit-picam-pca9685")
+    args = p.parse_args(argv)
+    cfg = load_profile(args.profile).actuator
+    if cfg.kind != "pca9685":
+        raise SystemExit(f"profile {args.profile}: actuator.kind is {cfg.kind!r}, not 'pca9685'")
+    if args.action == "neutral":
+        act = PCA9685Actuator(cfg)  # its set-up writes neutral before it counts as connected
+        deadline = time.monotonic() + 2.0
+        while not act.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        reached = act.connected
+        act.close()
+        print(json.dumps({"neutral": reached, "us": act._neutral_us, "error": act.stats["last_error"]}))
+        return 0 if reached else 1
+    print(json.dumps(probe(cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
