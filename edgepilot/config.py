@@ -39,7 +39,7 @@ class CameraConfig:
     BGR frames turned by ``flip_h``/``flip_v`` first, then ``rotate`` degrees clockwise."""
 
     kind: str = "auto"  # auto | picamera2 | v4l2 | gstreamer | file (docs/hardware.md#cameras)
-    source: str = "0"  # V4L2 index or /dev/videoN, a video file, a GStreamer pipeline; picamera2: camera number
+    source: str = "0"  # V4L2 index or /dev/videoN, a video file, a pipeline; picamera2: camera number
     width: int = 160
     height: int = 120
     fps: int = 20
