@@ -33,17 +33,6 @@ def fresh_modules():
         sys.modules.pop(name, None)
 
 
-@pytest.fixture
-def picam(monkeypatch, fresh_modules):
-    """The picamera2 stand-in on sys.path (its module state is the camera)."""
-    monkeypatch.syspath_prepend(str(STANDINS))
-    import picamera2
-
-    yield picamera2
-    for cam in picamera2.INSTANCES:
-        cam.close()
-
-
 def expected_view(scene: np.ndarray, flip_h: bool, flip_v: bool, rotate: int) -> np.ndarray:
     """What the car should see, by numpy (not by the code under test): mirror, then turn clockwise."""
     if flip_h:

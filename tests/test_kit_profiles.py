@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import select
-import sys
 import threading
 import tty
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from helpers import wait_for
@@ -23,24 +21,9 @@ from vehicle.actuators import make_actuator
 from vehicle.cameras import make_camera
 from vehicle.loop import DriveLoop, LoopOptions, UserState
 
-STANDINS = Path(__file__).parent / "standins"
 # (steering, throttle) the user holds, each for a few frames; throttle 1.0 meets the profile's cap
 SCRIPT = [(0.0, 0.0), (-1.0, 0.2), (1.0, 0.4), (0.5, -0.5), (0.0, 1.0), (-0.25, 0.0)]
 HOLD = 3
-
-
-@pytest.fixture
-def picam(monkeypatch):
-    monkeypatch.syspath_prepend(str(STANDINS))
-    for name in ("picamera2", "libcamera"):
-        sys.modules.pop(name, None)
-    import picamera2
-
-    yield picamera2
-    for cam in picamera2.INSTANCES:
-        cam.close()
-    for name in ("picamera2", "libcamera"):
-        sys.modules.pop(name, None)
 
 
 class ScriptedUser:
