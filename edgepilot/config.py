@@ -35,17 +35,24 @@ class BrokerConfig:
 
 @dataclass
 class CameraConfig:
-    source: str = "0"  # V4L2 index, device path, or a GStreamer pipeline string
+    """The car's camera (``vehicle.cameras.make_camera``); the loop gets ``width`` x ``height``
+    BGR frames turned by ``flip_h``/``flip_v`` first, then ``rotate`` degrees clockwise."""
+
+    kind: str = "auto"  # auto | picamera2 | v4l2 | gstreamer | file (docs/hardware.md#cameras)
+    source: str = "0"  # V4L2 index or /dev/videoN, a video file, a pipeline; picamera2: camera number
     width: int = 160
     height: int = 120
     fps: int = 20
+    flip_h: bool = False  # mirror left-right
+    flip_v: bool = False  # mirror top-bottom
+    rotate: int = 0  # 0 | 90 | 180 | 270, clockwise
 
 
 @dataclass
 class ActuatorConfig:
     """Pulse widths in microseconds, as the servo and ESC see them."""
 
-    kind: str = "sim"  # sim | robohat | framed | none
+    kind: str = "sim"  # sim | robohat | framed | pca9685 | none
     port: str = "/dev/ttyACM0"
     baud: int = 115200
     steering_left_us: int = 1000
@@ -58,6 +65,12 @@ class ActuatorConfig:
     throttle_reverse: bool = False
     heartbeat_ms: int = 50
     reconnect_max_s: float = 2.0
+    # kind = "pca9685": the servo board on I2C (docs/hardware.md#pca9685)
+    i2c_bus: int = 1  # /dev/i2c-N
+    i2c_address: int = 0x40
+    pwm_freq_hz: int = 60  # DonkeyCar's frequency; 50 suits most analogue servos too
+    steering_channel: int = 1
+    throttle_channel: int = 0
 
 
 @dataclass

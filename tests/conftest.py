@@ -73,3 +73,24 @@ def tiny_int8(tmp_path_factory, tiny_model, sample_logs):
     out = tmp_path_factory.mktemp("model8") / "tiny-int8.eppkg"
     assert main(["compress", tiny_model, "--out", str(out), "--calib", *sample_logs]) == 0
     return str(out)
+
+
+STANDINS = os.path.join(os.path.dirname(__file__), "standins")
+
+
+@pytest.fixture
+def picam(monkeypatch):
+    """The picamera2/libcamera stand-in (tests/standins) on sys.path, imported afresh and
+    forgotten after the test (its module state is the camera); yields the picamera2 module."""
+    import sys
+
+    monkeypatch.syspath_prepend(STANDINS)
+    for name in ("picamera2", "libcamera"):
+        sys.modules.pop(name, None)
+    import picamera2
+
+    yield picamera2
+    for cam in picamera2.INSTANCES:
+        cam.close()
+    for name in ("picamera2", "libcamera"):
+        sys.modules.pop(name, None)

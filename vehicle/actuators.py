@@ -420,20 +420,3 @@ class LogActuator:
 
     def close(self) -> None:
         self.neutral()
-
-
-def make_actuator(cfg: ActuatorConfig, sim_world: Any = None) -> Any:
-    """The profile's actuator: "robohat" | "framed" | "none" | "sim" (needs ``sim_world``)."""
-    if cfg.kind == "robohat":
-        return RoboHatActuator(cfg)
-    if cfg.kind == "framed":
-        return FramedActuator(cfg)
-    if cfg.kind == "none":
-        return LogActuator(cfg)
-    if cfg.kind == "sim":
-        if sim_world is None:
-            raise EdgepilotError("actuator.kind 'sim' needs the simulator (use `edgepilot sim drive`)")
-        from vehicle.sources import SimActuator
-
-        return SimActuator(sim_world)
-    raise EdgepilotError(f"actuator.kind: unknown kind {cfg.kind!r} (robohat, framed, none, sim)")

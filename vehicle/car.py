@@ -57,16 +57,16 @@ def offload_client(profile: Profile, broker_url: str | None, deadline_s: float) 
     return client
 
 
-def car_recorder(profile: Profile, record_root: str | None) -> LogWriter:
-    """A driving log for a real-car session, in the profile's record directory."""
+def car_recorder(profile: Profile, record_root: str | None, camera: dict[str, Any]) -> LogWriter:
+    """A driving log for a real-car session, in the profile's record directory; ``camera``
+    (what the camera says of itself: kind, size, flips) goes into the log's meta."""
     root = Path(record_root or profile.drive.record_dir)
-    cam = profile.camera
     meta = SessionMeta(
         session=uuid.uuid4().hex,
         created=time.time(),
         source="car",
         car_id=profile.car_id,
-        camera={"width": cam.width, "height": cam.height, "source": cam.source},
+        camera=camera,
     )
     return LogWriter(new_session_dir(root, prefix=f"{profile.car_id}-"), meta)
 
@@ -124,8 +124,8 @@ def idle_uploader(profile: Profile, link: FleetLink, recorder: LogWriter, watch:
 
 def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slot: ModelSlot) -> CarParts:
     """Camera, actuator, keyboard/gamepad, edge, recorder and fleet of the real car."""
-    from vehicle.actuators import make_actuator
-    from vehicle.sources import CameraSource
+    from vehicle.cameras import make_camera
+    from vehicle.drivetrain import make_actuator
     from vehicle.userinput import WindowUser
 
     window = car_window(profile, mode, collect=collect, headless=getattr(args, "headless", False))
@@ -135,8 +135,9 @@ def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slo
         for x in extras:
             x.close()
         raise EdgepilotError(f"mode {mode} needs a model: --model PKG, model.package, or a fleet that pushes one")
-    recorder = car_recorder(profile, getattr(args, "record", None))
-    parts = CarParts(CameraSource(profile.camera), make_actuator(profile.actuator), slot, recorder=recorder)
+    camera = make_camera(profile.camera)
+    recorder = car_recorder(profile, getattr(args, "record", None), camera.describe())
+    parts = CarParts(camera, make_actuator(profile.actuator), slot, recorder=recorder)
     parts.user = WindowUser(window) if window is not None else None
     if getattr(args, "edge", False):
         parts.offload = offload_client(profile, args.broker, 1.0 / profile.camera.fps)

@@ -70,6 +70,14 @@ def _bench_loop(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="LOG")
 
 
+def from_donkey_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="MYCONFIG.py", help="DonkeyCar myconfig.py or config.py (read, never run)")
+    p.add_argument("--out", required=True, metavar="PROFILE.toml", help="the profile to write")
+    p.add_argument("--base", metavar="CONFIG.py", help="read this first (default: config.py next to myconfig.py)")
+    p.add_argument("--name", help="the profile's name (default: the file name)")
+    p.add_argument("--force", action="store_true", help="replace an existing PROFILE.toml")
+
+
 COMMANDS = [
     Command(
         ("sim", "drive"),
@@ -84,4 +92,10 @@ COMMANDS = [
     Command(("collect",), "drive the real car by keyboard or gamepad and record", "vehicle.car:collect", _collect),
     Command(("upload",), "send a driving log to the cloud trainer (resumable, idempotent)", "vehicle.upload:cli", _upload),
     Command(("bench", "loop"), "the whole onboard loop in replay: fps and latency", "vehicle.replay:bench_loop", _bench_loop),
+    Command(
+        ("profile", "from-donkey"),
+        "a DonkeyCar myconfig.py/config.py as a TOML profile (read, never run)",
+        "vehicle.donkey_profile:from_donkey",
+        from_donkey_arguments,
+    ),
 ]

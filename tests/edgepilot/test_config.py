@@ -8,7 +8,7 @@ from edgepilot import EdgepilotError
 from edgepilot.config import PROFILE_DIR, load_profile, override
 
 
-@pytest.mark.parametrize("name", ["sim", "car", "edge", "cloud"])
+@pytest.mark.parametrize("name", ["sim", "car", "edge", "cloud", "kit-picam-pca9685", "kit-picam-mm1"])
 def test_shipped_profiles_load(name):
     p = load_profile(name)
     assert p.name == name
@@ -22,7 +22,8 @@ def test_car_profile_values():
 
 
 def test_all_profile_files_are_tested():
-    assert sorted(f.stem for f in PROFILE_DIR.glob("*.toml")) == ["car", "cloud", "edge", "sim"]
+    shipped = ["car", "cloud", "edge", "kit-picam-mm1", "kit-picam-pca9685", "sim"]
+    assert sorted(f.stem for f in PROFILE_DIR.glob("*.toml")) == shipped
 
 
 @pytest.mark.parametrize(

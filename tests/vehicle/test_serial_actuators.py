@@ -19,7 +19,8 @@ from edgepilot import EdgepilotError
 from edgepilot.config import ActuatorConfig
 from tests.helpers import wait_for
 from vehicle import serial_proto as sp
-from vehicle.actuators import FramedActuator, LogActuator, RoboHatActuator, make_actuator, pulses
+from vehicle.actuators import FramedActuator, LogActuator, RoboHatActuator, pulses
+from vehicle.drivetrain import make_actuator
 
 CFG = ActuatorConfig(kind="robohat", heartbeat_ms=40, reconnect_max_s=0.2)
 

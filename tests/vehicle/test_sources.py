@@ -14,7 +14,7 @@ from edgepilot.config import CameraConfig
 from edgepilot.drive.replay import ReplaySource
 from edgepilot.drivelog import LogWriter
 from edgepilot.schema.log import Record
-from vehicle.sources import CameraSource
+from vehicle.cameras import make_camera
 
 
 def test_camera_source_hands_over_newest_frames_resized(tmp_path):
@@ -26,7 +26,7 @@ def test_camera_source_hands_over_newest_frames_resized(tmp_path):
         cv2.putText(img, str(i), (100, 150), cv2.FONT_HERSHEY_SIMPLEX, 3, (255, 255, 255), 5)
         vw.write(img)
     vw.release()
-    cam = CameraSource(CameraConfig(source=path, width=160, height=120, fps=1000))  # a fast "camera"
+    cam = make_camera(CameraConfig(source=path, width=160, height=120, fps=1000))  # a fast "camera"
     got = []
     while (f := cam.read()) is not None:
         got.append(f.index)
@@ -40,7 +40,7 @@ def test_camera_source_hands_over_newest_frames_resized(tmp_path):
 
 def test_camera_that_does_not_open_says_so():
     with pytest.raises(EdgepilotError, match="did not open"):
-        CameraSource(CameraConfig(source="/nonexistent/video.avi"))
+        make_camera(CameraConfig(source="/nonexistent/video.avi"))
 
 
 def test_replay_realtime_keeps_recorded_timing_and_skips_bad_frames(tmp_path):
