@@ -106,6 +106,15 @@ def properties(
 Handler = Callable[[paho.MQTTMessage], None]
 
 
+def own_client_id(username: str | None, client_id: str) -> str:
+    """A logged-in client's connections are named "<username>" or "<username>:<what>": the
+    secured broker refuses any other id for that login (launch/mosquitto-plugin), so that no
+    client can take over another's session by connecting with its id."""
+    if not username or client_id == username or client_id.startswith(f"{username}:"):
+        return client_id
+    return f"{username}:{client_id}"
+
+
 class Connection:
     """A paho MQTT v5 client with remembered subscriptions and a connected flag.
 
@@ -123,7 +132,7 @@ class Connection:
     ) -> None:
         self.cfg = cfg
         self.addr = parse_url(cfg.url)
-        self.client_id = client_id
+        self.client_id = client_id = own_client_id(cfg.username, client_id)
         self.connected = threading.Event()
         self.connects = 0  # successful CONNACKs so far: a change means a reconnect happened
         self.last_error: str | None = None

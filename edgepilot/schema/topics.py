@@ -29,12 +29,13 @@ from edgepilot.schema.wire import ROOT
 
 @dataclass(frozen=True)
 class Topic:
-    pattern: str  # under ROOT; <car>, <node>, <target>, <version>, <i> are topic levels
+    pattern: str  # under ROOT; <car> and <node> are the speaker's own id, <version> and <i> any
     payload: str  # the class (or format) that defines its bytes
     qos: int
     retained: bool
-    publishers: tuple[str, ...]
+    publishers: tuple[str, ...]  # roles: car, edge, cloud, operator, dashboard
     subscribers: tuple[str, ...]
+    shared: str | None = None  # the subscribers' shared-subscription group ($share/<group>/...)
     note: str = ""
 
     @property
@@ -42,20 +43,30 @@ class Topic:
         return f"{ROOT}/{self.pattern}"
 
 
+def _model_rows(target: str, readers: tuple[str, ...]) -> tuple[Topic, Topic]:
+    return (
+        Topic(f"models/{target}", "fleet.PushAnnouncement", 1, True, ("cloud",), readers),
+        Topic(f"models/{target}/chunks/<version>/<i>", "raw package bytes", 1, True, ("cloud",), readers),
+    )
+
+
 TOPICS = (
-    Topic("car/<car>/infer", "wire.InferRequest", 0, False, ("car",), ("edge",), "shared group $share/<group>/"),
-    Topic("car/<car>/reply", "wire.InferReply", 0, False, ("edge",), ("car",), "only the car it names reads it"),
-    Topic("edge/<node>/health", "wire.EdgeHealth", 1, True, ("edge",), ("car", "dashboard"), "also the Last Will"),
-    Topic("models/<target>", "fleet.PushAnnouncement", 1, True, ("cloud",), ("car", "edge", "dashboard")),
-    Topic("models/<target>/chunks/<version>/<i>", "raw package bytes", 1, True, ("cloud",), ("car", "edge")),
-    Topic("car/<car>/model", "fleet.CarModelStatus", 1, True, ("car",), ("cloud", "dashboard")),
-    Topic("upload/<car>/offer", "fleet.UploadOffer", 1, False, ("car",), ("cloud",), "shared group $share/cloud/"),
-    Topic("upload/<car>/chunk", "fleet.ChunkHeader + bytes", 1, False, ("car",), ("cloud",), "shared group"),
+    Topic("car/<car>/infer", "wire.InferRequest", 0, False, ("car",), ("edge",), shared="edge"),
+    Topic("car/<car>/reply", "wire.InferReply", 0, False, ("edge",), ("car",), note="only the car it names reads it"),
+    Topic("edge/<node>/health", "wire.EdgeHealth", 1, True, ("edge",), ("car", "cloud", "dashboard"), note="also the Last Will"),
+    *_model_rows("car", ("car", "dashboard")),
+    *_model_rows("edge", ("edge", "dashboard")),
+    *_model_rows("tails", ("edge",)),
+    Topic("car/<car>/model", "fleet.CarModelStatus", 1, True, ("car",), ("cloud", "operator", "dashboard")),
+    Topic("upload/<car>/offer", "fleet.UploadOffer", 1, False, ("car",), ("cloud",), shared="cloud"),
+    Topic("upload/<car>/chunk", "fleet.ChunkHeader + bytes", 1, False, ("car",), ("cloud",), shared="cloud"),
     Topic("upload/<car>/ack", "fleet.ChunkAck", 1, False, ("cloud",), ("car",)),
     Topic("upload/<car>/status", "fleet.UploadStatus", 1, False, ("cloud",), ("car",)),
-    Topic("cloud/retrain", "any (ignored)", 1, False, ("operator", "demo"), ("cloud",)),
-    Topic("cloud/runs", "fleet.RunSummary", 1, True, ("cloud",), ("demo", "dashboard")),
+    Topic("cloud/retrain", "any (ignored)", 1, False, ("operator", "cloud"), ("cloud",)),
+    Topic("cloud/runs", "fleet.RunSummary", 1, True, ("cloud",), ("operator", "dashboard")),
 )
+
+ROLES = ("car", "edge", "cloud", "operator", "dashboard")
 
 PAYLOADS = {
     "wire.InferRequest": (wire.encode_request, wire.decode_request),

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import shutil
+import json
+import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,59 +17,38 @@ import torch
 from edge_node.model import load_edge_model
 from edge_node.service import EdgeService
 from edgepilot import EdgepilotError
-from edgepilot.broker import free_port, start_broker
+from edgepilot.broker import start_secure_broker
 from edgepilot.config import REPO_ROOT, BrokerConfig
 from edgepilot.mqtt import Connection, properties
 from edgepilot.offload.client import OffloadClient
 from edgepilot.schema import fleet, wire
+from tests.helpers import wait_for
 
 torch.set_num_threads(1)
 
 
-def readable_dir() -> Path:
-    """Mosquitto drops root for its own user before it reads the password file and ACL, so
-    they must sit where that user can reach them (pytest's tmp dirs are 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="edgepilot-auth-"))
-    d.chmod(0o755)
-    return d
+CLIENTS = ["--car", "car-1", "--car", "car-2", "--edge", "edge-1", "--cloud", "cloud", "--operator", "ops"]
 
 
-def start_secure(state, auth, extra: str = ""):
-    port = free_port()
-    text = (REPO_ROOT / "launch" / "mosquitto-secure.conf").read_text()
-    text = text.replace("@PORT@", str(port)).replace("@STATE@", str(state)).replace("@AUTH@", str(auth))
-    conf = state / "mosquitto.conf"
-    conf.write_text(text + extra)
-    return start_broker(state, port, _conf=conf)
+def make_secured(tmp: Path, *clients: str) -> tuple[Path, object]:
+    """docs/deploy.md's secured set-up, as a user makes it: the test CA, the logins and
+    ACLs, the broker from launch/mosquitto-secure.conf (TLS only)."""
+    auth = tmp / "auth"
+    subprocess.run([REPO_ROOT / "launch" / "make-test-ca", auth / "tls"], check=True, capture_output=True)
+    subprocess.run([REPO_ROOT / "launch" / "make-broker-auth", auth, *clients], check=True, capture_output=True)
+    return auth, start_secure_broker(tmp / "state", auth)
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory):
-    auth = readable_dir()
-    subprocess.run(
-        [
-            REPO_ROOT / "launch" / "make-broker-auth",
-            auth,
-            "--car",
-            "car-1",
-            "--car",
-            "car-2",
-            "--edge",
-            "edge-1",
-            "--cloud",
-            "cloud",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    b = start_secure(tmp_path_factory.mktemp("secure-broker"), auth)
+    auth, b = make_secured(tmp_path_factory.mktemp("secure"), *CLIENTS)
     yield b, auth
     b.stop()
-    shutil.rmtree(auth, ignore_errors=True)
 
 
-def creds(b, auth, who: str, url: str | None = None, **kw) -> BrokerConfig:
-    return BrokerConfig(url=url or b.url, username=who, password_file=str(auth / f"{who}.pass"), **kw)
+def creds(b, auth, who: str, **kw) -> BrokerConfig:
+    kw.setdefault("tls_ca", str(auth / "tls" / "ca.crt"))
+    return BrokerConfig(url=b.url, username=who, password_file=str(auth / f"{who}.pass"), **kw)
 
 
 def jpeg() -> bytes:
@@ -178,8 +157,8 @@ def test_acl_fleet_topics_upload_model_status_and_push(secure):
         "cloud",
         "cloud-t",
         [
-            fleet.UPLOAD_OFFER_FILTER,
-            fleet.UPLOAD_CHUNK_FILTER,
+            fleet.shared("cloud", fleet.UPLOAD_OFFER_FILTER),
+            fleet.shared("cloud", fleet.UPLOAD_CHUNK_FILTER),
             fleet.CAR_MODEL_FILTER,
             fleet.CLOUD_RETRAIN_TOPIC,
         ],
@@ -189,9 +168,20 @@ def test_acl_fleet_topics_upload_model_status_and_push(secure):
         auth,
         "car-1",
         "car-1-fleet",
-        [f"{R}/upload/car-1/#", f"{R}/upload/car-2/#", f"{R}/models/car/#", f"{R}/models/edge"],
+        [
+            *(fleet.upload_topic(car, kind) for car in ("car-1", "car-2") for kind in ("ack", "status")),
+            f"{R}/models/car",
+            f"{R}/models/car/chunks/+/+",
+            f"{R}/models/edge",
+        ],
     )
-    car2, car2_in = client(b, auth, "car-2", "car-2-fleet", [f"{R}/upload/car-2/#", f"{R}/models/car/#"])
+    car2, car2_in = client(
+        b,
+        auth,
+        "car-2",
+        "car-2-fleet",
+        [fleet.upload_topic("car-2", "ack"), fleet.upload_topic("car-2", "status"), f"{R}/models/car"],
+    )
     try:
         # a car uploads as itself (offer and chunk) and reports its model as itself
         for kind in ("offer", "chunk"):
@@ -240,41 +230,28 @@ def test_acl_fleet_topics_upload_model_status_and_push(secure):
             conn.close()
 
 
-def test_tls_with_the_test_ca(tmp_path):
-    shared = readable_dir()
-    tls = shared / "tls"
-    subprocess.run([REPO_ROOT / "launch" / "make-test-ca", tls], check=True, capture_output=True)
-    auth = shared / "auth"
-    subprocess.run(
-        [REPO_ROOT / "launch" / "make-broker-auth", auth, "--car", "car-1", "--edge", "edge-1"],
-        check=True,
-        capture_output=True,
-    )
-    tls_port = free_port()
-    extra = (
-        f"\nlistener {tls_port} 127.0.0.1\ncafile {tls}/ca.crt\ncertfile {tls}/server.crt\n"
-        f"keyfile {tls}/server.key\n"
-    )
-    b = start_secure(tmp_path, auth, extra)
-    url = f"mqtts://127.0.0.1:{tls_port}"
-    edge = EdgeService(
-        creds(b, auth, "edge-1", url, tls_ca=str(tls / "ca.crt")), load_edge_model("builtin:pilotnet")
-    )
+def test_tls_only_and_the_files_are_private(secure):
+    """The one listener speaks TLS: a plain client, or one that does not trust the CA, is
+    refused; the server key, the logins file and every password file are 0600."""
+    b, auth = secure
+    assert b.url.startswith("mqtts://")
+    plain = BrokerConfig(url=b.url.replace("mqtts://", "mqtt://"), username="car-1", password_file=str(auth / "car-1.pass"))
+    with pytest.raises(EdgepilotError):
+        Connection(plain, "car-1:plain").start(1.0)
+    with pytest.raises(EdgepilotError):
+        Connection(creds(b, auth, "car-1", tls_ca=None), "car-1:notrust").start(1.0)
+    conn = Connection(creds(b, auth, "car-1"), "car-1:ok")
     try:
-        edge.start()
-        car = OffloadClient(creds(b, auth, "car-1", url, tls_ca=str(tls / "ca.crt")), "car-1", deadline_s=1.0)
-        car.start()
-        assert car.submit(3, jpeg())
-        ans = car.poll(3, time.monotonic() + 1.0)
-        assert ans is not None and ans.frame == 3
-        car.close()
-        # a client that does not trust the CA is refused (certificate verify failed)
-        with pytest.raises(EdgepilotError):
-            Connection(creds(b, auth, "car-1", url), "car-1-notrust").start(1.0)
+        conn.start(3.0)
     finally:
-        edge.stop()
-        b.stop()
-        shutil.rmtree(shared, ignore_errors=True)
+        conn.close()
+    for f in [auth / "tls" / "server.key", auth / "tls" / "ca.key", auth / "dynamic-security.json"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    for f in auth.glob("*.pass"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    logins = json.loads((auth / "dynamic-security.json").read_text())
+    secrets_ = {f.read_text().strip() for f in auth.glob("*.pass")}
+    assert not any(pw in json.dumps(logins) for pw in secrets_)  # hashes only
 
 
 def test_acl_split_plan_health_to_cars_and_tails_pushes_to_edges(secure):
@@ -283,8 +260,8 @@ def test_acl_split_plan_health_to_cars_and_tails_pushes_to_edges(secure):
     b, auth = secure
     R = wire.ROOT
     cloud, _ = client(b, auth, "cloud", "cloud-tails", [])
-    edge, edge_in = client(b, auth, "edge-1", "edge-1-tails", [wire.TAILS_TOPIC, f"{R}/models/tails/#"])
-    car1, car1_in = client(b, auth, "car-1", "car-1-plan", [wire.HEALTH_FILTER, f"{R}/models/tails/#"])
+    edge, edge_in = client(b, auth, "edge-1", "edge-1-tails", [wire.TAILS_TOPIC, f"{R}/models/tails/chunks/+/+"])
+    car1, car1_in = client(b, auth, "car-1", "car-1-plan", [wire.HEALTH_FILTER, f"{R}/models/tails/chunks/+/+"])
     try:
         health = wire.encode_health(wire.EdgeHealth(node="edge-1"))
         assert edge.publish(wire.health_topic("edge-1"), health, qos=1)
@@ -301,3 +278,123 @@ def test_acl_split_plan_health_to_cars_and_tails_pushes_to_edges(secure):
     finally:
         for conn in (cloud, edge, car1):
             conn.close()
+
+
+def raw_connect(cfg: BrokerConfig, client_id: str, timeout: float = 3.0) -> tuple[object, int | None]:
+    """A bare paho client with exactly this client id (edgepilot's Connection would name it
+    "<login>:..."): as an attacker would connect. Returns (client, CONNACK reason or None)."""
+    import ssl
+    import threading
+
+    import paho.mqtt.client as paho
+
+    from edgepilot.mqtt import parse_url
+
+    got: dict[str, int] = {}
+    done = threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    c.username_pw_set(cfg.username, Path(cfg.password_file).read_text().strip())
+    c.tls_set(ca_certs=cfg.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+    def on_connect(cl, ud, flags, rc, props) -> None:
+        got["rc"] = rc.value
+        done.set()
+
+    c.on_connect = on_connect
+    addr = parse_url(cfg.url)
+    c.connect(addr.host, addr.port)
+    c.loop_start()
+    done.wait(timeout)
+    return c, got.get("rc")
+
+
+def test_a_car_cannot_take_another_clients_session(secure):
+    """car-1 connecting with edge-1's client id is refused at CONNECT: the edge node stays
+    connected and its retained health stays "up" (a takeover would fire its Last Will)."""
+    b, auth = secure
+    edge = EdgeService(creds(b, auth, "edge-1"), load_edge_model("builtin:pilotnet"), node_id="edge-1").start()
+    health: list[wire.EdgeHealth] = []
+    watch = Connection(creds(b, auth, "cloud"), "cloud:health-watch")
+    watch.subscribe(wire.health_topic("edge-1"), lambda m: m.payload and health.append(wire.decode_health(m.payload)))
+    watch.start()
+    try:
+        assert wait_for(lambda: health and health[-1].status == "up", 5)
+        first_up = len(health) - 1  # earlier: a previous test's node's retained "offline"
+        connects = edge.conn.connects
+        for stolen in ("edge-1", "cloud", "car-2", "edge-1:x"):
+            c, rc = raw_connect(creds(b, auth, "car-1"), stolen)
+            c.loop_stop()
+            c.disconnect()
+            assert rc is not None and rc >= 0x80, f"car-1 connected as {stolen!r}"
+        c, rc = raw_connect(creds(b, auth, "car-1"), "car-1:own")  # its own namespace is fine
+        c.disconnect()
+        c.loop_stop()
+        assert rc == 0
+        time.sleep(0.5)  # a takeover's Last Will would have arrived by now
+        assert edge.conn.connected.is_set() and edge.conn.connects == connects
+        assert all(h.status == "up" for h in health[first_up:])
+    finally:
+        watch.close()
+        edge.stop()
+
+
+def test_a_car_cannot_join_the_edge_or_cloud_shared_groups(secure):
+    """A car's subscription to $share/edge/... or $share/cloud/... is refused at SUBACK, so it
+    takes no share of the fleet's inference requests or uploads: every request reaches the edge."""
+    b, auth = secure
+    edge = EdgeService(creds(b, auth, "edge-1"), load_edge_model("builtin:pilotnet"), node_id="edge-1").start()
+    thief_got: list = []
+    thief = Connection(creds(b, auth, "car-1"), "car-1:thief")
+    groups = [wire.shared_infer_filter("edge"), fleet.shared("cloud", fleet.UPLOAD_OFFER_FILTER)]
+    for flt in groups:
+        thief.subscribe(flt, thief_got.append, qos=1)
+    thief.start()
+    car2 = OffloadClient(creds(b, auth, "car-2"), "car-2", deadline_s=2.0)
+    car2.start()
+    try:
+        assert thief.wait_subscribed(5)
+        assert all(min(thief.suback[f]) >= 0x80 for f in groups)  # refused
+        answered = 0
+        for i in range(20):
+            assert car2.submit(i, jpeg())
+            answered += car2.poll(i, time.monotonic() + 2.0) is not None
+        assert answered == 20 and thief_got == []
+    finally:
+        car2.close()
+        thief.close()
+        edge.stop()
+
+
+def test_a_forged_response_topic_gets_no_car_steered_by_another(secure):
+    """car-1 sends its own frames with car-2's reply topic and car-2's next frame indexes
+    as Correlation Data while car-2 drives: car-2 gets no answer computed from car-1's
+    frames; car-1 gets error replies; car-2's own answers all come back."""
+    b, auth = secure
+    edge = EdgeService(creds(b, auth, "edge-1"), load_edge_model("builtin:pilotnet"), node_id="edge-1").start()
+    seen_by_car2: list[wire.InferReply] = []
+    car2_ear = Connection(creds(b, auth, "car-2"), "car-2:ear")
+    car2_ear.subscribe(wire.reply_topic("car-2"), lambda m: seen_by_car2.append(wire.decode_reply(m.payload)))
+    car2_ear.start()
+    attacker = Connection(creds(b, auth, "car-1"), "car-1:attack")
+    to_attacker: list[wire.InferReply] = []
+    attacker.subscribe(wire.reply_topic("car-1"), lambda m: to_attacker.append(wire.decode_reply(m.payload)))
+    attacker.start()
+    car2 = OffloadClient(creds(b, auth, "car-2"), "car-2", deadline_s=2.0)
+    car2.start()
+    try:
+        assert car2_ear.wait_subscribed(5) and attacker.wait_subscribed(5)
+        answered = 0
+        for i in range(20):
+            req = wire.encode_request(wire.InferRequest("car-1", i, jpeg(), budget_ms=2000))
+            props = properties(response_topic=wire.reply_topic("car-2"), correlation=i.to_bytes(8, "big"))
+            assert attacker.publish(wire.infer_topic("car-1"), req, props=props)
+            assert car2.submit(i, jpeg())
+            answered += car2.poll(i, time.monotonic() + 2.0) is not None
+        assert wait_for(lambda: len(to_attacker) == 20, 5)
+        assert all(r.status == "error" and "response topic" in r.error for r in to_attacker)
+        assert answered == 20 and car2.stats["foreign"] == 0
+        assert [r.car for r in seen_by_car2 if r.car != "car-2"] == []  # 0 answers from car-1's frames
+    finally:
+        car2.close()
+        attacker.close()
+        car2_ear.close()
+        edge.stop()
