@@ -34,6 +34,7 @@ from edgepilot.schema.wire import model_topic
 log = logging.getLogger(__name__)
 
 PUSH_CHUNK = 64 * 1024
+ANNOUNCE_TTL_S = 7 * 24 * 3600.0  # the cloud re-announces well before (CloudService.refresh)
 
 
 def _publish_wait(conn: Connection, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
@@ -43,6 +44,15 @@ def _publish_wait(conn: Connection, topic: str, payload: bytes, timeout_s: float
     info.wait_for_publish(timeout_s)
     if not info.is_published():
         raise EdgepilotError(f"broker at {conn.cfg.url} did not acknowledge {topic}")
+
+
+def announce_key() -> Any:
+    """The cloud's announcement key: $EDGEPILOT_ANNOUNCE_KEY, else keys/announce.key (made on
+    first use, like the package key)."""
+    from edgepilot.keys import ANNOUNCEMENTS, load_private_key
+
+    path = os.environ.get("EDGEPILOT_ANNOUNCE_KEY") or None
+    return load_private_key(path, create=path is None, role=ANNOUNCEMENTS)
 
 
 def announce(
@@ -55,13 +65,17 @@ def announce(
     parent: str | None = None,
     rollback: bool = False,
     chunk_size: int = PUSH_CHUNK,
+    counter: int | None = None,
+    ttl_s: float = ANNOUNCE_TTL_S,
 ) -> fleet.PushAnnouncement:
-    """Publish ``package`` for ``target`` (car|edge), signed with ``key`` (an Ed25519
-    private key; default: $EDGEPILOT_SIGNING_KEY, else keys/signing.key)."""
-    from edgepilot.model.package import key_id, load_private_key, read_manifest
+    """Publish ``package`` for ``target`` (car|edge|tails), announced with ``key`` (the
+    cloud's announcement key, an Ed25519 private key: ``announce_key()`` by default), a
+    ``counter`` newer than any before (default: the time in ms) and an expiry ``ttl_s`` ahead."""
+    from edgepilot.keys import key_id
+    from edgepilot.model.package import read_manifest
 
     if key is None:
-        key = load_private_key(os.environ.get("EDGEPILOT_SIGNING_KEY") or None)
+        key = announce_key()
     data = Path(package).read_bytes()
     version = version or str(read_manifest(package).get("version"))
     sha = hashlib.sha256(data).hexdigest()
@@ -83,6 +97,8 @@ def announce(
         path=str(Path(package).resolve()),
         rollback=rollback,
         at=time.time(),
+        counter=counter if counter is not None else int(time.time() * 1000),
+        expires=int(time.time() + ttl_s),
     )
     ann.signature = base64.b64encode(key.sign(ann.signed_bytes())).decode()
     _publish_wait(conn, model_topic(target), fleet.encode_announcement(ann))
@@ -109,7 +125,7 @@ def push_tails(
         return None
     state_key = "models/tails/pushed.json"
     prev = json.loads(registry.store.get(state_key)) if registry.store.exists(state_key) else {}
-    ann = announce(conn, "tails", path, key=key, version=version)
+    ann = announce(conn, "tails", path, key=key, version=version, counter=registry.next_counter("tails"))
     if prev.get("version") and prev["version"] != version:
         clear_chunks(
             conn,
@@ -127,9 +143,16 @@ def push_tails(
 
 
 def push_current(
-    conn: Connection, registry: Any, target: str, *, key: Any = None, rollback: bool = False
+    conn: Connection,
+    registry: Any,
+    target: str,
+    *,
+    key: Any = None,
+    rollback: bool = False,
+    ttl_s: float = ANNOUNCE_TTL_S,
 ) -> fleet.PushAnnouncement:
-    """Announce the registry's current version for ``target`` and record what was pushed."""
+    """Announce the registry's current version for ``target`` (with the next counter) and
+    record what was pushed. Also how the cloud refreshes an announcement before it expires."""
     import json
 
     version = registry.current(target)
@@ -146,6 +169,8 @@ def push_current(
         version=version,
         parent=entry.get("parent"),
         rollback=rollback,
+        counter=registry.next_counter(target),
+        ttl_s=ttl_s,
     )
     if prev.get("version") and prev["version"] != version:
         chunks = -(-int(prev.get("size", 0)) // int(prev.get("chunk_size", PUSH_CHUNK)))

@@ -160,6 +160,15 @@ class Registry:
     def history(self, target: str) -> list[str]:
         return list(self._pointer(target)["history"])
 
+    def next_counter(self, target: str) -> int:
+        """The next announcement counter for ``target``: above every one issued, and at least
+        the time in ms (so a lost store or a second trainer still issues newer ones)."""
+        key = f"models/{target}/counter"
+        last = int(self.store.get(key)) if self.store.exists(key) else 0
+        counter = max(last + 1, int(time.time() * 1000))
+        self.store.put(key, str(counter).encode())
+        return counter
+
     # -- promote / rollback ----------------------------------------------------------------
     def promote(self, target: str, version: str) -> dict[str, Any]:
         entry = self.get(target, version)  # must exist

@@ -29,11 +29,12 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from cloud_trainer.ingest import Ingest
-from cloud_trainer.push import push_current
+from cloud_trainer.push import ANNOUNCE_TTL_S, announce_key, push_current
 from cloud_trainer.registry import Registry
 from cloud_trainer.retrain import RetrainConfig, retrain
 from cloud_trainer.store import Store, open_store
 from edgepilot import EdgepilotError
+from edgepilot.keys import load_private_key
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
 from edgepilot.schema.wire import WireError
@@ -56,6 +57,8 @@ class CloudService:
         workdir: str | Path | None = None,
         group: str = "cloud",
         isolate: bool = True,
+        announce_ttl_s: float = ANNOUNCE_TTL_S,
+        announce_key: str | None = None,
     ) -> None:
         self.store = store
         self.isolate = isolate
@@ -74,6 +77,9 @@ class CloudService:
         self._stop = threading.Event()
         self._forced = False
         self._thread: threading.Thread | None = None
+        self.announce_ttl_s = announce_ttl_s
+        self.announce_key_path = announce_key  # None: $EDGEPILOT_ANNOUNCE_KEY or keys/announce.key
+        self._refresher: threading.Thread | None = None
 
     # -- state ---------------------------------------------------------------------------
     def trained_logs(self) -> set[str]:
@@ -121,6 +127,8 @@ class CloudService:
         self.conn.subscribe(fleet.CAR_MODEL_FILTER, self._on_car, qos=1)
         self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
         self._thread.start()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="announce-refresh", daemon=True)
+        self._refresher.start()
         # started = uploads are routed to us (as EdgeService.start): wait for the SUBACKs
         if self.conn.connected.is_set() and not self.conn.wait_subscribed(5.0):
             log.warning("cloud: the broker did not acknowledge every subscription in 5 s")
@@ -189,10 +197,22 @@ class CloudService:
         )
 
     def push(self, target: str) -> Any:
-        from edgepilot.model.package import load_private_key
+        """Announce the current ``target`` model, signed with the announcement key (the
+        package key signed the package itself when it was trained)."""
+        key = announce_key() if self.announce_key_path is None else load_private_key(self.announce_key_path)
+        return push_current(self.conn, self.registry, target, key=key, ttl_s=self.announce_ttl_s)
 
-        key = load_private_key(self.key or os.environ.get("EDGEPILOT_SIGNING_KEY") or None)
-        return push_current(self.conn, self.registry, target, key=key)
+    def _refresh_loop(self) -> None:
+        """Re-announce the current models (a newer counter, a new expiry) every quarter of
+        the announcement's lifetime: a car knows a push it sees is not a frozen old one."""
+        while not self._stop.wait(self.announce_ttl_s / 4):
+            for target in ("car", "edge"):
+                if self.registry.current(target) is None:
+                    continue
+                try:
+                    self.push(target)
+                except EdgepilotError as e:
+                    log.warning("could not refresh the %s announcement: %s", target, e)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -259,12 +279,14 @@ def cli(args: Any) -> dict[str, Any]:
     conn = Connection(broker_config(prof.broker, getattr(args, "broker", None)), f"cloud-{os.getpid()}")
     conn.start()
     cfg = prof.cloud.retrain()
+    ttl = prof.cloud.announce_ttl_s
     svc = CloudService(
         store,
         conn,
         cfg,
         min_frames=prof.cloud.retrain_min_frames,
         trusted_keys=prof.model.trusted_keys or None,
+        announce_ttl_s=ttl,
     )
     svc.start()
     stop = threading.Event()

@@ -40,7 +40,7 @@ from edge_node.tailpush import TailsFollower
 from edge_node.tails import TailShelf
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, load_profile
-from edgepilot.delivery import receive
+from edgepilot.delivery import AnnouncementGuard, receive
 from edgepilot.drive.slot import Loader, ModelSlot
 from edgepilot.mqtt import Connection, broker_config, properties
 from edgepilot.schema import fleet, unit_command, wire
@@ -104,6 +104,7 @@ class EdgeService:
         health_every_s: float = 1.0,
         model_loader: Loader | None = None,
         trusted_keys: list[str] | None = None,
+        announce_keys: list[str] | None = None,
         cache_dir: str | Path | None = None,
         fetch_timeout_s: float = 20.0,
         tails: Any = None,
@@ -129,7 +130,8 @@ class EdgeService:
         self.batch_threads = batch_threads if batch_threads > 0 else (os.cpu_count() or 1)
         self.health_every_s = health_every_s
         self.metrics = EdgeMetrics()
-        self._trusted = trusted_keys
+        self._announce_keys = announce_keys
+        self.guard = AnnouncementGuard()  # the retained announcement is the newest; no disk
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._gap_s = 1.0  # smoothed inter-arrival gap
@@ -139,7 +141,7 @@ class EdgeService:
         offline = wire.encode_health(wire.EdgeHealth(node=self.node_id, status="offline"))
         self.conn = Connection(broker, self.node_id, will=(wire.health_topic(self.node_id), offline, True))
         self.tails_follower = TailsFollower(
-            self.tails, self.conn, self.node_id, trusted_keys, on_added=self._publish_health
+            self.tails, self.conn, self.node_id, announce_keys, on_added=self._publish_health
         )
 
     # -- network thread ------------------------------------------------------------------
@@ -190,7 +192,8 @@ class EdgeService:
         (shared path or the retained chunks, hash-checked), load and warm it off the
         worker; the worker swaps it in between batches. Any failure keeps the current model."""
         try:
-            data = receive(ann, self._trusted, self._broker, f"{self.node_id}-fetch", self._fetch_timeout_s)
+            self.guard.check(ann)
+            data = receive(ann, self._announce_keys, self._broker, f"{self.node_id}-fetch", self._fetch_timeout_s)
             path = self._cache / f"edge-{ann.version}.eppkg"
             path.write_bytes(data)
             model = self.slot.load(path)
@@ -200,6 +203,7 @@ class EdgeService:
             log.exception("edge %s: model %s not swapped in", self.node_id, ann.version)
             return self._refused(ann, f"{type(e).__name__}: {e}")
         self.slot.last_error = None
+        self.guard.accept(ann)
         self.slot.offer(model)
         with self._cond:
             self._cond.notify()  # an idle worker swaps now, not at its next wake-up
@@ -452,6 +456,7 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
         max_batch=prof.edge.max_batch,
         batch_wait_ms=prof.edge.batch_wait_ms,
         trusted_keys=prof.model.trusted_keys or None,
+        announce_keys=prof.model.announce_keys or None,
         tails=tails,
         batch_threads=prof.edge.batch_threads,
     )

@@ -4,7 +4,7 @@ The cloud trains split-mode tails for every car model it pushes and announces th
 signed, on ``wire.TAILS_TOPIC`` (retained, so a node that starts later gets the current
 one at once). For each announcement of a car model version the node does not serve yet,
 a short-lived thread (never the network thread, never the batch worker) checks the
-signature against the node's trusted keys, reads the file from the shared ``path`` or the
+signature against the node's trusted announcement keys, reads the file from the shared ``path`` or the
 retained chunks (``edgepilot.delivery``: every byte checked against the signed sha256),
 loads it, checks it is bound to the announced car model, writes it into the shelf's
 directory when there is one (a restarted node serves it again), and adds it to the
@@ -38,7 +38,7 @@ class TailsFollower:
         shelf: TailShelf,
         conn: Any,  # edgepilot.mqtt.Connection: its broker settings are used for the chunks
         node_id: str,
-        trusted_keys: list[str] | None,
+        announce_keys: list[str] | None,
         *,
         fetch_timeout_s: float = 20.0,
         on_added: Callable[[], None] | None = None,
@@ -46,7 +46,7 @@ class TailsFollower:
         self.shelf = shelf
         self.conn = conn
         self.node_id = node_id
-        self.trusted_keys = trusted_keys
+        self.announce_keys = announce_keys
         self.fetch_timeout_s = fetch_timeout_s
         self.on_added = on_added  # the node publishes its health at once: cars re-plan sooner
         self.refused: dict[str, str] = {}  # car model version -> why
@@ -76,7 +76,7 @@ class TailsFollower:
         """Verify, fetch and serve the announced tails; False (logged) when refused."""
         try:
             client_id = f"{self.node_id}-tails-{time.monotonic_ns() % 10**9}"
-            data = receive(ann, self.trusted_keys, self.conn.cfg, client_id, self.fetch_timeout_s)
+            data = receive(ann, self.announce_keys, self.conn.cfg, client_id, self.fetch_timeout_s)
             ts = TailSet.load(data)
             if ts.car_version != ann.version:
                 raise EdgepilotError(

@@ -71,8 +71,13 @@ def _compress(p: argparse.ArgumentParser) -> None:
 
 
 def _keys(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="keys", help="directory for signing.key / signing.pub")
+    p.add_argument("--out", default="keys", help="directory for the pairs (signing.key/.pub, announce.key/.pub)")
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
+    p.add_argument(
+        "--role",
+        choices=["signing", "announce"],
+        help="make only this pair: 'signing' signs packages, 'announce' signs model announcements",
+    )
 
 
 def _bench_model(p: argparse.ArgumentParser) -> None:
@@ -119,7 +124,12 @@ COMMANDS = [
         _calibrate,
     ),
     Command(("compress",), "int8 quantisation (+ pruning) of a model package", "edgepilot.model.cli:compress", _compress),
-    Command(("keys",), "make an Ed25519 key pair for signing model packages", "edgepilot.model.cli:keys", _keys),
+    Command(
+        ("keys",),
+        "make the fleet's Ed25519 key pairs: one signs model packages, one signs announcements",
+        "edgepilot.keys:cli",
+        _keys,
+    ),
     Command(("bench", "model"), "per-frame compute of a model vs a baseline, side by side", "edgepilot.model.cli:bench", _bench_model),
     Command(("bench", "record"), "driving-log recorder throughput vs bare JPEG encoding", "edgepilot.bench_record:run", _bench_record),
     Command(("bench", "sim"), "simulator steps (physics + render) per second, one core", "edgepilot.sim.cli:bench", _bench_sim),

@@ -111,6 +111,7 @@ class SimConfig:
 class ModelConfig:
     package: str | None = None  # the car's model package (.eppkg)
     trusted_keys: list[str] = field(default_factory=list)  # public keys that may sign packages
+    announce_keys: list[str] = field(default_factory=list)  # ... and announcements (default keys/announce.pub)
     threads: int = 1
 
 
@@ -158,6 +159,7 @@ class CloudConfig(RetrainConfig):
 
     store: str = "var/cloud"
     retrain_min_frames: int = 2000
+    announce_ttl_s: float = 7 * 24 * 3600.0  # model announcements expire; re-announced every quarter
 
     def retrain(self) -> RetrainConfig:
         """The retraining knobs alone (what a run, or its isolated child, is given)."""

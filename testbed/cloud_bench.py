@@ -107,7 +107,7 @@ def bench_push(url: str, tmp: Path, repeat: int) -> dict:
     slot = ModelSlot(trusted_keys=[str(pub)])
     car = Connection(BrokerConfig(url=url), "bench-push-car")
     car.start()
-    up = ModelUpdater(car, slot, "bench-push-car", tmp / "cache", trusted_keys=[str(pub)])
+    up = ModelUpdater(car, slot, "bench-push-car", tmp / "cache", trusted_keys=[str(pub)], announce_keys=[str(pub)])
     up.start()
     stop = threading.Event()
 

@@ -214,9 +214,10 @@ class Demo:
     def _cloud_profile(self) -> Path:
         """The cloud trainer's profile for the demo (and the fleet's signing key, made on the
         first run)."""
-        from edgepilot.model.package import default_key_dir, load_private_key
+        from edgepilot.keys import ANNOUNCEMENTS, default_key_dir, load_private_key
 
-        load_private_key(None, create=True)
+        load_private_key(None, create=True)  # signs the packages the cloud trains
+        load_private_key(None, create=True, role=ANNOUNCEMENTS)  # signs its announcements
         wide = getattr(self.args, "gate_open", False)  # smoke runs: margins any model passes
         margins = (1e9, 1e9, 1e9) if wide else (0.02, 0.0, 0.03)
         path = self.work / "cloud.toml"

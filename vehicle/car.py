@@ -29,16 +29,22 @@ from vehicle.fleetlink import FleetLink, follow_fleet
 log = logging.getLogger(__name__)
 
 
-def trusted_keys(profile: Profile) -> list[str] | None:
-    """The profile's public keys, relative paths taken from the repo root; None (the
-    model package's default, ``keys/*.pub``) when the profile names none."""
-    if not profile.model.trusted_keys:
+def _keys(names: list[str]) -> list[str] | None:
+    """Public keys named in the profile, relative paths taken from the repo root; None
+    (the default: ``keys/<role>.pub``) when the profile names none."""
+    if not names:
         return None
-    out = []
-    for k in profile.model.trusted_keys:
-        p = Path(k)
-        out.append(str(p if p.is_absolute() or p.exists() else REPO_ROOT / p))
-    return out
+    return [str(p if p.is_absolute() or p.exists() else REPO_ROOT / p) for p in map(Path, names)]
+
+
+def trusted_keys(profile: Profile) -> list[str] | None:
+    """The keys that may sign model packages."""
+    return _keys(profile.model.trusted_keys)
+
+
+def announce_keys(profile: Profile) -> list[str] | None:
+    """The keys that may sign model announcements (a separate pair: edgepilot.keys)."""
+    return _keys(profile.model.announce_keys)
 
 
 def model_slot(profile: Profile, package: str | None) -> ModelSlot:
@@ -100,6 +106,7 @@ def car_fleet(profile: Profile, slot: ModelSlot, mode: str) -> FleetLink | None:
             trusted_keys(profile),
             wait_s=60,
             wait_for_model=mode != "user" and slot.current is None,
+            announce_keys=announce_keys(profile),
         )
     except EdgepilotError as e:
         log.warning("not linked to the fleet (no model pushes, no uploads): %s", e)

@@ -46,12 +46,13 @@ def follow_fleet(
     trusted_keys: list[str] | None,
     wait_s: float = 120.0,
     wait_for_model: bool = True,
+    announce_keys: list[str] | None = None,
 ) -> FleetLink:
     from vehicle.updates import attach
 
     conn = Connection(broker_config(profile.broker, broker_url), f"{profile.car_id}-fleet")
     conn.start(wait_s=2.0, required=False)  # a car drives without its fleet; this reconnects
-    updater = attach(conn, slot, profile.car_id, cache_dir, trusted_keys)
+    updater = attach(conn, slot, profile.car_id, cache_dir, trusted_keys, announce_keys)
     if slot.current is None and wait_for_model:
         log.warning(
             "%s: no model yet; waiting up to %.0f s for the fleet's current one", profile.car_id, wait_s

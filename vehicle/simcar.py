@@ -21,7 +21,7 @@ from edgepilot.sim.drive import open_log, sim_options, sim_parts
 from edgepilot.sim.expert import Expert
 from edgepilot.sim.tracks import Track, load_track
 from edgepilot.sim.world import SimWorld
-from vehicle.car import model_slot, offload_client, trusted_keys
+from vehicle.car import announce_keys, model_slot, offload_client, trusted_keys
 from vehicle.display import dummy_video, has_display
 from vehicle.fleetlink import FleetLink, follow_fleet
 
@@ -93,7 +93,9 @@ def _add_model(parts: CarParts, prof: Profile, args: argparse.Namespace, world: 
     link = None
     if args.follow_fleet:
         cache = Path(args.record or "var/models").parent / f"models-{prof.car_id}"
-        link = follow_fleet(prof, args.broker, parts.slot, cache, trusted_keys(prof))
+        link = follow_fleet(
+            prof, args.broker, parts.slot, cache, trusted_keys(prof), announce_keys=announce_keys(prof)
+        )
         parts.extras.append(link)
     if args.edge:
         parts.offload = offload_client(prof, args.broker, world.dt)

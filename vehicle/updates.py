@@ -2,9 +2,10 @@
 
 On every announcement of ``models/car`` (retained, so also right after connecting):
 
-1. ignore it if the car already runs that version; otherwise check the announcement's
-   Ed25519 signature against the car's trusted keys — a forged announcement is refused
-   before a byte is fetched;
+1. check the announcement's Ed25519 signature against the car's trusted announcement
+   keys, its expiry, and that its counter is newer than the last one the car accepted
+   (kept on disk): a forged, frozen or replayed one (a downgrade) is refused before a byte
+   is fetched; a newer announcement of the version it runs (a refresh) is only noted;
 2. fetch the retained chunks (``models/car/chunks/<version>/<i>``) on a short-lived
    second connection (subscribing there and closing it is the whole "unsubscribe"),
    each chunk checked against its sha256 in the announcement, then the whole file's
@@ -27,7 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 from edgepilot import EdgepilotError
-from edgepilot.delivery import fetch_chunks, verify_announcement
+from edgepilot.delivery import AnnouncementGuard, fetch_chunks, verify_announcement
 from edgepilot.drive.slot import ModelSlot
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
@@ -47,6 +48,7 @@ class ModelUpdater:
         cache_dir: str | Path,
         *,
         trusted_keys: list[str] | None = None,
+        announce_keys: list[str] | None = None,
         target: str = "car",
         fetch_timeout_s: float = 20.0,
     ) -> None:
@@ -55,6 +57,8 @@ class ModelUpdater:
         self.car = fleet.check_id(car_id, "car id")
         self.cache = Path(cache_dir)
         self.trusted_keys = trusted_keys
+        self.announce_keys = announce_keys
+        self.guard = AnnouncementGuard(self.cache / "accepted.json")
         self.target = target
         self.fetch_timeout_s = fetch_timeout_s
         self.status: fleet.CarModelStatus | None = None
@@ -104,7 +108,7 @@ class ModelUpdater:
             log.warning("ignoring model announcement: %s", e)
             self.report("refused", None, f"bad announcement: {e}")
             return
-        if ann.target != self.target or ann.version == self.slot.version:
+        if ann.target != self.target or not self._fresh(ann):
             return
         with self._lock:
             if self._fetching == ann.version:
@@ -113,9 +117,22 @@ class ModelUpdater:
         self.announced_at[ann.version] = now
         threading.Thread(target=self._update, args=(ann,), name="model-update", daemon=True).start()
 
+    def _fresh(self, ann: fleet.PushAnnouncement) -> bool:
+        """True when ``ann`` asks for a swap: signed, unexpired, newer than what this car
+        accepted, and of another version than it runs (refused ones are reported)."""
+        try:
+            verify_announcement(ann, self.announce_keys)
+            self.guard.check(ann)
+        except EdgepilotError as e:
+            self._refused(ann.version, str(e))
+            return False
+        if ann.version == self.slot.version:
+            self.guard.accept(ann)  # what the car runs (a refresh, or a re-delivery)
+            return False
+        return True
+
     def _update(self, ann: fleet.PushAnnouncement) -> None:
         try:
-            verify_announcement(ann, self.trusted_keys)
             self.report("fetching", ann.version)
             path = self.fetch(ann)
         except EdgepilotError as e:
@@ -131,6 +148,7 @@ class ModelUpdater:
                 time.sleep(0.002)
             if self.slot.version == ann.version:
                 self.swapped_at[ann.version] = time.monotonic()
+                self.guard.accept(ann)
             with self._lock:
                 self._fetching = None
             self.report("running", ann.version)
@@ -158,9 +176,14 @@ class ModelUpdater:
 
 
 def attach(
-    conn: Connection, slot: ModelSlot, car_id: str, cache_dir: str | Path, trusted_keys: list[str] | None
+    conn: Connection,
+    slot: ModelSlot,
+    car_id: str,
+    cache_dir: str | Path,
+    trusted_keys: list[str] | None,
+    announce_keys: list[str] | None = None,
 ) -> ModelUpdater:
     """Build and start an updater (the drive commands call this when a broker is set)."""
-    up = ModelUpdater(conn, slot, car_id, cache_dir, trusted_keys=trusted_keys)
+    up = ModelUpdater(conn, slot, car_id, cache_dir, trusted_keys=trusted_keys, announce_keys=announce_keys)
     up.start()
     return up

@@ -112,13 +112,6 @@ def calibrate(args: argparse.Namespace) -> dict:
     return recalibrate(args.package, args.out, args.logs, target, key=args.key, trusted=_trusted(args))
 
 
-def keys(args: argparse.Namespace) -> dict:
-    from edgepilot.model.package import key_id, load_private_key, make_keys
-
-    priv, pub = make_keys(args.out, force=args.force)
-    return {"private": str(priv), "public": str(pub), "key_id": key_id(load_private_key(priv).public_key())}
-
-
 def bench(args: argparse.Namespace) -> dict:
     from edgepilot.model.evaluate import bench as run
     from edgepilot.model.evaluate import load_frames

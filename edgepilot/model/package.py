@@ -44,100 +44,30 @@ from typing import Any
 
 import torch
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgepilot import EdgepilotError
+from edgepilot.keys import (  # noqa: F401 - the package's signing keys, re-exported for its callers
+    PRIVATE,
+    PUBLIC,
+    default_key_dir,
+    default_trusted_keys,
+    key_id,
+    load_private_key,
+    make_keys,
+    parse_public_key,
+    public_key_text,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "edgepilot-model/1"
 MANIFEST, WEIGHTS, SIGNATURE = "manifest.json", "weights.pt", "signature.json"
-PRIVATE, PUBLIC = "signing.key", "signing.pub"
 MAX_MEMBER = 256 << 20  # refuse absurd members before reading them into memory
 
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
-
-
-def default_key_dir() -> Path:
-    """``keys/`` of the current directory when it exists, else of the repository."""
-    here = Path("keys")
-    return here if here.is_dir() else repo_root() / "keys"
-
-
-# -- keys --------------------------------------------------------------------------------
-
-
-def make_keys(out: str | Path, force: bool = False) -> tuple[Path, Path]:
-    """Write a fresh Ed25519 pair into ``out``; refuses to overwrite unless ``force``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    priv, pub = out / PRIVATE, out / PUBLIC
-    if priv.exists() and not force:
-        raise EdgepilotError(
-            f"{priv} exists; pass --force to replace it (packages signed with it stop loading)"
-        )
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    pub.write_text(public_key_text(key.public_key()) + "\n")
-    return priv, pub
-
-
-def public_key_text(pub: Ed25519PublicKey) -> str:
-    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
-def key_id(pub: Ed25519PublicKey) -> str:
-    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def load_private_key(path: str | Path | None = None, *, create: bool = False) -> Ed25519PrivateKey:
-    """The signing key at ``path`` (default: ``keys/signing.key``).
-
-    With ``create`` and no key at the default place, a pair is made first (a fresh
-    checkout can train and sign at once; the car must then trust ``keys/signing.pub``)."""
-    p = Path(path) if path else default_key_dir() / PRIVATE
-    if not p.exists() and create and path is None:
-        log.warning("no signing key at %s; making a new pair (edgepilot keys)", p)
-        make_keys(p.parent)
-    try:
-        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise EdgepilotError(f"{p}: no signing key (make one with `edgepilot keys`)") from None
-    except (ValueError, TypeError) as e:
-        raise EdgepilotError(f"{p}: not a PEM private key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise EdgepilotError(f"{p}: not an Ed25519 key")
-    return key
-
-
-def parse_public_key(item: str | Path) -> Ed25519PublicKey:
-    """A trusted key given as a ``.pub`` file path or as its base64 text."""
-    text = str(item).strip()
-    p = Path(text)
-    if len(text) < 200 and p.suffix == ".pub" or p.is_file():
-        try:
-            text = p.read_text().strip()
-        except OSError as e:
-            raise EdgepilotError(f"trusted key {p}: {e.strerror}") from None
-    try:
-        raw = base64.b64decode(text, validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
-        raise EdgepilotError(f"trusted key {item!s:.60}: not a base64 Ed25519 public key") from None
-
-
-def default_trusted_keys() -> list[str]:
-    return [str(p) for p in sorted(default_key_dir().glob("*.pub"))]
 
 
 # -- packages ----------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def car_model_topic(car_id: str) -> str:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _loads(payload: bytes, what: str) -> dict[str, Any]:
+def _loads(payload: bytes, what: str, max_v: int = FLEET_VERSION) -> dict[str, Any]:
     try:
         d = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
@@ -109,8 +109,8 @@ def _loads(payload: bytes, what: str) -> dict[str, Any]:
     v = d.get("v")
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise WireError(f"{what} needs an integer version 'v', got {v!r}")
-    if v > FLEET_VERSION:
-        raise WireError(f"{what}: unsupported version {v} (this node speaks up to {FLEET_VERSION})")
+    if v > max_v:
+        raise WireError(f"{what}: unsupported version {v} (this node speaks up to {max_v})")
     return d
 
 
@@ -312,14 +312,22 @@ def decode_ack(payload: bytes) -> ChunkAck:
 # -- model push --------------------------------------------------------------------------
 
 
+ANNOUNCE_VERSION = 2
+"""Announcements carry a signed counter and expiry since version 2; a version-1 one (no
+counter: it could be replayed forever) is refused."""
+
+
 @dataclass(slots=True)
 class PushAnnouncement:
     """Retained on ``models/<target>``: the version the fleet should run.
 
-    ``signature`` is the cloud's Ed25519 signature (base64) over ``signed_bytes()`` —
-    target, version, sha256 and size — so a car refuses a forged announcement before it
-    fetches anything; the package then carries its own signature, checked again on load.
-    ``chunk_sha256`` lets the car verify each chunk as it arrives."""
+    ``signature`` is the cloud's announcement key's Ed25519 signature (base64) over
+    ``signed_bytes()``: target, version, sha256, size, ``counter``, ``expires`` and
+    ``rollback``. A receiver refuses a forged announcement before it fetches anything,
+    one that is not newer (``counter``) than what it has accepted (a replayed old one: a
+    downgrade), and one past ``expires`` (a frozen one); the package then carries its own
+    signature (another key), checked again on load. ``chunk_sha256`` lets the car verify
+    each chunk as it arrives."""
 
     target: str
     version: str
@@ -334,18 +342,21 @@ class PushAnnouncement:
     url: str | None = None
     rollback: bool = False
     at: float = 0.0
-    v: int = FLEET_VERSION
+    counter: int = 0  # strictly increasing per target (each promotion, rollback and refresh)
+    expires: int = 0  # unix seconds: the cloud re-announces before then
+    v: int = ANNOUNCE_VERSION
 
     def signed_bytes(self) -> bytes:
-        return signed_bytes(self.target, self.version, self.sha256, self.size)
+        return signed_bytes(self)
 
     @property
     def chunks(self) -> int:
         return len(self.chunk_sha256)
 
 
-def signed_bytes(target: str, version: str, sha256: str, size: int) -> bytes:
-    return f"edgepilot-push/1\n{target}\n{version}\n{sha256}\n{size}".encode()
+def signed_bytes(a: PushAnnouncement) -> bytes:
+    fields_ = (a.target, a.version, a.sha256, a.size, a.counter, a.expires, int(a.rollback))
+    return "\n".join(["edgepilot-push/2", *map(str, fields_)]).encode()
 
 
 def encode_announcement(a: PushAnnouncement) -> bytes:
@@ -365,6 +376,12 @@ def _validate_announcement(a: PushAnnouncement) -> None:
         raise WireError("announcement: chunk_sha256 does not match size / chunk_size")
     for i, h in enumerate(a.chunk_sha256):
         check_sha(h, f"announcement: chunk_sha256[{i}]")
+    if a.v < ANNOUNCE_VERSION:
+        raise WireError(f"announcement version {a.v} has no signed counter and expiry: refused (replayable)")
+    _int(d, "counter", 1, 2**62, "announcement")
+    _int(d, "expires", 1, 2**40, "announcement")
+    if not isinstance(a.rollback, bool):
+        raise WireError("announcement: rollback must be true or false")
     try:
         if len(base64.b64decode(a.signature, validate=True)) != 64:
             raise ValueError
@@ -373,7 +390,7 @@ def _validate_announcement(a: PushAnnouncement) -> None:
 
 
 def decode_announcement(payload: bytes) -> PushAnnouncement:
-    a = _build(PushAnnouncement, _loads(payload, "announcement"), "announcement")
+    a = _build(PushAnnouncement, _loads(payload, "announcement", ANNOUNCE_VERSION), "announcement")
     _validate_announcement(a)
     return a
 

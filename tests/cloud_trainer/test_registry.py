@@ -99,11 +99,19 @@ def tamper(path: Path) -> None:
 class Car:
     """A car's model side: a slot swapped between 'frames' by a ticker, and the updater."""
 
-    def __init__(self, broker_url: str, car_id: str, cache: Path, trusted: list[str]) -> None:
+    def __init__(
+        self, broker_url: str, car_id: str, cache: Path, trusted: list[str], announce: list[str] | None = None
+    ) -> None:
         self.slot = ModelSlot(trusted_keys=trusted)
         self.conn = Connection(BrokerConfig(url=broker_url), car_id)
         self.updater = ModelUpdater(
-            self.conn, self.slot, car_id, cache, trusted_keys=trusted, fetch_timeout_s=5
+            self.conn,
+            self.slot,
+            car_id,
+            cache,
+            trusted_keys=trusted,
+            announce_keys=announce or trusted,
+            fetch_timeout_s=5,
         )
         self.conn.start()
         self.updater.start()
@@ -170,7 +178,7 @@ def test_push_swap_tamper_and_rollback_over_mqtt(broker, tmp_path, keys, reg):
             version="reg-d",
         )
         st = car.updater.wait_for("reg-d", 10)
-        assert st.state == "refused" and "not signed by a trusted key" in st.error
+        assert st.state == "refused" and "not signed by a trusted announcement key" in st.error
         assert not (tmp_path / "cache" / "reg-d.eppkg").exists()
 
         # rollback: the registry's previous current goes back onto the car

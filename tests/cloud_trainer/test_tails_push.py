@@ -59,6 +59,8 @@ def publish_tampered(conn: Connection, key, version: str, good: bytes, bad: byte
         key_id=key_id(key.public_key()),
         path=str(path),
         at=time.time(),
+        counter=int(time.time() * 1000),
+        expires=int(time.time() + 3600),
     )
     ann.signature = base64.b64encode(key.sign(ann.signed_bytes())).decode()
     conn.publish(wire.TAILS_TOPIC, fleet.encode_announcement(ann), qos=1, retain=True)
@@ -93,6 +95,7 @@ def test_cloud_pushes_car_model_and_tails_edge_serves_them_without_restart(
         cloud_conn,
         cfg,
         trusted_keys=[str(pub)],
+        announce_key=str(priv),
         key=str(priv),
         workdir=tmp_path / "work",
         isolate=False,
@@ -106,7 +109,7 @@ def test_cloud_pushes_car_model_and_tails_edge_serves_them_without_restart(
         load_edge_model("builtin:pilotnet"),
         node_id="edge-tailpush",
         tails=TailShelf(edge_dir),
-        trusted_keys=[str(pub)],
+        trusted_keys=[str(pub)], announce_keys=[str(pub)],
     ).start()
     follower = edge.tails_follower
     car_client = None
@@ -123,13 +126,13 @@ def test_cloud_pushes_car_model_and_tails_edge_serves_them_without_restart(
         assert "sha256 mismatch" in follower.refused[tiny.version]
         other, _ = make_keys(tmp_path / "other-keys")
         announce(cloud_conn, "tails", good, key=load_private_key(other), version=tiny.version)
-        assert wait_for(lambda: "not signed by a trusted key" in follower.refused.get(tiny.version, ""), 15)
+        assert wait_for(lambda: "not signed by a trusted announcement key" in follower.refused.get(tiny.version, ""), 15)
         refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert any(
             f"tails for car model {tiny.version} refused" in m and "sha256 mismatch" in m for m in refusals
         )
         assert any(
-            f"tails for car model {tiny.version} refused" in m and "trusted key" in m for m in refusals
+            f"tails for car model {tiny.version} refused" in m and "trusted announcement key" in m for m in refusals
         )
         assert tiny.version not in edge.tails.sets and not list(edge_dir.glob("*.pt"))
 
@@ -159,7 +162,7 @@ def test_cloud_pushes_car_model_and_tails_edge_serves_them_without_restart(
         hidden = stored.with_name("hidden")
         stored.rename(hidden)
         late = EdgeService(
-            cfg_b, load_edge_model("builtin:pilotnet"), node_id="edge-tailpush-late", trusted_keys=[str(pub)]
+            cfg_b, load_edge_model("builtin:pilotnet"), node_id="edge-tailpush-late", trusted_keys=[str(pub)], announce_keys=[str(pub)]
         ).start()
         try:
             assert wait_for(lambda: v1 in late.tails.sets, 20), late.tails_follower.refused

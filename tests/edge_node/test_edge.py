@@ -226,7 +226,7 @@ def test_model_hot_swap_on_a_signed_announcement(broker, model, tmp_path):
     priv, pub = make_keys(tmp_path / "keys")
     _, rogue_pub = make_keys(tmp_path / "rogue")
     svc = EdgeService(
-        BrokerConfig(url=broker.url), model, node_id="edge-swap", model_loader=seed_loader, trusted_keys=[str(pub)]
+        BrokerConfig(url=broker.url), model, node_id="edge-swap", model_loader=seed_loader, trusted_keys=[str(pub)], announce_keys=[str(pub)]
     ).start()
     cloud = Connection(BrokerConfig(url=broker.url), "cloud-t")
     cloud.start()
@@ -236,7 +236,7 @@ def test_model_hot_swap_on_a_signed_announcement(broker, model, tmp_path):
         # signed by a key the node does not trust: refused before a byte is read
         announce(cloud, "edge", pkg, key=load_private_key(tmp_path / "rogue" / "signing.key"), version="e-bad")
         assert wait_for(lambda: svc.swap_error is not None, 5)
-        assert "not signed by a trusted key" in svc.swap_error and svc.model is model
+        assert "not signed by a trusted announcement key" in svc.swap_error and svc.model is model
         announce(cloud, "edge", pkg, key=load_private_key(priv), version="e2")
         assert wait_for(lambda: svc.swaps == 1, 5)
         assert svc.model.version == "builtin-pilotnet-untrained-s7" and svc.swap_error is None
@@ -262,7 +262,7 @@ def test_a_package_changed_after_its_announcement_is_refused(broker, model, tmp_
         model,
         node_id="edge-tamper",
         model_loader=seed_loader,
-        trusted_keys=[str(pub)],
+        trusted_keys=[str(pub)], announce_keys=[str(pub)],
         fetch_timeout_s=1.0,
     )
     cloud = Connection(BrokerConfig(url=broker.url), "cloud-tamper")
@@ -286,7 +286,7 @@ def test_a_loader_that_crashes_keeps_the_current_model(broker, model, tmp_path):
 
     priv, pub = make_keys(tmp_path / "keys")
     svc = EdgeService(
-        BrokerConfig(url=broker.url), model, node_id="edge-crash", model_loader=seed_loader, trusted_keys=[str(pub)]
+        BrokerConfig(url=broker.url), model, node_id="edge-crash", model_loader=seed_loader, trusted_keys=[str(pub)], announce_keys=[str(pub)]
     )
     cloud = Connection(BrokerConfig(url=broker.url), "cloud-crash")
     cloud.start()

@@ -142,7 +142,9 @@ def test_wire_health_raises_only_wire_error(payload):
 H = hashlib.sha256(b"x").hexdigest()
 OFFER = fleet.encode_offer(fleet.UploadOffer("car-1", H, "log-1", 10, 4, [H, H, H], frames=3))
 ANN = fleet.encode_announcement(
-    fleet.PushAnnouncement("car", "v2", H, 10, 4, [H, H, H], base64.b64encode(bytes(64)).decode())
+    fleet.PushAnnouncement(
+        "car", "v2", H, 10, 4, [H, H, H], base64.b64encode(bytes(64)).decode(), counter=7, expires=2_000_000_000
+    )
 )
 CHUNK = fleet.encode_chunk(fleet.ChunkHeader(H, 1, H), b"body")
 FLEET = [
@@ -153,7 +155,7 @@ FLEET = [
         ["upload", "state", "have"],
     ),
     (fleet.decode_ack, fleet.encode_ack(fleet.ChunkAck(H, 3)), ["upload", "index", "error"]),
-    (fleet.decode_announcement, ANN, ["target", "version", "sha256", "size", "chunk_size", "signature"]),
+    (fleet.decode_announcement, ANN, ["target", "version", "sha256", "size", "chunk_size", "signature", "counter", "expires"]),
     (
         fleet.decode_car_status,
         fleet.encode_car_status(fleet.CarModelStatus("car-1", "v1", "running")),

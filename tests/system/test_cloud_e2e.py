@@ -90,6 +90,7 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
         cfg,
         min_frames=100,
         trusted_keys=[str(pub)],
+        announce_key=str(priv),
         key=str(priv),
         workdir=tmp_path / "work",
         group="e2e",
@@ -102,7 +103,7 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
     car_conn = Connection(BrokerConfig(url=broker.url), "car-e2e")
     car_conn.start()
     slot = ModelSlot(trusted_keys=[str(pub)])
-    updater = ModelUpdater(car_conn, slot, "car-e2e", tmp_path / "car-cache", trusted_keys=[str(pub)])
+    updater = ModelUpdater(car_conn, slot, "car-e2e", tmp_path / "car-cache", trusted_keys=[str(pub)], announce_keys=[str(pub)])
     parked = threading.Event()  # while the car is parked, its idle loop still swaps models
     parked.set()
     stop_tick = threading.Event()

@@ -100,7 +100,9 @@ def test_acl_a_car_cannot_publish_as_another_car_nor_read_its_replies(secure):
         # a car cannot announce models (only the cloud may)
         seen: list = []
         edge.conn.subscribe(wire.model_topic("edge"), seen.append, qos=1)
-        ann = fleet.PushAnnouncement("edge", "evil", "0" * 64, 1, 1, ["0" * 64], "A" * 86 + "==", path="/tmp/evil")
+        ann = fleet.PushAnnouncement(
+            "edge", "evil", "0" * 64, 1, 1, ["0" * 64], "A" * 86 + "==", path="/tmp/evil", counter=1, expires=2**31
+        )
         spy.publish(wire.model_topic("edge"), fleet.encode_announcement(ann), qos=1)
         time.sleep(0.3)
         assert not seen and edge.swaps == 0
