@@ -51,7 +51,7 @@ static volatile uint8_t rx_buf[RX_SIZE], rx_head, rx_tail;
 static volatile uint8_t tx_buf[TX_SIZE], tx_head, tx_tail;
 static volatile uint32_t ms_clock;
 static volatile uint16_t rc_rise[EP_RC_CHANNELS], rc_width[EP_RC_CHANNELS]; /* Timer1 ticks */
-static volatile uint8_t rc_pins, rc_fresh;
+static volatile uint8_t rc_pins, rc_fresh, rc_high; /* rc_high: rise seen, fall pending */
 static uint8_t ee_shadow[EP_RC_PERSIST_LEN]; /* what the EEPROM holds */
 static ep_device_t dev;
 
@@ -69,10 +69,12 @@ ISR(PCINT1_vect)
             continue;
         if (pins & bit) {
             rc_rise[ch] = t;
-        } else {
+            rc_high |= bit;
+        } else if (rc_high & bit) { /* a fall with no rise seen (power-up mid-pulse) is no pulse */
             uint16_t rise = rc_rise[ch];
             rc_width[ch] = t >= rise ? (uint16_t)(t - rise) : (uint16_t)(t + PWM_TOP + 1u - rise);
             rc_fresh |= bit;
+            rc_high &= (uint8_t)~bit;
         }
     }
 }

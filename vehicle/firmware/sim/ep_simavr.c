@@ -16,6 +16,8 @@
  *
  * stdout (line-buffered, one event per line):
  *   pty /dev/pts/N                  the serial port to open (printed first)
+ *   rc <ch> <t_ms> <width_us>       (--rc) receiver channel ch's pulse train changed
+ *                                   width at a frame starting at t_ms (0: stopped)
  *   pwm <ch> <t_ms> <width_us>      a servo/ESC pulse width changed; ch is
  *                                   steer (PB1/OC1A/D9) or throttle (PB2/OC1B/D10),
  *                                   t_ms the simulated time of that pulse
@@ -126,6 +128,9 @@ static avr_cycle_count_t rc_edge(avr_t *a, avr_cycle_count_t when, void *param)
         r->high = 0;
         return when + avr_usec_to_cycles(a, RC_PERIOD_US - r->cur_us);
     }
+    if (r->width_us != r->cur_us)
+        printf("rc %d %llu %u\n", (int)(r - rc_in), (unsigned long long)(when * 1000ULL / a->frequency),
+               (unsigned)r->width_us);
     r->cur_us = r->width_us;
     if (r->cur_us == 0 || r->cur_us >= RC_PERIOD_US)
         return when + avr_usec_to_cycles(a, RC_PERIOD_US);
