@@ -31,6 +31,7 @@ from edgepilot import EdgepilotError
 from edgepilot.config import ActuatorConfig
 from vehicle.actuators import (
     MM1_INTERVAL_S,
+    STALE_S,
     RoboHatActuator,
     make_actuator,
     mm1_line,
@@ -366,5 +367,28 @@ def test_connect_ends_a_partial_line_the_board_still_holds(board, tmp_path):
     try:
         assert board.wait_applied(1)
         assert board.model.applied == [(1500, 1500)]
+    finally:
+        act.close()
+
+
+def test_a_quiet_loop_gets_neutral_not_code_pys_10_s_hold(board, tmp_path):
+    """code.py keeps the last command for 10 s after the last byte. A loop that stops
+    calling run() (hung, stuck) makes the driver's worker send neutral itself, no earlier
+    than the firmware's 250 ms failsafe would."""
+    act = RoboHatActuator(ActuatorConfig(kind="robohat"), port=str(tmp_path / "serial0"))
+    try:
+        assert board.wait_applied(1)
+        for _ in range(4):
+            time.sleep(0.05)
+            act.run(0.3, 0.6)
+        last_run = time.monotonic()
+        drive = pulses(0.3, 0.6, ActuatorConfig(kind="robohat"))
+        with board.model.changed:
+            assert board.model.changed.wait_for(lambda: board.model.applied[-1] == (1500, 1500), 3)
+            stopped = time.monotonic()
+        assert drive in board.model.applied and stopped - last_run >= STALE_S
+        assert act.stats["quiet_neutral"] == 1
+        time.sleep(STALE_S * 2)
+        assert act.stats["quiet_neutral"] == 1  # once, not every period
     finally:
         act.close()

@@ -187,6 +187,7 @@ class SerialActuator:
         self._pending: tuple[tuple[int, int], float] | None = None
         self._closing = False
         self._last_cmd_at = -1e9
+        self._last_run_at = time.monotonic()
         self._rc: RcReading | None = None
         self._ser: Any = None
         self._wake_r, self._wake_w = os.pipe()
@@ -204,6 +205,7 @@ class SerialActuator:
             if self._pending is not None:
                 self.stats["coalesced"] += 1
             self._pending = (us, time.monotonic())
+            self._last_run_at = self._pending[1]
             self.stats["commands"] += 1
         self._wake()
 
@@ -378,7 +380,7 @@ class RoboHatActuator(SerialActuator):
     pulsing, so a transmitter that lost its link is not visible here."""
 
     kind = "robohat"
-    extra_stats = ("bad_lines",)
+    extra_stats = ("bad_lines", "quiet_neutral")
     min_interval_s = MM1_INTERVAL_S
 
     def __init__(self, cfg: ActuatorConfig, port: str | None = None) -> None:
@@ -393,6 +395,20 @@ class RoboHatActuator(SerialActuator):
 
     def _encode_command(self, us: tuple[int, int]) -> bytes:
         return mm1_line(us)
+
+    def _periodic(self, now: float) -> float:
+        """code.py holds the last command for 10 s after the last byte: when the loop
+        goes quiet for STALE_S (hung, stuck in a slow call) the worker sends neutral
+        itself, as the framed firmware would by its own failsafe."""
+        quiet = now - self._last_run_at
+        if quiet < STALE_S:
+            return STALE_S - quiet
+        if self._pending is None and self.telemetry.get("commanded_us", self._neutral_us) != self._neutral_us:
+            log.warning("actuator robohat: no command for %.0f ms: neutral", quiet * 1000)
+            self._write_command(self._neutral_us)
+            self.telemetry["commanded_us"] = self._neutral_us
+            self.stats["quiet_neutral"] += 1
+        return STALE_S
 
     def _on_bytes(self, data: bytes) -> None:
         self._rx += data
