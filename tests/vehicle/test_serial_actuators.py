@@ -135,6 +135,8 @@ def test_robohat_sends_each_command_as_text_and_neutral_on_close(cable):
             sent.append(pulses(s, t, CFG))
             time.sleep(0.05)
         rx = lines(cable.read(0.2))
+        if rx[-1:] == [(1500, 1500)]:  # the loop went quiet: the driver's own neutral (250 ms)
+            rx = rx[:-1]
         assert rx == [x for x in sent if x in rx]  # in order, nothing invented
         # the rate: one line per run() (coalescing only if the worker fell behind)
         assert len(rx) >= 0.9 * len(sent), (len(rx), len(sent))
