@@ -13,6 +13,7 @@ test, the old firmware (a pty answering as version 1 firmware does).
 from __future__ import annotations
 
 import ctypes
+import re
 import threading
 import time
 from dataclasses import replace
@@ -25,11 +26,12 @@ from test_firmware_core import core  # noqa: F401 (fixture)
 from test_firmware_simavr import Simulator, sim_build  # noqa: F401 (fixture)
 from test_serial_actuators import PtyCable, frames
 
-from edgepilot.config import ActuatorConfig, load_profile
+from edgepilot.config import REPO_ROOT, ActuatorConfig, load_profile
 from edgepilot.drivelog import LogReader, LogWriter
 from edgepilot.schema.log import SessionMeta
 from vehicle import serial_proto as sp
 from vehicle.actuators import FramedActuator, pulses
+from vehicle.firmware import FIRMWARE_DIR
 from vehicle.loop import DriveLoop, LoopOptions
 from vehicle.parts import Frame
 from vehicle.rc_input import RcUser
@@ -305,3 +307,21 @@ def test_kill_switch_persistence_block(core):  # noqa: F811
     corrupt = bytearray(block)
     corrupt[3] ^= 0x10
     assert boot(bytes(corrupt)) == (0, 1800)
+
+
+def test_c_header_python_and_docs_agree_on_the_protocol():
+    """Frame types, version, ACK statuses and RC flags: ep_proto.h/ep_device.h, serial_proto
+    and docs/hardware.md's protocol table name the same values."""
+    src = FIRMWARE_DIR / "edgepilot_fw"
+    c = {
+        m[1]: int(m[2], 0)
+        for h in ("ep_proto.h", "ep_device.h")
+        for m in re.finditer(r"#define EP_(\w+) (0x[0-9A-Fa-f]+|\d+)", (src / h).read_text())
+    }
+    py = {k: v for k, v in vars(sp).items() if k.isupper() and isinstance(v, int)}
+    shared = ["PROTO_VERSION", "RC_KILL", "RC_KILL_LOW", "RC_REPORT", "RC_LOST_MS", "RC_REPORT_MS"]
+    shared += [k for k in py if k.startswith(("T_", "ACK_", "F_", "RCF_"))]
+    assert {k: c.get(k) for k in shared} == {k: py[k] for k in shared}
+    doc = (REPO_ROOT / "docs" / "hardware.md").read_text()
+    documented = {int(m[1], 16) for m in re.finditer(r"^\| `(0x[0-9a-f]{2})` ", doc, re.M)}
+    assert documented == {v for k, v in py.items() if k.startswith("T_")}

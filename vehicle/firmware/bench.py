@@ -121,8 +121,11 @@ def _neutral_after(sim: _Sim, act: FramedActuator, width: int) -> int:
         return [(t, w) for c, t, w in sim.pwm if c == "throttle" and t >= after]
 
     sim.rc(2, 1000)  # run position; a neutral command re-arms, then full throttle
-    _until(lambda: (r := act.rc_reading()) is not None and not r.killed, every=lambda: act.run(0.0, 0.0))
-    if not _until(lambda: throttle()[-1][1] == 2000, every=full):
+    if not _until(
+        lambda: (r := act.rc_reading()) is not None and not r.killed, 10, lambda: act.run(0.0, 0.0)
+    ):
+        raise RuntimeError(f"the kill switch never re-armed: {act.rc_reading()}")
+    if not _until(lambda: throttle()[-1][1] == 2000, 10, full):
         raise RuntimeError("the throttle never reached 2000 us")
     n = len(sim.rc_events)
     sim.rc(2, width)
@@ -130,10 +133,10 @@ def _neutral_after(sim: _Sim, act: FramedActuator, width: int) -> int:
     def started() -> int | None:
         return next((t for c, t, w in sim.rc_events[n:] if c == 2 and w == width), None)
 
-    _until(lambda: started() is not None, every=full)
+    _until(lambda: started() is not None, 10, full)
     t0 = started()
     assert t0 is not None
-    if not _until(lambda: any(w == 1500 for _, w in throttle(t0)), every=full):
+    if not _until(lambda: any(w == 1500 for _, w in throttle(t0)), 10, full):
         raise RuntimeError("the kill switch did not stop the throttle")
     return next(t for t, w in throttle(t0) if w == 1500) - t0
 
