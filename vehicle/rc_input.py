@@ -10,7 +10,10 @@ Safety rules, all in ``poll``:
 
 * no reading, or one older than ``rc.timeout_ms`` (the receiver lost its signal, the
   firmware reports a silent channel as 0, the controller went quiet): the user command is
-  0, 0 -- the transmitter never overrides with a value it no longer sends;
+  0, 0 with no label source -- the transmitter never overrides with a value it no longer
+  sends, and nothing is recorded as a human's answer;
+* a transmitter that is heard gives the human's label (``source = "human"``); sticks off
+  centre (outside the deadband) are ``active``: in autopilot that is a takeover;
 * the firmware's kill switch holding the car: an e-stop request, so the loop commands
   neutral too (which is also what re-arms the firmware once the switch is released);
 * channel 2 as mode switch without a signal reads as "user" mode, as record switch as
@@ -25,9 +28,8 @@ from typing import Protocol
 
 from edgepilot import EdgepilotError
 from edgepilot.config import ActuatorConfig, RcConfig
+from edgepilot.drive.parts import Frame, UserInput, UserState
 from vehicle.actuators import CALIBRATION, RC_MAX_US, RC_MIN_US, RcReading
-from vehicle.loop import UserInput, UserState
-from vehicle.parts import Frame
 
 AUX_ROLES = ("none", "mode", "record")
 
@@ -50,16 +52,15 @@ class Axis:
 
     def value(self, us: int | None) -> float:
         """The command whose calibrated pulse is ``us`` (the inverse of the actuator's
-        mapping): each half scales to its own end point; the deadband reads as exactly 0
-        and the rest of the half is stretched so the end still reads 1."""
+        mapping, each half to its own end point), so the servo gets back the very pulse
+        the receiver sent; within the deadband of the centre it reads exactly 0."""
         if us is None:
             return 0.0
         off = us - self.mid_us
         end = self.pos_us if off * (self.pos_us - self.mid_us) > 0 else self.neg_us
-        span = abs(end - self.mid_us) - self.deadband_us
-        if abs(off) <= self.deadband_us or span <= 0 or off * (end - self.mid_us) <= 0:
+        if abs(off) <= self.deadband_us or off * (end - self.mid_us) <= 0:
             return 0.0
-        x = min(1.0, (abs(off) - self.deadband_us) / span)
+        x = min(1.0, off / (end - self.mid_us))
         x = x if end == self.pos_us else -x
         return -x if self.reverse else x
 
@@ -135,6 +136,10 @@ class RcUser:
         st.steering = self.steering.value(r.steering_us if r else None)
         st.throttle = self.throttle.value(r.throttle_us if r else None)
         st.applied = None
+        # a transmitter that is heard is a human's label; sticks off centre are a
+        # takeover in autopilot (an intervention); none heard: nobody's label
+        st.source = "human" if r is not None else None
+        st.active = r is not None and (st.steering != 0.0 or st.throttle != 0.0)
         if st.estop is not None:
             self._estop["other"] = st.estop
         self._estop["kill"] = bool(r and r.killed)

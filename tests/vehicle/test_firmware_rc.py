@@ -21,19 +21,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import serial
-from helpers import wait_for
-from test_firmware_core import core  # noqa: F401 (fixture)
-from test_firmware_simavr import Simulator, sim_build  # noqa: F401 (fixture)
-from test_serial_actuators import PtyCable, frames
 
 from edgepilot.config import REPO_ROOT, ActuatorConfig, load_profile
+from edgepilot.drive.loop import DriveLoop, LoopOptions
+from edgepilot.drive.parts import Frame
 from edgepilot.drivelog import LogReader, LogWriter
 from edgepilot.schema.log import SessionMeta
+from tests.helpers import wait_for
+from tests.vehicle.test_firmware_core import core  # noqa: F401 (fixture)
+from tests.vehicle.test_firmware_simavr import Simulator, sim_build  # noqa: F401 (fixture)
+from tests.vehicle.test_serial_actuators import PtyCable, frames
 from vehicle import serial_proto as sp
 from vehicle.actuators import FramedActuator, pulses
 from vehicle.firmware import FIRMWARE_DIR
-from vehicle.loop import DriveLoop, LoopOptions
-from vehicle.parts import Frame
 from vehicle.rc_input import RcUser
 
 CFG = ActuatorConfig(kind="framed", heartbeat_ms=40, reconnect_max_s=0.2, kill_switch="high")
@@ -244,6 +244,7 @@ def test_transmitter_drives_the_loop_in_rc_mode(rc_sim, tmp_path):
         steer, thr = user.steering.value(1250), user.throttle.value(1650)
         assert steer < -0.4 and 0.2 < thr < prof.drive.throttle_cap  # left, gently forward
         want = pulses(steer, thr, act_cfg)
+        assert want == (1250, 1650)  # RC mode: the servo and ESC get the receiver's own pulses
         assert rc_sim.wait_width("steer", want[0], 3) and rc_sim.wait_width("throttle", want[1], 3)
         rc_sim.rc(2, 1900)  # the kill switch
         assert wait_for(lambda: infos and infos[-1]["estop"], 3)
@@ -256,8 +257,9 @@ def test_transmitter_drives_the_loop_in_rc_mode(rc_sim, tmp_path):
         thread.join(5)
         rec.close()
     assert rc_sim.wait_width("throttle", 1500, 1)  # the loop's end: neutral
-    labels = {(round(r.steering, 2), round(r.throttle, 2)) for r in LogReader(rec.path).records()}
-    assert (round(steer, 2), round(thr, 2)) in labels
+    recs = LogReader(rec.path).records()
+    labels = {(round(r.steering, 2), round(r.throttle, 2)) for r in recs if r.label_source == "human"}
+    assert (round(steer, 2), round(thr, 2)) in labels  # the transmitter's command is the label
 
 
 def test_v1_firmware_never_drives_a_profile_with_a_kill_switch(tmp_path, caplog):

@@ -1,7 +1,7 @@
 """The transmitter as the loop's user (``vehicle.rc_input``): the mapping from pulses back
 to commands, the safety rules, and the profile. ``Receiver`` stands in for the motor
 controller's read-back (the firmware and MM1 paths to it are tested in
-tests/test_firmware_rc.py and tests/test_mm1_receive_rule.py)."""
+tests/vehicle/test_firmware_rc.py and tests/vehicle/test_mm1_receive_rule.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from edgepilot import EdgepilotError
 from edgepilot.config import ActuatorConfig, RcConfig, load_profile
+from edgepilot.drive.parts import UserState
 from vehicle.actuators import RcReading, pulses, validate
-from vehicle.loop import UserState
 from vehicle.rc_input import Axis, RcUser, axes, validate_rc
 
 FRAMED = ActuatorConfig(kind="framed")
@@ -85,7 +85,8 @@ def test_axis_deadband_ends_and_clamping():
     assert ax.value(1500) == ax.value(1520) == ax.value(1480) == 0.0  # sticks at rest: exactly 0
     assert ax.value(2000) == 1.0 and ax.value(1000) == -1.0  # the ends still reach +-1
     assert ax.value(2100) == 1.0 and ax.value(900) == -1.0
-    assert ax.value(1760) == pytest.approx((260 - 20) / 480)
+    assert ax.value(1760) == pytest.approx(260 / 500)  # outside it: the exact inverse
+    assert ax.value(1521) == pytest.approx(21 / 500)
     assert Axis(2000, 1500, 1000).value(1250) == pytest.approx(0.5)  # left at 2000 us (DonkeyCar MM1)
     assert Axis(1000, 1500, 2000, reverse=True).value(1750) == pytest.approx(-0.5)
     assert ax.value(None) == 0.0
@@ -108,8 +109,12 @@ def test_transmitter_is_the_users_command_and_label():
     user = RcUser(rx, RcConfig(enabled=True), FRAMED)
     rx.set(1250, 1760)
     st = user.poll(None)
-    assert (st.steering, st.throttle) == (pytest.approx(-(250 - 20) / 480), pytest.approx((260 - 20) / 480))
+    assert (st.steering, st.throttle) == (pytest.approx(-250 / 500), pytest.approx(260 / 500))
     assert st.applied is None and st.estop is None and st.mode is None
+    assert st.source == "human" and st.active  # a human's label; in autopilot, a takeover
+    rx.set(1510, 1490)  # sticks at rest (inside the deadband): labelled, not a takeover
+    st = user.poll(None)
+    assert (st.steering, st.throttle, st.source, st.active) == (0.0, 0.0, "human", False)
 
 
 def test_lost_transmitter_gives_no_override():
@@ -119,7 +124,8 @@ def test_lost_transmitter_gives_no_override():
     rx.set(2000, 2000)
     assert user.poll(None).throttle == 1.0
     rx.age(0.25)  # the controller went quiet: the last full throttle is not held
-    assert (user.poll(None).steering, user.poll(None).throttle) == (0.0, 0.0)
+    st = user.poll(None)
+    assert (st.steering, st.throttle, st.source, st.active) == (0.0, 0.0, None, False)  # nobody's label
     rx.set(2000, None)  # the firmware reports the throttle channel silent
     st = user.poll(None)
     assert (st.steering, st.throttle) == (1.0, 0.0)
