@@ -83,14 +83,32 @@ class Pi:
         self._t.join(1)
 
 
+class RecordingActuator(FramedActuator):
+    """FramedActuator that also keeps every RC report (the test looks at all of them)."""
+
+    def __init__(self, *a, **kw) -> None:
+        self.reports: list[sp.RcReport] = []
+        super().__init__(*a, **kw)
+
+    def _on_rc(self, r: sp.RcReport) -> None:
+        self.reports.append(r)
+        super()._on_rc(r)
+
+
 def test_receiver_pulses_reach_the_host(rc_sim):
-    for ch, us in enumerate((1234, 1777, 1100)):
-        rc_sim.rc(ch, us)
-    act = FramedActuator(replace(CFG, kill_switch="off"), port=rc_sim.pty)
+    """Every report is right, from the very first pulse: the pins come up high (pull-ups),
+    so the first edge the firmware sees on each channel is a fall, which is no pulse."""
+    act = RecordingActuator(replace(CFG, kill_switch="off"), port=rc_sim.pty)
     try:
+        assert wait_for(lambda: act.telemetry.get("rc_supported") is True and act.reports, 3)
+        for ch, us in enumerate((1234, 1777, 1100)):
+            rc_sim.rc(ch, us)
         r = wait_reading(act, lambda r: None not in (r.steering_us, r.throttle_us, r.aux_us))
         assert abs(r.steering_us - 1234) <= 2 and abs(r.throttle_us - 1777) <= 2 and abs(r.aux_us - 1100) <= 2
-        assert not r.killed and act.telemetry["rc_supported"] is True
+        seen = [(x.steering_us, x.throttle_us, x.aux_us) for x in act.reports]
+        for want, got in zip((1234, 1777, 1100), zip(*seen, strict=True), strict=True):
+            assert all(v == 0 or abs(v - want) <= 2 for v in got), (want, sorted(set(got)))
+        assert not r.killed
         rc_sim.rc(1, 0)  # the throttle channel falls silent: it reads as no signal, not as held
         r = wait_reading(act, lambda r: r.throttle_us is None)
         assert r.throttle_us is None and abs(r.steering_us - 1234) <= 2
