@@ -141,7 +141,9 @@ def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slo
     if mode != "user" and slot.current is None:
         for x in extras:
             x.close()
-        raise EdgepilotError(f"mode {mode} needs a model: --model PKG, model.package, or a fleet that pushes one")
+        raise EdgepilotError(
+            f"mode {mode} needs a model: --model PKG, model.package, or a fleet that pushes one"
+        )
     camera = make_camera(profile.camera)
     recorder = car_recorder(profile, getattr(args, "record", None), camera.describe())
     parts = CarParts(camera, make_actuator(profile.actuator), slot, recorder=recorder)

@@ -33,12 +33,12 @@ from vehicle.actuators import (
     MM1_INTERVAL_S,
     STALE_S,
     RoboHatActuator,
-    make_actuator,
     mm1_line,
     pulses,
     serial_port,
     validate,
 )
+from vehicle.drivetrain import make_actuator
 
 RC_READING = (1523, 1477)  # what the model's receiver reads: where a failed parse lands
 
