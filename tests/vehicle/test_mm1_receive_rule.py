@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepilot import EdgepilotError
-from edgepilot.config import ActuatorConfig
+from edgepilot.config import ActuatorConfig, load_profile
 from vehicle.actuators import (
     MM1_INTERVAL_S,
     STALE_S,
@@ -120,6 +120,7 @@ SWEEP = [round(-1 + i / 100, 2) for i in range(201)]  # -1..1 in steps of 0.01
 
 CALIBRATIONS = {
     "full range": ActuatorConfig(kind="robohat"),
+    "the shipped kit-picam-mm1 profile": load_profile("kit-picam-mm1").actuator,
     "DonkeyCar MM1 defaults (left = 2000 us)": ActuatorConfig(
         kind="robohat", steering_left_us=2000, steering_right_us=1000
     ),
@@ -309,6 +310,9 @@ def test_steering_direction_matches_donkeycar_mm1_defaults():
             assert abs(ours[0] - theirs[0]) <= 1 and abs(ours[1] - theirs[1]) <= 1, (s, t, ours, theirs)
     # and our plain default is the mirror image: full left is 1000 us there
     assert pulses(-1, 0, ActuatorConfig())[0] == 1000 and donkey(-1, 0)[0] == 2000
+    # the shipped MM1 profile steers as DonkeyCar does (its throttle is capped lower on purpose)
+    kit = load_profile("kit-picam-mm1").actuator
+    assert all(abs(pulses(s, 0, kit)[0] - donkey(s, 0)[0]) <= 1 for s in SWEEP)
 
 
 def test_the_driver_keeps_to_the_boards_pace(board, tmp_path):
