@@ -53,7 +53,9 @@ class ActuatorConfig:
     """Pulse widths in microseconds, as the servo and ESC see them."""
 
     kind: str = "sim"  # sim | robohat | framed | pca9685 | none
-    port: str = "/dev/ttyACM0"
+    # None: the kind's usual port -- framed: /dev/ttyACM0 (an Uno on USB); robohat:
+    # /dev/serial0 (the Pi's GPIO UART, the only port the MM1's code.py reads commands from)
+    port: str | None = None
     baud: int = 115200
     steering_left_us: int = 1000
     steering_center_us: int = 1500
@@ -71,6 +73,32 @@ class ActuatorConfig:
     pwm_freq_hz: int = 60  # DonkeyCar's frequency; 50 suits most analogue servos too
     steering_channel: int = 1
     throttle_channel: int = 0
+    # framed firmware only: receiver channel 2 (pin A2) as a kill switch that holds both
+    # outputs at neutral in the firmware, whatever the host sends. "high": a pulse above
+    # kill_threshold_us kills, "low": below; either way no signal on it kills too.
+    kill_switch: str = "off"  # off | high | low
+    kill_threshold_us: int = 1500
+
+
+@dataclass
+class RcConfig:
+    """The RC transmitter as the user's input (DonkeyCar's RC mode), read back by the
+    motor controller: the framed firmware's receiver pins or the Robo HAT MM1's RC inputs.
+
+    The calibration keys left at None take the actuator's: a transmitter pulse then drives
+    the servo/ESC with the very pulse the receiver would have sent it directly."""
+
+    enabled: bool = False
+    aux: str = "none"  # none | mode | record: receiver channel 2 when it is not the kill switch
+    aux_threshold_us: int = 1500  # above: mode "local" / recording on; below (or no signal): user / off
+    deadband_us: int = 20  # this close to centre/neutral reads as exactly 0
+    timeout_ms: int = 200  # an older reading means no transmitter: user command 0, 0
+    steering_left_us: int | None = None
+    steering_center_us: int | None = None
+    steering_right_us: int | None = None
+    throttle_reverse_us: int | None = None
+    throttle_neutral_us: int | None = None
+    throttle_forward_us: int | None = None
 
 
 @dataclass
@@ -173,6 +201,7 @@ class Profile:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
+    rc: RcConfig = field(default_factory=RcConfig)
     drive: DriveConfig = field(default_factory=DriveConfig)
     gamepad: GamepadConfig = field(default_factory=GamepadConfig)
     sim: SimConfig = field(default_factory=SimConfig)

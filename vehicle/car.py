@@ -49,7 +49,9 @@ def announce_keys(profile: Profile) -> list[str] | None:
 
 def model_slot(profile: Profile, package: str | None) -> ModelSlot:
     """The car's model slot, holding ``package`` (or the profile's) loaded and warmed."""
-    slot = ModelSlot(None, trusted_keys(profile), partial(load_autopilot, threads=max(1, profile.model.threads)))
+    slot = ModelSlot(
+        None, trusted_keys(profile), partial(load_autopilot, threads=max(1, profile.model.threads))
+    )
     pkg = package or profile.model.package
     if pkg:
         slot.current = slot.load(pkg)
@@ -78,12 +80,15 @@ def car_recorder(profile: Profile, record_root: str | None, camera: dict[str, An
 
 
 def car_window(profile: Profile, mode: str, *, collect: bool, headless: bool) -> Any:
-    """The pygame window when there is a display (collect needs one), else None."""
+    """The pygame window when there is a display (collect needs one, unless the RC
+    transmitter drives), else None."""
     if headless and not collect:
         return None
     if not (has_display() or (collect and dummy_video())):  # dummy: SDL offscreen (tests)
-        if collect:
-            raise EdgepilotError("collect needs a window (a display) for the keyboard/gamepad")
+        if collect and not profile.rc.enabled:
+            raise EdgepilotError(
+                "collect needs a window (a display) for the keyboard/gamepad, or an RC transmitter ([rc] enabled)"
+            )
         return None
     from vehicle.ui import DriveWindow
 
@@ -133,19 +138,25 @@ def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slo
     """Camera, actuator, keyboard/gamepad, edge, recorder and fleet of the real car."""
     from vehicle.cameras import make_camera
     from vehicle.drivetrain import make_actuator
+    from vehicle.rc_input import RcUser, validate_rc
     from vehicle.userinput import WindowUser
 
+    validate_rc(profile.rc, profile.actuator)  # before anything is opened
     window = car_window(profile, mode, collect=collect, headless=getattr(args, "headless", False))
     link = car_fleet(profile, slot, mode)
     extras = [x for x in (window, link) if x is not None]
     if mode != "user" and slot.current is None:
         for x in extras:
             x.close()
-        raise EdgepilotError(f"mode {mode} needs a model: --model PKG, model.package, or a fleet that pushes one")
+        raise EdgepilotError(
+            f"mode {mode} needs a model: --model PKG, model.package, or a fleet that pushes one"
+        )
     camera = make_camera(profile.camera)
     recorder = car_recorder(profile, getattr(args, "record", None), camera.describe())
     parts = CarParts(camera, make_actuator(profile.actuator), slot, recorder=recorder)
     parts.user = WindowUser(window) if window is not None else None
+    if profile.rc.enabled:  # the transmitter drives (RC mode); the window keeps its keys
+        parts.user = RcUser(parts.actuator, profile.rc, profile.actuator, other=parts.user)
     if getattr(args, "edge", False):
         parts.offload = offload_client(profile, args.broker, 1.0 / profile.camera.fps)
     if window is not None:

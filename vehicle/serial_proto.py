@@ -10,6 +10,11 @@ payload. The host sends CMD (pulse widths in microseconds, already calibrated),
 HEARTBEAT (answered with TELEMETRY) and CONFIG (the firmware's neutral and limits); the
 car answers every CMD/CONFIG with an ACK. Why pulse widths and not -1..1: calibration
 lives in the car's profile on the host, so the firmware needs no per-car build.
+
+Protocol version 2 adds the RC receiver without changing a version 1 frame: RC_CONFIG
+(kill switch, and a request for RC frames) and RC (the receiver's pulses, the kill
+switch's state). A version 1 firmware answers RC_CONFIG with ACK_UNKNOWN; a version 1
+host never asks for RC frames.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ SYNC = b"\xaa\x55"
 MAX_PAYLOAD = 32
 OVERHEAD = 7
 
+PROTO_VERSION = 2  # the firmware's EP_PROTO_VERSION
+
 T_CMD = 0x01
 T_HEARTBEAT = 0x02
 T_CONFIG = 0x03
+T_RC_CONFIG = 0x04  # v2
 T_ACK = 0x81
 T_TELEMETRY = 0x82
+T_RC = 0x83  # v2
 
 ACK_OK = 0
 ACK_CLAMPED = 1
@@ -33,17 +42,32 @@ ACK_BAD_LEN = 2
 ACK_DUP = 3
 ACK_UNKNOWN = 4
 ACK_BAD_VALUE = 5
+ACK_KILLED = 6  # v2: the CMD was taken, but the kill switch holds the outputs at neutral
 
 F_FAILSAFE = 0x01
 F_BOOT = 0x02
 F_CONFIGURED = 0x04
+F_KILLED = 0x08  # v2: the kill switch holds the outputs at neutral
 
 FAILSAFE_MS = 250  # the firmware's EP_FAILSAFE_MS
+
+# RC_CONFIG flags (v2)
+RC_KILL = 0x01  # receiver channel 2 is a kill switch
+RC_KILL_LOW = 0x02  # its kill position is below the threshold (else above)
+RC_REPORT = 0x04  # send an RC frame every RC_REPORT_MS
+RC_REPORT_MS = 20
+RC_LOST_MS = 100  # the firmware's EP_RC_LOST_MS: a channel silent this long reads 0
+# RC frame flags (v2)
+RCF_KILL_ON = 0x01
+RCF_KILLED = 0x02  # kill position, or no signal on the kill channel
+RCF_REARM = 0x04  # kill over; outputs held until a CMD with the throttle at neutral
 
 _TELEMETRY = struct.Struct("<HHBHHHHI")
 _ACK = struct.Struct("<BBHH")
 _CMD = struct.Struct("<HH")
 _CONFIG = struct.Struct("<HHHH")
+_RC_CONFIG = struct.Struct("<BH")
+_RC = struct.Struct("<BBHHH")
 
 
 def _crc_table() -> list[int]:
@@ -105,6 +129,22 @@ class Telemetry:
         return bool(self.flags & F_FAILSAFE)
 
 
+@dataclass(frozen=True, slots=True)
+class RcReport:
+    """The receiver as the firmware saw it; a width of 0 means no signal on that channel."""
+
+    version: int
+    flags: int
+    steering_us: int
+    throttle_us: int
+    aux_us: int
+
+    @property
+    def killed(self) -> bool:
+        """The kill switch holds the outputs at neutral (killed, or waiting to re-arm)."""
+        return bool(self.flags & (RCF_KILLED | RCF_REARM))
+
+
 def cmd(seq: int, steering_us: int, throttle_us: int) -> bytes:
     return encode(T_CMD, seq, _CMD.pack(steering_us, throttle_us))
 
@@ -115,6 +155,10 @@ def heartbeat(seq: int) -> bytes:
 
 def config(seq: int, neutral_steering_us: int, neutral_throttle_us: int, min_us: int, max_us: int) -> bytes:
     return encode(T_CONFIG, seq, _CONFIG.pack(neutral_steering_us, neutral_throttle_us, min_us, max_us))
+
+
+def rc_config(seq: int, flags: int, kill_threshold_us: int = 1500) -> bytes:
+    return encode(T_RC_CONFIG, seq, _RC_CONFIG.pack(flags, kill_threshold_us))
 
 
 def decode_cmd(frame: Frame) -> tuple[int, int]:
@@ -129,13 +173,19 @@ def decode_telemetry(frame: Frame) -> Telemetry:
     return Telemetry(*_TELEMETRY.unpack(frame.payload))
 
 
-def decode_reply(frame: Frame) -> Ack | Telemetry | None:
-    """An ACK or TELEMETRY frame as a dataclass; None for anything else or a wrong size."""
+def decode_rc(frame: Frame) -> RcReport:
+    return RcReport(*_RC.unpack(frame.payload))
+
+
+def decode_reply(frame: Frame) -> Ack | Telemetry | RcReport | None:
+    """An ACK, TELEMETRY or RC frame as a dataclass; None for anything else or a wrong size."""
     try:
         if frame.type == T_ACK:
             return decode_ack(frame)
         if frame.type == T_TELEMETRY:
             return decode_telemetry(frame)
+        if frame.type == T_RC:
+            return decode_rc(frame)
     except struct.error:
         return None
     return None

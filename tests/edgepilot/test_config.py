@@ -22,7 +22,8 @@ def test_car_profile_values():
 
 
 def test_all_profile_files_are_tested():
-    shipped = ["car", "cloud", "edge", "kit-picam-mm1", "kit-picam-pca9685", "sim"]
+    # kit-usb-arduino-rc: tests/vehicle/test_rc_input.py and tests/vehicle/test_firmware_rc.py
+    shipped = ["car", "cloud", "edge", "kit-picam-mm1", "kit-picam-pca9685", "kit-usb-arduino-rc", "sim"]
     assert sorted(f.stem for f in PROFILE_DIR.glob("*.toml")) == shipped
 
 

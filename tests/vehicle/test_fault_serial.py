@@ -125,7 +125,7 @@ class PtyCar:
                     self.commands.append((now, sp.decode_cmd(f)))
             return
         *lines, self._rx = (self._rx + data).split(b"\r")
-        for line in lines:
+        for line in filter(None, lines):  # the driver opens with a lone CR (no command)
             s, t = line.split(b", ")
             self.commands.append((now, (int(s), int(t))))
 

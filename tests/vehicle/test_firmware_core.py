@@ -34,6 +34,10 @@ def core(tmp_path_factory):
     lib.ep_device_init.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
     lib.ep_device_feed.argtypes = [ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint32]
     lib.ep_device_tick.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.ep_device_rc_pulse.argtypes = [ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32]
+    lib.ep_device_rc_persist.argtypes = [ctypes.c_void_p, u8p]
+    lib.ep_device_rc_restore.argtypes = [ctypes.c_void_p, u8p]
+    lib.ep_device_rc_restore.restype = ctypes.c_uint8
     lib.ep_device_take_tx.argtypes = [ctypes.c_void_p, u8p, ctypes.c_uint16]
     lib.ep_device_take_tx.restype = ctypes.c_uint16
     for name in ("ep_device_steer_us", "ep_device_throttle_us", "ep_device_failsafe_count"):
@@ -108,6 +112,8 @@ def _reply(frame: sp.Frame) -> dict:
     r = sp.decode_reply(frame)
     if isinstance(r, sp.Ack):
         return {"ack": [r.seq, r.status, r.steering_us, r.throttle_us]}
+    if isinstance(r, sp.RcReport):
+        return {"rc": [r.version, r.flags, r.steering_us, r.throttle_us, r.aux_us]}
     assert isinstance(r, sp.Telemetry), frame
     return {
         "telemetry": [
@@ -134,6 +140,8 @@ def test_c_device_scenario(core, case):
         t = step["t_ms"]
         if step.get("init"):
             core.ep_device_init(dev, t)
+        for ch, width_us in step.get("rc", []):
+            core.ep_device_rc_pulse(dev, ch, width_us, t)
         for b in bytes.fromhex(step.get("rx_hex", "")):
             core.ep_device_feed(dev, b, t)
         core.ep_device_tick(dev, t)

@@ -24,13 +24,19 @@ CFG = ActuatorConfig(kind="framed", heartbeat_ms=40, reconnect_max_s=0.2)
 
 
 class Simulator:
-    """ep_simavr running the firmware; collects its ``pwm`` events in a thread."""
+    """ep_simavr running the firmware; collects its ``pwm`` events (and with ``--rc``, its
+    ``rc`` events: the receiver pulse trains it drives, set with ``rc()``) in a thread."""
 
-    def __init__(self, exe, elf) -> None:
+    def __init__(self, exe, elf, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [str(exe), str(elf)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [str(exe), str(elf), *args],
+            stdin=subprocess.PIPE if "--rc" in args else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.pwm: list[tuple[str, int, int, float]] = []  # channel, sim ms, width us, wall time
+        self.rc_events: list[tuple[int, int, int]] = []  # receiver channel, sim ms, width us
         self.pty: str | None = None
         ready = threading.Event()
 
@@ -42,12 +48,19 @@ class Simulator:
                     ready.set()
                 elif parts[:1] == ["pwm"]:
                     self.pwm.append((parts[1], int(parts[2]), int(parts[3]), time.monotonic()))
+                elif parts[:1] == ["rc"]:
+                    self.rc_events.append((int(parts[1]), int(parts[2]), int(parts[3])))
             ready.set()
 
         threading.Thread(target=reader, daemon=True).start()
         if not ready.wait(10) or self.pty is None:
             self.stop()
             raise RuntimeError("ep_simavr did not start")
+
+    def rc(self, ch: int, width_us: int) -> None:
+        """Receiver channel ch sends width_us pulses from its next frame on (0: none)."""
+        self.proc.stdin.write(f"rc {ch} {width_us}\n")
+        self.proc.stdin.flush()
 
     def width(self, ch: str) -> int | None:
         w = [e[2] for e in self.pwm if e[0] == ch]

@@ -6,6 +6,10 @@ Reports, in one run: what ``FramedActuator.run()`` costs the control loop (it on
 hands the command to the worker), the command->ACK round trip through the pty and the
 simulated ATmega328P's UART, and the failsafe delay measured on the simulated PWM pins
 (last command to neutral, in simulated time), plus the image's flash and RAM use.
+The RC receiver (``rc``): how far the widths the firmware reports are from the pulse
+trains simavr drives on its receiver pins (1000..2000 us), and, in simulated ms, the
+kill switch's delay from the frame its kill pulse starts in to neutral on the throttle
+pin, and from a silent kill channel's first missing pulse to neutral.
 Needs the toolchain ``make -C vehicle/firmware sim`` needs.
 """
 
@@ -32,12 +36,17 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 class _Sim:
-    def __init__(self, exe: Path, elf: Path) -> None:
+    def __init__(self, exe: Path, elf: Path, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [str(exe), str(elf)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [str(exe), str(elf), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.pty = ""
         self.pwm: list[tuple[str, int, int]] = []
+        self.rc_events: list[tuple[int, int, int]] = []
         ready = threading.Event()
 
         def reader() -> None:
@@ -49,6 +58,8 @@ class _Sim:
                     ready.set()
                 elif p[:1] == ["pwm"]:
                     self.pwm.append((p[1], int(p[2]), int(p[3])))
+                elif p[:1] == ["rc"]:
+                    self.rc_events.append((int(p[1]), int(p[2]), int(p[3])))
             ready.set()
 
         threading.Thread(target=reader, daemon=True).start()
@@ -56,9 +67,101 @@ class _Sim:
             self.stop()
             raise RuntimeError("ep_simavr did not start")
 
+    def rc(self, ch: int, width_us: int) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"rc {ch} {width_us}\n")
+        self.proc.stdin.flush()
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(5)
+
+
+def _until(cond: Any, seconds: float = 3.0, every: Any = None) -> bool:
+    """Poll ``cond`` every 5 ms (calling ``every`` before each poll) until true or timeout."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if every is not None:
+            every()
+        if cond():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _width_errors(sim: _Sim, act: FramedActuator) -> list[int]:
+    """Reported minus driven width, all three channels, 1000..2000 us in 50 us steps."""
+    errs: list[int] = []
+    for w in range(1000, 2001, 50):
+        for ch in range(3):
+            sim.rc(ch, w)
+
+        def near(w: int = w) -> bool:
+            r = act.rc_reading()
+            return r is not None and all(
+                v is not None and abs(v - w) < 25 for v in (r.steering_us, r.throttle_us, r.aux_us)
+            )
+
+        if not _until(near):
+            raise RuntimeError(f"the firmware never reported {w} us: {act.rc_reading()}")
+        r = act.rc_reading()
+        errs += [v - w for v in (r.steering_us, r.throttle_us, r.aux_us) if v is not None]
+    return errs
+
+
+def _neutral_after(sim: _Sim, act: FramedActuator, width: int) -> int:
+    """Full throttle on the pin, then kill channel ``width`` (1900: kill position, 0: no
+    signal) while the host keeps commanding full throttle: simulated ms from the frame the
+    change starts in to neutral on the throttle pin."""
+
+    def full() -> None:
+        act.run(0.0, 1.0)
+
+    def throttle(after: int = 0) -> list[tuple[int, int]]:
+        return [(t, w) for c, t, w in sim.pwm if c == "throttle" and t >= after]
+
+    sim.rc(2, 1000)  # run position; a neutral command re-arms, then full throttle
+    if not _until(
+        lambda: (r := act.rc_reading()) is not None and not r.killed, 10, lambda: act.run(0.0, 0.0)
+    ):
+        raise RuntimeError(f"the kill switch never re-armed: {act.rc_reading()}")
+    if not _until(lambda: throttle()[-1][1] == 2000, 10, full):
+        raise RuntimeError("the throttle never reached 2000 us")
+    n = len(sim.rc_events)
+    sim.rc(2, width)
+
+    def started() -> int | None:
+        return next((t for c, t, w in sim.rc_events[n:] if c == 2 and w == width), None)
+
+    _until(lambda: started() is not None, 10, full)
+    t0 = started()
+    assert t0 is not None
+    if not _until(lambda: any(w == 1500 for _, w in throttle(t0)), 10, full):
+        raise RuntimeError("the kill switch did not stop the throttle")
+    return next(t for t, w in throttle(t0) if w == 1500) - t0
+
+
+def measure_rc(files: dict[str, Path]) -> dict[str, Any]:
+    sim = _Sim(files["ep_simavr"], files["edgepilot_fw.elf"], "--rc")
+    try:
+        act = FramedActuator(ActuatorConfig(kind="framed"), port=sim.pty)
+        try:
+            errs = _width_errors(sim, act)
+        finally:
+            act.close()
+        act = FramedActuator(ActuatorConfig(kind="framed", kill_switch="high"), port=sim.pty)
+        try:
+            kill = [_neutral_after(sim, act, 1900) for _ in range(3)]
+            lost = [_neutral_after(sim, act, 0) for _ in range(3)]
+        finally:
+            act.close()
+    finally:
+        sim.stop()
+    return {
+        "width_error_us": {"min": min(errs), "max": max(errs), "n": len(errs)},
+        "kill_ms_sim": kill,
+        "lost_ms_sim": lost,
+    }
 
 
 def _size(elf: Path) -> dict[str, int]:
@@ -102,6 +205,7 @@ def measure(seconds: float = 3.0, rate_hz: float = 50.0) -> dict[str, Any]:
         finally:
             act.close()
             sim.stop()
+        rc = measure_rc(files)
         return {
             "commands": n,
             "rate_hz": rate_hz,
@@ -111,6 +215,7 @@ def measure(seconds: float = 3.0, rate_hz: float = 50.0) -> dict[str, Any]:
             "acks": stats["acks"],
             "heartbeats": stats["heartbeats"],
             "disconnects": stats["disconnects"],
+            "rc": rc,
             **_size(files["edgepilot_fw.elf"]),
         }
 

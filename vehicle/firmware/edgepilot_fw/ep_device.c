@@ -27,7 +27,7 @@ static void send_telemetry(ep_device_t *d)
     uint16_t bad = (uint16_t)(d->parser.bad_crc + d->parser.bad_len);
     ep_put_u16(p + 0, d->steer_us);
     ep_put_u16(p + 2, d->throttle_us);
-    p[4] = (uint8_t)(d->flags | (d->failsafe ? EP_F_FAILSAFE : 0));
+    p[4] = (uint8_t)(d->flags | (d->failsafe ? EP_F_FAILSAFE : 0) | (d->rearm ? EP_F_KILLED : 0));
     ep_put_u16(p + 5, d->rx_ok);
     ep_put_u16(p + 7, bad);
     ep_put_u16(p + 9, d->rx_lost);
@@ -44,6 +44,110 @@ static void go_neutral(ep_device_t *d)
     d->throttle_us = d->neutral_throttle_us;
 }
 
+/* ---- RC receiver and kill switch ---------------------------------------------- */
+
+static uint8_t rc_alive(const ep_device_t *d, uint8_t ch)
+{
+    return (d->rc_seen & (1u << ch)) && (uint32_t)(d->now_ms - d->rc_ms[ch]) < EP_RC_LOST_MS;
+}
+
+static uint8_t in_kill_position(const ep_device_t *d, uint16_t us)
+{
+    return (d->rc_flags & EP_RC_KILL_LOW) ? us < d->kill_threshold_us : us > d->kill_threshold_us;
+}
+
+static uint8_t rc_state(const ep_device_t *d)
+{
+    uint8_t f = 0;
+    if (d->rc_flags & EP_RC_KILL)
+        f |= EP_RCF_KILL_ON;
+    if (d->killed)
+        f |= EP_RCF_KILLED;
+    else if (d->rearm)
+        f |= EP_RCF_REARM;
+    return f;
+}
+
+static void send_rc(ep_device_t *d)
+{
+    uint8_t p[EP_RC_LEN];
+    p[0] = EP_PROTO_VERSION;
+    p[1] = rc_state(d);
+    for (uint8_t ch = 0; ch < EP_RC_CHANNELS; ch++)
+        ep_put_u16(p + 2 + 2 * ch, rc_alive(d, ch) ? d->rc_us[ch] : 0);
+    queue_frame(d, EP_T_RC, p, EP_RC_LEN);
+    d->rc_report_ms = d->now_ms;
+}
+
+/* Apply the kill-switch rule (see ep_device.h) to the current readings; returns 1
+ * when the state changed and an RC frame went out about it. */
+static uint8_t update_kill(ep_device_t *d)
+{
+    uint8_t before = rc_state(d);
+    if (!(d->rc_flags & EP_RC_KILL)) {
+        d->killed = 0; /* switched off by the host: still wait for a neutral command */
+    } else if (!rc_alive(d, 2) || in_kill_position(d, d->rc_us[2])) {
+        d->killed = 1;
+        d->rearm = 1;
+        d->run_pulses = 0;
+    } else if (d->killed && d->run_pulses >= EP_RC_RELEASE_PULSES) {
+        d->killed = 0;
+    }
+    if (d->rearm)
+        go_neutral(d);
+    if (rc_state(d) == before || !(d->rc_flags & EP_RC_REPORT))
+        return 0;
+    send_rc(d); /* tell the host at once, not at the next report */
+    return 1;
+}
+
+void ep_device_rc_pulse(ep_device_t *d, uint8_t ch, uint16_t width_us, uint32_t now_ms)
+{
+    d->now_ms = now_ms;
+    if (ch >= EP_RC_CHANNELS || width_us < EP_RC_MIN_US || width_us > EP_RC_MAX_US)
+        return;
+    d->rc_us[ch] = width_us;
+    d->rc_ms[ch] = now_ms;
+    d->rc_seen |= (uint8_t)(1u << ch);
+    if (ch == 2) {
+        if (in_kill_position(d, width_us))
+            d->run_pulses = 0;
+        else if (d->run_pulses < 255)
+            d->run_pulses++;
+    }
+    update_kill(d);
+}
+
+static uint8_t persist_check(const uint8_t *b)
+{
+    return (uint8_t)~(b[0] ^ b[1] ^ b[2] ^ b[3]);
+}
+
+void ep_device_rc_persist(const ep_device_t *d, uint8_t *out)
+{
+    out[0] = EP_RC_MAGIC;
+    out[1] = (uint8_t)(d->rc_flags & (EP_RC_KILL | EP_RC_KILL_LOW));
+    ep_put_u16(out + 2, d->kill_threshold_us);
+    out[4] = persist_check(out);
+}
+
+static uint8_t rc_config_valid(uint8_t flags, uint16_t threshold_us)
+{
+    return !(flags & (uint8_t)~EP_RC_FLAGS) && threshold_us >= EP_RC_MIN_US && threshold_us <= EP_RC_MAX_US;
+}
+
+uint8_t ep_device_rc_restore(ep_device_t *d, const uint8_t *in)
+{
+    uint16_t thr = ep_get_u16(in + 2);
+    if (in[0] != EP_RC_MAGIC || in[4] != persist_check(in) || (in[1] & EP_RC_REPORT) ||
+        !rc_config_valid(in[1], thr))
+        return 0;
+    d->rc_flags = in[1];
+    d->kill_threshold_us = thr;
+    update_kill(d);
+    return 1;
+}
+
 void ep_device_init(ep_device_t *d, uint32_t now_ms)
 {
     uint8_t *raw = (uint8_t *)d;
@@ -57,6 +161,7 @@ void ep_device_init(ep_device_t *d, uint32_t now_ms)
     d->now_ms = d->boot_ms = d->last_cmd_ms = now_ms;
     d->failsafe = 1; /* ESCs arm on a neutral signal: start there until told otherwise */
     d->flags = EP_F_BOOT;
+    d->kill_threshold_us = EP_DEFAULT_NEUTRAL_US;
     go_neutral(d);
     send_telemetry(d); /* tells a listening host "I just reset" */
 }
@@ -101,10 +206,23 @@ static void handle_frame(ep_device_t *d)
             return;
         }
         uint8_t clamped = 0;
-        d->steer_us = clamp(d, ep_get_u16(p->payload), &clamped);
-        d->throttle_us = clamp(d, ep_get_u16(p->payload + 2), &clamped);
-        d->failsafe = 0;
+        uint16_t steer = clamp(d, ep_get_u16(p->payload), &clamped);
+        uint16_t throttle = clamp(d, ep_get_u16(p->payload + 2), &clamped);
+        d->failsafe = 0; /* the host is alive, even while the kill switch holds the car */
         d->last_cmd_ms = d->now_ms;
+        if (d->rearm && !d->killed && throttle + EP_REARM_TOL_US >= d->neutral_throttle_us &&
+            throttle <= d->neutral_throttle_us + EP_REARM_TOL_US) {
+            d->rearm = 0;
+            if (d->rc_flags & EP_RC_REPORT)
+                send_rc(d);
+        }
+        if (d->rearm) {
+            go_neutral(d);
+            send_ack(d, p->seq, EP_ACK_KILLED);
+            return;
+        }
+        d->steer_us = steer;
+        d->throttle_us = throttle;
         send_ack(d, p->seq, clamped ? EP_ACK_CLAMPED : EP_ACK_OK);
         return;
     }
@@ -131,9 +249,26 @@ static void handle_frame(ep_device_t *d)
         d->min_us = lo;
         d->max_us = hi;
         d->flags |= EP_F_CONFIGURED;
-        if (d->failsafe)
+        if (d->failsafe || d->rearm)
             go_neutral(d);
         send_ack(d, p->seq, EP_ACK_OK);
+        return;
+    }
+    case EP_T_RC_CONFIG: {
+        if (p->len != EP_RC_CONFIG_LEN) {
+            send_ack(d, p->seq, EP_ACK_BAD_LEN);
+            return;
+        }
+        uint16_t thr = ep_get_u16(p->payload + 1);
+        if (!rc_config_valid(p->payload[0], thr)) {
+            send_ack(d, p->seq, EP_ACK_BAD_VALUE);
+            return;
+        }
+        d->rc_flags = p->payload[0];
+        d->kill_threshold_us = thr;
+        send_ack(d, p->seq, EP_ACK_OK);
+        if (!update_kill(d) && (d->rc_flags & EP_RC_REPORT))
+            send_rc(d); /* the first report answers the request */
         return;
     }
     default:
@@ -151,6 +286,9 @@ void ep_device_tick(ep_device_t *d, uint32_t now_ms)
         go_neutral(d);
         send_telemetry(d); /* tell the host at once, not at its next heartbeat */
     }
+    update_kill(d); /* a kill-switch channel that fell silent kills here */
+    if ((d->rc_flags & EP_RC_REPORT) && (uint32_t)(now_ms - d->rc_report_ms) >= EP_RC_REPORT_MS)
+        send_rc(d);
 }
 
 void ep_device_feed(ep_device_t *d, uint8_t byte, uint32_t now_ms)

@@ -30,13 +30,21 @@ extern "C" {
 #define EP_OVERHEAD 7 /* sync0 sync1 type seq len crc_lo crc_hi */
 #define EP_MAX_FRAME (EP_MAX_PAYLOAD + EP_OVERHEAD)
 
+/* Protocol version 1: CMD, HEARTBEAT, CONFIG, ACK, TELEMETRY. Version 2 adds the RC
+ * receiver (RC_CONFIG, RC, ACK status 6, telemetry flag 8) and changes nothing in the
+ * version 1 frames: a version 1 firmware answers RC_CONFIG with ACK_UNKNOWN, and a
+ * version 1 host never asks for RC frames, so it never gets one. */
+#define EP_PROTO_VERSION 2
+
 /* host -> car */
 #define EP_T_CMD 0x01       /* steering_us u16, throttle_us u16 */
 #define EP_T_HEARTBEAT 0x02 /* empty; answered with TELEMETRY; does NOT feed the failsafe */
 #define EP_T_CONFIG 0x03    /* neutral_steer_us, neutral_throttle_us, min_us, max_us (u16 each) */
+#define EP_T_RC_CONFIG 0x04 /* v2: flags u8, kill_threshold_us u16 (see ep_device.h) */
 /* car -> host */
 #define EP_T_ACK 0x81       /* acked_seq u8, status u8, steering_us u16, throttle_us u16 */
 #define EP_T_TELEMETRY 0x82 /* see ep_device.h */
+#define EP_T_RC 0x83        /* v2: the RC receiver's pulses and the kill switch (see ep_device.h) */
 
 /* ACK status */
 #define EP_ACK_OK 0
