@@ -96,8 +96,9 @@ class BuiltinPilotNet:
         self.infer_batch([np.zeros((120, 160, 3), np.uint8)] * 2)
 
 
-def load_edge_model(spec: str, trusted_keys: list[str] | None = None) -> Any:
+def load_edge_model(spec: str | Path, trusted_keys: list[str] | None = None) -> Any:
     """``builtin:pilotnet[:SEED]`` or a model package path (verified by the model runtime)."""
+    spec = str(spec)
     if spec.startswith(BUILTIN_PREFIX):
         name, _, seed = spec[len(BUILTIN_PREFIX) :].partition(":")
         if name != "pilotnet":
