@@ -53,7 +53,7 @@ def spawn_edge(url: str, node_id: str) -> subprocess.Popen:
         pytest.fail(str(e))
 
 
-RETAINED_PUSHES = (f"{wire.ROOT}/models/#", fleet.CAR_MODEL_FILTER, fleet.CLOUD_RUNS_TOPIC)
+RETAINED_PUSHES = (f"{wire.ROOT}/models/#", fleet.CAR_MODEL_FILTER, fleet.CAR_TELEMETRY_FILTER, fleet.CLOUD_RUNS_TOPIC)
 """Where tests leave retained messages that a later test's edge node, car or run watcher
 would act on (edge health is left: every node's last word is its own, ``offline``)."""
 

@@ -164,7 +164,11 @@ def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slo
     if link is not None and profile.drive.upload_when_idle:
         watch = IdleWatch(profile.drive.idle_after_s)
         parts.observers.append(watch)
-        extras.insert(0, idle_uploader(profile, link, recorder, watch))
+        uploader = idle_uploader(profile, link, recorder, watch)
+        extras.insert(0, uploader)
+        link.telemetry.last_upload = lambda: (uploader.done[-1].log, uploader.done_at) if uploader.done else None
+    if link is not None:
+        parts.observers.append(link.telemetry)
     parts.extras = extras
     return parts
 

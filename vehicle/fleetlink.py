@@ -1,4 +1,4 @@
-"""The car's link to its fleet: follow the cloud's model pushes (and, later, telemetry).
+"""The car's link to its fleet: follow the cloud's model pushes, publish its telemetry.
 
 ``follow_fleet`` opens the car's MQTT connection, attaches the model updater to the
 loop's hot-swap slot, and — when the car has no model yet — waits for the fleet's
@@ -18,6 +18,9 @@ from edgepilot import EdgepilotError
 from edgepilot.config import Profile
 from edgepilot.drive.slot import ModelSlot
 from edgepilot.mqtt import Connection, broker_config
+from edgepilot.schema import fleet
+from vehicle.telemetry import TelemetryPublisher, offline
+from vehicle.updates import ModelUpdater, attach
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +28,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class FleetLink:
     conn: Connection
-    updater: Any  # vehicle.updates.ModelUpdater
+    updater: ModelUpdater
+    telemetry: TelemetryPublisher
 
     def close(self) -> None:
+        self.telemetry.close()
         self.conn.close()
 
     def summary(self) -> dict[str, Any]:
@@ -48,9 +53,8 @@ def follow_fleet(
     wait_for_model: bool = True,
     announce_keys: list[str] | None = None,
 ) -> FleetLink:
-    from vehicle.updates import attach
-
-    conn = Connection(broker_config(profile.broker, broker_url), f"{profile.car_id}-fleet")
+    will = (fleet.car_telemetry_topic(profile.car_id), offline(profile.car_id), True)
+    conn = Connection(broker_config(profile.broker, broker_url), f"{profile.car_id}-fleet", will=will)
     conn.start(wait_s=2.0, required=False)  # a car drives without its fleet; this reconnects
     updater = attach(conn, slot, profile.car_id, cache_dir, trusted_keys, announce_keys)
     if slot.current is None and wait_for_model:
@@ -67,4 +71,4 @@ def follow_fleet(
                 )
             time.sleep(0.05)
         log.warning("%s: running the fleet's model %s", profile.car_id, slot.version)
-    return FleetLink(conn, updater)
+    return FleetLink(conn, updater, TelemetryPublisher(conn, profile.car_id))

@@ -47,6 +47,7 @@ class IdleUploader:
         self.delete_after = delete_after
         self.exclude = exclude
         self.done: list[UploadResult] = []
+        self.done_at: float | None = None  # when the last upload completed (the dashboard shows it)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,6 +87,7 @@ class IdleUploader:
                 log.warning("upload of %s failed: %s", p.name, e)
                 continue
             self.done.append(res)
+            self.done_at = time.time()
             n += 1
             if self.delete_after:
                 shutil.rmtree(p, ignore_errors=True)

@@ -96,6 +96,8 @@ def _add_model(parts: CarParts, prof: Profile, args: argparse.Namespace, world: 
         link = follow_fleet(
             prof, args.broker, parts.slot, cache, trusted_keys(prof), announce_keys=announce_keys(prof)
         )
+        link.telemetry.interventions = lambda: world.score.interventions
+        parts.observers.append(link.telemetry)
         parts.extras.append(link)
     if args.edge:
         parts.offload = offload_client(prof, args.broker, world.dt)

@@ -394,6 +394,8 @@ class DriveLoop:
             "edge_rtt_ms": None if edge is None else round(edge.rtt_ms, 2),
             "loop_hz": round(self.loop_hz, 1),
             "model_version": self.slot.version,
+            "frames": self.stats.frames,
+            "takeovers": self.stats.takeovers,
         }
 
     # -- results --------------------------------------------------------------------------

@@ -423,6 +423,66 @@ def decode_car_status(payload: bytes) -> CarModelStatus:
     return s
 
 
+# -- car telemetry ----------------------------------------------------------------------
+
+CAR_TELEMETRY_FILTER = f"{ROOT}/car/+/telemetry"
+CAR_STATES = ("driving", "parked", "offline")
+
+
+def car_telemetry_topic(car_id: str) -> str:
+    return f"{ROOT}/car/{check_id(car_id, 'car id')}/telemetry"
+
+
+@dataclass(slots=True)
+class CarTelemetry:
+    """Retained on ``car/<car>/telemetry`` about once a second while the car's loop runs,
+    and as its Last Will (``state`` offline): what the fleet's dashboard shows of a car.
+    Rates and shares are over the last ``window_s`` seconds of driving."""
+
+    car: str
+    state: str  # driving | parked | offline
+    model: str | None = None
+    mode: str | None = None
+    loop_hz: float | None = None
+    frames: int = 0  # since the car started
+    exit_rate: dict[str, float] = field(default_factory=dict)  # "exit index" -> share
+    offload_rate: float | None = None
+    edge_used_rate: float | None = None
+    edge_rtt_ms: dict[str, float] = field(default_factory=dict)  # p50, p99
+    takeovers: int = 0  # autopilot frames a human drove (interventions), since the car started
+    interventions: int = 0  # the simulator's: the car left the road (sim drives only)
+    recording: bool = False
+    records: int = 0
+    last_upload: str | None = None  # the last log the cloud acknowledged whole
+    last_upload_at: float | None = None
+    window_s: float = 10.0
+    at: float = 0.0
+    v: int = FLEET_VERSION
+
+
+def encode_car_telemetry(t: CarTelemetry) -> bytes:
+    _validate_telemetry(t)
+    return json.dumps(asdict(t), separators=(",", ":")).encode()
+
+
+def _validate_telemetry(t: CarTelemetry) -> None:
+    check_id(t.car, "car id")
+    if t.state not in CAR_STATES:
+        raise WireError(f"car telemetry state must be one of {CAR_STATES}, got {t.state!r}")
+    for name in ("exit_rate", "edge_rtt_ms"):
+        val = getattr(t, name)
+        if not isinstance(val, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in val.items()
+        ):
+            raise WireError(f"car telemetry: {name} must map strings to numbers")
+
+
+def decode_car_telemetry(payload: bytes) -> CarTelemetry:
+    t = _build(CarTelemetry, _loads(payload, "car telemetry"), "car telemetry")
+    _validate_telemetry(t)
+    return t
+
+
 # -- cloud control -----------------------------------------------------------------------
 
 CLOUD_RETRAIN_TOPIC = f"{ROOT}/cloud/retrain"

@@ -44,9 +44,10 @@ class Topic:
 
 
 def _model_rows(target: str, readers: tuple[str, ...]) -> tuple[Topic, Topic]:
+    fetchers = tuple(r for r in readers if r != "dashboard")  # it shows versions, fetches nothing
     return (
         Topic(f"models/{target}", "fleet.PushAnnouncement", 1, True, ("cloud",), readers),
-        Topic(f"models/{target}/chunks/<version>/<i>", "raw package bytes", 1, True, ("cloud",), readers),
+        Topic(f"models/{target}/chunks/<version>/<i>", "raw package bytes", 1, True, ("cloud",), fetchers),
     )
 
 
@@ -58,6 +59,7 @@ TOPICS = (
     *_model_rows("edge", ("edge", "dashboard")),
     *_model_rows("tails", ("edge",)),
     Topic("car/<car>/model", "fleet.CarModelStatus", 1, True, ("car",), ("cloud", "operator", "dashboard")),
+    Topic("car/<car>/telemetry", "fleet.CarTelemetry", 0, True, ("car",), ("operator", "dashboard"), note="also the Last Will"),
     Topic("upload/<car>/offer", "fleet.UploadOffer", 1, False, ("car",), ("cloud",), shared="cloud"),
     Topic("upload/<car>/chunk", "fleet.ChunkHeader + bytes", 1, False, ("car",), ("cloud",), shared="cloud"),
     Topic("upload/<car>/ack", "fleet.ChunkAck", 1, False, ("cloud",), ("car",)),
@@ -74,6 +76,7 @@ PAYLOADS = {
     "wire.EdgeHealth": (wire.encode_health, wire.decode_health),
     "fleet.PushAnnouncement": (fleet.encode_announcement, fleet.decode_announcement),
     "fleet.CarModelStatus": (fleet.encode_car_status, fleet.decode_car_status),
+    "fleet.CarTelemetry": (fleet.encode_car_telemetry, fleet.decode_car_telemetry),
     "fleet.UploadOffer": (fleet.encode_offer, fleet.decode_offer),
     "fleet.ChunkHeader + bytes": (fleet.encode_chunk, fleet.decode_chunk),
     "fleet.ChunkAck": (fleet.encode_ack, fleet.decode_ack),
