@@ -7,13 +7,15 @@ puts them into the one loop (``drive_car``). ``drive``/``collect`` (the real car
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepilot import EdgepilotError
 from edgepilot.config import REPO_ROOT, Profile
@@ -25,6 +27,10 @@ from edgepilot.offload.client import OffloadClient
 from edgepilot.schema.log import SessionMeta
 from vehicle.display import dummy_video, has_display
 from vehicle.fleetlink import FleetLink, follow_fleet
+
+if TYPE_CHECKING:  # the window pulls pygame, the uploader the upload protocol: only when used
+    from vehicle.idle_upload import IdleUploader
+    from vehicle.ui import DriveWindow
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ def car_recorder(profile: Profile, record_root: str | None, camera: dict[str, An
     return LogWriter(new_session_dir(root, prefix=f"{profile.car_id}-"), meta)
 
 
-def car_window(profile: Profile, mode: str, *, collect: bool, headless: bool) -> Any:
+def car_window(profile: Profile, mode: str, *, collect: bool, headless: bool) -> DriveWindow | None:
     """The pygame window when there is a display (collect needs one, unless the RC
     transmitter drives), else None."""
     if headless and not collect:
@@ -118,7 +124,7 @@ def car_fleet(profile: Profile, slot: ModelSlot, mode: str) -> FleetLink | None:
         return None
 
 
-def idle_uploader(profile: Profile, link: FleetLink, recorder: LogWriter, watch: IdleWatch) -> Any:
+def idle_uploader(profile: Profile, link: FleetLink, recorder: LogWriter, watch: IdleWatch) -> IdleUploader:
     """Uploads finished logs while the car is parked (not the one being recorded)."""
     from vehicle.idle_upload import IdleUploader
     from vehicle.upload import Uploader
@@ -134,7 +140,7 @@ def idle_uploader(profile: Profile, link: FleetLink, recorder: LogWriter, watch:
     ).start()
 
 
-def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slot: ModelSlot) -> CarParts:
+def real_car_parts(profile: Profile, args: argparse.Namespace, *, collect: bool, mode: str, slot: ModelSlot) -> CarParts:
     """Camera, actuator, keyboard/gamepad, edge, recorder and fleet of the real car."""
     from vehicle.cameras import make_camera
     from vehicle.drivetrain import make_actuator
@@ -173,7 +179,7 @@ def real_car_parts(profile: Profile, args: Any, *, collect: bool, mode: str, slo
     return parts
 
 
-def run_real_car(profile: Profile, args: Any, *, collect: bool) -> dict[str, Any]:
+def run_real_car(profile: Profile, args: argparse.Namespace, *, collect: bool) -> dict[str, Any]:
     """``drive`` and ``collect``: camera -> loop -> motor controller, recorded."""
     slot = model_slot(profile, getattr(args, "model", None))
     mode = "user" if collect else (getattr(args, "mode", None) or profile.drive.mode)
@@ -189,21 +195,21 @@ def run_real_car(profile: Profile, args: Any, *, collect: bool) -> dict[str, Any
     return res
 
 
-def drive(args: Any) -> dict[str, Any]:
+def drive(args: argparse.Namespace) -> dict[str, Any]:
     """``edgepilot drive``: the real car on the autopilot (or as its profile's mode says)."""
     from edgepilot.config import load_profile
 
     return run_real_car(_car_profile(args, load_profile), args, collect=False)
 
 
-def collect(args: Any) -> dict[str, Any]:
+def collect(args: argparse.Namespace) -> dict[str, Any]:
     """``edgepilot collect``: the real car driven by a human, recorded."""
     from edgepilot.config import load_profile
 
     return run_real_car(_car_profile(args, load_profile), args, collect=True)
 
 
-def _car_profile(args: Any, load: Any) -> Profile:
+def _car_profile(args: argparse.Namespace, load: Callable[[str | None, str], Profile]) -> Profile:
     profile = load(args.profile, "car")
     if getattr(args, "broker", None):
         profile.broker.url = args.broker

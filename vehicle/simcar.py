@@ -12,7 +12,7 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepilot import EdgepilotError
 from edgepilot.config import Profile, load_profile
@@ -24,6 +24,9 @@ from edgepilot.sim.world import SimWorld
 from vehicle.car import announce_keys, model_slot, offload_client, trusted_keys
 from vehicle.display import dummy_video, has_display
 from vehicle.fleetlink import FleetLink, follow_fleet
+
+if TYPE_CHECKING:
+    from vehicle.ui import DriveWindow
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def settings(args: argparse.Namespace, prof: Profile) -> SimDrive:
     return SimDrive(track, args.pilot, laps, scene, latency, windowed, rate == "realtime", max_seconds)
 
 
-def _window(prof: Profile, sd: SimDrive, recording: bool) -> Any:
+def _window(prof: Profile, sd: SimDrive, recording: bool) -> DriveWindow:
     from vehicle.ui import DriveWindow
 
     window = DriveWindow(
