@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -503,15 +504,40 @@ class Ingest:
         car = fleet.car_of_upload_topic(topic)
         assert self._conn is not None
         if kind == "offer":
-            offer = fleet.decode_offer(payload)
-            if offer.car != car:
-                raise WireError(f"offer for car {offer.car} on car {car}'s topic")
-            status = self.handle_offer(offer)
+            status = self._offer_message(car, payload)
             self._conn.publish(fleet.upload_topic(car, "status"), fleet.encode_status(status), qos=1)
         else:
             header, body = fleet.decode_chunk(payload)
             ack = self.handle_chunk(car, header, body)
             self._conn.publish(fleet.upload_topic(car, "ack"), fleet.encode_ack(ack), qos=1)
+
+    def _offer_message(self, car: str, payload: bytes) -> fleet.UploadStatus:
+        most = max_offer_bytes(self.limits)
+        if len(payload) > most:  # refused before it is parsed: parsing is what costs memory
+            chunks = self.limits.upload_max_chunks
+            why = f"offer of {len(payload)} bytes is over the limit of {most} (at most {chunks} chunks)"
+            return self._refuse(_upload_named(payload), why)
+        offer = fleet.decode_offer(payload)
+        if offer.car != car:
+            raise WireError(f"offer for car {offer.car} on car {car}'s topic")
+        return self.handle_offer(offer)
+
+
+def max_offer_bytes(lim: UploadLimits) -> int:
+    """The longest offer within the limits (64 hex digits, quotes and a comma per chunk):
+    a longer one is refused unparsed, which bounds what decoding an offer costs."""
+    return 1024 + 67 * lim.upload_max_chunks
+
+
+_UPLOAD_FIELD = re.compile(rb'"upload"\s*:\s*"([0-9a-f]{64})"')
+
+
+def _upload_named(payload: bytes) -> str:
+    """The upload id an offer names near its start (fleet's encoder writes it second)."""
+    m = _UPLOAD_FIELD.search(payload[:1024])
+    if m is None:
+        raise WireError(f"an offer of {len(payload)} bytes, over the limits, naming no upload")
+    return m.group(1).decode()
 
 
 def tar_limits(lim: UploadLimits) -> logtar.TarLimits:
