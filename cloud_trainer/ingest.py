@@ -235,7 +235,7 @@ class Ingest:
 
     # -- protocol logic (no MQTT) ---------------------------------------------------------
     def handle_offer(self, offer: fleet.UploadOffer) -> fleet.UploadStatus:
-        """``offer.car`` is the car it came from (``_serve_offer`` checks it against the topic)."""
+        """``offer.car`` is the car it came from (``_offer_message`` checks it against the topic)."""
         self.stats.offers += 1
         car, up = offer.car, offer.upload
         bad = _bad_car(car)

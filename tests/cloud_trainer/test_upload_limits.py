@@ -377,7 +377,7 @@ def memory_bound(lim: UploadLimits, message_limit: int) -> int:
     """docs/cloud.md, "Memory": the cloud's peak RSS above its idle RSS, whatever is uploaded."""
     cache = ingest_mod.OFFER_CACHE * 32 * lim.upload_max_chunks
     return (
-        lim.ingest_queue_bytes + 4 * message_limit + 8 * ingest_mod.max_offer_bytes(lim) + cache + (8 << 20)
+        lim.ingest_queue_bytes + 6 * message_limit + 8 * ingest_mod.max_offer_bytes(lim) + cache + (8 << 20)
     )
 
 
