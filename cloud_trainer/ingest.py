@@ -77,7 +77,7 @@ def incoming_prefix(car: str, upload: str) -> str:
 
 
 def chunk_key(car: str, upload: str, index: int) -> str:
-    return f"incoming/{car}/{upload}/{index:06d}"
+    return f"{incoming_prefix(car, upload)}{index:06d}"
 
 
 def record_key(car: str, upload: str) -> str:
