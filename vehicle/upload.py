@@ -228,10 +228,11 @@ class Uploader:
         keep_going: Callable[[], bool] | None = None,
     ) -> UploadResult:
         """Upload ``path``; returns once the cloud holds the whole log (verified)."""
+        self._cancel.clear()  # before packing: a cancel() while it packs still counts
         t0 = time.perf_counter()
         packed = pack_log(path, self.chunk_size)
         try:
-            res = self.send(packed, Path(path).resolve().name, progress=progress, keep_going=keep_going)
+            res = self._send_packed(packed, Path(path).resolve().name, progress, keep_going)
         finally:
             packed.close()
         res.seconds = round(time.perf_counter() - t0, 4)  # packing included
@@ -248,9 +249,14 @@ class Uploader:
     ) -> UploadResult:
         """Send a packed log as ``name`` (``upload`` packs a log directory; a tar file that
         is already packed: ``Packed.of_file``); returns once the cloud holds all of it."""
+        self._cancel.clear()
+        return self._send_packed(packed, name, progress, keep_going)
+
+    def _send_packed(
+        self, packed: Packed, name: str, progress: bool, keep_going: Callable[[], bool] | None
+    ) -> UploadResult:
         from edgepilot.progress import bar
 
-        self._cancel.clear()
         t0 = time.perf_counter()
         offer = fleet.UploadOffer(
             car=self.car,
