@@ -29,23 +29,8 @@ def _rollback(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = [
-    Command(
-        ("cloud",),
-        "run the cloud trainer: ingest logs, retrain, gate, push",
-        "cloud_trainer.service:cli",
-        _cloud,
-    ),
+    Command(("cloud",), "run the cloud trainer: ingest logs, retrain, gate, push", "cloud_trainer.service:cli", _cloud),
     Command(("models", "list"), "list model versions", "cloud_trainer.registry:cli_list", _store),
-    Command(
-        ("models", "promote"),
-        "make a version current and push it",
-        "cloud_trainer.registry:cli_promote",
-        _promote,
-    ),
-    Command(
-        ("models", "rollback"),
-        "put the previous version back on the fleet",
-        "cloud_trainer.registry:cli_rollback",
-        _rollback,
-    ),
+    Command(("models", "promote"), "make a version current and push it", "cloud_trainer.registry:cli_promote", _promote),
+    Command(("models", "rollback"), "put the previous version back on the fleet", "cloud_trainer.registry:cli_rollback", _rollback),
 ]
