@@ -16,7 +16,6 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cloud_trainer import ingest as ingest_mod
@@ -25,11 +24,10 @@ from cloud_trainer.ingest import Ingest, record_key, unpack_log
 from cloud_trainer.store import DirStore
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, UploadLimits
-from edgepilot.drivelog import LogReader, LogWriter
+from edgepilot.drivelog import LogReader
 from edgepilot.model.package import make_keys
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
-from edgepilot.schema.log import Record, SessionMeta
 from tests.system.test_fault_cloud import CloudProcess, write_profile
 from tests.vehicle.test_upload import make_log
 from vehicle.upload import Packed, UploadCancelled, Uploader, pack_log
@@ -408,24 +406,13 @@ def flood_chunks(up: Uploader, n: int) -> str:
     return str(ask(up, offer))
 
 
-def make_wide_log(path: Path, frames: int) -> Path:
-    """A real log of 640x480 noise frames: ~270 kB a file, so ~50 MB take few files (a
-    commit of thousands of small files can outlast the car's 10 s wait on a loaded machine)."""
-    rng = np.random.default_rng(1)
-    with LogWriter(path, SessionMeta(session=path.name, created=0.0, source="sim"), block=True) as w:
-        for i in range(frames):
-            w.write(
-                Record(i=i, t=i * 0.05, steering=0.0, throttle=0.3),
-                rng.integers(0, 256, (480, 640, 3), np.uint8),
-            )
-    return path
-
-
 def test_cloud_memory_stays_bounded_for_sparse_bombs_huge_offers_floods_and_big_logs(broker, cars, tmp_path):
     make_keys(tmp_path / "keys")
     store_dir = tmp_path / "store"
     profile = write_profile(tmp_path / "cloud.toml", broker.url, store_dir, retrain_min_frames=10**9)
-    big_log = make_wide_log(tmp_path / "drive-big", 180)  # ~50 MB of noise JPEGs
+    # ~50 MB of noise JPEGs in 180 files (a commit of thousands of small files can outlast the
+    # car's 10 s wait for the answer on a loaded machine: docs/cloud.md, known limits)
+    big_log = make_log(tmp_path / "drive-big", 180, seed=1, shape=(480, 640, 3))
     bomb = gnu_tar(tmp_path, "gnu", GIB)
     car = cars("car-mem")
     lim, cs = UploadLimits(), 256 * 1024
