@@ -34,6 +34,7 @@ from cloud_trainer.registry import Registry
 from cloud_trainer.retrain import RetrainConfig, retrain
 from cloud_trainer.store import Store, open_store
 from edgepilot import EdgepilotError
+from edgepilot.config import UploadLimits
 from edgepilot.keys import load_private_key
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
@@ -59,6 +60,7 @@ class CloudService:
         isolate: bool = True,
         announce_ttl_s: float = ANNOUNCE_TTL_S,
         announce_key: str | None = None,
+        limits: UploadLimits | None = None,
     ) -> None:
         self.store = store
         self.isolate = isolate
@@ -68,7 +70,7 @@ class CloudService:
         self.key = key
         self.group = group
         self.registry = Registry(store, trusted_keys)
-        self.ingest = Ingest(store, on_log=self._on_log)
+        self.ingest = Ingest(store, on_log=self._on_log, limits=limits)
         self.workdir = Path(workdir) if workdir else Path(getattr(store, "root", ".")) / "work"
         self.fleet: dict[str, dict[str, Any]] = {}
         self.runs: list[dict[str, Any]] = []
@@ -287,6 +289,7 @@ def cli(args: Any) -> dict[str, Any]:
         min_frames=prof.cloud.retrain_min_frames,
         trusted_keys=prof.model.trusted_keys or None,
         announce_ttl_s=ttl,
+        limits=prof.cloud.upload_limits(),
     )
     svc.start()
     stop = threading.Event()
@@ -308,6 +311,7 @@ def cli(args: Any) -> dict[str, Any]:
         "frames_received": st.frames,
         "chunks": st.chunks,
         "refused": st.refused,
+        "uploads_expired": st.expired,
         "runs": len(svc.runs),
         "current": {t: svc.registry.current(t) for t in ("car", "edge")},
         "fleet": svc.fleet,

@@ -2,8 +2,9 @@
 
 Everything the cloud keeps (upload chunks, received logs, model packages, manifests, the
 registry's ``current`` pointers) goes through ``Store``, whose operations are exactly the
-ones an S3-compatible object store offers: put a whole object (atomically), get it, head
-it, list by prefix, delete. Nothing relies on appending, renaming a prefix or locking, so
+ones an S3-compatible object store offers: put a whole object (atomically, from bytes or
+streamed from an iterable of pieces: a multipart upload), get it, head it, list by prefix
+(all keys, or one level as with a ``/`` delimiter), delete. Nothing relies on appending, renaming a prefix or locking, so
 an ``S3Store`` (boto3 ``put_object``/``get_object``/``list_objects_v2``/``delete_object``
 against MinIO, Ceph RGW or AWS) can take over without touching the callers — and several
 cloud trainers can then share one store (docs/cloud.md).
@@ -19,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -30,10 +32,12 @@ class Store(Protocol):
 
     def put(self, key: str, data: bytes | memoryview) -> None: ...
     def put_file(self, key: str, path: str | Path) -> None: ...
+    def put_stream(self, key: str, pieces: Iterable[bytes | memoryview]) -> int: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int | None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def children(self, prefix: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def local_dir(self, prefix: str) -> Path: ...
@@ -69,16 +73,7 @@ class DirStore:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes | memoryview) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.put_stream(key, (data,))
 
     def put_file(self, key: str, path: str | Path) -> None:
         dst = self._path(key)
@@ -91,6 +86,24 @@ class DirStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def put_stream(self, key: str, pieces: Iterable[bytes | memoryview]) -> int:
+        """Write the pieces one by one (memory: one piece), all or nothing; returns the bytes.
+
+        An exception from the iterable (a size check failing mid-stream) leaves no object."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        n = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for piece in pieces:
+                    n += f.write(piece)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return n
 
     def get(self, key: str) -> bytes:
         try:
@@ -119,6 +132,15 @@ class DirStore:
                     continue
                 out.append(str(Path(dirpath, name).relative_to(self.root)).replace(os.sep, "/"))
         return sorted(out)
+
+    def children(self, prefix: str) -> list[str]:
+        """The names one level below ``prefix`` (objects and "directories"), sorted: an
+        object store's listing with a ``/`` delimiter, without walking what lies deeper."""
+        base = self.root / check_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            return sorted(e.name for e in os.scandir(base) if not e.name.startswith(".tmp-"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -182,8 +182,30 @@ class RetrainConfig:
 
 
 @dataclass
-class CloudConfig(RetrainConfig):
-    """The cloud trainer: its store, when it retrains by itself, and every retraining knob."""
+class UploadLimits:
+    """What the cloud accepts from one car's uploads (``cloud_trainer.ingest``, docs/cloud.md
+    "Limits"). Every limit is checked before a byte of an upload is stored or extracted."""
+
+    upload_max_bytes: int = 4 << 30  # one upload (a packed log), as declared in its offer
+    upload_max_chunks: int = 16384  # chunks of one upload (4 GiB at the car's 256 KiB)
+    upload_max_member_bytes: int = 512 << 20  # one file of a log (records.jsonl, an image)
+    upload_max_members: int = 500_000  # files in one log (7 hours of frames at 20 Hz)
+    upload_ttl_s: float = 86400.0  # a partial upload not offered again for this long is dropped
+    car_inflight_uploads: int = 8  # partial uploads one car may hold at once
+    car_inflight_bytes: int = 8 << 30  # their declared bytes together
+    car_quota_bytes: int = 256 << 30  # a car's received logs plus its partial uploads
+    ingest_queue_bytes: int = 16 << 20  # received upload messages waiting for the ingest worker
+
+    def __post_init__(self) -> None:
+        for f in fields(UploadLimits):
+            if getattr(self, f.name) <= 0:
+                raise EdgepilotError(f"{f.name}: must be > 0, got {getattr(self, f.name)!r}")
+
+
+@dataclass
+class CloudConfig(RetrainConfig, UploadLimits):
+    """The cloud trainer: its store, when it retrains by itself, every retraining knob and
+    the limits on what cars may upload."""
 
     store: str = "var/cloud"
     retrain_min_frames: int = 2000
@@ -192,6 +214,10 @@ class CloudConfig(RetrainConfig):
     def retrain(self) -> RetrainConfig:
         """The retraining knobs alone (what a run, or its isolated child, is given)."""
         return RetrainConfig(**{f.name: getattr(self, f.name) for f in fields(RetrainConfig)})
+
+    def upload_limits(self) -> UploadLimits:
+        """The upload limits alone (what ``Ingest`` is given)."""
+        return UploadLimits(**{f.name: getattr(self, f.name) for f in fields(UploadLimits)})
 
 
 @dataclass
@@ -259,7 +285,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             kw[key] = from_dict(tp, value, f"{where}.{key}")
         else:
             kw[key] = _coerce(value, tp, f"{where}.{key}")
-    return cls(**kw)
+    try:
+        return cls(**kw)
+    except EdgepilotError as e:  # a section's own check (``__post_init__``) names the key
+        raise EdgepilotError(f"{where}.{e}") from None
 
 
 def profile_path(name_or_path: str) -> Path:

@@ -72,6 +72,21 @@ class Packed:
     def close(self) -> None:
         self.file.close()
 
+    @classmethod
+    def of_file(cls, f: BinaryIO, chunk_size: int = CHUNK_SIZE, frames: int = 0) -> Packed:
+        """A tar already written to ``f`` (from its start), hashed chunk by chunk."""
+        f.seek(0)
+        whole = hashlib.sha256()
+        hashes = []
+        size = 0
+        while part := f.read(chunk_size):
+            whole.update(part)
+            size += len(part)
+            hashes.append(hashlib.sha256(part).hexdigest())
+        return cls(
+            f, size, whole.hexdigest(), chunk_size, hashes or [hashlib.sha256(b"").hexdigest()], frames
+        )
+
 
 def check_log(path: str | Path) -> Path:
     p = Path(path)
@@ -107,17 +122,7 @@ def pack_log(path: str | Path, chunk_size: int = CHUNK_SIZE) -> Packed:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    size = f.tell()
-    f.seek(0)
-    whole = hashlib.sha256()
-    hashes = []
-    while True:
-        part = f.read(chunk_size)
-        if not part:
-            break
-        whole.update(part)
-        hashes.append(hashlib.sha256(part).hexdigest())
-    return Packed(f, size, whole.hexdigest(), chunk_size, hashes or [hashlib.sha256(b"").hexdigest()], frames)
+    return Packed.of_file(f, chunk_size, frames)
 
 
 # -- the uploader ------------------------------------------------------------------------
@@ -223,53 +228,80 @@ class Uploader:
         keep_going: Callable[[], bool] | None = None,
     ) -> UploadResult:
         """Upload ``path``; returns once the cloud holds the whole log (verified)."""
-        from edgepilot.progress import bar
-
-        self._cancel.clear()
+        self._cancel.clear()  # before packing: a cancel() while it packs still counts
         t0 = time.perf_counter()
         packed = pack_log(path, self.chunk_size)
         try:
-            offer = fleet.UploadOffer(
-                car=self.car,
-                upload=packed.sha256,
-                name=fleet.check_name(Path(path).resolve().name, "log name"),
-                size=packed.size,
-                chunk_size=packed.chunk_size,
-                chunk_sha256=packed.chunk_sha256,
-                frames=packed.frames,
-            )
-            status = self._ask(offer)
-            sent: list[int] = []
-            sent_bytes = resumes = 0
-            if status.state != "complete":
-                have = fleet.from_ranges(status.have, offer.chunks, "have")
-                pbar = bar(total=packed.size, desc=f"upload {offer.name}", unit="B") if progress else None
-                if pbar is not None:
-                    pbar.update(sum(offer.chunk_len(i) for i in have))
-                try:
-                    sent_bytes, resumes = self._send(packed, offer, have, sent, pbar, keep_going)
-                finally:
-                    if pbar is not None:
-                        pbar.close()
-                status = self._ask(offer)  # commit: the cloud assembles and verifies
-                if status.state != "complete":
-                    raise EdgepilotError(
-                        "the cloud still misses chunks after all were acknowledged; run the upload again"
-                    )
-            mark_uploaded(Path(path), packed.sha256, status.log)
-            return UploadResult(
-                bytes=packed.size,
-                sent_bytes=sent_bytes,
-                sha256=packed.sha256,
-                chunks=offer.chunks,
-                chunks_sent=len(sent),
-                resumes=resumes,
-                log=status.log,
-                seconds=round(time.perf_counter() - t0, 4),
-                sent_indices=sent,
-            )
+            res = self._send_packed(packed, Path(path).resolve().name, progress, keep_going)
         finally:
             packed.close()
+        res.seconds = round(time.perf_counter() - t0, 4)  # packing included
+        mark_uploaded(Path(path), packed.sha256, res.log)
+        return res
+
+    def send(
+        self,
+        packed: Packed,
+        name: str,
+        *,
+        progress: bool = True,
+        keep_going: Callable[[], bool] | None = None,
+    ) -> UploadResult:
+        """Send a packed log as ``name`` (``upload`` packs a log directory; a tar file that
+        is already packed: ``Packed.of_file``); returns once the cloud holds all of it."""
+        self._cancel.clear()
+        return self._send_packed(packed, name, progress, keep_going)
+
+    def _send_packed(
+        self, packed: Packed, name: str, progress: bool, keep_going: Callable[[], bool] | None
+    ) -> UploadResult:
+        from edgepilot.progress import bar
+
+        t0 = time.perf_counter()
+        offer = fleet.UploadOffer(
+            car=self.car,
+            upload=packed.sha256,
+            name=fleet.check_name(name, "log name"),
+            size=packed.size,
+            chunk_size=packed.chunk_size,
+            chunk_sha256=packed.chunk_sha256,
+            frames=packed.frames,
+        )
+        status = self._ask(offer)
+        sent: list[int] = []
+        sent_bytes = resumes = 0
+        pbar = bar(total=packed.size, desc=f"upload {offer.name}", unit="B") if progress else None
+        try:
+            # A second round only when the cloud dropped chunks it had acknowledged: the
+            # upload expired there (docs/cloud.md, "Limits") between two of our offers.
+            for _ in range(2):
+                if status.state == "complete":
+                    break
+                have = fleet.from_ranges(status.have, offer.chunks, "have")
+                if pbar is not None:
+                    pbar.reset()
+                    pbar.update(sum(offer.chunk_len(i) for i in have))
+                n, r = self._send(packed, offer, have, sent, pbar, keep_going)
+                sent_bytes, resumes = sent_bytes + n, resumes + r
+                status = self._ask(offer)  # commit: the cloud assembles and verifies
+        finally:
+            if pbar is not None:
+                pbar.close()
+        if status.state != "complete":
+            raise EdgepilotError(
+                "the cloud still misses chunks after all were acknowledged; run the upload again"
+            )
+        return UploadResult(
+            bytes=packed.size,
+            sent_bytes=sent_bytes,
+            sha256=packed.sha256,
+            chunks=offer.chunks,
+            chunks_sent=len(sent),
+            resumes=resumes,
+            log=status.log,
+            seconds=round(time.perf_counter() - t0, 4),
+            sent_indices=sent,
+        )
 
     def _send(
         self,
@@ -284,6 +316,7 @@ class Uploader:
         acked = set(have)
         todo = collections.deque(i for i in range(offer.chunks) if i not in acked)
         inflight: dict[int, float] = {}
+        refused: set[int] = set()  # chunks the cloud refused once
         sent_bytes = resumes = 0
         last_progress = time.monotonic()
         # A reconnect between two checks of `connected` (the 0.1 s reconnect is quicker
@@ -318,40 +351,51 @@ class Uploader:
                     self._cond.wait(0.2)
                 acks = list(self._acks)
                 self._acks.clear()
+            bounced = False
             for a in acks:
                 if a.upload != offer.upload or a.index in acked:
                     continue
-                if a.error:
-                    raise EdgepilotError(f"the cloud refused chunk {a.index}: {a.error}")
-                acked.add(a.index)
                 inflight.pop(a.index, None)
+                if a.error:
+                    if a.index in refused:
+                        raise EdgepilotError(f"the cloud refused chunk {a.index}: {a.error}")
+                    refused.add(a.index)  # once: the cloud may have dropped the upload (expired)
+                    bounced = True
+                    continue
+                acked.add(a.index)
                 last_progress = time.monotonic()
                 if pbar is not None:
                     pbar.update(offer.chunk_len(a.index))
             lost = lost or link_broken()
             stalled = inflight and time.monotonic() - last_progress > self.timeout_s / 2
-            if lost or stalled:
-                # Broken connection or lost acks: ask the cloud what it stored, send the rest.
+            if lost or stalled or bounced:
                 resumes += 1
-                log.warning(
-                    "upload %s: %s; resuming from the cloud's state",
-                    offer.name,
-                    "connection lost" if lost else "acknowledgements stalled",
+                why = (
+                    "connection lost"
+                    if lost
+                    else "a chunk refused"
+                    if bounced
+                    else "acknowledgements stalled"
                 )
-                if not self.conn.connected.wait(self.timeout_s):
-                    raise EdgepilotError(
-                        f"connection lost with {len(acked)}/{offer.chunks} chunks acknowledged; "
-                        "run the upload again to resume"
-                    )
+                st = self._resume(offer, why, len(acked))
                 generation = self.conn.connects
-                st = self._ask(offer)
                 if st.state == "complete":
                     return sent_bytes, resumes
-                acked |= fleet.from_ranges(st.have, offer.chunks, "have")
+                # the cloud's state is the truth: stored before acknowledged, dropped when expired
+                acked = fleet.from_ranges(st.have, offer.chunks, "have")
                 inflight.clear()
                 todo = collections.deque(i for i in range(offer.chunks) if i not in acked)
                 last_progress = time.monotonic()
         return sent_bytes, resumes
+
+    def _resume(self, offer: fleet.UploadOffer, why: str, acked: int) -> fleet.UploadStatus:
+        """Broken connection, lost or refused acks: ask the cloud what it stored."""
+        log.warning("upload %s: %s; resuming from the cloud's state", offer.name, why)
+        if not self.conn.connected.wait(self.timeout_s):
+            raise EdgepilotError(
+                f"connection lost with {acked}/{offer.chunks} chunks acknowledged; run the upload again to resume"
+            )
+        return self._ask(offer)
 
 
 def mark_uploaded(path: Path, sha256: str, key: str | None) -> None:

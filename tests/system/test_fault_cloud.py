@@ -182,7 +182,7 @@ def test_cloud_killed_mid_upload_restarted_the_upload_resumes_and_no_acked_chunk
         t_kill = time.monotonic()
         time.sleep(0.3)  # acknowledgements already on their way land
         acked = {i for _, i in acks}
-        stored = {int(p.name) for p in (store_dir / "incoming" / pack.sha256).glob("[0-9]*")}
+        stored = {int(p.name) for p in (store_dir / "incoming" / "car-ck" / pack.sha256).glob("[0-9]*")}
         assert 0 < len(acked) < total, "the kill did not land mid-upload"
         time.sleep(1.0)  # the cloud stays down a moment
         cloud2 = CloudProcess(tmp_path, profile, store_dir, broker.url)
@@ -217,7 +217,7 @@ def test_cloud_killed_mid_upload_restarted_the_upload_resumes_and_no_acked_chunk
     assert acked <= stored, "the cloud acknowledged a chunk it had not stored"
     assert not resent_acked, f"acknowledged chunks sent again: {resent_acked}"
     assert res.resumes >= 1 and set(res.sent_indices) == set(range(total))
-    meta = json.loads((store_dir / "uploads" / f"{pack.sha256}.json").read_text())
+    meta = json.loads((store_dir / "uploads" / "car-ck" / f"{pack.sha256}.json").read_text())
     assert len(LogReader(store_dir / meta["log"]).records()) == 120
 
 
@@ -406,7 +406,7 @@ def test_trainer_killed_between_unpack_and_record_the_next_offer_reuses_the_log(
     """The state a trainer SIGKILLed inside the assembly leaves -- the log unpacked, no
     ``uploads/<id>.json`` yet, the chunks still there -- then a restarted trainer (a new
     ``Ingest`` on the same store) gets the car's next offer: one log, not two."""
-    from cloud_trainer.ingest import Ingest
+    from cloud_trainer.ingest import Ingest, record_key
 
     log_dir = make_log(tmp_path / "drive-a", 20)
     pack = pack_log(log_dir, 64 * 1024)
@@ -432,7 +432,7 @@ def test_trainer_killed_between_unpack_and_record_the_next_offer_reuses_the_log(
     tar = b"".join(pack.chunk(i) for i in range(offer.chunks))
     pack.close()
     first._unpack(offer, tar, "logs/car-a/drive-a")  # ... and the trainer dies here
-    assert not store.exists(f"uploads/{offer.upload}.json")
+    assert not store.exists(record_key("car-a", offer.upload))
 
     restarted = Ingest(store)
     st = restarted.handle_offer(offer)

@@ -97,5 +97,7 @@ def test_sigkill_while_uploading_resumes_without_resending_acknowledged_chunks(b
     assert res["sha256"] == pack.sha256
     # the acknowledged (stored) chunks were not sent again: at most the rest went out
     assert 0 < res["sent_bytes"] <= resent_bound
-    key = json.loads(ingest.store.get(f"uploads/{pack.sha256}.json"))["log"]
+    (record,) = [json.loads(ingest.store.get(k)) for k in ingest.store.list("uploads/")]  # uploads/<car>/
+    assert record["upload"] == pack.sha256
+    key = record["log"]
     assert len(LogReader(ingest.store.local_dir(key)).records()) == 560

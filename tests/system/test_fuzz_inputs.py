@@ -210,7 +210,7 @@ def test_upload_chunks_reordered_and_replayed_assemble_the_same_log(tmp_path):
     late = ing.handle_chunk("car-r", fleet.ChunkHeader(pack.sha256, 0, pack.chunk_sha256[0]), pack.chunk(0))
     again = ing.handle_offer(offer)
     assert late.error is None and again.state == "complete" and again.log == first.log
-    assert ing.stats.logs == 1 and ing.store.list(f"incoming/{pack.sha256}/") == []
+    assert ing.stats.logs == 1 and ing.store.list(f"incoming/car-r/{pack.sha256}/") == []
     recs = LogReader(ing.store.local_dir(first.log)).records()
     assert [r.i for r in recs] == list(range(12))
     # a chunk of this upload replayed under another car's name is refused

@@ -25,12 +25,12 @@ from vehicle.idle_upload import IdleUploader
 from vehicle.upload import UploadCancelled, Uploader, is_uploaded, pack_log
 
 
-def make_log(path: Path, frames: int, seed: int = 0) -> Path:
+def make_log(path: Path, frames: int, seed: int = 0, shape: tuple[int, int, int] = (120, 160, 3)) -> Path:
     """A real driving log of noise frames (noise JPEGs are large: good for chunk counts)."""
     rng = np.random.default_rng(seed)
     with LogWriter(path, SessionMeta(session=path.name, created=0.0, source="sim"), block=True) as w:
         for i in range(frames):
-            img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+            img = rng.integers(0, 256, shape, dtype=np.uint8)
             w.write(Record(i=i, t=i * 0.05, steering=float(np.sin(i / 7)) * 0.5, throttle=0.3), img)
     return path
 
