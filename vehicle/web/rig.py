@@ -97,6 +97,15 @@ class PtyMotor:
                     return None
                 self._cond.wait(left)
 
+    def more(self, n: int, timeout: float = 5.0) -> list[Cmd]:
+        """The next ``n`` commands (one per loop frame): waits by frames, not by the clock."""
+        start = self.mark()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.cmds) < start + n and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+            return self.cmds[start : start + n]
+
     def close(self) -> None:
         self._stop = True
         self._thread.join(1)
@@ -167,6 +176,7 @@ class Rig:
             options=self.opts,
             on_frame=self.web.on_frame,
         )
+        self._stopped = False
         self.thread = threading.Thread(target=self.loop.run, name="drive-loop", daemon=True)
         self.thread.start()
 
@@ -181,6 +191,10 @@ class Rig:
         return pulses(steering, throttle, self.actuator_cfg)
 
     def stop(self) -> None:
+        """Idempotent: the loop ends (the actuator at neutral), then the page, the log, the pty."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.loop.stop()
         self.thread.join(5)
         self.web.stop()

@@ -55,7 +55,7 @@ class WebUser(HumanControl):
             self._next += 1
             page = Page(self._next, client, seen_trips=self._told)
             self.pages[page.cid] = page
-            if self.driver is None or client == self._driver_client:
+            if self.driver is None or (client and client == self._driver_client):
                 self.driver, self._driver_client = page.cid, client
             return page
 

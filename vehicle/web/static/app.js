@@ -18,7 +18,7 @@ const st = {
 // what tests and the benchmark read (counters only: nothing here drives the car)
 const probe = window.edgepilot = {
   connected: false, role: "-", framesReceived: 0, lastFrameAgeMs: null, viewFps: 0,
-  lastKeyEpochMs: null, sent: 0, errors: [], deadman: null, hud: {}, rttMs: null,
+  lastKeyEpochMs: null, sent: 0, lastSendEpochMs: null, errors: [], deadman: null, hud: {}, rttMs: null,
 };
 
 function clientId() {
@@ -50,6 +50,7 @@ function send(obj) {
   if (st.ws && st.ws.readyState === WebSocket.OPEN) {
     st.ws.send(JSON.stringify(obj));
     probe.sent++;
+    probe.lastSendEpochMs = Date.now();
     return true;
   }
   return false;
@@ -76,6 +77,7 @@ function onText(m) {
     const why = m.reason === "lost" ? "the driving page closed" : `no command for ${Math.round(m.silent_ms)} ms`;
     $("deadman-text").textContent = `The car went to neutral at ${new Date(m.at).toLocaleTimeString()}: ${why}. Let go of the controls to drive again.`;
     $("banner-deadman").hidden = false;
+    letGo();  // a key still held is not a new command: press it again to drive
   } else if (m.type === "error") {
     probe.errors.push(m.error);
     if (probe.errors.length > 20) probe.errors.shift();
@@ -282,6 +284,9 @@ $("scale").oninput = () => {
   send({ type: "throttle_scale", value: Number($("scale").value) / 100 });
 };
 $("constant").onchange = () => send({ type: "constant_throttle", on: $("constant").checked });
+
+// a clicked button keeps no focus: Space is the e-stop key, not "press the last button"
+document.addEventListener("click", (ev) => { if (ev.target.tagName === "BUTTON") ev.target.blur(); });
 
 connect();
 requestAnimationFrame(frameLoop);
