@@ -235,6 +235,12 @@ def test_wrong_token_is_refused_and_the_right_one_logs_in(browser, tmp_path):
         assert asyncio.run(knock("")) == 401
         assert asyncio.run(knock("?token=wrong-token")) == 401
         assert asyncio.run(knock("?token=the-right-token-42")) == 101
+
+        async def watch(query: str) -> int:
+            async with aiohttp.ClientSession() as s, s.get(rig.url + "video.mjpg" + query) as resp:
+                return resp.status
+
+        assert asyncio.run(watch("")) == 401 and asyncio.run(watch("?token=the-right-token-42")) == 200
         browser.get(rig.url)
         browser.find_element(By.ID, "token").send_keys("the-right-token-42")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -367,3 +373,23 @@ def test_estop_brakes_and_holds_and_throttle_scale_and_constant(browser, rig):
     reach(rig, 0.0, 0.0, rig.motor.mark())
     browser.find_element(By.CSS_SELECTOR, "#modes button[data-mode=local]").click()
     assert until(browser, "window.edgepilot.errors.find(e => e.includes('no autopilot model'))")
+
+
+def test_mjpeg_stream_serves_the_camera_at_its_size(rig):
+    """``/video.mjpg`` for viewers other than the page (VLC, an ``<img>``): real JPEGs."""
+    import cv2
+    import numpy as np
+
+    async def two_parts() -> list[bytes]:
+        async with aiohttp.ClientSession() as s, s.get(rig.url + "video.mjpg") as resp:
+            assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            reader = aiohttp.MultipartReader.from_response(resp)
+            parts = []
+            while len(parts) < 2:
+                part = await reader.next()
+                parts.append(await part.read())
+            return parts
+
+    for data in asyncio.run(two_parts()):
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape == (120, 160, 3)

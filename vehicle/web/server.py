@@ -63,7 +63,7 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._next: asyncio.Future | None = None  # resolved at each new frame
-        self._watchers = 0
+        self._waiting = False  # a sender waits for the next frame (set here, cleared by the loop thread)
         self.stats = {"messages": 0, "refused": 0, "flooded": 0, "frames_sent": 0, "unauthorized": 0}
 
     # -- lifecycle (any thread) ---------------------------------------------------------
@@ -139,8 +139,11 @@ class WebServer:
 
     # -- frames from the loop thread ------------------------------------------------------
     def _wake_threadsafe(self) -> None:
+        """The loop thread's per-frame call: a flag test unless a sender waits, so an
+        unpaced loop (replay at full speed) is not taxed by one wake-up per frame."""
         loop = self._aloop
-        if self._watchers and loop is not None:
+        if self._waiting and loop is not None:
+            self._waiting = False
             with contextlib.suppress(RuntimeError):  # the server is stopping
                 loop.call_soon_threadsafe(self._wake)
 
@@ -152,13 +155,15 @@ class WebServer:
     async def _newer_than(self, seq: int, timeout: float) -> bool:
         """Wait until the view holds a frame after ``seq`` (False on timeout)."""
         deadline = time.monotonic() + timeout
-        while self.view.seq <= seq:
+        while True:
+            self._waiting = True  # before the test: a frame that lands in between still wakes us
+            if self.view.seq > seq:
+                return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._next), left)
-        return True
 
     # -- HTTP ---------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
@@ -231,27 +236,27 @@ class WebServer:
     async def _mjpeg(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame"})
         await resp.prepare(request)
-        self._watchers += 1
         seq = 0
-        try:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
             while True:
+                t0 = time.monotonic()
                 if not await self._newer_than(seq, 5.0):
                     continue
-                got = await asyncio.get_running_loop().run_in_executor(None, self.view.jpeg)
-                if got is None:
-                    continue
-                seq, index, t, data = got
-                head = (
-                    f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
-                    f"X-Frame-Time: {t * 1e3:.1f}\r\nX-Frame-Index: {index}\r\n\r\n"
-                )
-                await resp.write(head.encode() + data + b"\r\n")
-                await asyncio.sleep(1.0 / self.cfg.view_max_hz)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self._watchers -= 1
+                got = await loop.run_in_executor(None, self.view.jpeg)
+                if got is not None:
+                    seq, index, t, data = got
+                    head = (
+                        f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
+                        f"X-Frame-Time: {t * 1e3:.1f}\r\nX-Frame-Index: {index}\r\n\r\n"
+                    )
+                    await resp.write(head.encode() + data + b"\r\n")
+                await self._pace(t0)
         return resp
+
+    async def _pace(self, t0: float) -> None:
+        """At most view_max_hz frames per viewer: a phone needs no more than it can show."""
+        await asyncio.sleep(max(0.0, 1.0 / self.cfg.view_max_hz - (time.monotonic() - t0)))
 
     # -- the page's socket ----------------------------------------------------------------------
     async def _ws(self, request: web.Request) -> web.StreamResponse:
@@ -261,7 +266,6 @@ class WebServer:
         await ws.prepare(request)
         page = self.user.connect(request.query.get("client", "")[:64])
         log.info("page %d connected from %s as %s", page.cid, request.remote, self.user.role(page))
-        self._watchers += 1
         sender = None
         try:
             await ws.send_str(json.dumps(self._hello(page)))
@@ -271,7 +275,6 @@ class WebServer:
         finally:
             if sender is not None:
                 sender.cancel()
-            self._watchers -= 1
             self.user.disconnect(page)
             log.info("page %d gone (%s)", page.cid, ws.close_code)
         return ws
@@ -382,7 +385,6 @@ class WebServer:
     async def _send_frames(self, ws: web.WebSocketResponse, page: Page) -> None:
         """HUD state and the newest JPEG after each new frame, at most view_max_hz."""
         seq = 0
-        period = 1.0 / self.cfg.view_max_hz
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ConnectionResetError, asyncio.CancelledError, RuntimeError):
             while not ws.closed:
@@ -403,4 +405,4 @@ class WebServer:
                         _, index, t, data = got
                         await ws.send_bytes(VIDEO_HEADER.pack(t * 1e3, index & 0xFFFFFFFF) + data)
                         self.stats["frames_sent"] += 1
-                await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
+                await self._pace(t0)

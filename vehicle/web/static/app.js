@@ -17,7 +17,7 @@ const st = {
 };
 // what tests and the benchmark read (counters only: nothing here drives the car)
 const probe = window.edgepilot = {
-  connected: false, role: "-", framesReceived: 0, lastFrameAgeMs: null, viewFps: 0,
+  connected: false, role: "-", framesReceived: 0, lastFrameAgeMs: null, viewFps: 0, ages: [], arrivalAges: [],
   lastKeyEpochMs: null, sent: 0, lastSendEpochMs: null, errors: [], deadman: null, hud: {}, rttMs: null,
 };
 
@@ -128,6 +128,8 @@ function onState(m) {
 function onFrame(buf) {
   const dv = new DataView(buf);
   const sentMs = dv.getFloat64(0, true);
+  probe.arrivalAges.push(Date.now() - sentMs);  // loop frame -> here: the transport's share
+  if (probe.arrivalAges.length > 600) probe.arrivalAges.shift();
   const blob = new Blob([buf.slice(12)], { type: "image/jpeg" });
   createImageBitmap(blob).then((bmp) => {
     const c = $("cam");
@@ -137,6 +139,8 @@ function onFrame(buf) {
     const now = Date.now();
     probe.framesReceived++;
     probe.lastFrameAgeMs = now - sentMs;
+    probe.ages.push(probe.lastFrameAgeMs);
+    if (probe.ages.length > 600) probe.ages.shift();
     st.frames.push(now);
     while (st.frames.length && now - st.frames[0] > 2000) st.frames.shift();
     probe.viewFps = st.frames.length > 1 ? (st.frames.length - 1) * 1000 / (now - st.frames[0]) : 0;
