@@ -228,7 +228,7 @@ def test_wrong_token_is_refused_and_the_right_one_logs_in(browser, tmp_path):
             async with aiohttp.ClientSession() as s:
                 try:
                     async with s.ws_connect(rig.url + "ws" + query) as ws:
-                        return (await ws.receive_json())["type"] == "hello" and 101
+                        return (await next_json(ws, "hello"))["type"] == "hello" and 101
                 except aiohttp.WSServerHandshakeError as e:
                     return e.status
 
@@ -263,35 +263,44 @@ BAD = [
 ]
 
 
+async def next_json(ws, kind: str, timeout: float = 10.0) -> dict:
+    """The next text message of type ``kind`` (camera frames and HUD states skipped);
+    the timeout is a hang guard, not a measurement."""
+
+    async def scan() -> dict:
+        while True:
+            m = await ws.receive()
+            if m.type == aiohttp.WSMsgType.TEXT and (d := json.loads(m.data))["type"] == kind:
+                return d
+            if m.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                raise AssertionError(f"socket closed while waiting for {kind}")
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
 def test_bad_messages_get_an_error_and_never_reach_the_motor(rig):
     async def attack() -> tuple[list[str], str, list[str]]:
         async with aiohttp.ClientSession() as s, s.ws_connect(rig.url + "ws") as ws:
-            assert (await ws.receive_json())["role"] == "driver"
-
-            async def answer() -> dict:
-                while True:
-                    m = await ws.receive()
-                    if m.type == aiohttp.WSMsgType.TEXT and json.loads(m.data)["type"] == "error":
-                        return json.loads(m.data)
-
+            assert (await next_json(ws, "hello"))["role"] == "driver"
             errors = []
             for raw, _ in BAD:
                 await (ws.send_bytes(raw) if isinstance(raw, bytes) else ws.send_str(raw))
-                errors.append((await answer())["error"])
+                errors.append((await next_json(ws, "error"))["error"])
+                await asyncio.to_thread(rig.motor.more, 3)  # frames in which a leak would show
             async with s.ws_connect(rig.url + "ws") as viewer:
-                assert (await viewer.receive_json())["role"] == "viewer"
+                assert (await next_json(viewer, "hello"))["role"] == "viewer"
                 await viewer.send_str('{"type": "drive", "steering": 0.9, "throttle": 0.9}')
-                while (v := await viewer.receive_json())["type"] != "error":
-                    pass
+                viewer_error = (await next_json(viewer, "error"))["error"]
+                await asyncio.to_thread(rig.motor.more, 3)
             await ws.send_str('{"type": "drive", "steering": 0.0, "throttle": 0.3}')  # the channel works
             reach(rig, 0.0, 0.3, 0)
             for _ in range(400):  # a flood: more than max_msgs_per_s at once
                 await ws.send_str('{"type": "drive", "steering": 0.0, "throttle": 0.0}')
             flood = []
             while not flood:
-                m = await answer()
+                m = await next_json(ws, "error")
                 flood += [m["error"]] if "flood" in m["error"] else []
-            return errors, v["error"], flood
+            return errors, viewer_error, flood
 
     m = rig.motor.mark()
     errors, viewer_error, flood = asyncio.run(attack())
