@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import time
 
 import aiohttp
@@ -37,13 +36,16 @@ except Exception as e:  # noqa: BLE001 - the reason is shown in the skip
     pytest.skip(f"no browser for the web tests: {e}", allow_module_level=True)
 
 NEUTRAL = (1500, 1500)
-DEADMAN_MS = 250
+DEADMAN_MS = 250  # the profile's default, what the deadman test holds the car to
+# The other tests are not about the deadman: on this shared 2-core machine a starved
+# browser can miss four sends in a row, and the trip (correct then) would end their drive.
+RELAXED_DEADMAN_MS = 1000
 
 
-def web_profile(tmp_path, **web) -> Profile:
+def web_profile(tmp_path, deadman_ms: int = RELAXED_DEADMAN_MS, **web) -> Profile:
     prof = Profile(car_id="car-web")
     prof.web = WebConfig(
-        bind="127.0.0.1", port=0, token_file=str(tmp_path / "web-token"), deadman_ms=DEADMAN_MS, **web
+        bind="127.0.0.1", port=0, token_file=str(tmp_path / "web-token"), deadman_ms=deadman_ms, **web
     )
     return prof
 
@@ -164,14 +166,22 @@ def time_to_neutral(rig: Rig, since_epoch: float, after: int) -> float:
     return (got.t - since_epoch) * 1e3
 
 
-def test_closed_tab_and_silent_page_go_neutral_within_the_deadman(browser, rig):
+@pytest.fixture
+def strict_rig(tmp_path):
+    r = Rig(web_profile(tmp_path, deadman_ms=DEADMAN_MS))
+    yield r
+    r.stop()
+
+
+def test_closed_tab_and_silent_page_go_neutral_within_the_deadman(browser, strict_rig):
+    rig = strict_rig
     browser.get("about:blank")
     spare = browser.current_window_handle
     browser.switch_to.new_window("tab")
     open_page(browser, rig)
+    f0, t0 = rig.loop.stats.frames, time.perf_counter()
     lat = key_latencies(browser, rig, 5)
-    gaps = [b.t - a.t for a, b in zip(rig.motor.cmds[-40:], rig.motor.cmds[-39:], strict=False)]
-    period_ms = statistics.median(gaps) * 1e3  # the loop's period, as the motor sees it
+    period_ms = (time.perf_counter() - t0) / (rig.loop.stats.frames - f0) * 1e3  # the loop's, measured
     margin = max(lat)  # what a command needs to reach the motor here and now
     # 1. the tab is closed while W is held
     hold(browser, "w")
@@ -402,3 +412,79 @@ def test_mjpeg_stream_serves_the_camera_at_its_size(rig):
     for data in asyncio.run(two_parts()):
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         assert img is not None and img.shape == (120, 160, 3)
+
+
+def test_sim_drive_takes_the_page_and_the_expert_labels(tmp_path):
+    """``sim drive --pilot keyboard --web``'s wiring: the simulator's source and car, the
+    page's user with the expert as labeller. In user mode the page drives the simulated
+    car; in local mode the expert does; every record keeps who drove."""
+    import io
+    import threading
+
+    from edgepilot.drivelog import LogWriter
+    from edgepilot.sim.expert import Expert
+    from edgepilot.sim.tracks import load_track
+    from edgepilot.sim.world import SimWorld
+    from vehicle.loop import DriveLoop, LoopOptions
+    from vehicle.sources import SimActuator, SimSource
+    from vehicle.userinput import PilotUser
+    from vehicle.web import start_web
+
+    world = SimWorld(load_track("oval"), dt=0.05)
+    expert = Expert(world.track, perturb=0.0, seed=1)
+    web = start_web(
+        web_profile(tmp_path), mode="user", labels=PilotUser(None, expert, world), out=io.StringIO()
+    )
+    writer = LogWriter(tmp_path / "sim-log")
+    loop = DriveLoop(
+        SimSource(world),
+        SimActuator(world),
+        user=web.user,
+        recorder=writer,
+        options=LoopOptions(mode="user", rate_hz=50, record=True),
+        on_frame=web.on_frame,
+    )
+    th = threading.Thread(target=loop.run, daemon=True)
+    th.start()
+    url = web.user.server.url.replace("0.0.0.0", "127.0.0.1")
+
+    async def drive() -> None:
+        async with aiohttp.ClientSession() as s, s.ws_connect(url + "ws") as ws:
+            hello = await next_json(ws, "hello")
+            assert hello["role"] == "driver" and hello["autopilot"]  # the expert can take over
+            cmd = {"type": "drive", "steering": -0.2, "throttle": 0.4}
+
+            async def send() -> None:  # as the page does: the command at 20 Hz, whatever happens
+                while True:
+                    await ws.send_str(json.dumps(cmd))
+                    await asyncio.sleep(0.05)
+
+            sender = asyncio.create_task(send())
+            for _ in range(500):  # the page's throttle reaches the simulated car
+                if (await next_json(ws, "state"))["throttle"] == 0.4 and world.car.state.throttle == 0.4:
+                    break
+            assert world.car.state.throttle == 0.4
+            cmd["throttle"] = 0.0
+            await ws.send_str('{"type": "mode", "mode": "local"}')
+            for _ in range(500):
+                if (await next_json(ws, "state"))["mode"] == "local":
+                    break
+            n = loop.stats.recorded
+            for _ in range(500):  # the expert drives
+                await next_json(ws, "state")
+                if loop.stats.recorded >= n + 20:
+                    break
+            sender.cancel()
+
+    try:
+        asyncio.run(drive())
+    finally:
+        loop.stop()
+        th.join(5)
+        web.stop()
+        writer.close()
+    recs = LogReader(tmp_path / "sim-log").records()
+    human = [r for r in recs if r.mode == "user" and r.throttle == 0.4]
+    auto = [r for r in recs if r.mode == "local"]
+    assert human and all(r.steering == -0.2 for r in human)
+    assert len(auto) >= 20 and all(r.applied_throttle > 0 for r in auto[5:])  # the expert, not the page's 0

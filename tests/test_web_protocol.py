@@ -125,3 +125,12 @@ def test_unsafe_web_settings_are_refused(change, says):
     check(WebConfig())
     with pytest.raises(EdgepilotError, match=says):
         check(WebConfig(**change))
+
+
+def test_a_refusal_names_the_message_type_when_it_had_one():
+    with pytest.raises(ProtocolError) as e:
+        parse('{"type": "record", "on": "yes"}', MAX)
+    assert e.value.kind == "record"
+    with pytest.raises(ProtocolError) as e:
+        parse('{"type": "nope"}', MAX)
+    assert e.value.kind is None

@@ -224,3 +224,14 @@ def _capacity(tmp: Path, seconds: float) -> dict[str, Any]:
         drv.quit()
         rig.stop()
     return res
+
+
+if __name__ == "__main__":  # until `edgepilot bench web` is registered: python -m vehicle.web.bench
+    import json
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    ap = argparse.ArgumentParser(prog="python -m vehicle.web.bench", description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    ap.add_argument("--json", action="store_true", help="(accepted: the result is always one JSON line)")
+    print(json.dumps(run(ap.parse_args())))

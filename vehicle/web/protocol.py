@@ -41,7 +41,12 @@ VIDEO_HEADER = struct.Struct("<dI")
 
 
 class ProtocolError(EdgepilotError):
-    """A message from a page that is refused; the text is sent back to the page."""
+    """A message from a page that is refused; the text is sent back to the page, with the
+    message's type when it had a known one."""
+
+    def __init__(self, text: str, kind: str | None = None) -> None:
+        super().__init__(text)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,12 @@ def parse(raw: str | bytes, max_bytes: int) -> Message:
     extra = sorted(set(data) - set(spec) - {"type"})
     if extra:
         raise ProtocolError(
-            f"{kind}: unknown field(s) {', '.join(extra)} (fields: {', '.join(spec) or 'none'})"
+            f"{kind}: unknown field(s) {', '.join(extra)} (fields: {', '.join(spec) or 'none'})", kind
         )
-    return Message(kind, {name: _field(kind, name, want, data) for name, want in spec.items()})
+    try:
+        return Message(kind, {name: _field(kind, name, want, data) for name, want in spec.items()})
+    except ProtocolError as e:
+        raise ProtocolError(str(e), kind) from None
 
 
 def _field(kind: str, name: str, want: Any, data: dict[str, Any]) -> Any:

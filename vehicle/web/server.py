@@ -36,7 +36,7 @@ from edgepilot.config import GamepadConfig, WebConfig
 from vehicle.web import auth
 from vehicle.web.protocol import VIDEO_HEADER, Message, ProtocolError, RateLimit, error, parse
 from vehicle.web.user import Page, WebUser
-from vehicle.web.view import View, plain
+from vehicle.web.view import View
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +339,7 @@ class WebServer:
                 answer = self._handle(page, m)
             except ProtocolError as e:
                 self.stats["refused"] += 1
-                kind = None
-                with contextlib.suppress(Exception):
-                    kind = json.loads(msg.data).get("type")
-                await ws.send_str(error(str(e), plain(kind) if isinstance(kind, str) else None))
+                await ws.send_str(error(str(e), e.kind))
                 continue
             if answer is not None:
                 await ws.send_str(json.dumps(answer))
