@@ -392,6 +392,15 @@ def test_estop_brakes_and_holds_and_throttle_scale_and_constant(browser, rig):
     reach(rig, 0.0, 0.0, rig.motor.mark())
     browser.find_element(By.CSS_SELECTOR, "#modes button[data-mode=local]").click()
     assert until(browser, "window.edgepilot.errors.find(e => e.includes('no autopilot model'))")
+    # camera off (a phone's data plan): the HUD goes on, the frames stop; and back on
+    browser.find_element(By.ID, "video").click()
+    seq = until(browser, "window.edgepilot.hud.seq")
+    until(browser, f"window.edgepilot.hud.seq > {seq} + 2")  # in flight when it was clicked
+    frames = browser.execute_script("return window.edgepilot.framesReceived")
+    until(browser, f"window.edgepilot.hud.seq > {seq} + 12")
+    assert browser.execute_script("return window.edgepilot.framesReceived") == frames
+    browser.find_element(By.ID, "video").click()
+    until(browser, f"window.edgepilot.framesReceived > {frames}")
 
 
 def test_mjpeg_stream_serves_the_camera_at_its_size(rig):

@@ -36,7 +36,11 @@ function connect() {
   const ws = new WebSocket(`${proto}://${location.host}/ws?client=${clientId()}`);
   ws.binaryType = "arraybuffer";
   st.ws = ws;
-  ws.onopen = () => { st.backoff = 500; setConn(true); };
+  ws.onopen = () => {
+    st.backoff = 500;
+    setConn(true);
+    if (!$("video").checked) send({ type: "video", on: false });
+  };
   ws.onclose = () => {
     setConn(false);
     st.ws = null;
@@ -288,6 +292,7 @@ $("scale").oninput = () => {
   send({ type: "throttle_scale", value: Number($("scale").value) / 100 });
 };
 $("constant").onchange = () => send({ type: "constant_throttle", on: $("constant").checked });
+$("video").onchange = () => send({ type: "video", on: $("video").checked });  // saves a phone's data
 
 // a clicked button keeps no focus: Space is the e-stop key, not "press the last button"
 document.addEventListener("click", (ev) => { if (ev.target.tagName === "BUTTON") ev.target.blur(); });
