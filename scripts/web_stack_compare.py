@@ -124,7 +124,6 @@ def main() -> None:
     out = [
         measure("aiohttp", AIOHTTP_APP, 18901, [], seconds),
         measure("starlette+uvicorn (websockets)", STARLETTE_APP, 18902, ["websockets"], seconds),
-        measure("starlette+uvicorn (wsproto/auto)", STARLETTE_APP, 18903, ["auto"], seconds),
     ]
     print(json.dumps({"seconds": seconds, "results": out}))
 
