@@ -497,3 +497,60 @@ def test_sim_drive_takes_the_page_and_the_expert_labels(tmp_path):
     auto = [r for r in recs if r.mode == "local"]
     assert human and all(r.steering == -0.2 for r in human)
     assert len(auto) >= 20 and all(r.applied_throttle > 0 for r in auto[5:])  # the expert, not the page's 0
+
+
+def test_tls_serves_the_controller_over_https_and_wss(tmp_path):
+    """``web.tls_cert``/``tls_key``: the page and its socket over TLS (a self-signed
+    certificate made here with ``cryptography``); a missing key file is a clear error."""
+    import datetime
+    import io
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from edgepilot import EdgepilotError
+    from vehicle.web import start_web
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "car-web")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "web.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "web.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    prof = web_profile(tmp_path, tls_cert=str(tmp_path / "web.crt"), tls_key=str(tmp_path / "web.key"))
+    web = start_web(prof, out=io.StringIO())
+    try:
+        url = web.user.server.url.replace("0.0.0.0", "127.0.0.1")
+        assert url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "web.crt"))
+        ctx.check_hostname = False  # the certificate names the car, the test dials 127.0.0.1
+
+        async def hello() -> dict:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(url, ssl=ctx) as page:
+                    assert page.status == 200 and "app.js" in await page.text()
+                async with s.ws_connect(url + "ws", ssl=ctx) as ws:
+                    return await next_json(ws, "hello")
+
+        assert asyncio.run(hello())["role"] == "driver"
+    finally:
+        web.stop()
+    prof.web.tls_key = str(tmp_path / "missing.key")
+    with pytest.raises(EdgepilotError, match="tls_cert/tls_key"):
+        start_web(prof, out=io.StringIO())

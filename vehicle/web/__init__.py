@@ -5,6 +5,6 @@
 protocol (``protocol``), the token (``auth``) and the loop's user input (``user``).
 """
 
-from vehicle.web.controller import WebControl, start_web
+from vehicle.web.controller import WebControl, add_web_arguments, start_web
 
-__all__ = ["WebControl", "start_web"]
+__all__ = ["WebControl", "add_web_arguments", "start_web"]

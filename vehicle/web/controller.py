@@ -13,6 +13,7 @@ The page's commands reach the car only through ``web.user`` (the loop's user inp
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import socket
@@ -39,6 +40,16 @@ class WebControl(NamedTuple):
     user: WebUser
     on_frame: OnFrame
     stop: Callable[[], None]
+
+
+def add_web_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--web`` and ``--port`` for ``drive``, ``collect`` and ``sim drive``."""
+    parser.add_argument(
+        "--web",
+        action="store_true",
+        help="drive from a phone or laptop browser: serve the controller page (profile [web])",
+    )
+    parser.add_argument("--port", type=int, help="the web controller's port (default: web.port, 8887)")
 
 
 def check(cfg: WebConfig) -> None:

@@ -70,12 +70,13 @@ class WebServer:
     def start(self, timeout: float = 10.0) -> str:
         ready = threading.Event()
         failure: list[BaseException] = []
+        tls = self._ssl()  # here: a bad certificate is the caller's error, said as such
 
         def main() -> None:
             loop = asyncio.new_event_loop()
             self._aloop = loop
             try:
-                loop.run_until_complete(self._serve())
+                loop.run_until_complete(self._serve(tls))
             except BaseException as e:  # the bind failed: hand it to start()
                 failure.append(e)
                 ready.set()
@@ -106,7 +107,7 @@ class WebServer:
         if self._thread is not None:
             self._thread.join(5)
 
-    async def _serve(self) -> None:
+    async def _serve(self, tls: ssl.SSLContext | None) -> None:
         app = web.Application(middlewares=[self._auth, self._headers])
         app.router.add_get("/", self._index)
         app.router.add_get("/login", self._login_form)
@@ -117,7 +118,7 @@ class WebServer:
         self._next = asyncio.get_running_loop().create_future()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.bind, self.cfg.port, ssl_context=self._ssl())
+        site = web.TCPSite(self._runner, self.cfg.bind, self.cfg.port, ssl_context=tls)
         await site.start()
         port = self._runner.addresses[0][1]
         scheme = "https" if self.cfg.tls_cert else "http"
