@@ -126,6 +126,31 @@ class GamepadConfig:
 
 
 @dataclass
+class WebConfig:
+    """The car's web controller (``vehicle.web``): where it listens and who may drive.
+
+    ``token`` unset: the token is read from ``token_file``, or made and written there
+    (mode 0600) on the first start, which prints it once. A browser on the car itself
+    (loopback) needs none while ``loopback_open`` is true."""
+
+    bind: str = "0.0.0.0"
+    port: int = 8887
+    token: str | None = None
+    token_file: str = "var/web-token"
+    loopback_open: bool = True
+    deadman_ms: int = 250  # user/local_angle: neutral when the page is silent this long
+    send_hz: float = 20.0  # how often the page repeats its command (the deadman's heartbeat)
+    view_max_hz: float = 30.0  # the most camera frames/HUD updates a page gets per second
+    jpeg_quality: int = 80
+    estop_brake_ms: int = 200  # e-stop while driving forward: reverse this long, then neutral
+    estop_brake_throttle: float = 0.5
+    max_msgs_per_s: float = 100.0  # per page; more is a flood: dropped with an error
+    max_msg_bytes: int = 512
+    tls_cert: str | None = None  # both set: https/wss (browsers give the Gamepad API only there)
+    tls_key: str | None = None
+
+
+@dataclass
 class SimConfig:
     track: str = "oval"
     rate: str = "max"  # max | realtime
@@ -230,6 +255,7 @@ class Profile:
     rc: RcConfig = field(default_factory=RcConfig)
     drive: DriveConfig = field(default_factory=DriveConfig)
     gamepad: GamepadConfig = field(default_factory=GamepadConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,15 +87,10 @@ def car_recorder(profile: Profile, record_root: str | None, camera: dict[str, An
 
 
 def car_window(profile: Profile, mode: str, *, collect: bool, headless: bool) -> DriveWindow | None:
-    """The pygame window when there is a display (collect needs one, unless the RC
-    transmitter drives), else None."""
-    if headless and not collect:
-        return None
-    if not (has_display() or (collect and dummy_video())):  # dummy: SDL offscreen (tests)
-        if collect and not profile.rc.enabled:
-            raise EdgepilotError(
-                "collect needs a window (a display) for the keyboard/gamepad, or an RC transmitter ([rc] enabled)"
-            )
+    """The pygame window when there is a display (for ``collect`` also SDL's offscreen
+    driver: tests), else None: a car without a screen is driven by a gamepad plugged into
+    it, a phone (``--web``) or its RC transmitter."""
+    if headless or not (has_display() or (collect and dummy_video())):
         return None
     from vehicle.ui import DriveWindow
 
@@ -140,15 +136,46 @@ def idle_uploader(profile: Profile, link: FleetLink, recorder: LogWriter, watch:
     ).start()
 
 
-def real_car_parts(profile: Profile, args: argparse.Namespace, *, collect: bool, mode: str, slot: ModelSlot) -> CarParts:
-    """Camera, actuator, keyboard/gamepad, edge, recorder and fleet of the real car."""
-    from vehicle.cameras import make_camera
-    from vehicle.drivetrain import make_actuator
-    from vehicle.rc_input import RcUser, validate_rc
+@dataclass
+class Closer:
+    close: Callable[[], None]
+
+
+def car_user(profile: Profile, args: argparse.Namespace, parts: CarParts, window: DriveWindow | None, *, collect: bool, mode: str) -> None:
+    """Who drives besides the autopilot: the page (``--web``), the window's keyboard and
+    gamepad, a gamepad plugged into a car without a screen (``collect``), and over any of
+    them the RC transmitter when the profile has one (it wins while its sticks move)."""
+    from vehicle.rc_input import RcUser
     from vehicle.userinput import WindowUser
 
+    if getattr(args, "web", False):
+        from vehicle.web import start_web
+
+        web = start_web(profile, mode=mode, port=getattr(args, "port", None))
+        parts.user = web.user
+        parts.observers.append(web.on_frame)
+        parts.extras.append(Closer(web.stop))
+    elif window is not None:
+        parts.user = WindowUser(window)
+        parts.observers.append(lambda frame, info: window.draw(frame.image, None, info))
+    elif collect and not profile.rc.enabled:
+        from vehicle.gamepad import GamepadUser
+
+        log.warning("no screen: drive with a gamepad plugged into the car (or --web for a phone)")
+        parts.user = GamepadUser(profile.gamepad, mode=mode)
+    if profile.rc.enabled:  # the transmitter drives (RC mode); the others keep their requests
+        parts.user = RcUser(parts.actuator, profile.rc, profile.actuator, other=parts.user)
+
+
+def real_car_parts(profile: Profile, args: argparse.Namespace, *, collect: bool, mode: str, slot: ModelSlot) -> CarParts:
+    """Camera, actuator, user input, edge, recorder and fleet of the real car."""
+    from vehicle.cameras import make_camera
+    from vehicle.drivetrain import make_actuator
+    from vehicle.rc_input import validate_rc
+
     validate_rc(profile.rc, profile.actuator)  # before anything is opened
-    window = car_window(profile, mode, collect=collect, headless=getattr(args, "headless", False))
+    headless = getattr(args, "headless", False) or getattr(args, "web", False)
+    window = car_window(profile, mode, collect=collect, headless=headless)
     link = car_fleet(profile, slot, mode)
     extras = [x for x in (window, link) if x is not None]
     if mode != "user" and slot.current is None:
@@ -160,13 +187,9 @@ def real_car_parts(profile: Profile, args: argparse.Namespace, *, collect: bool,
     camera = make_camera(profile.camera)
     recorder = car_recorder(profile, getattr(args, "record", None), camera.describe())
     parts = CarParts(camera, make_actuator(profile.actuator), slot, recorder=recorder)
-    parts.user = WindowUser(window) if window is not None else None
-    if profile.rc.enabled:  # the transmitter drives (RC mode); the window keeps its keys
-        parts.user = RcUser(parts.actuator, profile.rc, profile.actuator, other=parts.user)
+    car_user(profile, args, parts, window, collect=collect, mode=mode)
     if getattr(args, "edge", False):
         parts.offload = offload_client(profile, args.broker, 1.0 / profile.camera.fps)
-    if window is not None:
-        parts.observers.append(lambda frame, info: window.draw(frame.image, None, info))
     if link is not None and profile.drive.upload_when_idle:
         watch = IdleWatch(profile.drive.idle_after_s)
         parts.observers.append(watch)
@@ -175,7 +198,7 @@ def real_car_parts(profile: Profile, args: argparse.Namespace, *, collect: bool,
         link.telemetry.last_upload = lambda: (uploader.done[-1].log, uploader.done_at) if uploader.done else None
     if link is not None:
         parts.observers.append(link.telemetry)
-    parts.extras = extras
+    parts.extras = parts.extras + extras
     return parts
 
 

@@ -15,6 +15,13 @@ def _sim_look(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-ms", type=float, help="delay every actuator command by this many ms")
 
 
+def _web(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--web", action="store_true", help="drive from a phone or laptop browser: serve the controller page (profile [web])"
+    )
+    p.add_argument("--port", type=int, help="the web controller's port (default: web.port, 8887)")
+
+
 def _sim_drive(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track", help="track name in datasets/tracks/ or a track JSON file")
     p.add_argument("--pilot", choices=["expert", "model", "keyboard"], default="expert")
@@ -36,6 +43,7 @@ def _sim_drive(p: argparse.ArgumentParser) -> None:
         help="--pilot model: take models the cloud pushes (hot-swapped mid-drive); "
         "without --model, wait for the fleet's current one",
     )
+    _web(p)
 
 
 def _replay(p: argparse.ArgumentParser) -> None:
@@ -53,11 +61,20 @@ def _drive(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge", action="store_true", help="offload hard frames to the edge node")
     p.add_argument("--headless", action="store_true", help="no window even when a display exists")
     p.add_argument("--record", metavar="DIR", help="record into DIR (default: the profile's record_dir)")
+    _web(p)
 
 
 def _collect(p: argparse.ArgumentParser) -> None:
     add_broker(p)
     p.add_argument("--record", metavar="DIR", help="record into DIR (default: the profile's record_dir)")
+    _web(p)
+
+
+def _bench_web(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--presses", type=int, default=100, help="key presses timed (default 100)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each rate phase (default 10)")
+    p.add_argument("--fps", type=float, default=20.0, help="the camera's rate (default 20)")
+    p.add_argument("--screenshot", help="also save a screenshot of the page here (PNG)")
 
 
 def _upload(p: argparse.ArgumentParser) -> None:
@@ -89,9 +106,20 @@ COMMANDS = [
         ("replay",), "recorded frames through the onboard loop (simulator replay mode)", "vehicle.replay:replay", _replay
     ),
     Command(("drive",), "drive the real car on the autopilot (headless works, e.g. over SSH)", "vehicle.car:drive", _drive),
-    Command(("collect",), "drive the real car by keyboard or gamepad and record", "vehicle.car:collect", _collect),
+    Command(
+        ("collect",),
+        "drive the real car and record: keyboard, gamepad, RC transmitter, or a phone's browser (--web)",
+        "vehicle.car:collect",
+        _collect,
+    ),
     Command(("upload",), "send a driving log to the cloud trainer (resumable, idempotent)", "vehicle.upload:cli", _upload),
     Command(("bench", "loop"), "the whole onboard loop in replay: fps and latency", "vehicle.replay:bench_loop", _bench_loop),
+    Command(
+        ("bench", "web"),
+        "the web controller in headless Chromium: key press to motor command, view rate, loop rate",
+        "vehicle.web.bench:run",
+        _bench_web,
+    ),
     Command(
         ("profile", "from-donkey"),
         "a DonkeyCar myconfig.py/config.py as a TOML profile (read, never run)",

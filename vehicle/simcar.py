@@ -65,10 +65,11 @@ def settings(args: argparse.Namespace, prof: Profile) -> SimDrive:
         log.warning("--edge offloads the model pilot's hard frames; the %s pilot ignores it", args.pilot)
     # an unseen dummy window only for the keyboard pilot (scripted input in tests): an
     # expert drive under the dummy driver stays headless and at full speed
-    windowed = not args.headless and (has_display() or (args.pilot == "keyboard" and dummy_video()))
-    if args.pilot == "keyboard" and not windowed:
-        raise EdgepilotError("--pilot keyboard needs a window (no display, or --headless given)")
-    rate = args.rate or ("realtime" if windowed or args.edge else sim.rate)
+    web = getattr(args, "web", False)
+    windowed = not (args.headless or web) and (has_display() or (args.pilot == "keyboard" and dummy_video()))
+    if args.pilot == "keyboard" and not (windowed or web):
+        raise EdgepilotError("--pilot keyboard needs a window (no display, or --headless given) or --web")
+    rate = args.rate or ("realtime" if windowed or web or args.edge else sim.rate)
     max_seconds = args.max_seconds
     if max_seconds is None and args.pilot in ("expert", "model"):
         max_seconds = max(120.0, laps * track.length / 0.25)  # a stuck drive ends, scored
@@ -117,7 +118,9 @@ def build(
     parts = sim_parts(world, laps=sd.laps, max_seconds=sd.max_seconds, expert=expert)
     if args.record:
         parts.recorder = open_log(args.record, world, _notes(args, sd, world), car_id=prof.car_id)
-    if sd.windowed:
+    if getattr(args, "web", False):
+        _add_web(parts, prof, args, sd)
+    elif sd.windowed:
         from vehicle.userinput import WindowUser
 
         window = _window(prof, sd, args.record is not None)
@@ -131,6 +134,18 @@ def build(
     if sd.pilot == "model":  # the expert still rides along: it labels every record
         link = _add_model(parts, prof, args, world)
     return parts, link
+
+
+def _add_web(parts: CarParts, prof: Profile, args: argparse.Namespace, sd: SimDrive) -> None:
+    """The phone's page as the user, the expert labelling what the page does not drive."""
+    from vehicle.car import Closer
+    from vehicle.web import start_web
+
+    mode = "user" if sd.pilot == "keyboard" else "local"
+    web = start_web(prof, mode=mode, port=getattr(args, "port", None), labels=parts.user)
+    parts.user = web.user
+    parts.observers.append(web.on_frame)
+    parts.extras.append(Closer(web.stop))
 
 
 def _notes(args: argparse.Namespace, sd: SimDrive, world: SimWorld) -> dict[str, Any]:

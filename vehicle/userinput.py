@@ -38,7 +38,7 @@ class WindowUser:
     def __init__(self, window: Window, inner: UserInput | None = None) -> None:
         self.window, self.inner = window, inner
         self._mode: str | None = None
-        self._rec: bool | None = None
+        self._rec = window.recording  # only a change is a request (auto-record stays on till then)
         self._estop = False
 
     def poll(self, frame: Frame) -> UserState:

@@ -132,6 +132,7 @@ class DriveLoop:
             raise ValueError(f"mode must be one of {MODES}")
         self.mode = self.opt.mode
         self.recording = self.opt.record and recorder is not None
+        self.auto_record = self.opt.auto_record  # until the user toggles recording by hand
         self.estop = False
         self.on_frame = on_frame
         self.timer = StageTimer()
@@ -304,6 +305,7 @@ class DriveLoop:
             log.warning("E-STOP %s", "on" if self.estop else "off")
         if user.record is not None and self.recorder is not None:
             self.recording = user.record
+            self.auto_record = False  # a Record button pressed: the human decides from now on
         if user.delete and self.recorder is not None:
             self._delete_recent()
 
@@ -335,7 +337,7 @@ class DriveLoop:
     def _maybe_record(self, frame: Frame, user: UserState, tick: Tick) -> None:
         if self.recorder is None:
             return
-        if self.opt.auto_record:
+        if self.auto_record:
             self.recording = tick.throttle > 0.0
         if self.recording:
             t = time.perf_counter()
@@ -385,6 +387,7 @@ class DriveLoop:
             "throttle": tick.throttle,
             "mode": self.mode,
             "recording": self.recording,
+            "auto_record": self.auto_record,
             "records": self.stats.recorded,
             "estop": self.estop,
             "exit": None if dec is None else dec.exit,

@@ -20,6 +20,7 @@ SUCCESS_RUNS = {
     "bench loop": "tests/edgepilot/test_cli_success.py::test_bench_loop_and_bench_model",
     "bench model": "tests/edgepilot/test_cli_success.py::test_bench_loop_and_bench_model",
     "bench offload": "tests/edgepilot/test_cli_success.py::test_bench_offload_fleet_and_saturate",
+    "bench web": "tests/edgepilot/test_cli_success.py::test_bench_web",
     "bench record": "tests/edgepilot/test_cli.py::test_json_is_one_object_on_the_last_stdout_line",
     "bench sim": "tests/vehicle/test_sim_cli.py::test_bench_sim_reports_fps",
     "calibrate": "tests/edgepilot/test_cli_success.py::test_eval_calibrate_and_keys",
@@ -179,3 +180,11 @@ def test_bench_offload_fleet_and_saturate(broker, capsys):
     rc, res = run_json(capsys, [*args, "--window", "8", "--json"])
     assert rc == 0 and set(res["median_per_s"]) == {"batch1", "batched", "two_nodes"}
     assert all(v > 0 for v in res["median_per_s"].values()) and res["batching_gain"] > 0
+
+
+@pytest.mark.slow  # headless Chromium against the bench car, a few seconds per phase
+def test_bench_web(capsys):
+    rc, res = run_json(capsys, ["bench", "web", "--presses", "10", "--seconds", "1", "--json"])
+    assert rc == 0 and res["key_to_motor_ms"]["n"] == 10
+    assert 0 < res["key_to_motor_ms"]["p50"] <= res["key_to_motor_ms"]["p99"]
+    assert res["no_page"]["loop_fps"] > 0 and res["ws_page"]["view_fps"] > 0
