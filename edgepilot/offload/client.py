@@ -416,6 +416,11 @@ class OffloadClient:
                     return None
                 self._cond.wait(left)
 
+    def rtt_samples(self) -> list[float]:
+        """The round trips (ms) remembered, answers in time and late ones, oldest first."""
+        with self._cond:
+            return list(self._rtts)
+
     @property
     def stats(self) -> dict[str, Any]:
         with self._cond:
