@@ -33,9 +33,6 @@ from edgepilot.offload.client import CircuitBreaker, OffloadClient
 from edgepilot.stats import pct
 from testbed.procs import rss_mb, spawn_edge
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 Samples = list[tuple[float, dict[str, float | None]]]  # (seconds since start, RSS MB per process)
 
 
