@@ -41,14 +41,10 @@ from edgepilot.model.tail import TailSet, split_points, stage_outputs, train_tai
 from edgepilot.offload.client import CircuitBreaker, EdgeAnswer, OffloadClient
 from edgepilot.offload.planner import FRAME, Candidate, SplitPlanner
 from edgepilot.schema import wire
+from edgepilot.stats import pct
 from testbed.procs import spawn_edge
 
 log = logging.getLogger(__name__)
-
-
-def _summ(xs: list[float]) -> dict[str, float]:
-    a = np.asarray(xs, dtype=np.float64)
-    return {"p50": round(float(np.median(a)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
 
 
 @dataclass
@@ -197,10 +193,10 @@ def _way_summary(w: str, r: dict[str, list[float]], tails: TailSet) -> dict[str,
         "mae_hard": round(float(np.mean(r["err_hard"])), 4) if r["err_hard"] else None,
         "tail_val_mae": tails.tails[int(w[5:])].val_mae if w != "frame" else None,
         "wire_bytes": round(float(np.mean(r["bytes"]))),
-        "car_prep_ms": _summ(r["prep"]),
-        "edge_compute_ms": _summ(r["compute"]),
-        "link_ms": _summ([a - b for a, b in zip(r["rtt"], r["compute"], strict=True)]),
-        "e2e_ms": _summ(e2e),
+        "car_prep_ms": pct(r["prep"], digits=3),
+        "edge_compute_ms": pct(r["compute"], digits=3),
+        "link_ms": pct([a - b for a, b in zip(r["rtt"], r["compute"], strict=True)], digits=3),
+        "e2e_ms": pct(e2e, digits=3),
         "accuracy_per_ms": round((1 - mae) / p50, 4),
     }
 
