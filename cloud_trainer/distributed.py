@@ -20,18 +20,21 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
-from edgepilot.model.data import FrameDataset, load_samples, split_by_session
-from edgepilot.model.nets import ArchSpec, build_net, stage_macs
+from edgepilot.model.data import FrameDataset, Sample, load_samples, split_by_session
+from edgepilot.model.nets import ArchSpec, StagedNet, build_net, stage_macs
 from edgepilot.model.package import load_private_key, save_package
 from edgepilot.model.preprocess import DEFAULT_SPEC
 from edgepilot.model.train import EXIT_WEIGHTS, base_manifest, exit_loss, predict_exits, soft_targets
@@ -63,10 +66,63 @@ def train_ddp(
     if max_frames and len(samples) > max_frames:
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
     train_s, val_s = split_by_session(samples, 0.2, seed)
-    spec = DEFAULT_SPEC
-    net = build_net(ArchSpec(arch), spec)  # same seed -> same initial weights on every rank
+    net = build_net(ArchSpec(arch), DEFAULT_SPEC)  # same seed -> same initial weights on every rank
+    ds = FrameDataset(train_s, DEFAULT_SPEC, AugmentConfig(), seed)
+    _fit(net, ds, world, rank, epochs=epochs, batch=batch, lr=lr, seed=seed)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        return None
+    path, manifest, cal = _package(
+        net,
+        val_s,
+        out,
+        signing_key,
+        {"epochs": epochs, "samples": len(samples)},
+        {"logs": [str(p) for p in logs], "seed": seed, "workers": world, "backend": "gloo"},
+    )
+    return {
+        "package": str(path),
+        "version": manifest["version"],
+        "workers": world,
+        "val_steering_mae": cal["val_steering_mae_final"],
+        "samples": len(samples),
+        "elapsed_s": round(time.time() - t0, 1),
+    }
+
+
+def _package(
+    net: StagedNet,
+    val_s: list[Sample],
+    out: str,
+    signing_key: Ed25519PrivateKey | None,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Calibrate the exits on the validation frames and write the signed package, with the
+    manifest ``edgepilot train`` writes; returns (path, manifest, calibration)."""
+    val_loader = DataLoader(FrameDataset(val_s, DEFAULT_SPEC, None), batch_size=256)
+    steer, conf, labels = predict_exits(net, val_loader)
+    cal = calibrate(steer, conf, labels, CalibrationTarget())
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    manifest = base_manifest(net, DEFAULT_SPEC, state, stage_macs(net, DEFAULT_SPEC))
+    manifest.update(
+        parent=None,
+        quant="fp32",
+        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
+        calibration=cal,
+        metrics={"val_steering_mae": cal["val_steering_mae_final"], **metrics},
+        training=training,
+    )
+    return save_package(out, manifest, state, signing_key), manifest, cal
+
+
+def _fit(
+    net: StagedNet, ds: FrameDataset, world: int, rank: int, *, epochs: int, batch: int, lr: float, seed: int
+) -> None:
+    """The training epochs on this rank's shard; DDP (with ``world`` > 1) all-reduces the
+    gradients every step, so every rank ends with the same weights."""
     model = DistributedDataParallel(net) if world > 1 else net
-    ds = FrameDataset(train_s, spec, AugmentConfig(), seed)
     sampler = (
         DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed) if world > 1 else None
     )
@@ -96,36 +152,6 @@ def train_ddp(
             loss.backward()
             opt.step()
         sched.step()
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        return None
-    val_loader = DataLoader(FrameDataset(val_s, spec, None), batch_size=256)
-    steer, conf, labels = predict_exits(net, val_loader)
-    cal = calibrate(steer, conf, labels, CalibrationTarget())
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    manifest = base_manifest(net, spec, state, stage_macs(net, spec))
-    manifest.update(
-        parent=None,
-        quant="fp32",
-        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
-        calibration=cal,
-        metrics={
-            "val_steering_mae": cal["val_steering_mae_final"],
-            "epochs": epochs,
-            "samples": len(samples),
-        },
-        training={"logs": [str(p) for p in logs], "seed": seed, "workers": world, "backend": "gloo"},
-    )
-    path = save_package(out, manifest, state, signing_key)
-    return {
-        "package": str(path),
-        "version": manifest["version"],
-        "workers": world,
-        "val_steering_mae": cal["val_steering_mae_final"],
-        "samples": len(samples),
-        "elapsed_s": round(time.time() - t0, 1),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ import numpy as np
 from cloud_trainer.registry import Registry
 from edgepilot import EdgepilotError
 from edgepilot.config import RetrainConfig
+from edgepilot.drive.parts import Pilot
 from edgepilot.sim.drive import scored_drives
 from edgepilot.stats import pct
 
@@ -65,7 +66,7 @@ def split_sessions(keys: list[str], every: int) -> tuple[list[str], list[str]]:
 # -- evaluation --------------------------------------------------------------------------
 
 
-def latency_ms(ap: Any, frames: list[np.ndarray], n: int = 200) -> dict[str, float]:
+def latency_ms(ap: Pilot, frames: list[np.ndarray], n: int = 200) -> dict[str, float]:
     """Per-frame inference (preprocess + early-exit net), batch 1, p50/p99."""
     import torch
 
@@ -106,7 +107,7 @@ def gate(
     """Not worse than ``cur`` beyond the margins, and within the latency budget."""
     checks: list[dict[str, Any]] = []
 
-    def check(name: str, ok: bool, value: Any, limit: Any) -> None:
+    def check(name: str, ok: bool, value: float, limit: float) -> None:
         checks.append({"check": name, "passed": bool(ok), "value": value, "limit": limit})
 
     if check_latency:
@@ -138,9 +139,6 @@ def retrain(
     candidates and promotes those that pass; pushing is the caller's (it holds the MQTT
     connection): ``results["promoted"]`` lists the targets to push."""
     from cloud_trainer.report import write_report
-    from edgepilot.model.compress import compress_package
-    from edgepilot.model.evaluate import load_frames
-    from edgepilot.model.train import TrainConfig, train
 
     t0 = time.time()
     run_id = time.strftime("run-%Y%m%d-%H%M%S")
@@ -153,9 +151,29 @@ def retrain(
     held_dirs = [str(store.local_dir(k)) for k in held_keys]
     log.info("retrain %s: %d training sessions, %d held out", run_id, len(train_dirs), len(held_dirs))
 
+    results: dict[str, Any] = {"run": run_id, "train": train_keys, "heldout": held_keys, "targets": {}}
+    candidates = _train_candidates(registry, train_dirs, work, cfg, key, results)
+    _evaluate_candidates(registry, candidates, held_dirs, cfg, results)
+    tails = None
+    if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
+        tails = _train_tails(registry, candidates["car"], train_dirs, work, cfg)
+        results["tails"] = {k: v for k, v in tails.items() if k != "path"}
+    report_key = write_report(registry.store, run_id, results, work)
+    promoted = _register(registry, candidates, results, tails, report_key)
+    results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
+    return results
+
+
+def _train_candidates(
+    registry: Registry, train_dirs: list[str], work: Path, cfg: RetrainConfig, key: str | None, results: dict
+) -> dict[str, Path]:
+    """Train the edge teacher (if asked), the car model distilled from it, and compress the
+    car model to int8; the packages by target, their figures into ``results``."""
+    from edgepilot.model.compress import compress_package
+    from edgepilot.model.train import TrainConfig, train
+
     base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
     teacher = None
-    results: dict[str, Any] = {"run": run_id, "train": train_keys, "heldout": held_keys, "targets": {}}
     if cfg.train_edge:
         edge = train(
             train_dirs,
@@ -178,18 +196,26 @@ def retrain(
             car["package"], str(work / "car.eppkg"), train_dirs, key=key, trusted=registry.trusted_keys
         )
         results["compress"] = {k: comp.get(k) for k in ("version", "size_bytes_before", "size_bytes_after")}
-        car_pkg = Path(comp["package"])
+        candidates = {"car": Path(comp["package"])}
     except EdgepilotError as e:
         # An int8 failure must not stall the fleet's improvement: the fp32 distilled model
         # goes through the same gate (latency budget included) and the report says why.
         log.warning("int8 compression failed, gating the fp32 car model instead: %s", e)
         results["compress"] = {"error": str(e)}
-        car_pkg = Path(car["package"])
-
-    frames, labels = load_frames(held_dirs, cfg.eval_frames)
-    candidates = {"car": car_pkg}
+        candidates = {"car": Path(car["package"])}
     if teacher:
         candidates["edge"] = Path(teacher)
+    return candidates
+
+
+def _evaluate_candidates(
+    registry: Registry, candidates: dict[str, Path], held_dirs: list[str], cfg: RetrainConfig, results: dict
+) -> None:
+    """Each candidate and the current model of its target, side by side on the held-out
+    sessions, and the gate's verdict: into ``results["targets"]``."""
+    from edgepilot.model.evaluate import load_frames
+
+    frames, labels = load_frames(held_dirs, cfg.eval_frames)
     for target, pkg in candidates.items():
         tcfg = cfg if target == "car" else RetrainConfig(**{**asdict(cfg), "eval_tracks": []})
         cand = evaluate_package(pkg, registry.trusted_keys, frames, labels, tcfg)
@@ -203,31 +229,43 @@ def retrain(
         )
         verdict = gate(cand, cur, cfg, check_latency=target == "car")
         results["targets"][target] = {"candidate": cand, "current": cur, "gate": verdict}
-    tails = None
-    if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
-        from cloud_trainer.tails import train_for_package
 
-        tails = train_for_package(
-            car_pkg,
-            train_dirs,
-            work / "tails.pt",
-            epochs=cfg.tail_epochs,
-            width=cfg.tail_width,
-            max_frames=cfg.tail_max_frames or cfg.max_frames,
-            trusted_keys=registry.trusted_keys,
-            seed=cfg.seed,
-        )
-        results["tails"] = {k: v for k, v in tails.items() if k != "path"}
-    report_key = write_report(registry.store, run_id, results, work)
+
+def _train_tails(
+    registry: Registry, car_pkg: Path, train_dirs: list[str], work: Path, cfg: RetrainConfig
+) -> dict[str, Any]:
+    """The split-mode tails of a car model that passed, on its training logs."""
+    from cloud_trainer.tails import train_for_package
+
+    return train_for_package(
+        car_pkg,
+        train_dirs,
+        work / "tails.pt",
+        epochs=cfg.tail_epochs,
+        width=cfg.tail_width,
+        max_frames=cfg.tail_max_frames or cfg.max_frames,
+        trusted_keys=registry.trusted_keys,
+        seed=cfg.seed,
+    )
+
+
+def _register(
+    registry: Registry,
+    candidates: dict[str, Path],
+    results: dict[str, Any],
+    tails: dict[str, Any] | None,
+    report_key: str,
+) -> list[str]:
+    """Register every candidate with its verdict; promote those that passed (a car model
+    with its tails); returns the promoted targets."""
     promoted = []
     for target, pkg in candidates.items():
         verdict = results["targets"][target]["gate"]
-        registry.add(target, pkg, data=train_keys, gate=verdict, report=report_key)
+        registry.add(target, pkg, data=results["train"], gate=verdict, report=report_key)
         if verdict["passed"]:
             version = results["targets"][target]["candidate"]["version"]
             if target == "car" and tails is not None and "path" in tails:
                 registry.add_tails(version, tails["path"], tails)  # before promote: pushed with it
             registry.promote(target, version)
             promoted.append(target)
-    results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
-    return results
+    return promoted

@@ -17,6 +17,7 @@ a restarted trainer — or another one on the same store — carries on where it
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -269,7 +270,7 @@ def run_isolated(
             raise EdgepilotError("the retraining process died (out of memory?)") from None
 
 
-def cli(args: Any) -> dict[str, Any]:
+def cli(args: argparse.Namespace) -> dict[str, Any]:
     """Run until SIGTERM/Ctrl-C; prints what it did when it stops."""
     import signal
 

@@ -32,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from edgepilot import EdgepilotError
 from edgepilot.drivelog import LogReader, LogWriter
@@ -172,8 +172,35 @@ def import_tub(tub: str | Path, out: str | Path, *, quiet: bool = False) -> Conv
     result = ConvertResult()
     deleted = manifest.deleted
     entries = iter_catalog_records(tub, manifest, result)
+    seen: set[int] = set()
+    try:
+        writer = LogWriter(out, _import_meta(tub, manifest), block=True)
+    except OSError as e:
+        raise EdgepilotError(f"{out}: cannot create the driving log: {e.strerror or e}") from None
+    with writer as w:
+        for idx, rec in bar(entries, desc="import", unit="rec") if not quiet else entries:
+            where = f"{tub.name} record {idx}"
+            if idx in deleted:
+                result.deleted += 1
+                continue
+            if idx in seen:
+                result.skip("duplicate index", f"{where}: index seen before")
+                continue
+            got = _import_record(tub, manifest, idx, rec, result)
+            if got is None:
+                continue
+            w.write(*got)
+            seen.add(idx)
+            result.records += 1
+    if w.errors:
+        raise EdgepilotError(f"{out}: {w.errors} records could not be written (disk full?)")
+    return result
+
+
+def _import_meta(tub: Path, manifest: TubManifest) -> SessionMeta:
+    """The driving log's session: named after the tub, with the tub's own metadata kept."""
     sessions = manifest.manifest_metadata.get("sessions") or {}
-    meta = SessionMeta(
+    return SessionMeta(
         session=f"donkey-{tub.resolve().name}",
         created=float(manifest.manifest_metadata.get("created_at") or time.time()),
         source="donkey-import",
@@ -187,49 +214,36 @@ def import_tub(tub: str | Path, out: str | Path, *, quiet: bool = False) -> Conv
             }
         },
     )
-    seen: set[int] = set()
+
+
+def _import_record(
+    tub: Path, manifest: TubManifest, idx: int, rec: dict, result: ConvertResult
+) -> tuple[Record, bytes | None] | None:
+    """One catalog record as (record, JPEG), or None when it is damaged (skipped and counted)."""
+    where = f"{tub.name} record {idx}"
+    angle = _label(rec, ANGLE_KEY, where, result)
+    throttle = None if angle is None else _label(rec, THROTTLE_KEY, where, result)
+    if angle is None or throttle is None:
+        return None
+    mode = rec.get(MODE_KEY, "user")
+    if mode not in MODES:
+        result.skip("bad mode", f"{where}: {MODE_KEY} = {mode!r}")
+        return None
+    jpeg = None
+    if IMAGE_KEY in manifest.inputs:
+        jpeg = _read_jpeg(tub, rec.get(IMAGE_KEY), where, result)
+        if jpeg is None:
+            return None
+    ts = rec.get("_timestamp_ms")
+    t = ts / 1000.0 if isinstance(ts, (int, float)) and math.isfinite(ts) else idx / 20.0
     try:
-        writer = LogWriter(out, meta, block=True)
-    except OSError as e:
-        raise EdgepilotError(f"{out}: cannot create the driving log: {e.strerror or e}") from None
-    with writer as w:
-        for idx, rec in bar(entries, desc="import", unit="rec") if not quiet else entries:
-            where = f"{tub.name} record {idx}"
-            if idx in deleted:
-                result.deleted += 1
-                continue
-            if idx in seen:
-                result.skip("duplicate index", f"{where}: index seen before")
-                continue
-            angle = _label(rec, ANGLE_KEY, where, result)
-            throttle = None if angle is None else _label(rec, THROTTLE_KEY, where, result)
-            if angle is None or throttle is None:
-                continue
-            mode = rec.get(MODE_KEY, "user")
-            if mode not in MODES:
-                result.skip("bad mode", f"{where}: {MODE_KEY} = {mode!r}")
-                continue
-            jpeg = None
-            if IMAGE_KEY in manifest.inputs:
-                jpeg = _read_jpeg(tub, rec.get(IMAGE_KEY), where, result)
-                if jpeg is None:
-                    continue
-            ts = rec.get("_timestamp_ms")
-            t = ts / 1000.0 if isinstance(ts, (int, float)) and math.isfinite(ts) else idx / 20.0
-            try:
-                record = Record(i=idx, t=t, steering=angle, throttle=throttle, mode=mode)
-            except RecordError as e:
-                result.skip("bad record", f"{where}: {e}")
-                continue
-            w.write(record, jpeg)
-            seen.add(idx)
-            result.records += 1
-    if w.errors:
-        raise EdgepilotError(f"{out}: {w.errors} records could not be written (disk full?)")
-    return result
+        return Record(i=idx, t=t, steering=angle, throttle=throttle, mode=mode), jpeg
+    except RecordError as e:
+        result.skip("bad record", f"{where}: {e}")
+        return None
 
 
-def _read_jpeg(tub: Path, name: Any, where: str, result: ConvertResult) -> bytes | None:
+def _read_jpeg(tub: Path, name: object, where: str, result: ConvertResult) -> bytes | None:
     if not isinstance(name, str) or not name or "/" in name or ".." in name:
         result.skip("no image", f"{where}: no usable {IMAGE_KEY} ({name!r})")
         return None
@@ -253,10 +267,56 @@ def image_file_name(index: int) -> str:
     return f"{index}_cam_image_array_.jpg"
 
 
-def _writeline(f: Any, obj: Any, *, sort_keys: bool = False) -> int:
+def _writeline(f: TextIO, obj: Any, *, sort_keys: bool = False) -> int:
     line = json.dumps(obj, allow_nan=False, sort_keys=sort_keys) + "\n"
     f.write(line)
     return len(line)
+
+
+class _Catalogs:
+    """The tub's catalog files: a new one every ``max_len`` records, each closed with its
+    ``.catalog_manifest`` (the byte length of every line)."""
+
+    def __init__(self, out: Path, max_len: int, created: float) -> None:
+        self.out, self.max_len, self.created = out, max_len, created
+        self.names: list[str] = []
+        self._file: TextIO | None = None
+        self._lengths: list[int] = []
+
+    def add(self, index: int, rec: dict[str, Any]) -> None:
+        """Record ``index`` (counted from 0) as the next line."""
+        if index % self.max_len == 0:
+            if self._file is not None:
+                self._close(index - self.max_len)
+            self._open()
+        assert self._file is not None
+        self._lengths.append(_writeline(self._file, rec, sort_keys=True))
+
+    def close(self) -> None:
+        if self._file is None:  # an empty tub still has one (empty) catalog, as DonkeyCar makes it
+            self._open()
+        self._close((len(self.names) - 1) * self.max_len)
+
+    def _open(self) -> None:
+        self.names.append(f"catalog_{len(self.names)}.catalog")
+        self._file = open(self.out / self.names[-1], "w", newline="\n")  # noqa: SIM115
+        self._lengths = []
+
+    def _close(self, start: int) -> None:
+        assert self._file is not None
+        self._file.close()
+        stem = self.names[-1].rsplit(".", 1)[0]
+        with open(self.out / f"{stem}.catalog_manifest", "w", newline="\n") as m:
+            _writeline(
+                m,
+                {
+                    "path": f"{stem}.catalog_manifest",
+                    "created_at": self.created,
+                    "start_index": start,
+                    "line_lengths": self._lengths,
+                },
+                sort_keys=True,
+            )
 
 
 def export_tub(
@@ -276,10 +336,7 @@ def export_tub(
         raise EdgepilotError(f"{out}: cannot create the tub: {e.strerror or e}") from None
     result = ConvertResult()
     session_id = f"{time.strftime('%y-%m-%d')}_0"
-    created = time.time()
-    lengths: list[int] = []
-    catalogs: list[str] = []
-    cat = None
+    catalogs = _Catalogs(out, max_len, time.time())
     recs = reader.records()
     try:
         for rec in bar(recs, desc="export", unit="rec") if not quiet else recs:
@@ -288,66 +345,49 @@ def export_tub(
                 result.skip("no frame", f"{log_dir}: record {rec.i} has no readable frame")
                 continue
             index = result.records
-            if index % max_len == 0:
-                if cat is not None:
-                    _close_catalog(out, catalogs[-1], cat, lengths, created, index - max_len)
-                catalogs.append(f"catalog_{len(catalogs)}.catalog")
-                cat = open(out / catalogs[-1], "w", newline="\n")  # noqa: SIM115
-                lengths = []
-            name = image_file_name(index)
-            (out / "images" / name).write_bytes(jpeg)
-            lengths.append(
-                _writeline(
-                    cat,
-                    {
-                        "_index": index,
-                        "_session_id": session_id,
-                        "_timestamp_ms": int(round(rec.t * 1000)),
-                        IMAGE_KEY: name,
-                        ANGLE_KEY: float(rec.steering),
-                        THROTTLE_KEY: float(rec.throttle),
-                        MODE_KEY: rec.mode,
-                    },
-                    sort_keys=True,
-                )
-            )
+            (out / "images" / image_file_name(index)).write_bytes(jpeg)
+            catalogs.add(index, _tub_record(index, rec, session_id))
             result.records += 1
-        if cat is None:  # an empty tub still has one (empty) catalog, as DonkeyCar makes it
-            catalogs.append("catalog_0.catalog")
-            cat = open(out / catalogs[-1], "w", newline="\n")  # noqa: SIM115
-        _close_catalog(out, catalogs[-1], cat, lengths, created, (len(catalogs) - 1) * max_len)
+        catalogs.close()
     except OSError as e:
         raise EdgepilotError(f"{out}: cannot write the tub: {e}") from None
+    _write_manifest(out, reader.meta.session, catalogs, session_id, result.records)
+    return result
+
+
+def _tub_record(index: int, rec: Record, session_id: str) -> dict[str, Any]:
+    """A driving-log record as DonkeyCar's catalog line."""
+    return {
+        "_index": index,
+        "_session_id": session_id,
+        "_timestamp_ms": int(round(rec.t * 1000)),
+        IMAGE_KEY: image_file_name(index),
+        ANGLE_KEY: float(rec.steering),
+        THROTTLE_KEY: float(rec.throttle),
+        MODE_KEY: rec.mode,
+    }
+
+
+def _write_manifest(out: Path, session: str, catalogs: _Catalogs, session_id: str, records: int) -> None:
+    """The tub's ``manifest.json``, written last: a half-written export is not a tub."""
     sessions = {"all_full_ids": [session_id], "last_id": 0, "last_full_id": session_id}
     lines = [
         INPUTS,
         TYPES,
-        {"source": "edgepilot", "edgepilot_session": reader.meta.session},
-        {"created_at": created, "sessions": sessions},
-        {"paths": catalogs, "current_index": result.records, "max_len": max_len, "deleted_indexes": []},
+        {"source": "edgepilot", "edgepilot_session": session},
+        {"created_at": catalogs.created, "sessions": sessions},
+        {
+            "paths": catalogs.names,
+            "current_index": records,
+            "max_len": catalogs.max_len,
+            "deleted_indexes": [],
+        },
     ]
     tmp = out / "manifest.json.tmp"
     with open(tmp, "w", newline="\n") as f:
         for obj in lines:
             _writeline(f, obj)
-    os.replace(tmp, out / "manifest.json")  # last: a half-written export is not a tub
-    return result
-
-
-def _close_catalog(out: Path, name: str, f: Any, lengths: list[int], created: float, start: int) -> None:
-    f.close()
-    stem = name.rsplit(".", 1)[0]
-    with open(out / f"{stem}.catalog_manifest", "w", newline="\n") as m:
-        _writeline(
-            m,
-            {
-                "path": f"{stem}.catalog_manifest",
-                "created_at": created,
-                "start_index": start,
-                "line_lengths": lengths,
-            },
-            sort_keys=True,
-        )
+    os.replace(tmp, out / "manifest.json")
 
 
 def _summary(result: ConvertResult, src: str, dst: str) -> dict[str, Any]:

@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig
@@ -81,7 +81,7 @@ def _password(cfg: BrokerConfig) -> str | None:
     return cfg.password
 
 
-def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
+def _nodelay(client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
     with contextlib.suppress(OSError, AttributeError):  # websocket/proxy socket: nothing to tune
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -167,7 +167,14 @@ class Connection:
         self._early_subacks: dict[int, list[int]] = {}  # SUBACKs that came before that entry
 
     # -- paho callbacks (network thread) -------------------------------------------------
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        rc: ReasonCode,
+        props: Properties | None,
+    ) -> None:
         if rc.is_failure:
             self.last_error = str(rc)
             log.warning("MQTT %s: connect refused by %s: %s", self.client_id, self.cfg.url, rc)
@@ -182,12 +189,21 @@ class Connection:
         if self._user_on_connect:
             self._user_on_connect()
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        rc: ReasonCode,
+        props: Properties | None,
+    ) -> None:
         if self.connected.is_set():
             log.info("MQTT %s: disconnected (%s); reconnecting", self.client_id, rc)
         self.connected.clear()
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+    def _on_subscribe(
+        self, client: paho.Client, userdata: object, mid: int, rcs: list[ReasonCode], props: Properties | None
+    ) -> None:
         codes = [int(getattr(r, "value", r)) for r in rcs]
         with self._subacked:
             flt = self._mid_topic.pop(mid, None)
@@ -213,7 +229,7 @@ class Connection:
                 self._routes[topic] = got
         return got
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         for handler in self._handlers(msg.topic):
             try:
                 handler(msg)

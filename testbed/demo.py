@@ -16,6 +16,7 @@ share. This process only starts them, watches the fleet's topics and keeps score
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -25,18 +26,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import paho.mqtt.client as paho
 
 from edgepilot import EdgepilotError
 from edgepilot.broker import listening, start_broker
 from edgepilot.config import BrokerConfig, load_profile
-from edgepilot.mqtt import Connection
+from edgepilot.mqtt import Connection, Handler
 from edgepilot.progress import bar, table
 from edgepilot.schema import fleet
 from edgepilot.schema.wire import WireError, model_topic
 from edgepilot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TRAIN_TRACKS = ("oval", "chicane", "kidney", "s_bends", "triangle", "switchback", "random_7")
 GATE_TRACKS = ("long_straights",)  # the cloud's closed-loop check: not trained on, not the demo's
@@ -87,8 +92,10 @@ class FleetWatch:
         for target in ("car", "edge"):
             self.conn.subscribe(model_topic(target), self._on(fleet.decode_announcement, self._model), qos=1)
 
-    def _on(self, decode: Callable[[bytes], Any], keep: Callable[[Any], None]) -> Callable[[Any], None]:
-        def handle(msg: Any) -> None:
+    def _on(self, decode: Callable[[bytes], T], keep: Callable[[T], None]) -> Handler:
+        """A handler that decodes a message and keeps it (a bad one is logged and dropped)."""
+
+        def handle(msg: paho.MQTTMessage) -> None:
             if not msg.payload:
                 return
             try:
@@ -132,7 +139,7 @@ class FleetWatch:
 
         return self._wait(ok, timeout, f"the {target} model {version} to be announced")
 
-    def _wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    def _wait(self, pred: Callable[[], T | None], timeout: float, what: str) -> T:
         deadline = time.monotonic() + timeout
         with self._cv:
             while (got := pred()) is None:
@@ -147,7 +154,7 @@ class FleetWatch:
 
 
 class Demo:
-    def __init__(self, args: Any) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.work = Path(args.workdir).resolve()
         self.headless = bool(args.headless)
@@ -385,7 +392,7 @@ def final_table(res: dict[str, Any]) -> str:
     )
 
 
-def run(args: Any) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     res = Demo(args).run()
     print(final_table(res), file=sys.stderr)
     return res

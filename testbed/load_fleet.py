@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,14 +30,14 @@ import numpy as np
 from edgepilot.broker import start_broker
 from edgepilot.config import BrokerConfig
 from edgepilot.offload.client import CircuitBreaker, OffloadClient
+from edgepilot.stats import pct
 from testbed.procs import rss_mb, spawn_edge
 
-ROOT = Path(__file__).resolve().parents[1]
+Samples = list[tuple[float, dict[str, float | None]]]  # (seconds since start, RSS MB per process)
 
 
-def run(cars: int, rate: float, duration: float) -> dict:
-    state = Path(tempfile.mkdtemp(prefix="load-mq-"))
-    broker = start_broker(state)
+def run(cars: int, rate: float, duration: float) -> dict[str, Any]:
+    broker = start_broker(Path(tempfile.mkdtemp(prefix="load-mq-")))
     edges = [spawn_edge(broker.url, f"edge-load-{k}") for k in range(2)]
     img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
     frame = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
@@ -53,14 +54,48 @@ def run(cars: int, rate: float, duration: float) -> dict:
     for c in clients:
         c.start(wait_s=10)
     procs = {"broker": broker.proc.pid, "edge-0": edges[0].pid, "edge-1": edges[1].pid, "cars": os.getpid()}
-    samples: list[tuple[float, dict[str, float | None]]] = []
+    samples, polled = _drive(clients, frame, period, duration, procs)
+    stats = [c.stats for c in clients]
+    rtts = [ms for c in clients for ms in c.rtt_samples()]
+    for c in clients:
+        c.close()
+    _stop(edges)
+    broker.stop()
+    total = {
+        k: sum(s[k] for s in stats)
+        for k in ("sent", "answered", "late", "missed", "dropped", "errors", "stray")
+    }
+    frames = polled["answered_in_time"] + polled["no_answer"]
+    return {
+        "cars": cars,
+        "rate_hz": rate,
+        "duration_s": duration,
+        "frames": frames,
+        "answered_in_time": polled["answered_in_time"],
+        "deadline_miss_rate": round(polled["no_answer"] / frames, 4) if frames else None,
+        "counts": total,
+        "rtt_ms": {**pct(rtts, 50, 90, 99, digits=2), "max": round(max(rtts), 2)} if rtts else {},
+        "memory": _memory(samples, list(procs), duration),
+        "rss_samples": len(samples),
+        "cores": os.cpu_count(),
+        "load_avg_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def _drive(
+    clients: list[OffloadClient], frame: bytes, period: float, duration: float, procs: dict[str, int]
+) -> tuple[Samples, dict[str, int]]:
+    """Every car offloads ``frame`` once a period on its own thread for ``duration`` s while
+    this thread samples the processes' RSS once a second. Returns the samples and how
+    many frames were answered in time and how many were not."""
+    samples: Samples = []
     stop = threading.Event()
     polled = {"answered_in_time": 0, "no_answer": 0}
     lock = threading.Lock()
 
     def car_loop(k: int, c: OffloadClient) -> None:
         i = 0
-        t_next = time.monotonic() + k * period / cars  # spread the cars over the period
+        t_next = time.monotonic() + k * period / len(clients)  # spread the cars over the period
         while not stop.is_set():
             time.sleep(max(0.0, t_next - time.monotonic()))
             t0 = time.monotonic()
@@ -83,14 +118,10 @@ def run(cars: int, rate: float, duration: float) -> dict:
         stop.set()
         for th in threads:
             th.join(2)
-    stats = [c.stats for c in clients]
-    rtts = (
-        np.concatenate([np.array(c._rtts) for c in clients if c._rtts])
-        if any(c._rtts for c in clients)
-        else None
-    )
-    for c in clients:
-        c.close()
+    return samples, polled
+
+
+def _stop(edges: list[subprocess.Popen]) -> None:
     for e in edges:
         e.send_signal(signal.SIGTERM)
     for e in edges:
@@ -98,11 +129,15 @@ def run(cars: int, rate: float, duration: float) -> dict:
             e.wait(10)
         except subprocess.TimeoutExpired:
             e.kill()
-    broker.stop()
+
+
+def _memory(samples: Samples, names: list[str], duration: float) -> dict[str, dict[str, float]]:
+    """Per process, its RSS over the second half of the run (start-up allocations are done
+    by then, so growth there is the leak signal)."""
     half = [s for t, s in samples if t >= duration / 2]
     mem = {}
-    for name in procs:
-        series = [s[name] for s in half if s[name] is not None]
+    for name in names:
+        series = [v for s in half if (v := s[name]) is not None]
         if series:
             mem[name] = {
                 "rss_mb_half": round(series[0], 1),
@@ -110,30 +145,7 @@ def run(cars: int, rate: float, duration: float) -> dict:
                 "growth_mb": round(series[-1] - series[0], 1),
                 "max_mb": round(max(series), 1),
             }
-    total = {
-        k: sum(s[k] for s in stats)
-        for k in ("sent", "answered", "late", "missed", "dropped", "errors", "stray")
-    }
-    frames = polled["answered_in_time"] + polled["no_answer"]
-    return {
-        "cars": cars,
-        "rate_hz": rate,
-        "duration_s": duration,
-        "frames": frames,
-        "answered_in_time": polled["answered_in_time"],
-        "deadline_miss_rate": round(polled["no_answer"] / frames, 4) if frames else None,
-        "counts": total,
-        "rtt_ms": {
-            p: round(float(np.percentile(rtts, q)), 2)
-            for p, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
-        }
-        if rtts is not None
-        else {},
-        "memory": mem,
-        "rss_samples": len(samples),
-        "cores": os.cpu_count(),
-        "load_avg_end": round(os.getloadavg()[0], 2),
-    }
+    return mem
 
 
 def main() -> None:

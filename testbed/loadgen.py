@@ -184,6 +184,48 @@ def _open(addr: tuple[str, int], client_id: str, reply: str, timeout: float) -> 
     return s
 
 
+@dataclass
+class _Tally:
+    """The requests in flight (numbered across the fleet) and the answers counted so far."""
+
+    seq: int = 0
+    answered: int = 0
+    rtts: list[float] = field(default_factory=list)  # seconds
+
+    def send(self, car: _Car) -> None:
+        self.seq += 1
+        car.sent[self.seq] = time.perf_counter()
+        car.sock.sendall(car.head + self.seq.to_bytes(8, "big") + car.tail)
+
+    def receive(self, car: _Car) -> None:
+        """Whatever the broker sent ``car``: each answer counted and replaced by a new request."""
+        try:
+            data = car.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            raise EdgepilotError("load generator: the broker closed a connection")
+        car.buf += data
+        done: list[int | None] = []
+        _read_packets(car, done.append)
+        t = time.perf_counter()
+        for corr in done:
+            t0 = car.sent.pop(corr, None) if corr is not None else None
+            if t0 is None:
+                continue
+            self.answered += 1
+            self.rtts.append(t - t0)
+            self.send(car)
+
+    def resend_stale(self, fleet: list[_Car], now: float) -> None:
+        """Lost requests (dropped by a full queue): sent again, to keep the window full."""
+        for car in fleet:
+            stale = [c for c, t0 in car.sent.items() if now - t0 > 2.0]
+            for c in stale:
+                del car.sent[c]
+                self.send(car)
+
+
 def saturate(
     cfg: BrokerConfig,
     payload_for: Callable[[str], bytes],
@@ -209,58 +251,36 @@ def saturate(
         car = _Car(sock, head, tail)
         fleet.append(car)
         sel.register(sock, selectors.EVENT_READ, car)
-    seq = 0
-    answered, rtts = 0, []
-    t_start = time.perf_counter()
-    t_measure, measuring = t_start + 1.0, False
-    t_end = t_measure + seconds
-
-    def send(car: _Car) -> None:
-        nonlocal seq
-        seq += 1
-        car.sent[seq] = time.perf_counter()
-        car.sock.sendall(car.head + seq.to_bytes(8, "big") + car.tail)
-
+    tally = _Tally()
+    t_measure = time.perf_counter() + 1.0
     try:
         for k in range(window):
-            send(fleet[k % cars])
-        while (now := time.perf_counter()) < t_end:
-            if not measuring and now >= t_measure:
-                measuring, answered, rtts, t_measure = True, 0, [], now
-            for key, _ in sel.select(0.5):
-                car = key.data
-                try:
-                    data = car.sock.recv(1 << 16)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    raise EdgepilotError("load generator: the broker closed a connection")
-                car.buf += data
-                done: list[int | None] = []
-                _read_packets(car, done.append)
-                t = time.perf_counter()
-                for corr in done:
-                    t0 = car.sent.pop(corr, None) if corr is not None else None
-                    if t0 is None:
-                        continue
-                    answered += 1
-                    rtts.append(t - t0)
-                    send(car)
-            # lost requests (dropped by a full queue): keep the window full
-            for car in fleet:
-                stale = [c for c, t0 in car.sent.items() if now - t0 > 2.0]
-                for c in stale:
-                    del car.sent[c]
-                    send(car)
+            tally.send(fleet[k % cars])
+        t_measure = _pump(sel, fleet, tally, t_measure, t_measure + seconds)
     finally:
         for car in fleet:
             sel.unregister(car.sock)
             car.sock.close()
         sel.close()
     elapsed = time.perf_counter() - t_measure
-    rtts.sort()
+    rtts = sorted(tally.rtts)
     return {
-        "answered_per_s": answered / elapsed if elapsed > 0 else 0.0,
+        "answered_per_s": tally.answered / elapsed if elapsed > 0 else 0.0,
         "rtt_ms_p50": rtts[len(rtts) // 2] * 1e3 if rtts else float("nan"),
-        "answered": answered,
+        "answered": tally.answered,
     }
+
+
+def _pump(
+    sel: selectors.BaseSelector, fleet: list[_Car], tally: _Tally, t_measure: float, t_end: float
+) -> float:
+    """Answer answers with requests until ``t_end``; the tally restarts at ``t_measure``
+    (the warm-up is over), and the moment it did is returned."""
+    measuring = False
+    while (now := time.perf_counter()) < t_end:
+        if not measuring and now >= t_measure:
+            measuring, tally.answered, tally.rtts, t_measure = True, 0, [], now
+        for key, _ in sel.select(0.5):
+            tally.receive(key.data)
+        tally.resend_stale(fleet, now)
+    return t_measure

@@ -21,9 +21,11 @@ import heapq
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
+import paho.mqtt.client as paho
 
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, load_profile
@@ -33,6 +35,9 @@ from edgepilot.progress import bar
 from edgepilot.schema import wire
 from edgepilot.stats import pct
 from testbed.loadgen import bench_frame
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def tcp_echo_floor(size: int, rounds: int = 500) -> list[float]:
@@ -71,7 +76,7 @@ def find_edges(cfg: BrokerConfig, wait_s: float = 2.0) -> list[wire.EdgeHealth]:
     """The edge nodes that say (retained health) they are up."""
     seen: dict[str, wire.EdgeHealth] = {}
 
-    def on(msg: Any) -> None:
+    def on(msg: paho.MQTTMessage) -> None:
         try:
             h = wire.decode_health(msg.payload)
         except wire.WireError:
@@ -253,6 +258,19 @@ def mqtt_floor(cfg: BrokerConfig, size: int, rounds: int = 300) -> list[float]:
     return out
 
 
+HOPS = [
+    "car_submit",
+    "car_to_edge",
+    "edge_queue_wake",
+    "edge_decode_infer",
+    "edge_reply_publish",
+    "edge_to_car",
+    "car_wake_poll",
+    "edge_compute_ms_reported",
+]
+"""What ``trace_hops`` reports, in the order of one request's trip."""
+
+
 def trace_hops(cfg: BrokerConfig, rounds: int = 300) -> dict[str, float]:
     """Median time (ms) of each hop of one request, sequential, with an in-process edge
     node (``builtin:pilotnet``) and car client: where a round trip goes. Car and edge share
@@ -263,25 +281,14 @@ def trace_hops(cfg: BrokerConfig, rounds: int = 300) -> dict[str, float]:
 
     marks: dict[str, float] = {}
     svc = EdgeService(cfg, load_edge_model("builtin:pilotnet"), node_id=f"trace-{time.time_ns() % 10**6}")
-    on_request, process, reply = svc._on_request, svc.process, svc._reply
-
-    def mark(name: str, fn: Any) -> Any:
-        def wrapped(*a: Any) -> Any:
-            marks[name] = time.perf_counter()
-            out = fn(*a)
-            marks[name + "_end"] = time.perf_counter()
-            return out
-
-        return wrapped
-
-    svc._on_request = mark("arrive", on_request)  # type: ignore[method-assign]
-    svc.process = mark("batch", process)  # type: ignore[method-assign]
-    svc._reply = mark("reply", reply)  # type: ignore[method-assign]
+    svc._on_request = _marked(marks, "arrive", svc._on_request)  # type: ignore[method-assign]
+    svc.process = _marked(marks, "batch", svc.process)  # type: ignore[method-assign]
+    svc._reply = _marked(marks, "reply", svc._reply)  # type: ignore[method-assign]
     svc.start()
     car = OffloadClient(
         cfg, f"trace-car-{time.time_ns() % 10**6}", deadline_s=1.0, breaker=CircuitBreaker(10**9)
     )
-    car._on_reply = mark("back", car._on_reply)  # type: ignore[method-assign]
+    car._on_reply = _marked(marks, "back", car._on_reply)  # type: ignore[method-assign]
     car.start()
     payload = bench_frame()
     rows = []
@@ -296,33 +303,39 @@ def trace_hops(cfg: BrokerConfig, rounds: int = 300) -> dict[str, float]:
             time.sleep(0.002)  # the worker finishes its bookkeeping
             if ans is None or i < 20 or "reply_end" not in marks:
                 continue
-            rows.append(
-                [
-                    t1 - t0,
-                    marks["arrive"] - t1,
-                    marks["batch"] - marks["arrive"],
-                    marks["reply"] - marks["batch"],
-                    marks["reply_end"] - marks["reply"],
-                    marks["back"] - marks["reply_end"],
-                    t2 - marks["back"],
-                    (ans.compute_ms or 0.0) / 1e3,
-                ]
-            )
+            rows.append(_hops(marks, t0, t1, t2, ans))
     finally:
         car.close()
         svc.stop()
-    names = [
-        "car_submit",
-        "car_to_edge",
-        "edge_queue_wake",
-        "edge_decode_infer",
-        "edge_reply_publish",
-        "edge_to_car",
-        "car_wake_poll",
-        "edge_compute_ms_reported",
-    ]
     med = np.median(np.array(rows), axis=0) * 1e3
-    return {n: round(float(v), 4) for n, v in zip(names, med, strict=True)}
+    return {n: round(float(v), 4) for n, v in zip(HOPS, med, strict=True)}
+
+
+def _marked(marks: dict[str, float], name: str, fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn``, noting in ``marks`` when it is called (``name``) and when it returns."""
+
+    def wrapped(*a: P.args, **kw: P.kwargs) -> R:
+        marks[name] = time.perf_counter()
+        out = fn(*a, **kw)
+        marks[name + "_end"] = time.perf_counter()
+        return out
+
+    return wrapped
+
+
+def _hops(marks: dict[str, float], t0: float, t1: float, t2: float, ans: EdgeAnswer) -> list[float]:
+    """One request's hops (s), in the order of ``HOPS``: submit called at ``t0``, returned at
+    ``t1``; poll returned the answer at ``t2``."""
+    return [
+        t1 - t0,
+        marks["arrive"] - t1,
+        marks["batch"] - marks["arrive"],
+        marks["reply"] - marks["batch"],
+        marks["reply_end"] - marks["reply"],
+        marks["back"] - marks["reply_end"],
+        t2 - marks["back"],
+        (ans.compute_ms or 0.0) / 1e3,
+    ]
 
 
 if __name__ == "__main__":  # python -m testbed.offload_bench floor|trace mqtt://HOST:PORT

@@ -23,6 +23,9 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +35,28 @@ import torch
 
 from edgepilot.broker import start_broker
 from edgepilot.config import BrokerConfig
-from edgepilot.model.data import decode, load_samples
+from edgepilot.model.data import Sample, decode, load_samples
 from edgepilot.model.runtime import Autopilot
 from edgepilot.model.tail import TailSet, split_points, stage_outputs, train_tails
-from edgepilot.offload.client import CircuitBreaker, OffloadClient
+from edgepilot.offload.client import CircuitBreaker, EdgeAnswer, OffloadClient
 from edgepilot.offload.planner import FRAME, Candidate, SplitPlanner
 from edgepilot.schema import wire
+from edgepilot.stats import pct
 from testbed.procs import spawn_edge
 
 log = logging.getLogger(__name__)
 
 
-def _summ(xs: list[float]) -> dict[str, float]:
-    a = np.asarray(xs, dtype=np.float64)
-    return {"p50": round(float(np.median(a)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
+@dataclass
+class _Runs:
+    """What the run measured: per way (``frame``, ``split<k>``) a list per figure, the car's
+    time per split point, the car's own error, and the request counter."""
+
+    ways: dict[str, dict[str, list[float]]]
+    car_ms: dict[int, list[float]]
+    local_err: list[float] = field(default_factory=list)
+    hard: int = 0
+    n: int = 0
 
 
 def run(
@@ -59,26 +70,51 @@ def run(
 ) -> dict[str, Any]:
     torch.set_num_threads(1)
     car = Autopilot.load(car_pkg)
-    if tails_path and Path(tails_path).exists():
-        tails = TailSet.load(tails_path)
-    else:
-        t0 = time.perf_counter()
-        tails = train_tails(car, train, epochs=epochs)
-        log.warning("tails trained in %.0f s", time.perf_counter() - t0)
-        tails_path = str(tails.save(tails_path or Path(tempfile.mkdtemp()) / "tails.pt"))
+    tails, tails_path = _tails(car, train, tails_path, epochs)
     samples = load_samples(test).samples
     idx = np.linspace(0, len(samples) - 1, min(frames, len(samples))).astype(int)
     samples = [samples[i] for i in idx]
     ways = ["frame", *[f"split{k}" for k in sorted(tails.tails)]]
-    rec: dict[str, dict[str, list[float]]] = {
-        w: {"err": [], "err_hard": [], "bytes": [], "prep": [], "rtt": [], "compute": []} for w in ways
-    }
     points = split_points(car)
-    car_ms: dict[int, list[float]] = {k: [] for k in points}
-    local_err: list[float] = []
-    hard = 0
-    state = Path(tempfile.mkdtemp(prefix="split-bench-"))
-    broker = start_broker(state)
+    runs = _Runs(
+        {w: {"err": [], "err_hard": [], "bytes": [], "prep": [], "rtt": [], "compute": []} for w in ways},
+        {k: [] for k in points},
+    )
+    with _edge_client(car, edge_pkg, tails_path) as client:
+        for s in samples:
+            _measure(client, car, s, points, runs)
+    out: dict[str, Any] = {
+        "frames": len(samples),
+        "hard_frames": runs.hard,
+        # per stage (a merged segment's time on its last stage), as the planner takes it
+        "car_stage_ms": [
+            round(float(np.median(runs.car_ms[k])), 3) if k in runs.car_ms else 0.0
+            for k in range(max(points) + 1)
+        ],
+        "split_points": points,
+        "car_local_mae": round(float(np.mean(runs.local_err)), 4),
+        "car_version": car.version,
+        "ways": {w: _way_summary(w, r, tails) for w, r in runs.ways.items()},
+    }
+    out["planner"] = _plan(out)
+    return out
+
+
+def _tails(car: Autopilot, train: list[str], tails_path: str | None, epochs: int) -> tuple[TailSet, str]:
+    """The edge tails from ``tails_path`` if it exists, else trained (and saved there)."""
+    if tails_path and Path(tails_path).exists():
+        return TailSet.load(tails_path), tails_path
+    t0 = time.perf_counter()
+    tails = train_tails(car, train, epochs=epochs)
+    log.warning("tails trained in %.0f s", time.perf_counter() - t0)
+    return tails, str(tails.save(tails_path or Path(tempfile.mkdtemp()) / "tails.pt"))
+
+
+@contextmanager
+def _edge_client(car: Autopilot, edge_pkg: str, tails_path: str) -> Iterator[OffloadClient]:
+    """A Mosquitto of its own, one edge node process, and a split-mode client to it that
+    never backs off; all stopped on the way out."""
+    broker = start_broker(Path(tempfile.mkdtemp(prefix="split-bench-")))
     edge = spawn_edge(broker.url, "edge-split", edge_pkg, tails_path)
     client = OffloadClient(
         BrokerConfig(url=broker.url),
@@ -89,85 +125,80 @@ def run(
         breaker=CircuitBreaker(trip_after=10**9),
     )
     client.start()
-    n = 0
     try:
-        for s in samples:
-            img = decode(s.jpeg)
-            dec = car.infer(img, force_final=True)  # every stage: its features and times
-            seg_ms = [v for name, v in dec.stage_ms.items() if name.startswith("stage")]
-            for k, ms in zip(points, seg_ms, strict=True):
-                car_ms[k].append(ms)
-            feats = stage_outputs(car, [img])  # every split point's features
-            is_hard = dec.hard
-            hard += is_hard
-            local_err.append(abs(dec.steering - s.steering))
-            for w in ways:
-                t0 = time.perf_counter()
-                if w == "frame":
-                    body = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-                    prep = (time.perf_counter() - t0) * 1e3
-                    t1 = time.perf_counter()
-                    ok = client.submit(n, body)
-                    nbytes = len(body)
-                else:
-                    k = int(w[5:])
-                    fb, meta = wire.pack_features(feats[k].numpy(), k)
-                    prep = (time.perf_counter() - t0) * 1e3  # what submit will repeat: measured apart
-                    nbytes = len(fb)
-                    t1 = time.perf_counter()
-                    ok = client.submit(n, None, features={k: feats[k]})
-                ans = client.poll(n, time.monotonic() + 1.0) if ok else None
-                rtt = (time.perf_counter() - t1) * 1e3
-                n += 1
-                if ans is None:
-                    continue
-                r = rec[w]
-                r["err"].append(abs(ans.steering - s.steering))
-                if is_hard:
-                    r["err_hard"].append(abs(ans.steering - s.steering))
-                r["bytes"].append(nbytes)
-                r["prep"].append(prep)
-                r["rtt"].append(rtt - prep if w != "frame" else rtt)  # submit packs again: count once
-                r["compute"].append(ans.compute_ms or 0.0)
+        yield client
     finally:
         client.close()
         edge.terminate()
         edge.wait(10)
         broker.stop()
-    out: dict[str, Any] = {
-        "frames": len(samples),
-        "hard_frames": hard,
-        # per stage (a merged segment's time on its last stage), as the planner takes it
-        "car_stage_ms": [
-            round(float(np.median(car_ms[k])), 3) if k in car_ms else 0.0 for k in range(max(points) + 1)
-        ],
-        "split_points": points,
-        "car_local_mae": round(float(np.mean(local_err)), 4),
-        "car_version": car.version,
-        "ways": {},
-    }
-    for w in ways:
-        r = rec[w]
-        if not r["err"]:
-            out["ways"][w] = {"answered": 0}
+
+
+def _measure(client: OffloadClient, car: Autopilot, s: Sample, points: list[int], runs: _Runs) -> None:
+    """One held-out frame: the car's own answer and stage times, then the edge's answer
+    every way in turn."""
+    img = decode(s.jpeg)
+    dec = car.infer(img, force_final=True)  # every stage: its features and times
+    seg_ms = [v for name, v in dec.stage_ms.items() if name.startswith("stage")]
+    for k, ms in zip(points, seg_ms, strict=True):
+        runs.car_ms[k].append(ms)
+    feats = stage_outputs(car, [img])  # every split point's features
+    runs.hard += dec.hard
+    runs.local_err.append(abs(dec.steering - s.steering))
+    for w, r in runs.ways.items():
+        ans, nbytes, prep, rtt = _ask(client, runs.n, w, img, feats)
+        runs.n += 1
+        if ans is None:
             continue
-        e2e = [a + b for a, b in zip(r["prep"], r["rtt"], strict=True)]
-        mae = float(np.mean(r["err"]))
-        p50 = float(np.median(e2e))
-        out["ways"][w] = {
-            "answered": len(r["err"]),
-            "mae": round(mae, 4),
-            "mae_hard": round(float(np.mean(r["err_hard"])), 4) if r["err_hard"] else None,
-            "tail_val_mae": tails.tails[int(w[5:])].val_mae if w != "frame" else None,
-            "wire_bytes": round(float(np.mean(r["bytes"]))),
-            "car_prep_ms": _summ(r["prep"]),
-            "edge_compute_ms": _summ(r["compute"]),
-            "link_ms": _summ([a - b for a, b in zip(r["rtt"], r["compute"], strict=True)]),
-            "e2e_ms": _summ(e2e),
-            "accuracy_per_ms": round((1 - mae) / p50, 4),
-        }
-    out["planner"] = _plan(out)
-    return out
+        r["err"].append(abs(ans.steering - s.steering))
+        if dec.hard:
+            r["err_hard"].append(abs(ans.steering - s.steering))
+        r["bytes"].append(nbytes)
+        r["prep"].append(prep)
+        r["rtt"].append(rtt - prep if w != "frame" else rtt)  # submit packs again: count once
+        r["compute"].append(ans.compute_ms or 0.0)
+
+
+def _ask(
+    client: OffloadClient, n: int, way: str, img: np.ndarray, feats: dict[int, torch.Tensor]
+) -> tuple[EdgeAnswer | None, int, float, float]:
+    """One request, one in flight: (answer or None, bytes, car-side prep ms, round trip ms)."""
+    t0 = time.perf_counter()
+    if way == "frame":
+        body = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        prep = (time.perf_counter() - t0) * 1e3
+        t1 = time.perf_counter()
+        ok = client.submit(n, body)
+        nbytes = len(body)
+    else:
+        k = int(way[5:])
+        fb, meta = wire.pack_features(feats[k].numpy(), k)
+        prep = (time.perf_counter() - t0) * 1e3  # what submit will repeat: measured apart
+        nbytes = len(fb)
+        t1 = time.perf_counter()
+        ok = client.submit(n, None, features={k: feats[k]})
+    ans = client.poll(n, time.monotonic() + 1.0) if ok else None
+    return ans, nbytes, prep, (time.perf_counter() - t1) * 1e3
+
+
+def _way_summary(w: str, r: dict[str, list[float]], tails: TailSet) -> dict[str, Any]:
+    if not r["err"]:
+        return {"answered": 0}
+    e2e = [a + b for a, b in zip(r["prep"], r["rtt"], strict=True)]
+    mae = float(np.mean(r["err"]))
+    p50 = float(np.median(e2e))
+    return {
+        "answered": len(r["err"]),
+        "mae": round(mae, 4),
+        "mae_hard": round(float(np.mean(r["err_hard"])), 4) if r["err_hard"] else None,
+        "tail_val_mae": tails.tails[int(w[5:])].val_mae if w != "frame" else None,
+        "wire_bytes": round(float(np.mean(r["bytes"]))),
+        "car_prep_ms": pct(r["prep"], digits=3),
+        "edge_compute_ms": pct(r["compute"], digits=3),
+        "link_ms": pct([a - b for a, b in zip(r["rtt"], r["compute"], strict=True)], digits=3),
+        "e2e_ms": pct(e2e, digits=3),
+        "accuracy_per_ms": round((1 - mae) / p50, 4),
+    }
 
 
 def _plan(out: dict[str, Any]) -> dict[str, Any]:

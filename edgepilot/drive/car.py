@@ -18,7 +18,7 @@ from typing import Any
 
 from edgepilot.config import Profile
 from edgepilot.drive.loop import DriveLoop, LoopOptions, OnFrame
-from edgepilot.drive.parts import Actuator, Closeable, Frame, Offloader, Recorder, Source, UserInput
+from edgepilot.drive.parts import Actuator, Closeable, Frame, Offloader, Pilot, Recorder, Source, UserInput
 from edgepilot.drive.slot import ModelSlot
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class CarParts:
     source: Source
     actuator: Actuator
-    slot: ModelSlot = field(default_factory=ModelSlot)
+    slot: ModelSlot[Pilot] = field(default_factory=ModelSlot)
     user: UserInput | None = None  # None: the label recorded with each frame (replay)
     offload: Offloader | None = None
     recorder: Recorder | None = None

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import cv2
@@ -115,7 +116,7 @@ class DriveLoop:
         source: Source,
         actuator: Actuator,
         *,
-        model: ModelSlot | None = None,
+        model: ModelSlot[Pilot] | None = None,
         user: UserInput | None = None,
         offload: Offloader | None = None,
         recorder: Recorder | None = None,
@@ -123,7 +124,7 @@ class DriveLoop:
         on_frame: OnFrame | None = None,
     ) -> None:
         self.source, self.actuator = source, actuator
-        self.slot = model or ModelSlot()
+        self.slot: ModelSlot[Pilot] = model or ModelSlot()
         self.user = user or ReplayLabel()  # no user: whatever was recorded with the frame
         self.offload = offload
         self.recorder = recorder
@@ -172,7 +173,8 @@ class DriveLoop:
                     signal.signal(signal.SIGTERM, installed)
         return self.stats
 
-    def _install_signals(self) -> Any:
+    def _install_signals(self) -> Callable[[int, FrameType | None], object] | int | None:
+        """SIGTERM stops the loop (main thread only); returns the handler it replaced."""
         if threading.current_thread() is not threading.main_thread():
             return None
         return signal.signal(signal.SIGTERM, lambda *_: self._stop.set())

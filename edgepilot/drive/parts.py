@@ -17,8 +17,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgepilot.schema.log import Record
+
+Features = ArrayLike
+"""One split point's output on the way through the pilot: a torch tensor (quantised on int8
+stages) or an array. Named by what numpy can read, so the loop and the offload client need
+no torch: the client packs it as a float array (``schema.features.pack_features``)."""
 
 
 @dataclass(slots=True)
@@ -92,7 +98,7 @@ class Decision(Protocol):
     confidence: float
     hard: bool
     stage_ms: dict[str, float]
-    outputs: Mapping[int, Any]  # each split point's output on the way (split offload)
+    outputs: Mapping[int, Features]  # each split point's output on the way (split offload)
 
 
 class Pilot(Protocol):
@@ -135,7 +141,7 @@ class Offloader(Protocol):
         jpeg: bytes | None,
         deadline_s: float | None = None,
         *,
-        features: Any = None,
+        features: Features | Mapping[int, Features] | None = None,
         stage: int | None = None,
         model: str | None = None,
     ) -> bool: ...

@@ -12,35 +12,47 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 
 from edgepilot import EdgepilotError
+from edgepilot.drive.parts import Pilot
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[..., Any]  # (path, trusted_keys=...) -> a model with .version and .warmup()
+
+class Model(Protocol):
+    """What a slot holds: a loaded, verified model (the car's ``Pilot``, the edge's model)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def warmup(self) -> None: ...
 
 
-def load_autopilot(path: str | Path, trusted_keys: list[str] | None = None, threads: int | None = 1) -> Any:
+M = TypeVar("M", bound=Model)
+Loader = Callable[..., M]  # (path, trusted_keys=...) -> a loaded, verified model
+
+
+def load_autopilot(path: str | Path, trusted_keys: list[str] | None = None, threads: int | None = 1) -> Pilot:
     """The car's model runtime for a package (imported only when a package is loaded)."""
     from edgepilot.model.runtime import Autopilot
 
     return Autopilot.load(path, trusted_keys=trusted_keys, threads=threads)
 
 
-class ModelSlot:
-    """The running model plus, at most, one pending replacement."""
+class ModelSlot(Generic[M]):
+    """The running model plus, at most, one pending replacement (the car's: ``ModelSlot[Pilot]``)."""
 
     def __init__(
         self,
-        model: Any = None,
+        model: M | None = None,
         trusted_keys: list[str] | None = None,
-        loader: Loader = load_autopilot,
+        loader: Loader[M] = load_autopilot,  # type: ignore[assignment]  # the car's, by default
     ) -> None:
         self.current = model
         self.trusted_keys = trusted_keys
         self._loader = loader
-        self._pending: Any = None
+        self._pending: M | None = None
         self._lock = threading.Lock()
         self.swaps = 0
         self.last_error: str | None = None
@@ -50,7 +62,7 @@ class ModelSlot:
     def version(self) -> str | None:
         return getattr(self.current, "version", None)
 
-    def load(self, path: str | Path) -> Any:
+    def load(self, path: str | Path) -> M:
         """Load, verify and warm ``path`` now (on the caller's thread); EdgepilotError if bad."""
         model = self._loader(path, trusted_keys=self.trusted_keys)
         model.warmup()
@@ -79,7 +91,7 @@ class ModelSlot:
         self._thread.start()
         return self._thread
 
-    def offer(self, model: Any) -> None:
+    def offer(self, model: M) -> None:
         """Hand over an already loaded and warmed model (swapped at the next frame)."""
         with self._lock:
             self._pending = model

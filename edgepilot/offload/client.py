@@ -34,7 +34,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ import paho.mqtt.client as paho
 
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig
-from edgepilot.drive.parts import Decision, EdgeAnswer, Pilot
+from edgepilot.drive.parts import Decision, EdgeAnswer, Features, Pilot
 from edgepilot.mqtt import Connection, properties
 from edgepilot.offload.breaker import CircuitBreaker
 from edgepilot.offload.healthplan import HealthPlanner
@@ -66,6 +66,13 @@ class _Sent:
     kind: str = "jpeg"
     stage: int = FRAME  # the split point of a features request
     probe: bool = False  # the open breaker's probe: it must end in success, failure or release
+
+
+def _plain(x: Features) -> Features:
+    """A torch tensor as numpy (dequantised first: an int8 stage's output), an array as it is."""
+    if getattr(x, "is_quantized", False):
+        x = x.dequantize()  # type: ignore[union-attr]
+    return x.numpy() if hasattr(x, "numpy") else x  # type: ignore[union-attr]
 
 
 class OffloadClient:
@@ -159,60 +166,76 @@ class OffloadClient:
         frame = int.from_bytes(corr, "big") if corr and len(corr) == 8 else rep.frame
         with self._cond:
             sent = self._pending.pop(frame, None) if frame is not None else None
-            if sent is None:
-                t_sent = self._expired.pop(frame, None) if frame is not None else None
-                if t_sent is None:
-                    self.counts["stray"] += 1
-                elif rep.status == "ok":
-                    self.counts["late"] += 1
-                    self._rtts.append((now - t_sent) * 1e3)
-                return
-            if rep.status != "ok":
-                self.counts["errors"] += 1
-                if sent.probe:  # refused, not answered: the next probe (a JPEG after this) goes
-                    self.breaker.release(now)
-                log.debug("offload: edge refused frame %s: %s", frame, rep.error)
-                if sent.kind == "features" and self.mode == "split":
-                    # no tails for this car model on the edge (yet): frames until it has them
-                    if now >= self._split_off_until:
-                        log.warning("offload: edge refused features (%s); frame mode for a while", rep.error)
-                    self._split_off_until = now + self.split_fallback_s
-                self._cond.notify_all()  # the loop's poll returns now instead of at the deadline
-                return
-            rtt = (now - sent.t) * 1e3
-            self._rtts.append(rtt)
-            ans = EdgeAnswer(
-                frame=frame,  # type: ignore[arg-type]
-                steering=float(rep.steering),  # type: ignore[arg-type]
-                throttle=float(rep.throttle),  # type: ignore[arg-type]
-                confidence=rep.confidence,
-                model=rep.model,
-                node=rep.node,
-                rtt_ms=rtt,
-                compute_ms=rep.compute_ms,
-                batch=rep.batch,
-                queue_ms=rep.queue_ms,
-            )
-            in_time = now <= sent.deadline
-            if self.on_answer is not None:
-                self.on_answer(ans, in_time)
-            if not in_time:
-                self.counts["late"] += 1
-                self.counts["missed"] += 1
-                self.breaker.failure(now)
-                return
-            self.counts["answered"] += 1
-            self.breaker.success()
-            if rep.compute_ms is not None:
-                link_ms = rtt - rep.compute_ms - (rep.queue_ms or 0.0)
-                if self.plan is not None:
-                    self.plan.note_answer(sent.stage, rep.compute_ms, sent.nbytes, link_ms)
-                elif self._planner is not None:
-                    self._planner.observe(sent.nbytes, link_ms)
-            self._answers[frame] = ans  # type: ignore[index]
-            while len(self._answers) > _REMEMBER:
-                self._answers.popitem(last=False)
-            self._cond.notify_all()
+            if frame is None or sent is None:
+                self._unexpected(frame, rep, now)
+            elif rep.status != "ok":
+                self._refused(frame, sent, rep, now)
+            else:
+                self._answered(frame, sent, rep, now)
+
+    def _unexpected(self, frame: int | None, rep: wire.InferReply, now: float) -> None:
+        """A reply to no pending frame: an answer after the deadline ("late"), or one this
+        client never asked for (caller holds the lock)."""
+        t_sent = self._expired.pop(frame, None) if frame is not None else None
+        if t_sent is None:
+            self.counts["stray"] += 1
+        elif rep.status == "ok":
+            self.counts["late"] += 1
+            self._rtts.append((now - t_sent) * 1e3)
+
+    def _refused(self, frame: int, sent: _Sent, rep: wire.InferReply, now: float) -> None:
+        """The edge answered with an error (caller holds the lock)."""
+        self.counts["errors"] += 1
+        if sent.probe:  # refused, not answered: the next probe (a JPEG after this) goes
+            self.breaker.release(now)
+        log.debug("offload: edge refused frame %s: %s", frame, rep.error)
+        if sent.kind == "features" and self.mode == "split":
+            # no tails for this car model on the edge (yet): frames until it has them
+            if now >= self._split_off_until:
+                log.warning("offload: edge refused features (%s); frame mode for a while", rep.error)
+            self._split_off_until = now + self.split_fallback_s
+        self._cond.notify_all()  # the loop's poll returns now instead of at the deadline
+
+    def _answered(self, frame: int, sent: _Sent, rep: wire.InferReply, now: float) -> None:
+        """The edge's answer to a pending frame: kept for ``poll`` if in time, else a miss
+        (caller holds the lock)."""
+        rtt = (now - sent.t) * 1e3
+        self._rtts.append(rtt)
+        ans = EdgeAnswer(
+            frame=frame,
+            steering=float(rep.steering),  # type: ignore[arg-type]
+            throttle=float(rep.throttle),  # type: ignore[arg-type]
+            confidence=rep.confidence,
+            model=rep.model,
+            node=rep.node,
+            rtt_ms=rtt,
+            compute_ms=rep.compute_ms,
+            batch=rep.batch,
+            queue_ms=rep.queue_ms,
+        )
+        in_time = now <= sent.deadline
+        if self.on_answer is not None:
+            self.on_answer(ans, in_time)
+        if not in_time:
+            self.counts["late"] += 1
+            self.counts["missed"] += 1
+            self.breaker.failure(now)
+            return
+        self.counts["answered"] += 1
+        self.breaker.success()
+        if rep.compute_ms is not None:
+            self._observe_link(sent, rtt - rep.compute_ms - (rep.queue_ms or 0.0), rep.compute_ms)
+        self._answers[frame] = ans
+        while len(self._answers) > _REMEMBER:
+            self._answers.popitem(last=False)
+        self._cond.notify_all()
+
+    def _observe_link(self, sent: _Sent, link_ms: float, compute_ms: float) -> None:
+        """One answer's link time (round trip less the edge's queue and compute) to the planner."""
+        if self.plan is not None:
+            self.plan.note_answer(sent.stage, compute_ms, sent.nbytes, link_ms)
+        elif self._planner is not None:
+            self._planner.observe(sent.nbytes, link_ms)
 
     # -- loop side -------------------------------------------------------------------------
     def _sweep(self, now: float) -> None:
@@ -258,12 +281,12 @@ class OffloadClient:
         return self.planner is None or self.planner.choice >= 0
 
     def _body(
-        self, jpeg: bytes | None, features: Any, stage: int | None
+        self, jpeg: bytes | None, features: Features | Mapping[int, Features] | None, stage: int | None
     ) -> tuple[bytes, str, dict[str, Any]] | None:
         """What to send: in split mode the car's features of the planner's split point (or
         of the last stage it ran when that one is not at hand), else the JPEG."""
         if self.mode == "split" and features is not None and (jpeg is None or self.sends_features):
-            raw = features if isinstance(features, dict) else {stage: features}
+            raw = features if isinstance(features, Mapping) else {stage: features}
             avail = {k: v for k, v in raw.items() if isinstance(k, int) and k >= 0}
             want = self.planner.choice if self.planner is not None else None
             if avail and not (want is not None and want < 0 and jpeg is not None):
@@ -272,16 +295,13 @@ class OffloadClient:
                     return jpeg, "jpeg", {}  # none of the stages at hand has tails: the JPEG
                 k = max(avail) if k is None else k
                 t0 = time.perf_counter()
-                x = avail[k]
-                x = x.dequantize() if getattr(x, "is_quantized", False) else x
-                x = x.numpy() if hasattr(x, "numpy") else x
-                body, meta = wire.pack_features(x, k)
+                body, meta = wire.pack_features(_plain(avail[k]), k)
                 if self.plan is not None:
                     self.plan.note_sent(k, len(body), (time.perf_counter() - t0) * 1e3)
                 return body, "features", meta.to_dict()
         return (jpeg, "jpeg", {}) if jpeg is not None else None
 
-    def _fallback_stage(self, avail: dict[int, Any]) -> int | None:
+    def _fallback_stage(self, avail: dict[int, Features]) -> int | None:
         """The planner's split is not at hand (the frame left at an earlier exit): the
         latest stage at hand that the edges have tails for; None when the health-fed plan
         knows of none (then the JPEG goes, if there is one)."""
@@ -295,7 +315,7 @@ class OffloadClient:
         jpeg: bytes | None,
         deadline_s: float | None = None,
         *,
-        features: Any = None,
+        features: Features | Mapping[int, Features] | None = None,
         stage: int | None = None,
         model: str | None = None,
     ) -> bool:
@@ -310,54 +330,19 @@ class OffloadClient:
         if self.plan is not None:
             self.plan.set_deadline(budget * 1e3)
         now = time.monotonic()
-        with self._cond:
-            self._sweep(now)
-            if not self.conn.connected.is_set():
-                self.counts["dropped"] += 1
-                return False
-            if not self.breaker.allow(now):
-                self.counts["dropped"] += 1
-                return False
-            # allowed while open: this frame is the probe
-            sent = self._pending[frame_index] = _Sent(now, now + budget, probe=self.breaker.open)
+        sent = self._reserve(frame_index, now, budget)
+        if sent is None:
+            return False
         try:
             what = self._body(jpeg, features, stage)
             if what is None:
                 raise wire.WireError("nothing to send (no JPEG and no features)")
+            body, kind, meta = what
+            req = self._request(frame_index, body, kind, meta, budget, model or self.model_version)
+            payload = wire.encode_request(req)  # e.g. a frame over MAX_REQUEST_BYTES: refused
         except wire.WireError as e:  # never into the drive loop: the local answer drives
             with self._cond:
-                self._pending.pop(frame_index, None)
-                self.counts["dropped"] += 1
-                if sent.probe:
-                    self.breaker.release(now)
-            log.warning("offload: frame %d not sent: %s", frame_index, e)
-            return False
-        body, kind, meta = what
-        wall = time.time()
-        req = wire.InferRequest(
-            car=self.car_id,
-            frame=frame_index,
-            body=body,
-            kind=kind,
-            sent=round(wall, 6),
-            deadline=round(wall + budget, 6) if self.wall_clock_deadline else None,
-            budget_ms=round(budget * 1e3, 3),
-            model=model or self.model_version,
-            meta=meta,
-        )
-        props = properties(
-            response_topic=self._reply_topic,
-            correlation=frame_index.to_bytes(8, "big"),
-            expiry_s=math.ceil(budget),
-        )
-        try:
-            payload = wire.encode_request(req)
-        except wire.WireError as e:  # e.g. a frame over MAX_REQUEST_BYTES: never into the loop
-            with self._cond:
-                self._pending.pop(frame_index, None)
-                self.counts["dropped"] += 1
-                if sent.probe:
-                    self.breaker.release(now)
+                self._unreserve(frame_index, sent, now)
             log.warning("offload: frame %d not sent: %s", frame_index, e)
             return False
         sent.nbytes, sent.kind = len(payload), kind
@@ -365,6 +350,11 @@ class OffloadClient:
             sent.stage = int(meta["stage"])
         elif self.plan is not None:
             self.plan.note_sent(FRAME, len(body))
+        props = properties(
+            response_topic=self._reply_topic,
+            correlation=frame_index.to_bytes(8, "big"),
+            expiry_s=math.ceil(budget),
+        )
         ok = self.conn.publish(self._infer_topic, payload, qos=0, props=props)
         with self._cond:
             if ok:
@@ -375,6 +365,42 @@ class OffloadClient:
                 self.counts["dropped"] += 1
                 self.breaker.failure(now)
         return ok
+
+    def _reserve(self, frame_index: int, now: float, budget: float) -> _Sent | None:
+        """The frame's place among the pending ones, or None (counted as dropped) when the
+        broker is not connected or the breaker holds it back."""
+        with self._cond:
+            self._sweep(now)
+            if not self.conn.connected.is_set() or not self.breaker.allow(now):
+                self.counts["dropped"] += 1
+                return None
+            # allowed while open: this frame is the probe
+            sent = self._pending[frame_index] = _Sent(now, now + budget, probe=self.breaker.open)
+            return sent
+
+    def _unreserve(self, frame_index: int, sent: _Sent, now: float) -> None:
+        """A reserved frame that could not be sent: dropped, and an open breaker's probe
+        given back (the next frame probes instead) (caller holds the lock)."""
+        self._pending.pop(frame_index, None)
+        self.counts["dropped"] += 1
+        if sent.probe:
+            self.breaker.release(now)
+
+    def _request(
+        self, frame_index: int, body: bytes, kind: str, meta: dict[str, Any], budget: float, model: str | None
+    ) -> wire.InferRequest:
+        wall = time.time()
+        return wire.InferRequest(
+            car=self.car_id,
+            frame=frame_index,
+            body=body,
+            kind=kind,
+            sent=round(wall, 6),
+            deadline=round(wall + budget, 6) if self.wall_clock_deadline else None,
+            budget_ms=round(budget * 1e3, 3),
+            model=model,
+            meta=meta,
+        )
 
     def poll(self, frame_index: int, wait_until: float) -> EdgeAnswer | None:
         """The edge's answer for ``frame_index`` if it comes before ``wait_until``
@@ -389,6 +415,11 @@ class OffloadClient:
                     self._sweep(time.monotonic())
                     return None
                 self._cond.wait(left)
+
+    def rtt_samples(self) -> list[float]:
+        """The round trips (ms) remembered, answers in time and late ones, oldest first."""
+        with self._cond:
+            return list(self._rtts)
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -111,7 +112,7 @@ class HealthPlanner:
             # no re-choice: a hard frame has run every stage anyway (the planner's sunk cost)
             self.planner.car_stage_ms = self._car_stage_ms(self.splits)
 
-    def _car_stage_ms(self, stages: Any) -> list[float]:
+    def _car_stage_ms(self, stages: Iterable[int | str]) -> list[float]:
         top = max([*self._car_ms, *(int(k) for k in stages)], default=-1)
         return [self._car_ms.get(k, 0.0) for k in range(top + 1)]
 

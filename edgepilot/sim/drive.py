@@ -51,7 +51,7 @@ def sim_parts(
     *,
     laps: int | None,
     max_seconds: float | None,
-    slot: ModelSlot | None = None,
+    slot: ModelSlot[Pilot] | None = None,
     expert: Expert | None = None,
     user: UserInput | None = None,
     labels: bool = True,
@@ -69,11 +69,24 @@ def sim_parts(
     )
 
 
-def sim_options(world: SimWorld, mode: str, *, realtime: bool, car_id: str = "sim-1", **kw: Any) -> LoopOptions:
+def sim_options(
+    world: SimWorld,
+    mode: str,
+    *,
+    realtime: bool,
+    car_id: str = "sim-1",
+    record: bool = False,
+    delete_seconds: float = LoopOptions.delete_seconds,
+) -> LoopOptions:
     """Loop options of a simulated car: one frame per simulated step; the offload deadline
     is one step; ``realtime`` paces simulated time to the wall clock."""
     return LoopOptions(
-        mode=mode, rate_hz=1.0 / world.dt if realtime else None, deadline_s=world.dt, car_id=car_id, **kw
+        mode=mode,
+        rate_hz=1.0 / world.dt if realtime else None,
+        deadline_s=world.dt,
+        car_id=car_id,
+        record=record,
+        delete_seconds=delete_seconds,
     )
 
 

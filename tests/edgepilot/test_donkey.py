@@ -121,9 +121,10 @@ def test_donkeycar_can_keep_recording_into_an_exported_tub(tmp_path):
     # appending through its own Manifest and reading back proves both are exact.
     import_tub(TUB, tmp_path / "log", quiet=True)
     export_tub(tmp_path / "log", tmp_path / "tub", max_len=16, quiet=True)
-    for cat in sorted((tmp_path / "tub").glob("*.catalog")):
+    for k, cat in enumerate(sorted((tmp_path / "tub").glob("*.catalog"))):
         man = json.loads(cat.with_suffix(".catalog_manifest").read_text())
         assert man["line_lengths"] == [len(x) for x in cat.read_text().splitlines(keepends=True)]
+        assert man["start_index"] == 16 * k and man["path"] == f"catalog_{k}.catalog_manifest"
     m = datastore.Manifest(str(tmp_path / "tub"))
     m.write_record({"_index": m.current_index, "user/angle": 0.5, "user/throttle": 0.1, "user/mode": "user"})
     m.delete_records(0)
@@ -173,13 +174,22 @@ def test_damaged_tub_is_imported_with_counted_skips(tmp_path, caplog):
     rec4 = json.loads(lines[4])
     rec4["user/angle"] = 5.0
     lines[4] = json.dumps(rec4, sort_keys=True) + "\n"
+    rec6 = json.loads(lines[6])
+    rec6["user/mode"] = "turbo"  # not a drive mode
+    lines[6] = json.dumps(rec6, sort_keys=True) + "\n"
     cat.write_text("".join(lines))
     with open(tub / "catalog_2.catalog", "a") as f:
         f.write('{"_index": 40, "user/an')  # a crash mid-write
     res = import_tub(tub, tmp_path / "log", quiet=True)
-    assert res.skipped == 4
-    assert res.reasons == {"0-byte image": 1, "missing image": 1, "bad label": 1, "bad catalog line": 1}
-    assert [r.i for r in LogReader(tmp_path / "log").records()] == [i for i in LIVE if i not in (2, 3, 4)]
+    assert res.skipped == 5
+    assert res.reasons == {
+        "0-byte image": 1,
+        "missing image": 1,
+        "bad label": 1,
+        "bad mode": 1,
+        "bad catalog line": 1,
+    }
+    assert [r.i for r in LogReader(tmp_path / "log").records()] == [i for i in LIVE if i not in (2, 3, 4, 6)]
     assert "0 bytes" in caplog.text
 
 
