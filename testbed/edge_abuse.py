@@ -279,9 +279,20 @@ def _jsonable(res: dict[str, Any]) -> dict[str, Any]:
     return {k: _figure(v) for k, v in res.items()}
 
 
-def side_by_side(url: str, spec: FloodSpec, rounds: int = 3, window_s: float = 3.0) -> dict[str, Any]:
+def side_by_side(
+    url: str,
+    spec: FloodSpec,
+    rounds: int = 6,
+    window_s: float = 1.75,
+    lead_s: float = 0.3,
+    drain_s: float = 1.2,
+) -> dict[str, Any]:
     """Alternate a baseline window and an attacked window ``rounds`` times against the edge
-    node(s) serving ``url``; the victim's round trips in each arm and the flooder's tally."""
+    node(s) serving ``url``; the victim's round trips in each arm and the flooder's tally.
+
+    Each attacked window starts ``lead_s`` into the flood (its steady state); after it,
+    ``drain_s`` unmeasured (what the flood left queued, and the flooder's penalty, which
+    outlasts its flood by a second, run out) before the next baseline window."""
     victim = Victim(BrokerConfig(url=url))
     flooder = spawn_flooder(url, spec)
     assert flooder.stdin is not None and flooder.stdout is not None
@@ -293,12 +304,13 @@ def side_by_side(url: str, spec: FloodSpec, rounds: int = 3, window_s: float = 3
         victim.drive(0.5)  # warm-up: connections, the edge's first batches
         for _ in range(rounds):
             base += victim.drive(window_s, parts["baseline"])
-            flooder.stdin.write(f"flood {window_s + 0.5}\n")
+            flooder.stdin.write(f"flood {lead_s + window_s}\n")
             flooder.stdin.flush()
-            time.sleep(0.5)  # the flood reaches its steady state before we measure
+            time.sleep(lead_s)
             hit += victim.drive(window_s, parts["attacked"])
+            t_drained = time.monotonic() + drain_s
             tally = json.loads(flooder.stdout.readline())
-            victim.drive(0.5)  # what the flood left queued drains (not measured)
+            victim.drive(t_drained - time.monotonic())
     finally:
         with_timeout_quit(flooder)
         victim.client.close()
@@ -352,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     for k, v in asdict(FloodSpec()).items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--window", type=float, default=3.0, help="seconds per measured window")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--window", type=float, default=1.75, help="seconds per measured window")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     spec = FloodSpec(**{k: getattr(a, k) for k in asdict(FloodSpec())})

@@ -247,7 +247,7 @@ def test_a_flooding_car_leaves_another_cars_round_trip_within_2x(broker):
     node = "edge-abuse"
     edge = spawn_edge(broker.url, node)
     try:
-        res = side_by_side(broker.url, FloodSpec(), rounds=3, window_s=2.5)
+        res = side_by_side(broker.url, FloodSpec())
         health = edge_health(broker.url, node)
     finally:
         edge.terminate()
