@@ -14,6 +14,8 @@ from collections import Counter
 from edgepilot.schema.wire import EdgeHealth
 
 LATENCY_BOUNDS_MS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 33, 50, 100, 250, 1000)
+THROTTLED_CARS_KEPT = 1024  # cars counted by name; more (random topic levels) count as "(others)"
+THROTTLED_CARS_SHOWN = 32  # the health names the cars throttled most
 
 
 class EdgeMetrics:
@@ -24,14 +26,22 @@ class EdgeMetrics:
         self.dropped_expired = 0
         self.errors = 0
         self.error_reasons: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()  # car -> requests refused for its fair share
         self.batches = 0
         self.batch_sizes: Counter[int] = Counter()
         self.latency = [0] * (len(LATENCY_BOUNDS_MS) + 1)
         self._lock = threading.Lock()
 
     def error(self, why: str) -> None:
-        self.errors += 1
-        self.error_reasons[why.split(":")[0][:60]] += 1
+        with self._lock:  # the network thread refuses oversized frames, the worker the rest
+            self.errors += 1
+            self.error_reasons[why.split(":")[0][:60]] += 1
+
+    def throttle(self, car: str) -> None:
+        with self._lock:
+            if car not in self.throttled and len(self.throttled) >= THROTTLED_CARS_KEPT:
+                car = "(others)"
+            self.throttled[car] += 1
 
     def batch(self, size: int) -> None:
         self.batches += 1
@@ -59,6 +69,8 @@ class EdgeMetrics:
 
     def snapshot(self, node: str, model: str | None) -> EdgeHealth:
         labels = [f"<={b}" for b in LATENCY_BOUNDS_MS] + [f">{LATENCY_BOUNDS_MS[-1]}"]
+        with self._lock:
+            throttled = Counter(self.throttled)
         return EdgeHealth(
             node=node,
             status="up",
@@ -73,4 +85,6 @@ class EdgeMetrics:
             latency_p50_ms=self.percentile(0.5),
             latency_p99_ms=self.percentile(0.99),
             uptime_s=round(time.monotonic() - self.started, 3),
+            throttled=sum(throttled.values()),
+            throttled_cars=dict(throttled.most_common(THROTTLED_CARS_SHOWN)),
         )

@@ -2,10 +2,17 @@
 
 One node subscribes to ``$share/<group>/edgepilot/v1/car/+/infer`` so that N nodes in
 one group split the fleet's requests (the broker hands each message to one of them).
-The network thread only queues a message; one worker thread forms micro-batches across
-cars, drops what is already past its deadline (answering late wastes the link and the
-car ignores it anyway), decodes the JPEGs, runs the model once per batch and replies on
-each request's Response Topic with its Correlation Data.
+The network thread only sizes a message and queues it in its car's lane (``fairq``); one
+worker thread forms micro-batches across cars, drops what is already past its deadline
+(answering late wastes the link and the car ignores it anyway), decodes the JPEGs, runs
+the model once per batch and replies to the car the request's topic names, with its
+Correlation Data.
+
+One car cannot starve the others: each car's share of the worker is fair (a car that
+sends faster than its share has the excess refused as "throttled", counted per car in the
+node's health), the queue is bounded, a frame larger than a car's camera sends is refused
+from its JPEG header before any decoding, and a request's own deadline is believed only up
+to a horizon (``max_budget_ms``).
 
 Micro-batching waits at most ``batch_wait_ms`` for a batch to fill, and only when
 another request is *expected* within that window (inter-arrival gap, averaged): with a
@@ -24,7 +31,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +40,13 @@ import numpy as np
 import paho.mqtt.client as paho
 import torch
 
+from edge_node.fairq import FairQueue, PerCarRate
 from edge_node.metrics import EdgeMetrics
 from edge_node.model import load_edge_model, model_mae
 from edge_node.tailpush import TailsFollower
 from edge_node.tails import TailShelf
 from edgepilot import EdgepilotError
-from edgepilot.config import BrokerConfig, load_profile
+from edgepilot.config import BrokerConfig, EdgeConfig, load_profile
 from edgepilot.delivery import AnnouncementGuard, receive
 from edgepilot.drive.slot import Loader, ModelSlot
 from edgepilot.mqtt import Connection, broker_config, properties
@@ -48,18 +55,33 @@ from edgepilot.schema import fleet, unit_command, wire
 log = logging.getLogger(__name__)
 
 MAX_FRAME_SIDE = 4096  # a decoded frame larger than this is refused (memory bomb)
+# a real JPEG's frame header comes after a handful of markers (APPn, DQT, DHT); bounding
+# the walk keeps a body of a million empty markers from costing the network thread
+MAX_JPEG_MARKERS = 64
+# a request's cost in the fair queue is the pixels it decodes, at least a camera frame's:
+# its fixed work (header, inference, reply) is about a small frame's decode
+MIN_COST = 160 * 120
+FAIR_QUANTUM = 2 * MIN_COST  # per batch, each backlogged car gets about two camera frames in
+# error replies to requests refused on arrival (too large, throttled), per car and second:
+# one per frame of a 20 Hz camera; past that a flood's refusals are counted, not answered,
+# because an answer costs the node's network thread about what receiving the request did
+# (docs/benchmarks.md, "The edge under a flood")
+REFUSAL_REPLIES_PER_S = 20.0
+_DEFAULTS = EdgeConfig()
 
 
-def jpeg_side(data: bytes) -> int | None:
-    """The larger side a JPEG's frame header declares, read *before* decoding: a 1 MiB
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) a JPEG's frame header declares, read *before* decoding: a 1 MiB
     request can hold a uniform 11000 x 11000 JPEG, which OpenCV would decode into 360 MB
-    before the size check refused it. None when no frame header is found (imdecode then
-    decides)."""
+    before a size check on the image refused it. None when the data does not start as a
+    JPEG or no frame header comes within ``MAX_JPEG_MARKERS`` markers."""
     n = len(data)
-    if data[:2] != b"\xff\xd8":
+    if n < 2 or data[0] != 0xFF or data[1] != 0xD8:
         return None
     i = 2
-    while i + 9 <= n and data[i] == 0xFF:
+    for _ in range(MAX_JPEG_MARKERS):
+        if i + 9 > n or data[i] != 0xFF:
+            return None
         marker = data[i + 1]
         if marker == 0xFF:
             i += 1
@@ -68,9 +90,24 @@ def jpeg_side(data: bytes) -> int | None:
             i += 2
             continue
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-            return max(int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big"))
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
+
+
+def jpeg_side(data: bytes | memoryview) -> int | None:
+    """The larger side a JPEG's frame header declares (``jpeg_size``)."""
+    size = jpeg_size(data)
+    return max(size) if size is not None else None
+
+
+def _lane_of(topic: str) -> str:
+    """The car a request's topic names: its lane in the fair queue (the broker's ACL lets a
+    car publish only on its own). A malformed topic gets the nameless lane."""
+    try:
+        return wire.car_of_infer_topic(topic)
+    except wire.WireError:
+        return ""
 
 
 @dataclass(slots=True)
@@ -87,6 +124,9 @@ class _Pending:
     response_topic: str | None
     correlation: bytes | None
     t_mono: float
+
+
+_Request = tuple[_Pending, wire.InferRequest]
 
 
 class EdgeService:
@@ -110,6 +150,12 @@ class EdgeService:
         tails: Any = None,
         follow_tails: bool = True,
         batch_threads: int = 1,
+        queue_per_car: int = _DEFAULTS.queue_per_car,
+        queue_max: int = _DEFAULTS.queue_max,
+        max_frame_pixels: int = _DEFAULTS.max_frame_pixels,
+        max_frame_bytes: int = _DEFAULTS.max_frame_bytes,
+        max_budget_ms: float = _DEFAULTS.max_budget_ms,
+        flood_rate_hz: float = _DEFAULTS.flood_rate_hz,
     ) -> None:
         self.node_id = wire.check_id(node_id, "node id")
         self.group = group
@@ -132,7 +178,13 @@ class EdgeService:
         self.metrics = EdgeMetrics()
         self._announce_keys = announce_keys
         self.guard = AnnouncementGuard()  # the retained announcement is the newest; no disk
-        self._queue: deque[_Pending] = deque()
+        self.max_frame_pixels = max_frame_pixels
+        self.max_frame_bytes = max_frame_bytes
+        self.max_budget_ms = max_budget_ms
+        self._queue: FairQueue[_Pending] = FairQueue(
+            queue_per_car, queue_max, FAIR_QUANTUM, flood_rate=flood_rate_hz * MIN_COST
+        )
+        self._refusal_replies = PerCarRate(REFUSAL_REPLIES_PER_S, REFUSAL_REPLIES_PER_S)
         self._cond = threading.Condition()
         self._gap_s = 1.0  # smoothed inter-arrival gap
         self._last_arrival = 0.0
@@ -155,12 +207,74 @@ class EdgeService:
             getattr(props, "CorrelationData", None),
             now,
         )
+        self.metrics.requests += 1
+        car = _lane_of(msg.topic)
+        cost, why = self._admission(item.payload)
+        if why is not None:  # refused from its size alone: never queued, never decoded
+            self.metrics.error(why)
+            self._refuse_on_arrival(item, car, why)
+            return
+        with self._cond:
+            fresh = not self._queue.backlog(car)
+            adm = self._queue.push(car, item, cost, now)
+            if adm.queued:
+                if fresh:  # only a car's first waiting request can join the next batch
+                    self._note_arrival(now)
+                self._cond.notify()
+        if not adm.queued:
+            self._throttle(item, car, f"it has {self._queue.per_car} requests waiting here already")
+        if adm.evicted is not None and adm.evicted_car is not None:
+            self._throttle(
+                adm.evicted,
+                adm.evicted_car,
+                f"the queue is full ({self._queue.total}) and it has the most waiting",
+            )
+
+    def _note_arrival(self, now: float) -> None:
+        """The smoothed gap between requests that could share a batch (``_take_batch``)."""
         if self._last_arrival:
             self._gap_s = 0.8 * self._gap_s + 0.2 * (now - self._last_arrival)
         self._last_arrival = now
-        with self._cond:
-            self._queue.append(item)
-            self._cond.notify()
+
+    def _admission(self, payload: bytes) -> tuple[float, str | None]:
+        """A request's cost in the fair queue (pixels to decode, at least ``MIN_COST``) and
+        why it is refused on arrival (None: queued). Only sizes are read here: the worker
+        validates the rest."""
+        nl = payload.find(b"\n", 0, wire.MAX_HEADER_BYTES + 1)
+        if nl < 0:
+            return MIN_COST, None  # malformed: the worker says why
+        kind = "features" if b'"features"' in payload[:nl] else None  # the worker checks kinds
+        pixels, why = self._frame_refusal(memoryview(payload)[nl + 1 :], kind)
+        return max(MIN_COST, pixels), why
+
+    def _frame_refusal(self, body: bytes | memoryview, kind: str | None) -> tuple[int, str | None]:
+        """The pixels a body declares (0: not a JPEG) and why it may not be decoded (None:
+        it may). ``kind`` None: not known yet (on arrival), only the size limits apply."""
+        if len(body) > self.max_frame_bytes:
+            return 0, f"body is {len(body)} bytes, over this node's limit of {self.max_frame_bytes} bytes"
+        if kind == "features":
+            return 0, None
+        size = jpeg_size(body)
+        if size is None:
+            return 0, "body is not a decodable JPEG frame (no JPEG frame header)" if kind else None
+        w, h = size
+        if w * h > self.max_frame_pixels or max(w, h) > MAX_FRAME_SIDE:
+            return w * h, (
+                f"frame is {w}x{h} = {w * h} pixels, over this node's limit of {self.max_frame_pixels} "
+                "pixels (a car camera's frame)"
+            )
+        return w * h, None
+
+    def _throttle(self, item: _Pending, car: str, why: str) -> None:
+        self.metrics.throttle(car)
+        self._refuse_on_arrival(
+            item, car, f"throttled: car {car} sends faster than its fair share of node {self.node_id}: {why}"
+        )
+
+    def _refuse_on_arrival(self, item: _Pending, car: str, why: str) -> None:
+        """An error reply, within the car's budget of them (``REFUSAL_REPLIES_PER_S``)."""
+        if self._refusal_replies.allow(car, item.t_mono):
+            self._refuse(item, why)
 
     @property
     def model(self) -> Any:
@@ -216,15 +330,22 @@ class EdgeService:
 
     # -- worker --------------------------------------------------------------------------
     def _take_batch(self) -> list[_Pending]:
+        """The next micro-batch: the requests of the fair queue's next window, and those
+        that arrive within ``batch_wait_ms`` and fall in the same window."""
         with self._cond:
-            if self._running and not self._queue:
-                self._cond.wait(min(0.2, self.health_every_s))  # idle: wake for health
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            wait = self._queue.ready_in(time.monotonic())
+            if self._running and wait != 0.0:  # idle, or only flooding cars out of credit
+                self._cond.wait(min(0.2, self.health_every_s, wait or math.inf))  # and wake for health
+            limit = self._queue.window(time.monotonic())
+            if limit is None:
+                return []
+            batch = self._queue.take(limit, self.max_batch, time.monotonic())
             if batch and len(batch) < self.max_batch and self._gap_s < self.batch_wait_s:
                 until = batch[0].t_mono + self.batch_wait_s
                 while len(batch) < self.max_batch and self._running:
-                    if self._queue:
-                        batch.append(self._queue.popleft())
+                    more = self._queue.take(limit, self.max_batch - len(batch), time.monotonic())
+                    if more:
+                        batch += more
                         continue
                     left = until - time.monotonic()
                     if left <= 0:
@@ -244,6 +365,10 @@ class EdgeService:
 
     def _error(self, item: _Pending, why: str, car: str | None = None, frame: int | None = None) -> None:
         self.metrics.error(why)
+        self._refuse(item, why, car, frame)
+
+    def _refuse(self, item: _Pending, why: str, car: str | None = None, frame: int | None = None) -> None:
+        """Answer ``why`` as an error reply (the caller counts it)."""
         if car is None:
             _, frame = wire.peek_identity(item.payload)
             with contextlib.suppress(wire.WireError):
@@ -282,16 +407,17 @@ class EdgeService:
             return None
 
     def _expired(self, req: wire.InferRequest, item: _Pending, now_mono: float, now_wall: float) -> bool:
+        """Past its own deadline or budget, or held here longer than ``max_budget_ms``: a
+        deadline a day away must not keep a request (and its memory) in the queue."""
         if req.deadline is not None and now_wall > req.deadline:
             return True
-        return req.budget_ms is not None and (now_mono - item.t_mono) * 1e3 > req.budget_ms
+        budget = self.max_budget_ms if req.budget_ms is None else min(req.budget_ms, self.max_budget_ms)
+        return (now_mono - item.t_mono) * 1e3 > budget
 
-    def process(self, batch: list[_Pending]) -> None:
-        """Validate, drop the expired, decode, infer once, reply. Never raises."""
-        t0 = time.monotonic()
-        wall0 = time.time()
-        model = self.slot.current
-        good: list[tuple[_Pending, wire.InferRequest]] = []
+    def _validate(self, batch: list[_Pending], now_mono: float, now_wall: float) -> list[_Request]:
+        """The batch's requests that are well-formed, the requester's own, within their
+        deadline and small enough to decode; the others are answered or dropped here."""
+        good: list[_Request] = []
         for item in batch:
             try:
                 req = wire.decode_request(item.payload)
@@ -303,12 +429,22 @@ class EdgeService:
             except wire.WireError as e:
                 self._error(item, str(e))
                 continue
-            if self._expired(req, item, t0, wall0):
+            if self._expired(req, item, now_mono, now_wall):
                 self.metrics.dropped_expired += 1
                 continue
+            _, why = self._frame_refusal(req.body, req.kind)
+            if why is not None:  # never decoded: its header says it is too large, or no JPEG
+                self._error(item, why, req.car, req.frame)
+                continue
             good.append((item, req))
+        return good
+
+    def _decode(
+        self, good: list[_Request]
+    ) -> tuple[list[np.ndarray], list[_Request], dict[tuple[str, int], Any]]:
+        """JPEGs -> frames (with their requests), features -> groups per (car model, stage)."""
         frames: list[np.ndarray] = []
-        ready: list[tuple[_Pending, wire.InferRequest]] = []
+        ready: list[_Request] = []
         split: dict[tuple[str, int], list[tuple[_Pending, wire.InferRequest, np.ndarray]]] = {}
         for item, req in good:
             if req.kind == "features":
@@ -316,14 +452,20 @@ class EdgeService:
                 if feats is not None:
                     split.setdefault(feats[0], []).append((item, req, feats[1]))
                 continue
-            side = jpeg_side(req.body)
-            too_big = side is not None and side > MAX_FRAME_SIDE
-            img = None if too_big else cv2.imdecode(np.frombuffer(req.body, np.uint8), cv2.IMREAD_COLOR)
+            img = cv2.imdecode(np.frombuffer(req.body, np.uint8), cv2.IMREAD_COLOR)
             if img is None or img.ndim != 3 or max(img.shape[:2]) > MAX_FRAME_SIDE:
                 self._error(item, "body is not a decodable JPEG frame", req.car, req.frame)
                 continue
             frames.append(img)
             ready.append((item, req))
+        return frames, ready, split
+
+    def process(self, batch: list[_Pending]) -> None:
+        """Validate, drop the expired, decode, infer once, reply. Never raises."""
+        t0 = time.monotonic()
+        wall0 = time.time()
+        model = self.slot.current
+        frames, ready, split = self._decode(self._validate(batch, t0, wall0))
         decisions: list[Any] = []
         try:
             if frames:
@@ -383,7 +525,6 @@ class EdgeService:
                 log.info("edge %s: now serving model %s", self.node_id, self.slot.version)
                 self._publish_health()
             batch = self._take_batch()
-            self.metrics.requests += len(batch)
             if batch:
                 self.process(batch)
             if time.monotonic() >= next_health:
@@ -392,6 +533,8 @@ class EdgeService:
 
     def health(self) -> wire.EdgeHealth:
         h = self.metrics.snapshot(self.node_id, self.slot.version)
+        with self._cond:
+            h.queued = len(self._queue)
         h.model_mae = model_mae(self.slot.current)
         if self.tails is not None:
             h.tails = self.tails.summary()
@@ -459,6 +602,12 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
         announce_keys=prof.model.announce_keys or None,
         tails=tails,
         batch_threads=prof.edge.batch_threads,
+        queue_per_car=prof.edge.queue_per_car,
+        queue_max=prof.edge.queue_max,
+        max_frame_pixels=prof.edge.max_frame_pixels,
+        max_frame_bytes=prof.edge.max_frame_bytes,
+        max_budget_ms=prof.edge.max_budget_ms,
+        flood_rate_hz=prof.edge.flood_rate_hz,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

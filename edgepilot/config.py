@@ -176,6 +176,32 @@ class EdgeConfig:
     batch_threads: int = 0  # intra-op threads for batches of 2+ (0: every core); batch 1 uses 1
     group: str = "edge"
     node_id: str = "edge-1"
+    # what one car can make the node do (docs/reliability.md, "Security"): a car sending
+    # faster than its fair share has its excess answered "throttled", never queued
+    queue_per_car: int = 16  # requests one car may have waiting
+    queue_max: int = 256  # requests waiting across cars; when full, the longest lane gives way
+    # refused from the JPEG header, before decoding: 320x240 is 4x what a car's camera sends
+    # (160x120 in every profile), and the edge model sees 200x66 of it anyway
+    max_frame_pixels: int = 320 * 240
+    max_frame_bytes: int = 256 * 1024  # a request's body (JPEG or features), checked on arrival
+    # a request's own deadline and budget are believed up to this far ahead (none: this)
+    max_budget_ms: float = 1000.0
+    # a car that overflows its queue_per_car floods; for a second after, it is served at most
+    # this many camera frames' (160x120) worth of pixels a second, even by an idle node
+    flood_rate_hz: float = 30.0
+
+    def __post_init__(self) -> None:
+        keys = (
+            "queue_per_car",
+            "queue_max",
+            "max_frame_pixels",
+            "max_frame_bytes",
+            "max_budget_ms",
+            "flood_rate_hz",
+        )
+        for key in keys:
+            if getattr(self, key) <= 0:
+                raise EdgepilotError(f"edge.{key}: must be positive, got {getattr(self, key)!r}")
 
 
 @dataclass

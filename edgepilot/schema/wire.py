@@ -326,6 +326,12 @@ class EdgeHealth:
     # frame mode's accuracy for that weighing: the edge model's held-out steering MAE (its
     # package's ``metrics.val_steering_mae``; null for a model without one, e.g. builtin)
     model_mae: float | None = None
+    # one car cannot starve the others: requests refused because their car sent faster than
+    # its fair share of the node ("throttled" error replies), in all and per car (the 32
+    # cars throttled most); and the requests waiting in the node's queue now
+    throttled: int = 0
+    throttled_cars: dict[str, int] = field(default_factory=dict)
+    queued: int = 0
     v: int = WIRE_VERSION
 
 
