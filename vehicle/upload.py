@@ -146,6 +146,50 @@ class UploadResult:
         return d
 
 
+@dataclass
+class _Transfer:
+    """Where one upload's chunks stand on the car's side."""
+
+    offer: fleet.UploadOffer
+    acked: set[int]
+    generation: int  # the connection's CONNACK count when this state was last true
+    todo: collections.deque[int] = field(default_factory=collections.deque)
+    inflight: dict[int, float] = field(default_factory=dict)
+    refused: set[int] = field(default_factory=set)  # chunks the cloud refused once
+    sent_bytes: int = 0
+    resumes: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.restart(set(self.acked))
+
+    def restart(self, acked: set[int]) -> None:
+        self.acked = acked
+        self.inflight.clear()
+        self.todo = collections.deque(i for i in range(self.offer.chunks) if i not in acked)
+        self.last_progress = time.monotonic()
+
+    def take(self, acks: list[fleet.ChunkAck], pbar: Any) -> bool:
+        """Count the acks; True when the cloud refused a chunk (once: it may have dropped
+        an expired upload, so the car asks what it stored; twice is an error)."""
+        bounced = False
+        for a in acks:
+            if a.upload != self.offer.upload or a.index in self.acked:
+                continue
+            self.inflight.pop(a.index, None)
+            if a.error:
+                if a.index in self.refused:
+                    raise EdgepilotError(f"the cloud refused chunk {a.index}: {a.error}")
+                self.refused.add(a.index)
+                bounced = True
+                continue
+            self.acked.add(a.index)
+            self.last_progress = time.monotonic()
+            if pbar is not None:
+                pbar.update(self.offer.chunk_len(a.index))
+        return bounced
+
+
 class Uploader:
     """Uploads one log at a time over an open ``Connection``."""
 
@@ -312,81 +356,60 @@ class Uploader:
         pbar: Any,
         keep_going: Callable[[], bool] | None,
     ) -> tuple[int, int]:
-        topic = fleet.upload_topic(self.car, "chunk")
-        acked = set(have)
-        todo = collections.deque(i for i in range(offer.chunks) if i not in acked)
-        inflight: dict[int, float] = {}
-        refused: set[int] = set()  # chunks the cloud refused once
-        sent_bytes = resumes = 0
-        last_progress = time.monotonic()
-        # A reconnect between two checks of `connected` (the 0.1 s reconnect is quicker
-        # than one wait for acks) still lost the acks the cloud sent meanwhile: compare
-        # connection generations, not just the flag, or such a blip costs a stall.
-        generation = self.conn.connects
-
-        def link_broken() -> bool:
-            return generation != self.conn.connects or not self.conn.connected.is_set()
-
+        """Chunks out, a window at a time, until the cloud acknowledged every one; on a lost
+        connection, stalled acks or a refused chunk, ask the cloud what it stored and go on
+        from there. Returns (bytes sent, resumes)."""
+        tr = _Transfer(offer, have, self.conn.connects)
         with self._cond:
             self._acks.clear()
-        while len(acked) < offer.chunks:
+        while len(tr.acked) < offer.chunks:
             if self._cancel.is_set() or (keep_going is not None and not keep_going()):
                 raise UploadCancelled(
-                    f"upload cancelled with {len(acked)}/{offer.chunks} chunks acknowledged; run again to resume"
+                    f"upload cancelled with {len(tr.acked)}/{offer.chunks} chunks acknowledged; run again to resume"
                 )
-            lost = link_broken()
-            while not lost and todo and len(inflight) < self.window:
-                i = todo.popleft()
-                body = packed.chunk(i)
-                payload = fleet.encode_chunk(fleet.ChunkHeader(offer.upload, i, offer.chunk_sha256[i]), body)
-                if not self.conn.publish(topic, payload, qos=1):
-                    todo.appendleft(i)
-                    lost = True
-                    break
-                inflight[i] = time.monotonic()
-                sent.append(i)
-                sent_bytes += len(body)
-            with self._cond:
-                if not self._acks:
-                    self._cond.wait(0.2)
-                acks = list(self._acks)
-                self._acks.clear()
-            bounced = False
-            for a in acks:
-                if a.upload != offer.upload or a.index in acked:
-                    continue
-                inflight.pop(a.index, None)
-                if a.error:
-                    if a.index in refused:
-                        raise EdgepilotError(f"the cloud refused chunk {a.index}: {a.error}")
-                    refused.add(a.index)  # once: the cloud may have dropped the upload (expired)
-                    bounced = True
-                    continue
-                acked.add(a.index)
-                last_progress = time.monotonic()
-                if pbar is not None:
-                    pbar.update(offer.chunk_len(a.index))
-            lost = lost or link_broken()
-            stalled = inflight and time.monotonic() - last_progress > self.timeout_s / 2
+            lost = self._link_broken(tr) or not self._fill(tr, packed, sent)
+            bounced = tr.take(self._wait_acks(), pbar)
+            lost = lost or self._link_broken(tr)
+            stalled = tr.inflight and time.monotonic() - tr.last_progress > self.timeout_s / 2
             if lost or stalled or bounced:
-                resumes += 1
-                why = (
-                    "connection lost"
-                    if lost
-                    else "a chunk refused"
-                    if bounced
-                    else "acknowledgements stalled"
-                )
-                st = self._resume(offer, why, len(acked))
-                generation = self.conn.connects
+                tr.resumes += 1
+                why = "connection lost" if lost else "a chunk refused" if bounced else "acknowledgements stalled"
+                st = self._resume(offer, why, len(tr.acked))
+                tr.generation = self.conn.connects
                 if st.state == "complete":
-                    return sent_bytes, resumes
+                    break
                 # the cloud's state is the truth: stored before acknowledged, dropped when expired
-                acked = fleet.from_ranges(st.have, offer.chunks, "have")
-                inflight.clear()
-                todo = collections.deque(i for i in range(offer.chunks) if i not in acked)
-                last_progress = time.monotonic()
-        return sent_bytes, resumes
+                tr.restart(fleet.from_ranges(st.have, offer.chunks, "have"))
+        return tr.sent_bytes, tr.resumes
+
+    def _link_broken(self, tr: _Transfer) -> bool:
+        """A reconnect between two checks of ``connected`` (paho's 0.1 s reconnect is
+        quicker than one wait for acks) still lost the acks the cloud sent meanwhile:
+        compare connection generations, not just the flag, or such a blip costs a stall."""
+        return tr.generation != self.conn.connects or not self.conn.connected.is_set()
+
+    def _fill(self, tr: _Transfer, packed: Packed, sent: list[int]) -> bool:
+        """Publish chunks until the window is full; False when the broker refused one."""
+        topic = fleet.upload_topic(self.car, "chunk")
+        while tr.todo and len(tr.inflight) < self.window:
+            i = tr.todo.popleft()
+            body = packed.chunk(i)
+            payload = fleet.encode_chunk(fleet.ChunkHeader(tr.offer.upload, i, tr.offer.chunk_sha256[i]), body)
+            if not self.conn.publish(topic, payload, qos=1):
+                tr.todo.appendleft(i)
+                return False
+            tr.inflight[i] = time.monotonic()
+            sent.append(i)
+            tr.sent_bytes += len(body)
+        return True
+
+    def _wait_acks(self) -> list[fleet.ChunkAck]:
+        with self._cond:
+            if not self._acks:
+                self._cond.wait(0.2)
+            acks = list(self._acks)
+            self._acks.clear()
+        return acks
 
     def _resume(self, offer: fleet.UploadOffer, why: str, acked: int) -> fleet.UploadStatus:
         """Broken connection, lost or refused acks: ask the cloud what it stored."""
