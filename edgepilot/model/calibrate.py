@@ -23,8 +23,10 @@ Learn-Then-Test with Pareto testing (Angelopoulos et al. 2021; Laufer-Goldshtein
 3. on B, the points of the path are tested in order (fixed-sequence testing, so no
    correction for their number): point t is accepted when a one-sided t-test on B's block
    means of ``z_i = |e_package,i(t)| - budget * |e_final,i|`` rejects "mean z >= 0" at
-   level ``delta``. The first point not accepted ends the walk; the last accepted one is
-   chosen (none: every exit off, the safe default).
+   level ``delta``. The first point not accepted ends the walk (none accepted: every exit
+   off, the safe default). Every accepted point is covered at once, so the one chosen is
+   the accepted point that sends the most frames early while every exit that is on takes
+   >= 2% of the frames.
 
 The test is asymptotically valid (the t statistic of block means; B has ~50 blocks for a
 newcomer's validation split), not exact: a stated assumption, like exchangeability.
@@ -177,7 +179,7 @@ def choose_exits(
         return off, info
     path = pareto_path([s[half_a] for s in steer], [c[half_a] for c in conf], labels[half_a])
     err = [np.abs(s[half_b] - labels[half_b]) for s in steer]
-    chosen = off
+    chosen, best_share = off, 0.0
     for th in path:
         taken = answering_exit([c[half_b] for c in conf], th)
         z = np.choose(taken, err) - target.budget * err[-1]
@@ -185,10 +187,17 @@ def choose_exits(
         info["test_blocks"] = n_blocks
         if not ucb < 0:
             break
-        chosen = th
         info["tested"] += 1
-        info["ucb_excess"] = ucb / max(float(err[-1].mean()), 1e-12)  # in units of the final MAE
-    return chosen, info
+        # every accepted point is covered by the guarantee at once (fixed-sequence testing
+        # controls the family-wise error), so any may be chosen: the one that sends the
+        # most frames early among those where every exit that is on takes >= 2% of them
+        rates = np.bincount(answering_exit(conf, th), minlength=n_early + 1)[:n_early] / len(labels)
+        share = float(rates.sum())
+        admissible = all(r >= GRID_STEP - 1e-9 or not math.isfinite(t) for r, t in zip(rates, th, strict=True))
+        if admissible and share > best_share:
+            chosen, best_share = th, share
+            info["ucb_excess"] = ucb / max(float(err[-1].mean()), 1e-12)  # in units of the final MAE
+    return [t if math.isfinite(t) else math.inf for t in chosen], info
 
 
 def calibrate(

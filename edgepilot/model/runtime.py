@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgepilot import EdgepilotError
-from edgepilot.model.package import Package, load_weights, runtime_of, verify_package
+from edgepilot.model.package import Package, load_weights, runtime_of, torch_module, verify_package
 from edgepilot.model.preprocess import InputSpec, preprocess, preprocess_u8
 
 
@@ -169,6 +169,10 @@ class Autopilot:
                     f"{pkg.path}: {segs.count} ONNX graphs for {len(segments)} segments in the manifest"
                 )
             return cls(pkg.manifest, segs, pkg.path, segments)
+        try:
+            torch_module()
+        except EdgepilotError as e:  # a car install without torch: one line that says what to do
+            raise EdgepilotError(f"{pkg.path}: a torch package; {e}") from None
         from edgepilot.model.torch_runtime import build_torch, set_threads
 
         set_threads(threads)
