@@ -172,9 +172,12 @@ def choose_exits(
     """Exit thresholds by Learn-Then-Test (module docstring); and what the test saw."""
     n_early = len(steer) - 1
     off = [math.inf] * n_early
-    blocks = np.arange(len(labels)) // max(target.block, 1)
+    # a validation split too small for 40 blocks (tiny logs) is tested in shorter blocks,
+    # down to single frames, rather than not at all; the manifest says which
+    block = int(np.clip(len(labels) // 40, 1, max(target.block, 1)))
+    blocks = np.arange(len(labels)) // block
     half_a, half_b = blocks % 2 == 0, blocks % 2 == 1
-    info: dict = {"test_frames": int(half_b.sum()), "tested": 0, "ucb_excess": None}
+    info: dict = {"test_frames": int(half_b.sum()), "block": block, "tested": 0, "ucb_excess": None}
     if n_early == 0 or not half_b.any() or not half_a.any():
         return off, info
     path = pareto_path([s[half_a] for s in steer], [c[half_a] for c in conf], labels[half_a])

@@ -352,7 +352,7 @@ def _check_hashes(
         return
     got = [hashlib.sha256(b).hexdigest() for b in blobs or []]
     if not isinstance(want, list) or not got or got != want:
-        raise EdgepilotError(f"{path}: {what} do not match the manifest: the file is damaged or tampered")
+        raise EdgepilotError(f"{path}: {what} hash mismatch with the manifest: the file is damaged or tampered")
 
 
 def _verifies(key: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:

@@ -54,6 +54,7 @@ class TrainConfig:
     arch: str = "early-exit"
     widths: list[int] = field(default_factory=list)  # empty: the architecture's defaults
     head0: list[int] = field(default_factory=list)  # early-exit: exit 0's head (nets.ArchSpec)
+    head1: list[int] = field(default_factory=list)  # early-exit: exit 1's head
     epochs: int = 20
     patience: int = 4
     batch: int = 64
@@ -96,14 +97,17 @@ def joint_loss(
     weights: list[float],
     beta: float,
 ) -> torch.Tensor:
-    """Weighted sum of every exit's loss; early exits also learn from the final head."""
+    """Weighted sum of every exit's loss; early exits also learn from the final head: its
+    distribution, its expected steering (the L1 term) and its throttle, by share ``beta``."""
     final = outs[-1].detach()
     final_p = torch.softmax(final[:, :-1], 1)
     loss = weights[-1] * exit_loss(outs[-1], target, steer, thr)
+    if beta:
+        target = (1 - beta) * target + beta * final_p
+        steer = (1 - beta) * steer + beta * (final_p * torch.linspace(-1.0, 1.0, final_p.shape[1])).sum(1)
+        thr = (1 - beta) * thr + beta * final[:, -1]
     for w, o in zip(weights[:-1], outs[:-1], strict=False):
-        t_k = (1 - beta) * target + beta * final_p if beta else target
-        th_k = (1 - beta) * thr + beta * final[:, -1] if beta else thr
-        loss = loss + w * exit_loss(o, t_k, steer, th_k)
+        loss = loss + w * exit_loss(o, target, steer, thr)
     return loss
 
 
@@ -159,7 +163,7 @@ def train(
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
         samples = [samples[i] for i in keep]
     train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed)
-    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0))
+    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1))
     net = build_net(arch, spec)
     teacher_net = load_teacher(teacher, arch.bins) if teacher else None
     ds = FrameDataset(train_s, spec, cfg.augment, cfg.seed)
