@@ -149,10 +149,8 @@ def test_calibrate_command_moves_the_speed_accuracy_point(tiny_model, tiny_int8,
     from edgepilot.model.recalibrate import recalibrate
 
     out = tmp_path / "loose.eppkg"
-    args = argparse.Namespace(
-        package=tiny_model, logs=sample_logs, out=str(out), key=None, profile=None, budget=100.0, delta=0.2
-    )
-    handler(args)
+    # the sample logs' validation split is a few dozen frames: test blocks of 2 frames
+    recalibrate(tiny_model, out, sample_logs, CalibrationTarget(budget=100.0, delta=0.2, block=2))
     old, new = read_manifest(tiny_model), read_manifest(out)
     assert new["parent"] == old["version"] and new["version"] != old["version"]
     assert new["calibration"]["target"]["budget"] == 100.0
@@ -163,6 +161,7 @@ def test_calibrate_command_moves_the_speed_accuracy_point(tiny_model, tiny_int8,
     assert json.dumps(new["thresholds"]) != json.dumps(old["thresholds"])
     with pytest.raises(EdgepilotError, match="fp32 parent"):
         recalibrate(tiny_int8, tmp_path / "x.eppkg", sample_logs, CalibrationTarget())
+    args = argparse.Namespace(package=tiny_model, logs=sample_logs, out=str(tmp_path / "y.eppkg"), key=None)
     with pytest.raises(EdgepilotError, match="--budget"):
         handler(argparse.Namespace(**{**vars(args), "agree_tol": 0.04}))
     with pytest.raises(EdgepilotError, match="--budget must be"):
