@@ -11,25 +11,29 @@ for frames like them (exchangeable with the validation sessions). The procedure 
 Learn-Then-Test with Pareto testing (Angelopoulos et al. 2021; Laufer-Goldshtein et al.
 2023, who calibrate early-exit networks this way):
 
-1. the validation frames are cut into blocks of ``block`` consecutive frames (1 s at
+1. a path of threshold vectors is built greedily from "every exit off" on frames the test
+   will not see (the training frames; without them, half A of the validation blocks):
+   each step lowers one exit's threshold by one grid step (grid: the confidences at which
+   that exit would take 2%, 4%, ..., 100% of those frames), the one that adds the least
+   error per frame it moves early;
+2. the validation frames are cut into blocks of ``block`` consecutive frames (1 s at
    20 fps: neighbouring frames are nearly the same picture, so single frames are not
-   independent samples, blocks nearly are); even blocks form half A, odd blocks half B;
-2. on A, a path of threshold vectors is built greedily from "every exit off": each step
-   lowers one exit's threshold by one grid step (grid: the confidences at which that exit
-   would take 2%, 4%, ..., 100% of A's frames), the one that adds the least error per frame
-   it moves early. An exit is either off or takes >= 2% of the frames: a head computed for
-   every frame but rarely answering costs more than it saves (the runtime then merges its
-   stage into the next, ``nets.segments_for``);
-3. on B, the points of the path are tested in order (fixed-sequence testing, so no
-   correction for their number): point t is accepted when a one-sided t-test on B's block
+   independent samples, blocks nearly are); all of them test (or half B, odd blocks);
+3. the points of the path are tested in order (fixed-sequence testing, so no correction
+   for their number): point t is accepted when a one-sided t-test on the block
    means of ``z_i = |e_package,i(t)| - budget * |e_final,i|`` rejects "mean z >= 0" at
    level ``delta``. The first point not accepted ends the walk (none accepted: every exit
    off, the safe default). Every accepted point is covered at once, so the one chosen is
    the accepted point that sends the most frames early while every exit that is on takes
-   >= 2% of the frames.
+   >= 2% of the frames (a head computed for every frame but rarely answering costs more
+   than it saves; the runtime merges the stage of an exit that is off into the next one,
+   ``nets.segments_for``).
 
-The test is asymptotically valid (the t statistic of block means; B has ~50 blocks for a
-newcomer's validation split), not exact: a stated assumption, like exchangeability.
+Building the path on frames the test does not see is what keeps the test valid (Pareto
+testing); building it on the training frames rather than half the validation frames lets
+every validation block test (twice the blocks: a tighter bound, more frames leave early).
+The test is asymptotically valid (the t statistic of ~100 block means for a newcomer's
+validation split), not exact: a stated assumption, like exchangeability.
 
 **Offload**, one threshold per exit: a frame is hard when the confidence of the exit that
 answered it is below that exit's offload threshold. Each is the lowest threshold at which
@@ -137,6 +141,8 @@ def pareto_path(steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndar
     err = [np.abs(s - labels) for s in steer]
     shares = np.arange(GRID_STEP, 1.0 + 1e-9, GRID_STEP)
     grids = [np.quantile(conf[k], 1.0 - shares, method="higher") for k in range(n_early)]
+    for g in grids:  # the path ends at "every frame": also those less sure than any seen here
+        g[-1] = -1.0  # confidences are in [0, 1]
     pos = [-1] * n_early
     cur = [math.inf] * n_early
 
@@ -167,26 +173,42 @@ def pareto_path(steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndar
 
 
 def choose_exits(
-    steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndarray, target: CalibrationTarget
+    steer: list[np.ndarray],
+    conf: list[np.ndarray],
+    labels: np.ndarray,
+    target: CalibrationTarget,
+    path_frames: tuple[list[np.ndarray], list[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[float], dict]:
-    """Exit thresholds by Learn-Then-Test (module docstring); and what the test saw."""
+    """Exit thresholds by Learn-Then-Test (module docstring); and what the test saw.
+    ``path_frames``: (steer, conf, labels) of other frames (training frames) to build the
+    path on; then every validation frame tests it. None: validation half A builds it."""
     n_early = len(steer) - 1
     off = [math.inf] * n_early
     # a validation split too small for 40 blocks (tiny logs) is tested in shorter blocks,
     # down to single frames, rather than not at all; the manifest says which
     block = int(np.clip(len(labels) // 40, 1, max(target.block, 1)))
     blocks = np.arange(len(labels)) // block
-    half_a, half_b = blocks % 2 == 0, blocks % 2 == 1
-    info: dict = {"test_frames": int(half_b.sum()), "block": block, "tested": 0, "ucb_excess": None}
-    if n_early == 0 or not half_b.any() or not half_a.any():
+    if path_frames is None:
+        test = blocks % 2 == 1
+        path = pareto_path([s[~test] for s in steer], [c[~test] for c in conf], labels[~test])
+    else:
+        test = np.ones(len(labels), bool)
+        path = pareto_path(*path_frames)
+    info: dict = {
+        "path_from": "validation half A" if path_frames is None else "training frames",
+        "test_frames": int(test.sum()),
+        "block": block,
+        "tested": 0,
+        "ucb_excess": None,
+    }
+    if n_early == 0 or not test.any() or not path:
         return off, info
-    path = pareto_path([s[half_a] for s in steer], [c[half_a] for c in conf], labels[half_a])
-    err = [np.abs(s[half_b] - labels[half_b]) for s in steer]
+    err = [np.abs(s[test] - labels[test]) for s in steer]
     chosen, best_share = off, 0.0
     for th in path:
-        taken = answering_exit([c[half_b] for c in conf], th)
+        taken = answering_exit([c[test] for c in conf], th)
         z = np.choose(taken, err) - target.budget * err[-1]
-        ucb, n_blocks = block_ucb(z, blocks[half_b], target.delta)
+        ucb, n_blocks = block_ucb(z, blocks[test], target.delta)
         info["test_blocks"] = n_blocks
         if not ucb < 0:
             break
@@ -204,14 +226,19 @@ def choose_exits(
 
 
 def calibrate(
-    steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndarray, target: CalibrationTarget
+    steer: list[np.ndarray],
+    conf: list[np.ndarray],
+    labels: np.ndarray,
+    target: CalibrationTarget,
+    path_frames: tuple[list[np.ndarray], list[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
     """``steer[k]``, ``conf[k]``: exit k's answers on every validation frame (all stages
-    run), in recorded order. Returns the thresholds and what they do on these frames."""
+    run), in recorded order; ``path_frames``: the same of training frames, to build the
+    path on (``choose_exits``). Returns the thresholds and what they do on these frames."""
     n_exits = len(steer)
     if not len(labels):
         return _result([None] * (n_exits - 1), [None] * n_exits, target, {}, np.zeros(0), steer, labels)
-    exits, info = choose_exits(steer, conf, labels, target)
+    exits, info = choose_exits(steer, conf, labels, target, path_frames)
     taken = answering_exit(conf, exits)
     idx = np.arange(len(labels))
     chosen, chosen_c = np.stack(steer)[taken, idx], np.stack(conf)[taken, idx]

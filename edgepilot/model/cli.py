@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgepilot import EdgepilotError
 
-DEFAULT_EPOCHS = {"early-exit": 25, "pilotnet": 25, "edge": 20}
+DEFAULT_EPOCHS = {"early-exit": 12, "pilotnet": 25, "edge": 20}
 RUNTIMES = ("onnx", "torch")
 EVAL_FRAMES = 20000
 BENCH_FRAMES = 2000

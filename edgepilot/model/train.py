@@ -54,7 +54,8 @@ class TrainConfig:
     arch: str = "early-exit"
     widths: list[int] = field(default_factory=list)  # empty: the architecture's defaults
     head0: list[int] = field(default_factory=list)  # early-exit: exit 0's head (nets.ArchSpec)
-    head1: list[int] = field(default_factory=list)  # early-exit: exit 1's head
+    # early-exit: exit 1's head, finer than the first design's [2, 6, 32] (docs/benchmarks.md#model)
+    head1: list[int] = field(default_factory=lambda: [3, 7, 64])
     epochs: int = 20
     patience: int = 4
     batch: int = 64
@@ -109,6 +110,21 @@ def joint_loss(
     for w, o in zip(weights[:-1], outs[:-1], strict=False):
         loss = loss + w * exit_loss(o, target, steer, thr)
     return loss
+
+
+PATH_FRAMES = 3000
+
+
+def path_frames(
+    net: StagedNet, samples: list, spec: InputSpec
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray] | None:
+    """Every exit's answers on (up to PATH_FRAMES, evenly spaced, unaugmented) training
+    frames: calibration builds its threshold path on them, so that every validation frame
+    is left to test it (calibrate.choose_exits)."""
+    if len(net.stages) < 2 or not samples:
+        return None
+    pick = samples[:: max(1, len(samples) // PATH_FRAMES)]
+    return predict_exits(net, DataLoader(FrameDataset(pick, spec, None), batch_size=256))
 
 
 @torch.no_grad()
@@ -209,7 +225,7 @@ def train(
     if best[1] is not None:
         net.load_state_dict(best[1])
     steer, conf, labels = predict_exits(net, val_loader)
-    cal = calibrate(steer, conf, labels, cfg.target)
+    cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, train_s, spec))
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     macs = stage_macs(net, spec)
     manifest = base_manifest(net, spec, state, macs)
