@@ -192,10 +192,18 @@ def _train_candidates(
     )
     results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
     try:
+        # the car's own runtime: an ONNX package runs on a car install without torch
         comp = compress_package(
-            car["package"], str(work / "car.eppkg"), train_dirs, key=key, trusted=registry.trusted_keys
+            car["package"],
+            str(work / "car.eppkg"),
+            train_dirs,
+            key=key,
+            trusted=registry.trusted_keys,
+            runtime="onnx",
         )
-        results["compress"] = {k: comp.get(k) for k in ("version", "size_bytes_before", "size_bytes_after")}
+        results["compress"] = {
+            k: comp.get(k) for k in ("version", "runtime", "size_bytes_before", "size_bytes_after")
+        }
         candidates = {"car": Path(comp["package"])}
     except EdgepilotError as e:
         # An int8 failure must not stall the fleet's improvement: the fp32 distilled model

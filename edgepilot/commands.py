@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from edgepilot.cli import Command
+from edgepilot.model import cli as model_cli  # the model commands' arguments live beside their handlers
 
 
 def _train(p: argparse.ArgumentParser) -> None:
@@ -41,35 +42,6 @@ def _eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("logs", nargs="+", metavar="LOG")
 
 
-def _calibrate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("package", metavar="PKG", help="an fp32 package (compress afterwards)")
-    p.add_argument("logs", nargs="+", metavar="LOG", help="logs whose validation sessions to use (the training logs)")
-    p.add_argument("--out", required=True, metavar="PKG")
-    p.add_argument(
-        "--agree-tol",
-        type=float,
-        help="an exit answers when it agrees with the final head within this on >= 95%% of its "
-        "frames (default 0.02; larger: faster, less accurate)",
-    )
-    p.add_argument(
-        "--ok-tol", type=float, help="a local answer is fine within this of the label (default 0.05; smaller: more offloading)"
-    )
-    p.add_argument("--max-offload", type=float, help="cap on the share of hard frames per exit (default 0.15)")
-    p.add_argument("--key", help="private key to sign with")
-
-
-def _compress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("package", metavar="PKG")
-    p.add_argument("--out", required=True, metavar="PKG")
-    p.add_argument("--calib", nargs="+", metavar="LOG", help="logs to draw calibration frames from")
-    p.add_argument(
-        "--int8-logits",
-        action="store_true",
-        help="quantise the exits' last linear too (default: float logits, ~3%% lower steering MAE)",
-    )
-    p.add_argument("--key", help="private key to sign with")
-
-
 def _keys(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="keys", help="directory for the pairs (signing.key/.pub, announce.key/.pub)")
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
@@ -78,12 +50,6 @@ def _keys(p: argparse.ArgumentParser) -> None:
         choices=["signing", "announce"],
         help="make only this pair: 'signing' signs packages, 'announce' signs model announcements",
     )
-
-
-def _bench_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="PKG")
-    p.add_argument("--baseline", required=True, metavar="PKG")
-    p.add_argument("--data", required=True, nargs="+", metavar="LOG")
 
 
 def _bench_record(p: argparse.ArgumentParser) -> None:
@@ -121,16 +87,16 @@ COMMANDS = [
         ("calibrate",),
         "re-choose exit and offload thresholds of an fp32 package (another speed/accuracy point)",
         "edgepilot.model.cli:calibrate",
-        _calibrate,
+        model_cli.calibrate_arguments,
     ),
-    Command(("compress",), "int8 quantisation (+ pruning) of a model package", "edgepilot.model.cli:compress", _compress),
+    Command(("compress",), "int8 quantisation (+ pruning) of a model package", "edgepilot.model.cli:compress", model_cli.compress_arguments),
     Command(
         ("keys",),
         "make the fleet's Ed25519 key pairs: one signs model packages, one signs announcements",
         "edgepilot.keys:cli",
         _keys,
     ),
-    Command(("bench", "model"), "per-frame compute of a model vs a baseline, side by side", "edgepilot.model.cli:bench", _bench_model),
+    Command(("bench", "model"), "per-frame compute of a model vs a baseline, side by side", "edgepilot.model.cli:bench", model_cli.bench_arguments),
     Command(("bench", "record"), "driving-log recorder throughput vs bare JPEG encoding", "edgepilot.bench_record:run", _bench_record),
     Command(("bench", "sim"), "simulator steps (physics + render) per second, one core", "edgepilot.sim.cli:bench", _bench_sim),
     Command(("sim", "tracks"), "list the shipped tracks, or generate a new one", "edgepilot.sim.cli:tracks", _tracks),

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from edgepilot import EdgepilotError
 
-DEFAULT_EPOCHS = {"early-exit": 25, "pilotnet": 25, "edge": 20}
+DEFAULT_EPOCHS = {"early-exit": 12, "pilotnet": 25, "edge": 20}
+RUNTIMES = ("onnx", "torch")
 EVAL_FRAMES = 20000
 BENCH_FRAMES = 2000
 
@@ -94,22 +95,83 @@ def compress(args: argparse.Namespace) -> dict:
         key=args.key,
         trusted=_trusted(args),
         float_logits=not getattr(args, "int8_logits", False),
+        runtime=getattr(args, "runtime", None) or "onnx",
     )
+
+
+def compress_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", metavar="PKG")
+    p.add_argument("--out", required=True, metavar="PKG")
+    p.add_argument("--calib", nargs="+", metavar="LOG", help="logs to draw calibration frames from")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="onnx",
+        help="onnx (default): the car's runtime, ONNX Runtime int8, needs no torch; "
+        "torch: TorchScript int8 for installs with torch",
+    )
+    p.add_argument(
+        "--int8-logits",
+        action="store_true",
+        help="quantise the exits' last linear too (default: float logits, ~3%% lower steering MAE)",
+    )
+    p.add_argument("--key", help="private key to sign with")
 
 
 def calibrate(args: argparse.Namespace) -> dict:
     from edgepilot.model.calibrate import CalibrationTarget
     from edgepilot.model.recalibrate import recalibrate
 
+    if getattr(args, "agree_tol", None) is not None:
+        raise EdgepilotError(
+            "--agree-tol is gone: exits are now chosen by their error against the label; "
+            "use --budget (e.g. 1.05: the package may be 5%% less accurate than the full network)"
+        )
     d = CalibrationTarget()
+
+    def arg(name: str, default: float) -> float:
+        v = getattr(args, name, None)
+        return default if v is None else v
+
     target = CalibrationTarget(
-        agree_tol=d.agree_tol if args.agree_tol is None else args.agree_tol,
-        ok_tol=d.ok_tol if args.ok_tol is None else args.ok_tol,
-        max_offload=d.max_offload if args.max_offload is None else args.max_offload,
+        budget=arg("budget", d.budget),
+        delta=arg("delta", d.delta),
+        ok_tol=arg("ok_tol", d.ok_tol),
+        max_offload=arg("max_offload", d.max_offload),
     )
-    if min(target.agree_tol, target.ok_tol) <= 0 or not 0 <= target.max_offload <= 1:
-        raise EdgepilotError("--agree-tol and --ok-tol must be positive, --max-offload within [0, 1]")
+    if target.budget < 1 or not 0 < target.delta < 1:
+        raise EdgepilotError(
+            "--budget must be >= 1 (a ratio to the full network's MAE), --delta within (0, 1)"
+        )
+    if target.ok_tol <= 0 or not 0 <= target.max_offload <= 1:
+        raise EdgepilotError("--ok-tol must be positive, --max-offload within [0, 1]")
     return recalibrate(args.package, args.out, args.logs, target, key=args.key, trusted=_trusted(args))
+
+
+def calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", metavar="PKG", help="an fp32 package (compress afterwards)")
+    p.add_argument(
+        "logs", nargs="+", metavar="LOG", help="logs whose validation sessions to use (the training logs)"
+    )
+    p.add_argument("--out", required=True, metavar="PKG")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="the package's steering MAE may be at most this times the full network's (default "
+        "1.03; larger: exits answer more frames, faster, less accurate)",
+    )
+    p.add_argument(
+        "--delta", type=float, help="the budget holds with probability >= 1 - delta (default 0.05)"
+    )
+    p.add_argument(
+        "--ok-tol",
+        type=float,
+        help="a local answer is fine within this of the label (default 0.05; smaller: more offloading)",
+    )
+    p.add_argument(
+        "--max-offload", type=float, help="cap on the share of hard frames per exit (default 0.15)"
+    )
+    p.add_argument("--key", help="private key to sign with")
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -120,7 +182,24 @@ def bench(args: argparse.Namespace) -> dict:
     trusted = _trusted(args)
     model = Autopilot.load(args.model, trusted)
     baseline = Autopilot.load(args.baseline, trusted)
+    torch_pkg = getattr(args, "torch_model", None)
+    torch_model = Autopilot.load(torch_pkg, trusted) if torch_pkg else None
+    if torch_model is not None and torch_model.runtime != "torch":
+        raise EdgepilotError(f"--torch-model {torch_pkg}: not a torch package (compress --runtime torch)")
     frames, labels = load_frames(args.data, BENCH_FRAMES)
-    out = run(model, baseline, frames, labels)
+    out = run(model, baseline, frames, labels, torch_model=torch_model)
     out["model"], out["baseline"] = str(Path(args.model)), str(Path(args.baseline))
+    if torch_pkg:
+        out["torch_model"] = str(Path(torch_pkg))
     return out
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="PKG", help="the car package (ONNX)")
+    p.add_argument("--baseline", required=True, metavar="PKG", help="e.g. PilotNet fp32")
+    p.add_argument(
+        "--torch-model",
+        metavar="PKG",
+        help="the same car package for the torch runtime (compress --runtime torch), timed alongside",
+    )
+    p.add_argument("--data", required=True, nargs="+", metavar="LOG")

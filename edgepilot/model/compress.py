@@ -8,15 +8,22 @@ with the fp32 parent on held frames and writes the package.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from edgepilot import EdgepilotError
 from edgepilot.model.preprocess import InputSpec
 from edgepilot.model.quantize import BACKEND, int8_state, quantize_stages, script_bytes
 
+if TYPE_CHECKING:  # torch only when a package is compressed (the car path has none)
+    import torch
+
+    from edgepilot.model.nets import StagedNet
+
 log = logging.getLogger(__name__)
 
 CALIB_FRAMES = 512
 CHECK_FRAMES = 2000
+RUNTIMES = ("onnx", "torch")
 
 
 def compress_package(
@@ -27,8 +34,11 @@ def compress_package(
     key: str | None = None,
     trusted: list[str] | None = None,
     float_logits: bool = True,
+    runtime: str = "onnx",
 ) -> dict:
-    """An fp32 package -> a signed int8 package whose parent is ``src``.
+    """An fp32 package -> a signed int8 package whose parent is ``src``, for ``runtime``:
+    ``onnx`` (the car's: ONNX Runtime, QDQ graphs per segment, no torch needed to run it)
+    or ``torch`` (TorchScript int8 programs per segment, ``torch.ao`` FX).
 
     Calibration uses up to CALIB_FRAMES frames of ``calib_logs``; steering MAE before and
     after is measured on up to CHECK_FRAMES frames of the same logs (with early exits,
@@ -44,6 +54,8 @@ def compress_package(
     from edgepilot.model.preprocess import to_tensor
     from edgepilot.model.runtime import Autopilot
 
+    if runtime not in RUNTIMES:
+        raise EdgepilotError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     signing_key = load_private_key(key, create=True)
     pkg = load_package(src, trusted)
     if pkg.manifest.get("quant", "fp32") != "fp32":
@@ -55,8 +67,6 @@ def compress_package(
     pick = np.linspace(0, len(frames) - 1, min(CALIB_FRAMES, len(frames))).astype(int)
     calib = [to_tensor([frames[i] for i in pick[j : j + 64]], spec) for j in range(0, len(pick), 64)]
     segs = segments_for((pkg.manifest.get("thresholds") or {}).get("exits"), len(net.stages))
-    stages = quantize_stages(segment_net(net, segs), calib, spec, float_logits=float_logits)
-    state = int8_state(stages)
     m = dict(pkg.manifest)
     m.update(
         parent=pkg.manifest.get("version"),
@@ -64,16 +74,13 @@ def compress_package(
         created=time.time(),
         quant="int8",
         segments=segs,  # the int8 graphs are per segment (an exit that is never taken has none)
-        quantization={
-            "method": "torch.ao FX static int8, per stage",
-            "backend": BACKEND,
-            "calib_frames": len(pick),
-            "float_logits": float_logits,
-        },
     )
+    seg_net = segment_net(net, segs)
+    if runtime == "onnx":
+        int8, blobs = _onnx_int8(seg_net, calib, spec, m, float_logits)
+    else:
+        int8, blobs = _torch_int8(seg_net, calib, spec, m, float_logits)
     fp32 = Autopilot.from_state(pkg.manifest, pkg.state)
-    int8 = Autopilot.from_state(m, state)
-    scripts = script_bytes(int8.stages)
     before, after = evaluate(fp32, frames, labels), evaluate(int8, frames, labels)
     final_fp = np.array([d.steering for d in fp32.infer_batch(frames[:512], force_final=True)])
     final_q = np.array([d.steering for d in int8.infer_batch(frames[:512], force_final=True)])
@@ -87,12 +94,18 @@ def compress_package(
             "frames": len(frames),
         },
     }
-    # the TorchScript stages hold the int8 weights: no need to ship them twice
-    path = save_package(out, m, {} if scripts else state, signing_key, scripts)
+    m["quantization"]["calib_frames"] = len(pick)
+    if runtime == "onnx":
+        path = save_package(out, m, None, signing_key, onnx=blobs["onnx"])
+    else:
+        # the TorchScript stages hold the int8 weights: no need to ship them twice
+        scripts = blobs.get("scripts")
+        path = save_package(out, m, {} if scripts else blobs["state"], signing_key, scripts)
     return {
         "package": str(path),
         "version": m["version"],
         "parent": m["parent"],
+        "runtime": runtime,
         "size_bytes_before": Path(src).stat().st_size,
         "size_bytes_after": path.stat().st_size,
         "size_ratio": Path(src).stat().st_size / path.stat().st_size,
@@ -103,3 +116,54 @@ def compress_package(
         "exit_rate_after": after["exit_rate"],
         "frames": len(frames),
     }
+
+
+def _torch_int8(
+    seg_net: StagedNet, calib: list[torch.Tensor], spec: InputSpec, m: dict, float_logits: bool
+) -> tuple[object, dict]:
+    """torch.ao FX static int8 per segment, frozen to TorchScript (``runtime: torch``)."""
+    from edgepilot.model.runtime import Autopilot
+
+    stages = quantize_stages(seg_net, calib, spec, float_logits=float_logits)
+    state = int8_state(stages)
+    m.update(
+        runtime="torch",
+        quantization={
+            "method": "torch.ao FX static int8, per segment",
+            "backend": BACKEND,
+            "float_logits": float_logits,
+        },
+    )
+    int8 = Autopilot.from_state(m, state)
+    return int8, {"state": state, "scripts": script_bytes(int8.segs.stages)}
+
+
+def _onnx_int8(
+    seg_net: StagedNet, calib: list[torch.Tensor], spec: InputSpec, m: dict, float_logits: bool
+) -> tuple[object, dict]:
+    """ONNX Runtime QDQ static int8 per segment (``runtime: onnx``, the car's)."""
+    import onnxruntime
+
+    from edgepilot.model.onnx_export import OPSET, export_segments, float_check, quantize_segments
+    from edgepilot.model.onnx_runtime import OnnxSegments
+    from edgepilot.model.runtime import Autopilot
+
+    stages = list(seg_net.eval().stages)
+    models = export_segments(stages, [3, spec.height, spec.width])  # type: ignore[arg-type]
+    err = float_check(stages, models, calib[0][:8])
+    if err > 1e-3:  # a wrong export must never be quantised and shipped
+        raise EdgepilotError(f"ONNX export differs from the torch net by {err:.3g}: not written")
+    graphs = quantize_segments(models, [b.numpy() for b in calib], float_logits=float_logits)
+    m.update(
+        runtime="onnx",
+        quantization={
+            "method": "onnxruntime quantize_static, QDQ, per segment",
+            "weights": "int8, per channel, symmetric",
+            "activations": "uint8, per tensor, min/max of the calibration frames",
+            "opset": OPSET,
+            "onnxruntime": onnxruntime.__version__,
+            "float_logits": float_logits,
+            "export_max_abs_diff": err,
+        },
+    )
+    return Autopilot(m, OnnxSegments(graphs), None, m["segments"]), {"onnx": graphs}

@@ -54,9 +54,10 @@ class ArchSpec:
     name: str = "early-exit"
     widths: list[int] = field(default_factory=list)
     bins: int = BINS
-    # early-exit only: exit 0's head as [pool rows, pool cols, hidden units]; empty: the
-    # first design's [2, 6, 32] (packages from before this field load unchanged)
+    # early-exit only: exit 0's / exit 1's head as [pool rows, pool cols, hidden units];
+    # empty: the first design's [2, 6, 32] (packages from before these fields load unchanged)
     head0: list[int] = field(default_factory=list)
+    head1: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.name not in ARCHS:
@@ -74,6 +75,7 @@ class ArchSpec:
             widths=list(d.get("widths") or []),
             bins=int(d.get("bins", BINS)),
             head0=[int(x) for x in d.get("head0") or []],
+            head1=[int(x) for x in d.get("head1") or []],
         )
 
 
@@ -165,13 +167,14 @@ def build_net(arch: ArchSpec, spec: InputSpec = DEFAULT_SPEC) -> StagedNet:
             nn.Sequential(conv(w[1], w[2], 3, 1), conv(w[2], w[3], 3, 2)),
             nn.Sequential(conv(w[3], w[4], 3, 1), conv(w[4], w[5], 3, 2)),
         ]
-        h0 = arch.head0 or [2, 6, 32]
-        if len(h0) != 3 or min(h0) < 1:
-            raise EdgepilotError(f"head0 must be [pool rows, pool cols, hidden], got {h0}")
+        heads = [arch.head0 or [2, 6, 32], arch.head1 or [2, 6, 32]]
+        for name, h in zip(("head0", "head1"), heads, strict=True):
+            if len(h) != 3 or min(h) < 1:
+                raise EdgepilotError(f"{name} must be [pool rows, pool cols, hidden], got {h}")
         for k, body in enumerate(bodies):
             shape = _feat_shape(body, shape)
-            pool = (h0[0], h0[1]) if k == 0 else (2, 6) if k < 2 else (shape[1], shape[2])
-            hidden = h0[2] if k == 0 else 32 if k < 2 else 64
+            pool = (heads[k][0], heads[k][1]) if k < 2 else (shape[1], shape[2])
+            hidden = heads[k][2] if k < 2 else 64
             stages.append(Stage(body, Head(shape[0], pool, hidden, bins)))
     else:
         n_conv = 5

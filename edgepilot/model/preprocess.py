@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from edgepilot import EdgepilotError
+
+if TYPE_CHECKING:  # torch is imported where a torch tensor is made: a car install has none
+    import torch
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,16 @@ def preprocess(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndar
 
 def to_tensor(frames: list[np.ndarray], spec: InputSpec = DEFAULT_SPEC) -> torch.Tensor:
     """A batch of BGR frames as the model's float input tensor (N x 3 x H x W)."""
+    import torch
+
     return torch.from_numpy(np.stack([preprocess(f, spec) for f in frames]))
 
 
 def quantized_input(x: torch.Tensor) -> torch.Tensor:
     """The int8 models' input: uint8 pixels (from ``preprocess_u8``) or float inputs
     (from ``preprocess``) as a quint8 tensor with the fixed scale and zero point."""
+    import torch
+
     if x.dtype != torch.uint8:
         x = ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
     return torch._make_per_tensor_quantized_tensor(x, U8_SCALE, U8_ZERO)

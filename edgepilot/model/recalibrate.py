@@ -10,7 +10,7 @@ cannot change after compression).
 
 Validation frames: the by-session validation split of the given logs, with the rule and
 the seed training used (the same sessions when the training logs are given and training
-used every frame).
+used every frame); the threshold path is built on the other sessions' frames.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from edgepilot.model.data import FrameDataset, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, build_net
 from edgepilot.model.package import load_package, load_private_key, save_package
 from edgepilot.model.preprocess import InputSpec
-from edgepilot.model.train import TrainConfig, predict_exits
+from edgepilot.model.train import TrainConfig, path_frames, predict_exits
 
 
 def recalibrate(
@@ -51,9 +51,9 @@ def recalibrate(
     if len(net.stages) < 2:
         raise EdgepilotError(f"{src}: a single-exit network has no exit thresholds to calibrate")
     seed = int((m.get("training") or {}).get("seed", 0))
-    _, val = split_by_session(load_samples(logs).samples, TrainConfig().val_fraction, seed)
+    train_s, val = split_by_session(load_samples(logs).samples, TrainConfig().val_fraction, seed)
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(val, spec, None), batch_size=256))
-    cal = calibrate(steer, conf, labels, target)
+    cal = calibrate(steer, conf, labels, target, path_frames(net, train_s, spec))
     m.update(
         parent=pkg.manifest.get("version"),
         version=f"{pkg.manifest.get('version', 'model')}-cal-{time.strftime('%Y%m%d-%H%M%S')}",

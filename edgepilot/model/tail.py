@@ -30,7 +30,6 @@ from torch import nn
 from edgepilot import EdgepilotError
 from edgepilot.model.data import decode, load_samples, split_by_session
 from edgepilot.model.nets import conv
-from edgepilot.model.preprocess import preprocess
 from edgepilot.model.runtime import Autopilot, decode_np
 from edgepilot.model.train import exit_loss, soft_targets
 from edgepilot.schema import wire
@@ -143,25 +142,14 @@ class TailSet:
 def split_points(car: Autopilot) -> list[int]:
     """The stages whose output the car can send: the ends of the runtime's segments (an
     exit switched off by calibration merges its stage into the next one)."""
-    segments = getattr(car, "segments", None) or [[k] for k in range(len(car.stages))]
-    return [seg[-1] for seg in segments]
+    return [seg[-1] for seg in car.segments]
 
 
 def stage_outputs(car: Autopilot, frames: list[np.ndarray]) -> dict[int, torch.Tensor]:
-    """Every split point's output (float, N x C x H x W) of the car's own stages on
-    ``frames``, built the way ``Autopilot`` feeds them (an int8 package's stages take and
-    give quantised tensors: dequantised here, as ``Decision.features`` is)."""
-    inputs = getattr(car, "_inputs", None)
-    with torch.inference_mode():
-        if inputs is not None:
-            x = inputs(frames)
-        else:
-            x = torch.from_numpy(np.stack([preprocess(f, car.spec) for f in frames]))
-        outs = {}
-        for k, stage in zip(split_points(car), car.stages, strict=True):
-            x, _ = stage(x)
-            outs[k] = x.dequantize() if x.is_quantized else x
-    return outs
+    """Every split point's output (float32 tensors, N x C x H x W) of the car's own
+    segments on ``frames``, on the package's own runtime (an int8 package's features as
+    ``Decision.features`` gives them: dequantised)."""
+    return {k: torch.from_numpy(v) for k, v in car.split_outputs(frames).items()}
 
 
 def car_features(car: Autopilot, frames: list[np.ndarray], batch: int = 128) -> dict[int, np.ndarray]:
@@ -169,8 +157,8 @@ def car_features(car: Autopilot, frames: list[np.ndarray], batch: int = 128) -> 
     the same 8-bit wire round trip the car will apply: {stage: (N, C, H, W) float32}."""
     per_stage: dict[int, list[np.ndarray]] = {k: [] for k in split_points(car)}
     for i in range(0, len(frames), batch):
-        for k, x in stage_outputs(car, frames[i : i + batch]).items():
-            for one in x.numpy():
+        for k, x in car.split_outputs(frames[i : i + batch]).items():
+            for one in x:
                 body, meta = wire.pack_features(one, k, level=0)
                 per_stage[k].append(wire.unpack_features(body, meta))
     return {k: np.stack(a) for k, a in per_stage.items()}

@@ -5,9 +5,14 @@ training-curve PNG next to it.
 Loss of one exit: cross-entropy against a *soft* steering target (a Gaussian of one bin
 width around the label, so neighbouring bins are nearly right: steering is ordinal), plus
 the L1 error of the expected steering (what is actually driven, and what MAE measures),
-plus the throttle's squared error. The joint loss weights the exits 1.0 / 0.8 / 0.6 from
-the earliest: BranchyNet found weighting early exits more helps, and the early exits are
-the ones that must be confident most often.
+plus the throttle's squared error. The joint loss weights every exit alike (``EXIT_WEIGHTS``).
+
+Self-distillation (``self_distill``, on by default): each early exit's target distribution
+is ``(1 - beta) * soft label + beta * the final head's distribution`` (detached, so the
+final head learns from the labels only), the throttle likewise. An exit then learns to
+answer like the network it stands in for on the frames where it can, and its confidence
+drops where it cannot: what calibration needs to let it answer often within the error
+budget (docs/benchmarks.md#model has the runs that chose this).
 
 Distillation (``teacher``): the target distribution becomes ``(1 - alpha) * soft label +
 alpha * teacher's distribution`` and the throttle target mixes likewise. The teacher sees
@@ -42,7 +47,7 @@ from edgepilot.schema.log import TRAINING_LABELS
 
 log = logging.getLogger(__name__)
 
-EXIT_WEIGHTS = (1.0, 0.8, 0.6)
+EXIT_WEIGHTS = (1.0, 1.0, 1.0)
 
 
 @dataclass
@@ -50,6 +55,8 @@ class TrainConfig:
     arch: str = "early-exit"
     widths: list[int] = field(default_factory=list)  # empty: the architecture's defaults
     head0: list[int] = field(default_factory=list)  # early-exit: exit 0's head (nets.ArchSpec)
+    # early-exit: exit 1's head, finer than the first design's [2, 6, 32] (docs/benchmarks.md#model)
+    head1: list[int] = field(default_factory=lambda: [3, 7, 64])
     epochs: int = 20
     patience: int = 4
     batch: int = 64
@@ -59,6 +66,8 @@ class TrainConfig:
     threads: int = 1  # shared cores: OpenMP threads that spin-wait under load cost more than they give
     label_sigma_bins: float = 1.0
     distill_alpha: float = 0.5
+    self_distill: float = 0.5  # beta: early exits learn this share from the final head
+    exit_weights: list[float] = field(default_factory=lambda: list(EXIT_WEIGHTS))
     max_frames: int | None = None  # cap (evenly subsampled) for quick runs and tests
     labels: tuple[str, ...] = TRAINING_LABELS  # label sources to learn from (schema.log)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -81,6 +90,43 @@ def exit_loss(
     centers = torch.linspace(-1.0, 1.0, logits.shape[1])
     expected = (torch.softmax(logits, 1) * centers).sum(1)
     return ce + 2.0 * F.l1_loss(expected, steer) + F.mse_loss(out[:, -1], thr)
+
+
+def joint_loss(
+    outs: list[torch.Tensor],
+    target: torch.Tensor,
+    steer: torch.Tensor,
+    thr: torch.Tensor,
+    weights: list[float],
+    beta: float,
+) -> torch.Tensor:
+    """Weighted sum of every exit's loss; early exits also learn from the final head: its
+    distribution, its expected steering (the L1 term) and its throttle, by share ``beta``."""
+    final = outs[-1].detach()
+    final_p = torch.softmax(final[:, :-1], 1)
+    loss = weights[-1] * exit_loss(outs[-1], target, steer, thr)
+    if beta:
+        target = (1 - beta) * target + beta * final_p
+        steer = (1 - beta) * steer + beta * (final_p * torch.linspace(-1.0, 1.0, final_p.shape[1])).sum(1)
+        thr = (1 - beta) * thr + beta * final[:, -1]
+    for w, o in zip(weights[:-1], outs[:-1], strict=False):
+        loss = loss + w * exit_loss(o, target, steer, thr)
+    return loss
+
+
+PATH_FRAMES = 3000
+
+
+def path_frames(
+    net: StagedNet, samples: list, spec: InputSpec
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray] | None:
+    """Every exit's answers on (up to PATH_FRAMES, evenly spaced, unaugmented) training
+    frames: calibration builds its threshold path on them, so that every validation frame
+    is left to test it (calibrate.choose_exits)."""
+    if len(net.stages) < 2 or not samples:
+        return None
+    pick = samples[:: max(1, len(samples) // PATH_FRAMES)]
+    return predict_exits(net, DataLoader(FrameDataset(pick, spec, None), batch_size=256))
 
 
 @torch.no_grad()
@@ -135,7 +181,7 @@ def train(
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
         samples = [samples[i] for i in keep]
     train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed)
-    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0))
+    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1))
     net = build_net(arch, spec)
     teacher_net = load_teacher(teacher, arch.bins) if teacher else None
     ds = FrameDataset(train_s, spec, cfg.augment, cfg.seed)
@@ -146,7 +192,7 @@ def train(
     val_loader = DataLoader(FrameDataset(val_s, spec, None), batch_size=256)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
-    weights = EXIT_WEIGHTS[: len(net.stages)] if len(net.stages) > 1 else (1.0,)
+    weights = list(cfg.exit_weights[: len(net.stages)]) if len(net.stages) > 1 else [1.0]
     history: list[dict] = []
     best = (float("inf"), None, 0)
     for epoch in range(cfg.epochs):
@@ -162,8 +208,7 @@ def train(
                 a = cfg.distill_alpha
                 target = (1 - a) * target + a * torch.softmax(t_out[:, :-1], 1)
                 th = (1 - a) * th + a * t_out[:, -1]
-            outs = net(x)
-            loss = sum(w * exit_loss(o, target, s, th) for w, o in zip(weights, outs, strict=False))
+            loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -182,7 +227,7 @@ def train(
     if best[1] is not None:
         net.load_state_dict(best[1])
     steer, conf, labels = predict_exits(net, val_loader)
-    cal = calibrate(steer, conf, labels, cfg.target)
+    cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, train_s, spec))
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     macs = stage_macs(net, spec)
     manifest = base_manifest(net, spec, state, macs)

@@ -165,9 +165,11 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
         shutil.copy(svc.registry.package_path("car", v1), bad)
         with zipfile.ZipFile(bad) as z:
             members = {n: z.read(n) for n in z.namelist()}
-        wts = bytearray(members["weights.pt"])
+        # an ONNX package (what the cloud pushes to cars) has its graphs, a torch one weights
+        victim = "weights.pt" if "weights.pt" in members else "onnx/segment0.onnx"
+        wts = bytearray(members[victim])
         wts[-100] ^= 0x55
-        members["weights.pt"] = bytes(wts)
+        members[victim] = bytes(wts)
         with zipfile.ZipFile(bad, "w") as z:
             for n, b in members.items():
                 z.writestr(n, b)
