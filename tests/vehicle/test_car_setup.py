@@ -43,11 +43,9 @@ def test_dry_run_on_a_pi_makes_a_system_site_packages_venv(tmp_path):
     assert r.returncode == 0, r.stderr
     cmds = r.stdout.splitlines()
     assert "+ /usr/bin/python3 -m venv --system-site-packages .venv" in cmds
-    assert "+ .venv/bin/pip install -q -e .[vehicle]" in cmds
+    assert "+ .venv/bin/pip install -q -e .[car]" in cmds  # the car's install: no torch
+    assert not any("torch" in c for c in cmds)
     assert "+ .venv/bin/pip install -q --ignore-installed --no-deps simplejpeg" in cmds
-    assert cmds.index("+ .venv/bin/pip install -q torch==2.13.0") < cmds.index(
-        "+ .venv/bin/pip install -q -e .[vehicle]"
-    )
     if any("apt-get install" in c for c in cmds):  # only what is missing on this machine
         assert "--no-install-recommends" in next(c for c in cmds if "apt-get install" in c)
 
