@@ -122,7 +122,7 @@ def test_broker_or_edge_killed_mid_drive_car_drives_on_local_answers_and_offload
     tee = Tee(SimActuator(world), FramedActuator(SERIAL, port=str(pty.path)))
     frames: list[tuple[float, bool, bool]] = []  # (time, offloaded, edge answer used)
     loop = DriveLoop(
-        SimSource(world).until(0, 60.0),
+        SimSource(world).until(0, 600.0),  # loop.stop() ends it: the cap only bounds a runaway
         tee,
         model=ModelSlot(model),
         user=ExpertUser(Expert(track), world),
@@ -133,11 +133,15 @@ def test_broker_or_edge_killed_mid_drive_car_drives_on_local_answers_and_offload
     th = threading.Thread(target=loop.run, name="drive")
     th.start()
     t_kill = t_restart = t_back = t_up = None
+
+    def answers() -> int:
+        """The edge's answers that reached the car, in time or late (a busy machine answers
+        after the frame's 50 ms; which ones the loop could use is a figure, not the point)."""
+        st = car.stats
+        return st["answered"] + st["late"]
+
     try:
-        deadline = time.monotonic() + 30
-        while sum(e for _, _, e in frames) < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the edge answers before the fault
-        assert sum(e for _, _, e in frames) >= 20, "the edge never answered before the fault"
+        assert wait_for(lambda: answers() >= 20, 60), "the edge never answered before the fault"
         t_kill = time.monotonic()
 
         def outage_frames() -> bool:  # the outage lasts its time and 12 frames: a busy machine drives slower
@@ -156,12 +160,9 @@ def test_broker_or_edge_killed_mid_drive_car_drives_on_local_answers_and_offload
             assert wait_for(outage_frames, 30), "the loop stopped driving during the outage"
             t_up = time.monotonic()  # the outage ends here: the new edge may answer before spawn_edge returns
             edge_proc = spawn_edge(broker.url, "edge-fk")
-        t_restart = time.monotonic()
-        while time.monotonic() < t_restart + 20:
-            if any(e for t, _, e in frames if t > t_restart):
-                t_back = next(t for t, _, e in frames if e and t > t_restart)
-                break
-            time.sleep(0.05)
+        t_restart, answered_before = time.monotonic(), answers()
+        if wait_for(lambda: answers() > answered_before, 60):
+            t_back = time.monotonic()
         time.sleep(0.5)
     finally:
         loop.stop()
@@ -174,7 +175,11 @@ def test_broker_or_edge_killed_mid_drive_car_drives_on_local_answers_and_offload
             edge_svc.stop()
         if edge_proc is not None and edge_proc.poll() is None:
             edge_proc.terminate()
-            edge_proc.wait(10)
+            try:
+                edge_proc.wait(30)
+            except subprocess.TimeoutExpired:  # a busy machine: SIGTERM not handled in time
+                edge_proc.kill()
+                edge_proc.wait()
         broker.stop()
     assert not th.is_alive()
     down = [f for f in frames if t_kill + 0.2 < f[0] < t_up]
@@ -196,6 +201,8 @@ def test_broker_or_edge_killed_mid_drive_car_drives_on_local_answers_and_offload
         "max_gap_received_outage_ms": round(pty.max_gap(t_kill, t_restart + 0.5) * 1e3, 1),
         "max_gap_loop_ms": round(tee.max_gap() * 1e3, 1),
         "offload_resumed_after_restart_s": None if t_back is None else round(t_back - t_restart, 2),
+        # the first edge answer the loop could use again (within its frame's deadline)
+        "edge_used_after_restart_s": next((round(t - t_restart, 2) for t, _, e in frames if e and t > t_restart), None),
         "outage_s": round(t_up - t_kill, 2),
         "breaker_trips": car.stats["breaker_trips"],
         "late": car.stats["late"],

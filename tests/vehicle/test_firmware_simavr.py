@@ -129,14 +129,15 @@ def test_firmware_boots_at_neutral_and_follows_commands(sim):
         # the port was open, got through); no re-send at every telemetry
         assert act.stats["configs"] <= 2
         # close() sends neutral: the pulses return at once, not after the 250 ms failsafe.
-        # In simulated ms, less what the machine kept the host's and the simulator's threads
-        # waiting for a CPU meanwhile (a host paused that long rightly gets the failsafe)
+        # In simulated ms from the last command taking effect, less what the machine kept the
+        # host's and the simulator's threads waiting for a CPU from that command to close()'s
+        # return (a host paused that long before its neutral rightly gets the failsafe)
         last = pulses(-0.6, 0.4, CFG)  # a new width, so that its taking effect shows on the pins
         with Interval([os.getpid(), sim.proc.pid]) as closing:
             act.run(-0.6, 0.4)
             assert sim.wait_width("throttle", last[1], 2)
             act.close()
-            assert sim.wait_width("throttle", 1500, 2)
+        assert sim.wait_width("throttle", 1500, 2)
     finally:
         act.close()
     thr = [(t_ms, w) for ch, t_ms, w, _ in sim.pwm if ch == "throttle"]
