@@ -5,11 +5,25 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.helpers import clear_retained
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+# Property tests draw as many examples as the profile says, never a count of their own:
+# "dev" (a developer's run) a quick look, "ci" (.ci/run) the search that gates a merge,
+# "deep" before a release or after touching a decoder. HYPOTHESIS_PROFILE picks one;
+# without it EDGEPILOT_SLOW=1 means "ci". No per-example deadline and no "too slow" health
+# check: both are wall-clock limits, and a busy machine must make the run slower, not red.
+_UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("dev", max_examples=50, **_UNTIMED)
+settings.register_profile("ci", max_examples=500, **_UNTIMED)
+settings.register_profile("deep", max_examples=5000, **_UNTIMED)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("EDGEPILOT_SLOW") == "1" else "dev")
+)
 
 
 @pytest.fixture(scope="session")

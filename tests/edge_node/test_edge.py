@@ -66,11 +66,13 @@ def test_round_trip_answers_with_the_edge_models_own_output(broker, edge, model)
     car = OffloadClient(BrokerConfig(url=broker.url), "car-rt", deadline_s=2.0)
     car.start()
     try:
-        answers = {}
+        answers, took_ms = {}, {}
         for i in range(5):
             img, jpeg = frame(i)
+            t0 = time.monotonic()
             assert car.submit(100 + i, jpeg)
             answers[i] = car.poll(100 + i, time.monotonic() + 2.0)
+            took_ms[i] = (time.monotonic() - t0) * 1e3
         for i, ans in answers.items():
             assert ans is not None and ans.frame == 100 + i
             img, jpeg = frame(i)
@@ -78,7 +80,7 @@ def test_round_trip_answers_with_the_edge_models_own_output(broker, edge, model)
             assert ans.steering == pytest.approx(local.steering, abs=1e-5)
             assert ans.throttle == pytest.approx(local.throttle, abs=1e-5)
             assert ans.model == model.version and ans.node == edge.node_id
-            assert 0 < ans.rtt_ms < 500
+            assert 0 < ans.rtt_ms <= took_ms[i]  # within what the test itself saw the round trip take
         st = car.stats
         assert st["sent"] == 5 and st["answered"] == 5 and st["missed"] == 0
         assert st["rtt_ms"]["n"] == 5

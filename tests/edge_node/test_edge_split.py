@@ -3,6 +3,7 @@ Mosquitto and edge node) and the split-point planner."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import cv2
@@ -19,6 +20,7 @@ from edgepilot.model.tail import TailSet, car_features, split_points, train_tail
 from edgepilot.offload.client import OffloadClient
 from edgepilot.offload.planner import FRAME, Candidate, SplitPlanner, from_health
 from edgepilot.schema import wire
+from tests.machine import Interval
 
 torch.set_num_threads(1)
 
@@ -165,9 +167,11 @@ def test_a_node_without_tails_refuses_features(broker, car):
     try:
         dec = car.infer(np.zeros((120, 160, 3), np.uint8), force_final=True)
         assert client.submit(1, None, features=dec.features, stage=dec.exit)
-        t0 = time.monotonic()
-        assert client.poll(1, t0 + 5.0) is None
-        assert time.monotonic() - t0 < 2.0  # the error reply ends the wait: no waiting out the deadline
+        with Interval([os.getpid(), broker.proc.pid]) as polled:
+            assert client.poll(1, time.monotonic() + 5.0) is None
+        # the error reply ends the wait: no waiting out the deadline (on the clock that stops
+        # while the machine keeps this process's and the broker's threads off a CPU)
+        assert polled.own_s < 2.0, polled
         deadline = time.monotonic() + 2
         while edge.metrics.errors < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -217,7 +221,9 @@ def test_the_drive_loop_offloads_features_and_drives_on_the_tails_answers(
     model.offload_thresholds = [2.0] * model.n_exits  # ... and hard there
     cfg = BrokerConfig(url=broker.url)
     edge = EdgeService(cfg, load_edge_model("builtin:pilotnet"), node_id="edge-loop", tails=tails).start()
-    client = OffloadClient(cfg, "car-loop", deadline_s=0.5)  # split mode: the default
+    # split mode (the default); a deadline generous for a busy machine: this test is about
+    # what goes out and what steers, not how fast the edge answers
+    client = OffloadClient(cfg, "car-loop", deadline_s=5.0)
     client.start()
     infos: list[dict] = []
     try:
@@ -226,7 +232,7 @@ def test_the_drive_loop_offloads_features_and_drives_on_the_tails_answers(
             NullActuator(),
             model=ModelSlot(model),
             offload=client,
-            options=LoopOptions(mode="local", deadline_s=0.5),
+            options=LoopOptions(mode="local", deadline_s=5.0),
             on_frame=lambda f, info: infos.append(info),
         )
         loop.run()

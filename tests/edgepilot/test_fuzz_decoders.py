@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import zipfile
 
 import pytest
@@ -34,10 +33,10 @@ from edgepilot.schema.log import DeleteRange, Record, RecordError, SessionMeta, 
 from edgepilot.sim.tracks import parse_track
 from vehicle import serial_proto as sp
 
-# CI draws 40 examples per decoder (the ``@example`` cases always run); EDGEPILOT_SLOW=1
-# draws 1000 -- the deep search, run before a release and after touching a decoder
-EXAMPLES = 1000 if os.environ.get("EDGEPILOT_SLOW") == "1" else 40
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# as many examples per decoder as the hypothesis profile says (tests/conftest.py: a few
+# locally, more in CI, HYPOTHESIS_PROFILE=deep after touching a decoder); the ``@example``
+# cases always run
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- strategies --------------------------------------------------------------------------
 

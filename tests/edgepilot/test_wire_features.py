@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -15,7 +15,6 @@ from edgepilot.schema import wire
 shapes = st.tuples(st.integers(1, 16), st.integers(1, 9), st.integers(1, 25))
 
 
-@settings(max_examples=60, deadline=None)
 @given(
     data=st.data(),
     shape=shapes,

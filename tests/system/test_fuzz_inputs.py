@@ -13,7 +13,6 @@ announced with a correct hash and a valid cloud signature is refused by the car
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
 import cv2
@@ -58,7 +57,6 @@ def request(body: bytes, car: str = "car-1", frame: int = 1) -> bytes:
 
 
 @settings(
-    max_examples=200 if os.environ.get("EDGEPILOT_SLOW") == "1" else 25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -98,14 +96,15 @@ def test_hostile_topic_and_bomb_frames_do_not_stop_the_edge(edge_offline):
     ].tobytes()
     assert len(bomb) < wire.MAX_REQUEST_BYTES and jpeg_side(bomb) == side > MAX_FRAME_SIDE
     assert jpeg_side(jpeg()) == 160 and jpeg_side(b"\xff\xd8\xff") is None and jpeg_side(b"") is None
-    t = time.perf_counter()
+    # CPU time, side by side: a busy machine stretches the wall clock of either, not this
+    t = time.process_time()
     e.process([pending(request(bomb))])
-    refused_s = time.perf_counter() - t
-    t = time.perf_counter()
+    refused_s = time.process_time() - t
+    t = time.process_time()
     cv2.imdecode(np.frombuffer(bomb, np.uint8), cv2.IMREAD_COLOR)
-    decode_s = time.perf_counter() - t
+    decode_s = time.process_time() - t
     assert e.health().errors == errors0 + 3
-    assert refused_s < decode_s  # refused from the header, not after decoding it (side by side)
+    assert refused_s < decode_s, (refused_s, decode_s)  # refused from the header, not after decoding it
 
 
 def test_oversized_frame_is_a_counted_drop_not_a_crash_of_the_loop():

@@ -7,7 +7,7 @@ import ctypes
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from vehicle import serial_proto as sp
@@ -205,7 +205,6 @@ def _streams(draw):
     return b"".join(parts)
 
 
-@settings(max_examples=150, deadline=None)
 @given(data=_streams())
 def test_c_and_python_parsers_agree_on_any_stream(core, data):
     """Beyond the fixed vectors: the two parsers give the same frames and counters."""

@@ -24,7 +24,7 @@ import tty
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from edgepilot import EdgepilotError
@@ -230,7 +230,6 @@ def _calibration(lo: int, hi: int):
     return half
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     steering=_calibration(1000, 2000)(),
     throttle=_calibration(1000, 2000)(),
@@ -333,9 +332,11 @@ def test_the_driver_keeps_to_the_boards_pace(board, tmp_path):
         with board.model.changed:
             assert board.model.changed.wait_for(lambda: board.model.applied[-1] == last, 2)
         lines = len(board.model.applied) - 1
-        assert n > 2 * lines  # most run() calls coalesced...
+        st = act.stats
+        # each run() call went out as one line or was replaced by a newer one, never queued...
+        assert st["sent"] == lines and st["sent"] + st["coalesced"] + st["dropped_stale"] == n, (st, n, lines)
         assert lines <= elapsed / MM1_INTERVAL_S + 2, (lines, elapsed)  # ...at most one per interval
-        assert act.stats["coalesced"] > 0 and board.model.fallbacks == 0
+        assert st["coalesced"] > 0 and board.model.fallbacks == 0
     finally:
         act.close()
 
@@ -345,13 +346,14 @@ def test_mm1_rc_read_back_becomes_a_reading(board, tmp_path):
     act = RoboHatActuator(ActuatorConfig(kind="robohat"), port=str(tmp_path / "serial0"))
     try:
         assert board.wait_applied(1)
+        t_sent = time.monotonic()
         board.send_rc(b"1400, 1650\r\nnoise\r\n1401, 16")
         deadline = time.monotonic() + 2
         while act.rc_reading() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         r = act.rc_reading()
         assert (r.steering_us, r.throttle_us, r.aux_us, r.killed) == (1400, 1650, None, False)
-        assert abs(r.at - time.monotonic()) < 2 and act.telemetry["rc_us"] == (1400, 1650)
+        assert t_sent <= r.at <= time.monotonic() and act.telemetry["rc_us"] == (1400, 1650)
         assert act.stats["bad_lines"] == 1
         board.send_rc(b"50\r\n")  # the rest of the torn line
         deadline = time.monotonic() + 2

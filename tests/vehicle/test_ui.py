@@ -4,6 +4,7 @@ a scripted user (not a mock) — the window reads events exactly as from a keybo
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -16,6 +17,7 @@ from edgepilot.sim.drive import expert_drive, open_log, sim_options, sim_parts  
 from edgepilot.sim.expert import Expert  # noqa: E402
 from edgepilot.sim.tracks import load_track  # noqa: E402
 from edgepilot.sim.world import SimWorld  # noqa: E402
+from tests.machine import Interval  # noqa: E402
 from vehicle.ui import DriveWindow  # noqa: E402
 from vehicle.userinput import WindowUser  # noqa: E402
 
@@ -157,11 +159,23 @@ def test_gamepad_buttons_follow_the_profile_mapping():
         win.close()
 
 
+def slept_s(drive) -> tuple[float, float]:
+    """(wall-clock seconds of ``drive()``, the part of them it slept): the wall clock less its
+    CPU time and what the machine kept the threads waiting for a CPU (tests/machine.py), so
+    a busy machine makes the run longer but not its sleep."""
+    with Interval() as iv:
+        cpu0 = time.process_time()
+        drive()
+        cpu = time.process_time() - cpu0
+    return iv.wall_s, iv.wall_s - cpu - iv.waited_s
+
+
 def test_realtime_rate_paces_simulated_time_to_the_wall_clock(tmp_path):
     t = load_track("oval")
     w = SimWorld(t)
-    res = expert_drive(w, Expert(t), laps=1, max_seconds=0.5, realtime=True)
+    wall, slept = slept_s(lambda: expert_drive(w, Expert(t), laps=1, max_seconds=0.5, realtime=True))
     assert w.t == pytest.approx(0.5)
-    assert 0.45 <= res.wall_s < 2.0
-    fast = expert_drive(SimWorld(t), Expert(t), laps=1, max_seconds=0.5)
-    assert fast.wall_s < res.wall_s
+    assert wall >= 0.45  # never ahead of the wall clock...
+    assert slept < 0.5 + w.dt  # ...and it sleeps no longer than simulated time asks (one step slack)
+    _, slept_flat_out = slept_s(lambda: expert_drive(SimWorld(t), Expert(t), laps=1, max_seconds=0.5))
+    assert slept_flat_out < 0.5 / 2  # without --rate realtime it does not pace at all
