@@ -79,7 +79,12 @@ def latency_ms(ap: Any, frames: list[np.ndarray], n: int = 200) -> dict[str, flo
 
 
 def evaluate_package(
-    path: Path, trusted: list[str] | None, frames: list, labels: np.ndarray, cfg: RetrainConfig
+    path: Path,
+    trusted: list[str] | None,
+    frames: list,
+    labels: np.ndarray,
+    cfg: RetrainConfig,
+    plot_prefix: Path | None = None,
 ) -> dict:
     from edgepilot.model.evaluate import evaluate
     from edgepilot.model.runtime import Autopilot
@@ -95,7 +100,7 @@ def evaluate_package(
     }
     if cfg.eval_tracks:  # the same car wiring and loop as every car (edgepilot.drive.car)
         out["closed_loop"] = scored_drives(
-            ap, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms
+            ap, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms, plot_prefix
         )
     return out
 
@@ -154,7 +159,7 @@ def retrain(
     log.info("retrain %s: %d training sessions, %d held out", run_id, len(train_dirs), len(held_dirs))
 
     base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
-    teacher = None
+    teacher, edge = None, None
     results: dict[str, Any] = {"run": run_id, "train": train_keys, "heldout": held_keys, "targets": {}}
     if cfg.train_edge:
         edge = train(
@@ -190,17 +195,22 @@ def retrain(
     candidates = {"car": car_pkg}
     if teacher:
         candidates["edge"] = Path(teacher)
+    # the plots the run's report keeps in the store: training curves, gate trajectories
+    plots = {f"curve-{t}": Path(r["curve"]) for t, r in (("edge", edge), ("car", car)) if r and r.get("curve")}
     for target, pkg in candidates.items():
         tcfg = cfg if target == "car" else RetrainConfig(**{**asdict(cfg), "eval_tracks": []})
-        cand = evaluate_package(pkg, registry.trusted_keys, frames, labels, tcfg)
+        cand = evaluate_package(pkg, registry.trusted_keys, frames, labels, tcfg, work / f"trajectory-{target}-candidate")
         cur_v = registry.current(target)
         cur = (
             evaluate_package(
-                registry.package_path(target, cur_v), registry.trusted_keys, frames, labels, tcfg
+                registry.package_path(target, cur_v), registry.trusted_keys, frames, labels, tcfg, work / f"trajectory-{target}-current"
             )
             if cur_v
             else None
         )
+        for ev in (cand, cur):
+            for path in ((ev or {}).get("closed_loop") or {}).pop("plots", {}).values():
+                plots[Path(path).stem] = Path(path)
         verdict = gate(cand, cur, cfg, check_latency=target == "car")
         results["targets"][target] = {"candidate": cand, "current": cur, "gate": verdict}
     tails = None
@@ -218,7 +228,7 @@ def retrain(
             seed=cfg.seed,
         )
         results["tails"] = {k: v for k, v in tails.items() if k != "path"}
-    report_key = write_report(registry.store, run_id, results, work)
+    report_key = write_report(registry.store, run_id, results, work, plots)
     promoted = []
     for target, pkg in candidates.items():
         verdict = results["targets"][target]["gate"]
