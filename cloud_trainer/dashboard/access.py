@@ -10,7 +10,8 @@
 - A login is a random session id in an HttpOnly, SameSite=Strict cookie; wrong tokens are
   counted per client address and a client that keeps guessing is made to wait.
 - Requests that change something must come from the page itself: a custom header (which
-  a cross-site form cannot send) and, when the browser says, the same Origin. On loopback
+  a cross-site form cannot send) and, when the browser says, the same Origin; so must the
+  live feed's WebSocket (browsers let any site open one to any address). On loopback
   the Host header must be a loopback name too: a web page elsewhere cannot point a name of
   its own at 127.0.0.1 (DNS rebinding) and read the fleet through the visitor's browser.
 """
@@ -149,15 +150,18 @@ class Access:
         if not (self.open_reads or self.logged_in(req)):
             raise Refused(401, "log in with the operator's token to see this dashboard")
 
+    def check_origin(self, req: Request) -> None:
+        """When the browser names the page that sent the request, it must be this one."""
+        origin = req.headers.get("Origin")  # type: ignore[attr-defined]
+        if origin and origin != f"{req.scheme}://{req.host}":
+            raise Refused(403, f"a request from another site ({origin}) is refused")
+
     def check_same_page(self, req: Request) -> None:
         """A request that changes something (login, change) comes from this page."""
         self.check_host(req)
-        headers = req.headers
-        if headers.get(CHANGE_HEADER) != "1":  # type: ignore[attr-defined]
+        if req.headers.get(CHANGE_HEADER) != "1":  # type: ignore[attr-defined]
             raise Refused(403, f"a change needs the {CHANGE_HEADER} header (sent by the dashboard's page)")
-        origin = headers.get("Origin")  # type: ignore[attr-defined]
-        if origin and origin != f"{req.scheme}://{req.host}":
-            raise Refused(403, f"a change from another site ({origin}) is refused")
+        self.check_origin(req)
 
     def check_change(self, req: Request, given: str | None) -> None:
         """Changing the fleet: a logged-in session, or the operator's token given now."""

@@ -1,10 +1,13 @@
 """The dashboard's web server (aiohttp): the page, a live stream, the change API.
 
-``GET /events`` is a server-sent-event stream: the whole view once (``snapshot``), then
-``delta`` events with what changed, at most one every ``STREAM_INTERVAL_S`` per page (a
-fleet of 32 cars at 10 Hz is 320 messages a second; a page wants a handful of updates a
-second, each with the newest state of whatever changed). ``POST /api/change`` sends a
-promote or rollback to the cloud trainer and answers with its result.
+``GET /live`` is a WebSocket: the whole view once (``snapshot``), then ``delta`` messages
+with what changed, each sent only after the page acknowledged the one before and at most
+one every ``STREAM_INTERVAL_S`` (a fleet of 32 cars at 10 Hz is 320 messages a second; a
+page wants a few updates a second, each with the newest state of whatever changed, and a
+page that cannot keep up must not build a backlog: a server-sent-event stream, which has
+no acknowledgement, queued seconds of stale updates in the socket buffers of a busy
+machine). ``POST /api/change`` sends a promote or rollback to the cloud trainer and
+answers with its result.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from edgepilot.schema.wire import WireError
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-STREAM_INTERVAL_S = 0.1
-PING_S = 15.0
+STREAM_INTERVAL_S = 0.2
+PING_S = 20.0
 REGISTRY_EVERY_S = 3.0
 HEADERS = {
     "Content-Security-Policy": (
@@ -82,10 +85,6 @@ class Settings:
     @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 class Dashboard:
@@ -168,7 +167,7 @@ class Dashboard:
         app.router.add_post("/logout", self.logout)
         app.router.add_get("/api/state", self.state)
         app.router.add_get("/api/access", self.whoami)
-        app.router.add_get("/events", self.events)
+        app.router.add_get("/live", self.live)
         app.router.add_post("/api/change", self.change)
         app.router.add_get("/store/runs/{run}/{name}", self.plot)
         app.router.add_static("/static/", STATIC, follow_symlinks=False)
@@ -189,7 +188,7 @@ class Dashboard:
             resp = web.json_response({"error": str(e)}, status=404)
         for k, v in HEADERS.items():
             resp.headers.setdefault(k, v)
-        if request.path.startswith(("/api/", "/events", "/login")):
+        if request.path.startswith(("/api/", "/live", "/login")):
             resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
@@ -250,33 +249,50 @@ class Dashboard:
         )
         return web.Response(body=data, content_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
-    async def events(self, request: web.Request) -> web.StreamResponse:
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """The page's live feed: the whole view once, then what changed, one update at a
+        time: the next goes out only after the page acknowledged (drew) the last one and at
+        most every ``STREAM_INTERVAL_S``. A page that falls behind (a busy or backgrounded
+        tab) gets fewer updates, each with the newest state, never a backlog."""
         self.access.check_read(request)
-        assert self.hub is not None
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-store",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await resp.prepare(request)
+        self.access.check_origin(request)  # a WebSocket is not bound by the same-origin rule
+        ws = web.WebSocketResponse(heartbeat=PING_S, max_msg_size=4096)
+        await ws.prepare(request)
+        acked = asyncio.Event()
+        reader = asyncio.create_task(self._acks(ws, acked))
         snap, seq = self.view.snapshot()
         try:
-            await resp.write(_sse("snapshot", {**snap, "seq": seq}))
+            await ws.send_str(json.dumps({"type": "snapshot", **snap, "seq": seq}, separators=(",", ":")))
             while True:
-                wake = self.hub.event
-                delta, seq = self.view.since(seq)
-                if delta:
-                    await resp.write(_sse("delta", delta))
-                try:
-                    await asyncio.wait_for(wake.wait(), PING_S)
-                except TimeoutError:
-                    await resp.write(b": ping\n\n")
-                await asyncio.sleep(STREAM_INTERVAL_S)
+                await acked.wait()
+                acked.clear()
+                if ws.closed:
+                    break
+                seq = await self._next(ws, seq)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
-        return resp
+        finally:
+            reader.cancel()
+        return ws
+
+    async def _next(self, ws: web.WebSocketResponse, seq: int) -> int:
+        """Wait for a change after ``seq`` (and the interval), send it; the new seq."""
+        assert self.hub is not None
+        await asyncio.sleep(STREAM_INTERVAL_S)
+        while True:
+            wake = self.hub.event
+            delta, now_seq = self.view.since(seq)
+            if delta:
+                await ws.send_str(json.dumps({"type": "delta", **delta, "seq": now_seq}, separators=(",", ":")))
+                return now_seq
+            await wake.wait()
+
+    @staticmethod
+    async def _acks(ws: web.WebSocketResponse, acked: asyncio.Event) -> None:
+        async for msg in ws:
+            if msg.type == web.WSMsgType.TEXT and msg.data.startswith('{"ack"'):
+                acked.set()
+        acked.set()  # closed: let the sender see it
 
     # -- changes ------------------------------------------------------------------------------------
     async def change(self, request: web.Request) -> web.StreamResponse:

@@ -272,7 +272,7 @@ def test_off_loopback_every_page_needs_the_login(cloud, broker, tmp_path):
         assert not bg.dash.access.open_reads
         status, _ = c.call("GET", "/")
         assert status == 303  # to the login page
-        for path in ("/api/state", "/events", "/store/runs/run-1/compare.png"):
+        for path in ("/api/state", "/live", "/store/runs/run-1/compare.png"):
             status, out = c.call("GET", path)
             assert status == 401 and "log in" in out["error"], path
         assert c.call("GET", "/login")[0] == 200 and c.call("GET", "/static/app.js")[0] == 200
@@ -306,6 +306,48 @@ def test_the_view_follows_the_bus_and_sends_only_what_changed(dashboard, broker)
         assert view.since(seq2)[0]["cars"] == {"car-v": None}
     finally:
         conn.close()
+
+
+def test_the_live_feed_sends_the_next_update_only_once_the_page_drew_the_last(dashboard, broker):
+    """A page that cannot keep up must get fresh state, not a backlog: no delta goes out
+    before the page acknowledged the one before; and no other site may open the feed."""
+    import asyncio
+
+    import aiohttp
+
+    url = dashboard.dash.url.replace("http", "ws") + "live"
+    car = Connection(BrokerConfig(url=broker.url), "dash-test-live-car")
+    car.start()
+
+    def publish(mode: str) -> None:
+        t = fleet.CarTelemetry("car-live", "driving", mode=mode, at=time.time())
+        car.publish(fleet.car_telemetry_topic("car-live"), fleet.encode_car_telemetry(t), qos=1, retain=True)
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(url, origin="http://evil.example")
+            assert refused.value.status == 403
+            async with http.ws_connect(url) as ws:
+                snap = await ws.receive_json(timeout=10)
+                assert snap["type"] == "snapshot" and "cars" in snap
+                publish("local")
+                with pytest.raises(asyncio.TimeoutError):  # not acknowledged: nothing more comes
+                    await ws.receive_json(timeout=1.5)
+                await ws.send_str('{"ack":1}')
+                for _ in range(20):  # the sampler's chart points may come first
+                    delta = await ws.receive_json(timeout=10)
+                    assert delta["type"] == "delta"
+                    if "car-live" in delta.get("cars", {}):
+                        break
+                    await ws.send_str('{"ack":1}')
+                assert delta["cars"]["car-live"]["telemetry"]["mode"] == "local"
+
+    try:
+        asyncio.run(main())
+    finally:
+        car.publish(fleet.car_telemetry_topic("car-live"), b"", qos=1, retain=True)
+        car.close()
 
 
 def test_the_view_samples_the_fleet_for_the_charts():

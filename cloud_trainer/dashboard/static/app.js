@@ -11,15 +11,16 @@
   const dirty = new Set();
   let skew = 0; // the server's clock minus this one, in seconds
   let frame = 0;
+  let ticked = false; // a second passed: redraw what depends on the clock
   let access = {logged_in: false, open_reads: true, store: true};
 
   // For the benchmark and the browser tests: when the page showed what. `changes`: a car's
   // state, model or mode cell took a new value (at: when the car said it, shown: when the
   // page showed it; both ms on the wall clock); `ages`: each newly drawn telemetry's age.
-  const probe = (window.dashProbe = {changes: [], ages: [], snapshots: 0, deltas: 0, frames: 0});
+  const probe = (window.dashProbe = {changes: [], ages: [], render_ms: [], snapshots: 0, deltas: 0, frames: 0});
   const record = (list, item) => {
     list.push(item);
-    if (list.length > PROBE_MAX) list.splice(0, list.length - PROBE_MAX);
+    if (list.length > 2 * PROBE_MAX) list.splice(0, PROBE_MAX); // now and then, not every push
   };
   const wallMs = () => performance.timeOrigin + performance.now();
 
@@ -75,27 +76,39 @@
     if (!frame) frame = requestAnimationFrame(render);
   }
 
+  // The live feed: a snapshot, then deltas; each acknowledged once drawn, so the server
+  // sends the next only then (a page that cannot keep up gets fresher, fewer updates).
+  let socket = null;
+  let unacked = false;
+
   function connect() {
-    const es = new EventSource("/events");
-    es.addEventListener("snapshot", (ev) => {
-      for (const sec of SECTIONS) state[sec] = {};
-      state.points = [];
-      probe.snapshots++;
-      merge(JSON.parse(ev.data));
-      set($("#stream"), "live", "pill ok");
-    });
-    es.addEventListener("delta", (ev) => {
-      probe.deltas++;
-      merge(JSON.parse(ev.data));
-    });
-    es.onerror = async () => {
-      set($("#stream"), "reconnecting…", "pill warn");
-      if (es.readyState === EventSource.CLOSED) {
-        await loadAccess();
-        if (!access.open_reads && !access.logged_in) location.href = "/login";
-        else setTimeout(connect, 2000);
+    const ws = (socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/live`));
+    ws.onmessage = (ev) => {
+      const msg = JSON.parse(ev.data);
+      if (msg.type === "snapshot") {
+        for (const sec of SECTIONS) state[sec] = {};
+        state.points = [];
+        probe.snapshots++;
+        set($("#stream"), "live", "pill ok");
+      } else {
+        probe.deltas++;
       }
+      merge(msg);
+      unacked = true;
     };
+    ws.onclose = async () => {
+      set($("#stream"), "reconnecting…", "pill warn");
+      await loadAccess();
+      if (!access.open_reads && !access.logged_in) location.href = "/login";
+      else setTimeout(connect, 1000);
+    };
+  }
+
+  function ack() {
+    if (unacked && socket && socket.readyState === WebSocket.OPEN) {
+      socket.send('{"ack":1}');
+      unacked = false;
+    }
   }
 
   async function loadAccess() {
@@ -112,17 +125,22 @@
 
   // -- drawing ------------------------------------------------------------------------------
   function render() {
+    const t0 = performance.now();
     frame = 0;
     probe.frames++;
     const d = new Set(dirty);
     dirty.clear();
+    const tick = ticked;
+    ticked = false;
     if (d.has("bus")) renderBus();
-    if (d.has("cars")) renderCars();
-    if (d.has("edges")) renderEdges();
+    if (d.has("cars") || tick) renderCars(tick);
+    if (d.has("edges") || tick) renderEdges();
     if (d.has("registry") || d.has("models")) renderRegistry();
     if (d.has("cars") || d.has("registry") || d.has("models")) renderOnModel();
     if (d.has("runs")) renderRuns();
     if (d.has("points")) renderCharts();
+    record(probe.render_ms, performance.now() - t0);
+    ack();
   }
 
   function renderBus() {
@@ -232,28 +250,30 @@
 
   function fillExits(row, rates) {
     const keys = Object.keys(rates).sort((a, b) => Number(a) - Number(b));
-    const sig = keys.map((k) => rates[k].toFixed(2)).join("/");
+    const shares = keys.map((k) => (100 * rates[k]).toFixed(0));
+    const sig = shares.join("/");
     if (row.exitSig === sig) return;
     row.exitSig = sig;
-    row.bar.replaceChildren(
-      ...keys.map((k, i) => {
-        const seg = el("span", {class: `e${Math.min(i, 3)}`});
-        seg.style.width = `${(100 * rates[k]).toFixed(1)}%`;
-        return seg;
-      }),
-    );
+    while (row.bar.children.length < keys.length) row.bar.append(el("span", {class: `e${Math.min(row.bar.children.length, 3)}`}));
+    while (row.bar.children.length > keys.length) row.bar.lastChild.remove();
+    keys.forEach((k, i) => (row.bar.children[i].style.width = `${shares[i]}%`));
     const last = keys.length - 1;
-    const names = keys.map((k, i) => `${i === last && i > 0 ? "final" : `exit ${k}`} ${pct(rates[k])}`);
-    row.bar.title = names.join(", ");
-    set(row.bar.nextSibling, keys.length ? ` ${keys.map((k) => (100 * rates[k]).toFixed(0)).join("/")}` : "–");
+    row.bar.title = keys.map((k, i) => `${i === last && i > 0 ? "final" : `exit ${k}`} ${shares[i]}%`).join(", ");
+    set(row.bar.nextSibling, keys.length ? ` ${sig}` : "–");
   }
 
-  function renderCars() {
+  function renderCars(tick) {
     const all = Object.keys(state.cars).sort();
     const online = all.filter((id) => !["offline", "stale", "unknown"].includes(carState(state.cars[id])));
     const ids = $("#hide-offline-cars").checked ? online : all;
     syncRows($("#cars tbody"), carRows, ids, makeCarRow);
-    for (const id of ids) fillCar(id, carRows.get(id), state.cars[id]);
+    for (const id of ids) {
+      const row = carRows.get(id);
+      const car = state.cars[id];
+      if (row.car === car && !tick) continue; // nothing new for this car
+      row.car = car;
+      fillCar(id, row, car);
+    }
     set($("#cars-count"), all.length ? `${online.length} of ${all.length} online` : "");
     $("#no-cars").hidden = all.length > 0;
   }
@@ -594,8 +614,7 @@
   });
   // ages ("heard 3 s ago") and staleness move with the clock, not only with messages
   setInterval(() => {
-    dirty.add("cars");
-    dirty.add("edges");
+    ticked = true;
     schedule();
   }, 1000);
 
