@@ -24,6 +24,10 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")
     p.add_argument("--train-timeout", type=float, default=420.0, help="seconds to wait for a training run")
+    p.add_argument(
+        "--dashboard-port", type=int, default=8080, help="the fleet dashboard's port (taken: any free one; 0: any)"
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="do not serve the fleet dashboard")
 
 
 def _bench_offload(p: argparse.ArgumentParser) -> None:

@@ -41,6 +41,7 @@ from edgepilot.schema import fleet
 from edgepilot.stats import pct
 from edgepilot.supervise import Supervisor
 from testbed.browser import chromium, until
+from testbed.procs import descendants
 
 TICK = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 3.0  # after a phase starts: processes started, the page loaded, before measuring
@@ -182,24 +183,6 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (Chromium is a dozen processes)."""
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
-
-
 class CpuMeter:
     """CPU use of named process groups over a window, in % of one core."""
 
@@ -270,7 +253,7 @@ def _open_phase(rig: Rig, duration: float, cars: int) -> dict[str, Any]:
         until(drv, f"return document.querySelectorAll('#cars tbody tr').length >= {cars}", 60)
         time.sleep(SETTLE_S)
         drv.execute_script(RESPONSIVENESS)
-        meter = CpuMeter({**rig.fixed(), "dashboard": [pid], "chromium": tree(drv.service.process.pid)})
+        meter = CpuMeter({**rig.fixed(), "dashboard": [pid], "chromium": descendants(drv.service.process.pid)})
         box = drv.find_element("id", "hide-offline-edges")
         t_end = time.monotonic() + duration
         while time.monotonic() < t_end:

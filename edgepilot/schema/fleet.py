@@ -40,6 +40,7 @@ import hmac
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -613,15 +614,22 @@ def _validate_change(c: ModelChange) -> None:
         raise WireError("model change: mac must be 64 lowercase hex characters (HMAC-SHA256)")
 
 
-def encode_model_change(c: ModelChange) -> bytes:
-    _validate_change(c)
-    return _dumps(c)
+def _json_codec(cls: type, validate: Callable[[Any], None], what: str) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """The encoder and decoder of a JSON payload class, both running its validation."""
+
+    def encode(obj: Any) -> bytes:
+        validate(obj)
+        return _dumps(obj)
+
+    def decode(payload: bytes) -> Any:
+        obj = _build(cls, _loads(payload, what), what)
+        validate(obj)
+        return obj
+
+    return encode, decode
 
 
-def decode_model_change(payload: bytes) -> ModelChange:
-    c = _build(ModelChange, _loads(payload, "model change"), "model change")
-    _validate_change(c)
-    return c
+encode_model_change, decode_model_change = _json_codec(ModelChange, _validate_change, "model change")
 
 
 @dataclass(slots=True)
@@ -650,12 +658,6 @@ def _validate_change_result(r: ModelChangeResult) -> None:
         raise WireError("model change result: a refused change must say why (error)")
 
 
-def encode_model_change_result(r: ModelChangeResult) -> bytes:
-    _validate_change_result(r)
-    return _dumps(r)
-
-
-def decode_model_change_result(payload: bytes) -> ModelChangeResult:
-    r = _build(ModelChangeResult, _loads(payload, "model change result"), "model change result")
-    _validate_change_result(r)
-    return r
+encode_model_change_result, decode_model_change_result = _json_codec(
+    ModelChangeResult, _validate_change_result, "model change result"
+)

@@ -283,6 +283,35 @@ def test_off_loopback_every_page_needs_the_login(cloud, broker, tmp_path):
         bg.stop()
 
 
+def test_with_a_certificate_it_serves_https_and_its_login_cookie_is_secure(cloud, broker, tmp_path):
+    import ssl
+    import subprocess
+
+    from edgepilot.config import REPO_ROOT
+
+    tls = tmp_path / "tls"
+    subprocess.run([REPO_ROOT / "launch" / "make-test-ca", tls], check=True, capture_output=True)
+    prof = dash_profile(tmp_path, broker.url, cloud.store.root, tls_cert=str(tls / "server.crt"), tls_key=str(tls / "server.key"))
+    bg = Background(build(prof))
+    bg.start()
+    try:
+        assert bg.dash.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+        req = urllib.request.Request(
+            bg.dash.url + "login",
+            data=json.dumps({"token": TOKEN}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "X-Edgepilot-Dashboard": "1"},
+        )
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            cookie = r.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP on the TLS port: nothing
+            urllib.request.urlopen(bg.dash.url.replace("https", "http") + "api/state", timeout=10)
+    finally:
+        bg.stop()
+
+
 def test_the_view_follows_the_bus_and_sends_only_what_changed(dashboard, broker):
     view = dashboard.dash.view
     conn = Connection(BrokerConfig(url=broker.url), "dash-test-car")
@@ -421,3 +450,54 @@ def test_registry_view_lists_versions_and_the_rollback_stack(tmp_path, fleet_key
     st = StoreView(reg.store).registry_state()["car"]
     assert st["current"] == "r-2" and st["history"] == ["r-1"] and st["rolled_back"] == ["r-3"]
     assert [v["version"] for v in st["versions"]] == ["r-1", "r-2", "r-3"] and st["versions"][0]["size"] > 0
+
+
+def test_on_the_secured_broker_the_dashboards_login_reads_the_fleet_and_asks_but_never_announces(tmp_path, fleet_keys):
+    """docs/deploy.md's set-up: the dashboard with its own login (role dashboard), the cloud
+    trainer with the cloud's, a car with its own, TLS and the ACL from the table of topics."""
+    from tests.system.test_secured_broker import creds, make_secured
+
+    auth, b = make_secured(tmp_path, "--car", "car-1", "--cloud", "cloud", "--dashboard", "dash")
+    token_file = tmp_path / "op.token"
+    token_file.write_text(TOKEN + "\n")
+    store = DirStore(tmp_path / "store")
+    cloud_conn = Connection(creds(b, auth, "cloud"), "cloud")
+    cloud_conn.start()
+    svc = CloudService(store, cloud_conn, RetrainConfig(), min_frames=10**9, trusted_keys=[fleet_keys["pub"]],
+                       announce_key=fleet_keys["announce"], operator_token_file=str(token_file))  # fmt: skip
+    for i in (1, 2):
+        svc.registry.add("car", make_package(tmp_path / f"v{i}.eppkg", f"v-{i}", fleet_keys["package"], seed=i))
+    svc.registry.promote("car", "v-1")
+    svc.start()
+    prof = dash_profile(tmp_path, b.url, store.root, broker_username="dash", broker_password_file=str(auth / "dash.pass"))
+    prof.broker = creds(b, auth, "cloud")  # the profile's [broker] is the cloud's: the dashboard must not use it
+    bg = Background(build(prof))
+    bg.start()
+    car = Connection(creds(b, auth, "car-1"), "car-1")
+    car.start()
+    anns: list[fleet.PushAnnouncement] = []
+    car.subscribe(wire.model_topic("car"), lambda m: m.payload and anns.append(fleet.decode_announcement(m.payload)), qos=1)
+    try:
+        assert car.wait_subscribed(5)
+        dash_conn = bg.dash.bus.conn
+        assert wait_for(dash_conn.connected.is_set, 10) and dash_conn.client_id.startswith("dash")
+        assert dash_conn.wait_subscribed(5) and all(codes[0] < 0x80 for codes in dash_conn.suback.values())
+        t = fleet.CarTelemetry("car-1", "driving", model="v-1", at=time.time())
+        car.publish(fleet.car_telemetry_topic("car-1"), fleet.encode_car_telemetry(t), qos=1, retain=True)
+        assert wait_for(lambda: bg.dash.view.get("cars", "car-1"), 10)  # it reads the fleet
+        # its login cannot announce a model, not even with a valid-looking announcement
+        forged = fleet.PushAnnouncement("car", "evil", "0" * 64, 1, 1, ["0" * 64], "A" * 86 + "==", counter=2**40, expires=2**31)
+        dash_conn.publish(wire.model_topic("car"), fleet.encode_announcement(forged), qos=1)
+        time.sleep(0.5)  # checking that nothing arrives
+        assert all(a.version != "evil" for a in anns)
+        # what it may do: ask, with the operator's token; the cloud announces
+        status, out = Client(bg.dash.url).call("POST", "/api/change", {"action": "promote", "target": "car", "version": "v-2", "token": TOKEN})
+        assert status == 200 and out["current"] == "v-2" and out["pushed"]
+        assert wait_for(lambda: anns and anns[-1].version == "v-2", 10)
+    finally:
+        car.publish(fleet.car_telemetry_topic("car-1"), b"", qos=1, retain=True)
+        car.close()
+        bg.stop()
+        svc.stop()
+        cloud_conn.close()
+        b.stop()

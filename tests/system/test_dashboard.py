@@ -192,6 +192,53 @@ def confirm(drv, token: str) -> str:
     )
 
 
+def page_follows(drv, watch: Watch, version: str, after: float) -> dict[str, dict[str, float]]:
+    """Each car reports ``version`` after ``after``; the page shows it within its budget
+    of the report's arrival at this test's own subscriber. Per car: the car's swap (report
+    minus ``after``), the page's share, and the whole (page minus ``after``), in s."""
+    out = {}
+    for car in CARS:
+        heard, st = watch.wait_runs_after(car, version, after)
+        shown = shown_at(drv, car, version, after=after)
+        assert shown - st.at <= PAGE_BUDGET_S + max(0.0, heard - st.at), (car, shown - st.at, heard - st.at)
+        out[car] = {"swap": round(st.at - after, 2), "page": round(shown - st.at, 2), "total": round(shown - after, 2)}
+    return out
+
+
+def fleet_is_shown(drv, v1: str) -> None:
+    for car in CARS:
+        assert wait_for(lambda c=car: cell(drv, "car", c, "state") == "driving", WAIT_S), car
+        assert cell(drv, "car", car, "model").startswith(v1)
+    assert wait_for(lambda: cell(drv, "edge", EDGE, "health") == "up", WAIT_S)
+    assert int(cell(drv, "edge", EDGE, "requests")) >= 0
+    shot(drv, "dashboard-fleet")
+
+
+def refused_without_the_token(drv, reg: Registry, watch: Watch, v1: str, v2: str) -> None:
+    open_change(drv, "promote", v1)
+    assert confirm(drv, "") == "Refused: this needs the operator's token (log in, or give it in the confirmation)"
+    assert confirm(drv, "not-the-token") == "Refused: wrong operator token"
+    shot(drv, "dashboard-refused")
+    drv.find_element(By.ID, "confirm-cancel").click()
+    assert reg.current("car") == v2 and [a.version for a in watch.announced].count(v1) == 0
+
+
+def rolled_back_from_the_page(drv, reg: Registry, watch: Watch, token: str, v1: str, v2: str) -> dict:
+    n_before = len(watch.announced)
+    open_change(drv, "rollback", None)
+    asked = time.time()
+    assert confirm(drv, token) == "done"
+    toast = until(drv, "return document.getElementById('toast').textContent", 10)
+    assert f"{v2} → {v1}" in toast and "announced to the fleet" in toast
+    assert reg.current("car") == v1
+    assert wait_for(lambda: len(watch.announced) > n_before, WAIT_S)
+    assert watch.announced[-1].version == v1 and watch.announced[-1].rollback
+    times = page_follows(drv, watch, v1, asked)
+    until(drv, f"return document.querySelector(\"#registry tr.current[data-version='{v1}']\")", 30)
+    shot(drv, "dashboard-rolled-back")
+    return times
+
+
 def test_the_dashboard_follows_a_live_fleet_in_a_browser(broker, tiny_model, tmp_path):
     store = tmp_path / "store"
     pub = REPO_ROOT / "keys" / "signing.pub"
@@ -211,56 +258,33 @@ def test_the_dashboard_follows_a_live_fleet_in_a_browser(broker, tiny_model, tmp
             token = check_token_printed_once(sup, token_file)
             drv = chromium()
             drv.get(url)
-            # 1. both cars, driving on v1, and the edge node
-            for car in CARS:
-                assert wait_for(lambda c=car: cell(drv, "car", c, "state") == "driving", WAIT_S), car
-                assert cell(drv, "car", car, "model").startswith(v1)
-            assert wait_for(lambda: cell(drv, "edge", EDGE, "health") == "up", WAIT_S)
-            assert int(cell(drv, "edge", EDGE, "requests")) >= 0
-            shot(drv, "dashboard-fleet")
-
-            # 2. the operator pushes v2 from the command line: the page shows it once the cars run it
-            sup.edgepilot("promote", "models", "promote", v2, "--store", str(store), "--broker", broker.url, "--profile", str(prof), "--json", expect_exit=True)
+            fleet_is_shown(drv, v1)  # both cars, driving on v1, and the edge node
+            # the operator pushes v2 from the command line: the page shows it once the cars run it
+            promote = ["models", "promote", v2, "--store", str(store), "--broker", broker.url, "--profile", str(prof)]
+            sup.edgepilot("promote", *promote, expect_exit=True)
             assert sup.wait("promote", WAIT_S) == 0
             assert wait_for(lambda: any(a.version == v2 for a in watch.announced), WAIT_S)
             ann = next(a for a in watch.announced if a.version == v2)
-            totals = {}
-            for car in CARS:
-                heard, st = watch.wait_runs_after(car, v2, ann.at)
-                shown = shown_at(drv, car, v2, after=ann.at)
-                # the page's share: from the car's report to the page, against the same
-                # report to this test's subscriber
-                assert shown - st.at <= PAGE_BUDGET_S + max(0.0, heard - st.at), (car, shown - st.at, heard - st.at)
-                totals[car] = round(shown - ann.at, 2)
-            print(f"push -> page: {totals} s (car swap included)")
-
-            # 3. a change without the operator's token is refused on the page, and changes nothing
-            open_change(drv, "promote", v1)
-            assert confirm(drv, "") == "Refused: this needs the operator's token (log in, or give it in the confirmation)"
-            assert confirm(drv, "not-the-token") == "Refused: wrong operator token"
-            shot(drv, "dashboard-refused")
-            drv.find_element(By.ID, "confirm-cancel").click()
-            assert reg.current("car") == v2 and [a.version for a in watch.announced].count(v1) == 0
-
-            # 4. a rollback from the page (with the token) reaches the cars
-            n_before = len(watch.announced)
-            open_change(drv, "rollback", None)
-            assert confirm(drv, token) == "done"
-            toast = until(drv, "return document.getElementById('toast').textContent", 10)
-            assert f"{v2} → {v1}" in toast and "announced to the fleet" in toast
-            assert reg.current("car") == v1
-            assert wait_for(lambda: len(watch.announced) > n_before, WAIT_S)
-            assert watch.announced[-1].version == v1 and watch.announced[-1].rollback
-            for car in CARS:
-                heard, st = watch.wait_runs_after(car, v1, ann.at)
-                shown = shown_at(drv, car, v1, after=ann.at)
-                assert shown - st.at <= PAGE_BUDGET_S + max(0.0, heard - st.at), (car, shown - st.at)
-            assert wait_for(lambda: (cell(drv, "car", CARS[0], "model") or "").startswith(v1), WAIT_S)
-            until(drv, f"return document.querySelector(\"#registry tr.current[data-version='{v1}']\")", 30)
-            shot(drv, "dashboard-rolled-back")
+            print(f"push -> page (s): {page_follows(drv, watch, v2, ann.at)}")
+            refused_without_the_token(drv, reg, watch, v1, v2)
+            print(f"rollback click -> page (s): {rolled_back_from_the_page(drv, reg, watch, token, v1, v2)}")
             sup.check()  # nobody died on the way
     finally:
         if drv is not None:
             drv.quit()
         watch.conn.close()
 
+
+def test_bench_dashboard_serves_the_page_from_the_cloud_trainer(capsys):
+    """``edgepilot bench dashboard --in-cloud`` on a small fleet: ``cloud --dashboard`` serves
+    the page, the page shows the cars' changes, and every figure the docs quote is there."""
+    from tests.helpers import run_json
+
+    args = ["bench", "dashboard", "--cars", "4", "--rate", "5", "--duration", "3", "--rounds", "1", "--in-cloud", "--json"]
+    rc, res = run_json(capsys, args)
+    assert rc == 0 and res["dashboard"] == "inside the cloud trainer"
+    assert res["change_ms"]["n"] > 0 and res["change_ms"]["p95"] >= res["change_ms"]["p50"] > 0
+    assert res["input_ms"]["n"] >= 1 and res["render_ms"]["per_s"] > 0
+    for who in ("broker", "cloud"):
+        assert set(res["cpu_pct"][who]) == {"closed", "open", "rise"}
+    assert res["cpu_pct"]["cloud"]["open"] > 0  # it served the page, so it did something

@@ -176,17 +176,22 @@
     if (want.length !== have.length || want.some((tr, i) => tr !== have[i])) tbody.replaceChildren(...want);
   }
 
+  // a table row of named cells (data-col), the numeric ones right-aligned
+  function makeRow(kind, id, names, numeric) {
+    const tr = el("tr", {[`data-${kind}`]: id});
+    const cells = {};
+    for (const name of names) {
+      cells[name] = el("td", {"data-col": name, class: numeric.includes(name) ? "num" : ""});
+      tr.append(cells[name]);
+    }
+    cells.id.textContent = id;
+    return {tr, cells};
+  }
+
   const carRows = new Map();
   const CAR_CELLS = ["id", "state", "model", "mode", "hz", "exits", "offload", "used", "rtt", "takeovers", "upload", "heard"];
   function makeCarRow(id) {
-    const tr = el("tr", {"data-car": id});
-    const cells = {};
-    for (const name of CAR_CELLS) {
-      cells[name] = el("td", {"data-col": name});
-      tr.append(cells[name]);
-    }
-    for (const n of ["hz", "offload", "used", "rtt", "takeovers", "heard"]) cells[n].className = "num";
-    cells.id.textContent = id;
+    const {tr, cells} = makeRow("car", id, CAR_CELLS, ["hz", "offload", "used", "rtt", "takeovers", "heard"]);
     const bar = el("span", {class: "bar"});
     cells.exits.append(bar, el("span", {class: "muted"}));
     return {tr, cells, bar, at: null};
@@ -281,15 +286,7 @@
   const edgeRows = new Map();
   const EDGE_CELLS = ["id", "health", "model", "requests", "answered", "inflight", "dropped", "errors", "batches", "latency", "tails", "up"];
   function makeEdgeRow(id) {
-    const tr = el("tr", {"data-edge": id});
-    const cells = {};
-    for (const name of EDGE_CELLS) {
-      cells[name] = el("td", {"data-col": name});
-      tr.append(cells[name]);
-    }
-    for (const n of ["requests", "answered", "inflight", "dropped", "errors", "latency", "tails", "up"]) cells[n].className = "num";
-    cells.id.textContent = id;
-    return {tr, cells};
+    return makeRow("edge", id, EDGE_CELLS, ["requests", "answered", "inflight", "dropped", "errors", "latency", "tails", "up"]);
   }
 
   function edgeHealth(e) {
