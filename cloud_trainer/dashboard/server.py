@@ -113,6 +113,7 @@ class Dashboard:
         self.hub = Hub(asyncio.get_running_loop())
         self.view.on_change = self.hub.changed
         self.bus.start()
+        await self._read_store()  # the first page shows the registry and the runs already
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
@@ -146,14 +147,16 @@ class Dashboard:
             await asyncio.sleep(1.0)
 
     async def _store_refresh(self) -> None:
-        loop = asyncio.get_running_loop()
         while self.store is not None:
-            try:
-                await loop.run_in_executor(None, self.refresh_store)
-            except (OSError, ValueError, EdgepilotError) as e:
-                log.warning("dashboard: cannot read the store: %s", e)
-                self.view.put("bus", "store", {"error": str(e)[:300]})
             await asyncio.sleep(REGISTRY_EVERY_S)
+            await self._read_store()
+
+    async def _read_store(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.refresh_store)
+        except (OSError, ValueError, EdgepilotError) as e:
+            log.warning("dashboard: cannot read the store: %s", e)
+            self.view.put("bus", "store", {"error": str(e)[:300]})
 
     def refresh_store(self) -> None:
         """Re-read the registry and the runs; the page hears of them only when they changed."""
