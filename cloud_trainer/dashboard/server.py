@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 STREAM_INTERVAL_S = 0.2
+BURST_S = 0.05
 PING_S = 20.0
 REGISTRY_EVERY_S = 3.0
 HEADERS = {
@@ -269,6 +270,7 @@ class Dashboard:
         acked = asyncio.Event()
         reader = asyncio.create_task(self._acks(ws, acked))
         snap, seq = self.view.snapshot()
+        sent = asyncio.get_running_loop().time()
         try:
             await ws.send_str(json.dumps({"type": "snapshot", **snap, "seq": seq}, separators=(",", ":")))
             while True:
@@ -276,18 +278,21 @@ class Dashboard:
                 acked.clear()
                 if ws.closed:
                     break
-                seq = await self._next(ws, seq)
+                seq, sent = await self._next(ws, seq, sent)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             reader.cancel()
         return ws
 
-    async def _next(self, ws: web.WebSocketResponse, seq: int) -> int:
-        """Wait for a change after ``seq`` (and the interval), send it; the new seq."""
+    async def _next(self, ws: web.WebSocketResponse, seq: int, sent: float) -> tuple[int, float]:
+        """Send what changed after ``seq``, no sooner than ``STREAM_INTERVAL_S`` after the
+        last send (at ``sent``); when nothing has yet, wait for a change and give a burst
+        (a fleet reporting at once) ``BURST_S`` to land. The new seq and send time."""
         hub = self.hub
         assert hub is not None
-        await asyncio.sleep(STREAM_INTERVAL_S)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, sent + STREAM_INTERVAL_S - loop.time()))
         while True:
             wake = hub.event
             hub.waiting += 1
@@ -295,10 +300,11 @@ class Dashboard:
                 delta, now_seq = self.view.since(seq)
                 if delta:
                     await ws.send_str(json.dumps({"type": "delta", **delta, "seq": now_seq}, separators=(",", ":")))
-                    return now_seq
+                    return now_seq, loop.time()
                 await wake.wait()
             finally:
                 hub.waiting -= 1
+            await asyncio.sleep(BURST_S)
 
     @staticmethod
     async def _acks(ws: web.WebSocketResponse, acked: asyncio.Event) -> None:

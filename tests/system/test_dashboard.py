@@ -232,11 +232,12 @@ def rolled_back_from_the_page(drv, reg: Registry, watch: Watch, token: str, v1: 
     assert f"{v2} → {v1}" in toast and "announced to the fleet" in toast
     assert reg.current("car") == v1
     assert wait_for(lambda: len(watch.announced) > n_before, WAIT_S)
-    assert watch.announced[-1].version == v1 and watch.announced[-1].rollback
-    times = page_follows(drv, watch, v1, asked)
+    ann = watch.announced[-1]
+    assert ann.version == v1 and ann.rollback and ann.at > asked
+    times = page_follows(drv, watch, v1, ann.at)
     until(drv, f"return document.querySelector(\"#registry tr.current[data-version='{v1}']\")", 30)
     shot(drv, "dashboard-rolled-back")
-    return times
+    return {"confirm -> announced": round(ann.at - asked, 2), **times}
 
 
 def test_the_dashboard_follows_a_live_fleet_in_a_browser(broker, tiny_model, tmp_path):
@@ -267,7 +268,7 @@ def test_the_dashboard_follows_a_live_fleet_in_a_browser(broker, tiny_model, tmp
             ann = next(a for a in watch.announced if a.version == v2)
             print(f"push -> page (s): {page_follows(drv, watch, v2, ann.at)}")
             refused_without_the_token(drv, reg, watch, v1, v2)
-            print(f"rollback click -> page (s): {rolled_back_from_the_page(drv, reg, watch, token, v1, v2)}")
+            print(f"rollback from the page (s): {rolled_back_from_the_page(drv, reg, watch, token, v1, v2)}")
             sup.check()  # nobody died on the way
     finally:
         if drv is not None:
