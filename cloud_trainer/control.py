@@ -126,7 +126,10 @@ class ModelControl:
                 "model changes over the bus are off"
             )
         if not fleet.change_mac_ok(c, token):
-            return "not authorised: the request's HMAC does not match the operator's token"
+            return (
+                "not authorised: the request's HMAC does not match the operator's token "
+                f"(the cloud trainer's is in {self.token_file})"
+            )
         if abs(now - c.at) > fleet.MODEL_CHANGE_MAX_AGE_S:
             return f"stale request: asked at {c.at:.0f}, {now - c.at:+.0f} s from the cloud's clock"
         return None
