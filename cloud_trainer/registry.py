@@ -16,7 +16,8 @@ rollback after a rollback walks further back, never in a circle.
 
 CLI: ``edgepilot models list|promote|rollback`` (``cli_list``, ``cli_promote``,
 ``cli_rollback``); promote and rollback push the new current to the fleet when a broker
-is reachable (``cloud_trainer.push``).
+is reachable (``cloud_trainer.push``). ``change_model`` is the one path of a change: the
+CLI and the cloud trainer (running the dashboard's ``fleet.ModelChange``) both take it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,10 @@ class Registry:
     def current(self, target: str) -> str | None:
         return self._pointer(target)["version"]
 
+    def pointer(self, target: str) -> dict[str, Any]:
+        """``current.json``: version, history (the rollback stack), rolled_back, changed."""
+        return self._pointer(target)
+
     def history(self, target: str) -> list[str]:
         return list(self._pointer(target)["history"])
 
@@ -207,7 +213,7 @@ def _open(args: Any) -> tuple[Registry, Any]:
     return Registry(store, prof.model.trusted_keys or None), prof
 
 
-def _push(args: Any, prof: Any, reg: Registry, target: str, version: str, rollback: bool) -> bool:
+def _push(args: Any, prof: Any, reg: Registry, target: str, rollback: bool) -> bool:
     """Announce the new current on the broker; False (with a warning) when none answers."""
     from cloud_trainer.push import push_current
     from edgepilot.mqtt import Connection, broker_config
@@ -251,16 +257,36 @@ def cli_list(args: Any) -> dict[str, Any]:
     return {"target": args.target, "current": cur, "history": reg.history(args.target), "versions": rows}
 
 
+def change_model(
+    reg: Registry, action: str, target: str, version: str | None, push: Callable[[str, bool], bool]
+) -> dict[str, Any]:
+    """Promote ``version`` of ``target``, or roll ``target`` back, then tell the fleet with
+    ``push(target, rollback)`` (True when the announcement went out). The one path of every
+    model change: ``edgepilot models promote|rollback`` and the cloud trainer's executor of
+    ``fleet.ModelChange`` (the dashboard's buttons) both call it."""
+    before = reg.current(target)
+    if action == "promote":
+        if not version:
+            raise EdgepilotError("promote needs a version")
+        entry = reg.promote(target, version)
+    elif action == "rollback":
+        entry = reg.rollback(target)
+    else:
+        raise EdgepilotError(f"unknown model change {action!r} (promote or rollback)")
+    pushed = push(target, action == "rollback")
+    out = {"target": target, "current": entry["version"], "pushed": pushed}
+    if action == "rollback":
+        out["rolled_back"] = before
+    return {**out, "previous": before}
+
+
 def cli_promote(args: Any) -> dict[str, Any]:
     reg, prof = _open(args)
-    entry = reg.promote(args.target, args.version)
-    pushed = _push(args, prof, reg, args.target, entry["version"], rollback=False)
-    return {"target": args.target, "current": entry["version"], "pushed": pushed}
+    res = change_model(reg, "promote", args.target, args.version, lambda t, rb: _push(args, prof, reg, t, rb))
+    return {k: res[k] for k in ("target", "current", "pushed")}
 
 
 def cli_rollback(args: Any) -> dict[str, Any]:
     reg, prof = _open(args)
-    bad = reg.current(args.target)
-    entry = reg.rollback(args.target)
-    pushed = _push(args, prof, reg, args.target, entry["version"], rollback=True)
-    return {"target": args.target, "current": entry["version"], "rolled_back": bad, "pushed": pushed}
+    res = change_model(reg, "rollback", args.target, None, lambda t, rb: _push(args, prof, reg, t, rb))
+    return {k: res[k] for k in ("target", "current", "rolled_back", "pushed")}

@@ -1,6 +1,8 @@
-"""A short report per retraining run: markdown + a comparison plot, kept in the store.
+"""A short report per retraining run: markdown + plots, kept in the store.
 
-``runs/<run>/report.md``, ``runs/<run>/compare.png`` and ``runs/<run>/summary.json``:
+``runs/<run>/report.md``, ``runs/<run>/compare.png``, ``runs/<run>/summary.json``, and the
+run's training curves (``curve-car.png``, ``curve-edge.png``) and closed-loop trajectories
+of the gate (``trajectory-car-candidate-<track>.png``, ``...-current-...``):
 what was trained on what, candidate vs current on every gate metric, and the verdict —
 enough to answer "why did (or didn't) the fleet get a new model?" a week later.
 """
@@ -77,13 +79,24 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
         lines.append("")
     lines += ["![candidate vs current](compare.png)", ""]
+    lines += [f"![{name}]({name}.png)" for name in results.get("plots", [])]
     return "\n".join(lines)
 
 
-def write_report(store: Store, run_id: str, results: dict[str, Any], workdir: Path) -> str:
-    """Write the run's report into the store; returns the report's key."""
+def write_report(
+    store: Store, run_id: str, results: dict[str, Any], workdir: Path, plots: dict[str, Path] | None = None
+) -> str:
+    """Write the run's report into the store, with ``plots`` (name -> PNG: the training
+    curves, the gate's trajectories) beside it as ``runs/<run>/<name>.png``; returns the
+    report's key."""
     png = plot(results, workdir / "compare.png")
     prefix = f"runs/{run_id}"
+    kept = []
+    for name, path in sorted((plots or {}).items()):
+        if path.exists():
+            store.put_file(f"{prefix}/{name}.png", path)
+            kept.append(name)
+    results["plots"] = kept
     store.put(f"{prefix}/report.md", markdown(results).encode())
     store.put_file(f"{prefix}/compare.png", png)
     store.put(f"{prefix}/summary.json", json.dumps(results, indent=1, default=str).encode())

@@ -80,7 +80,12 @@ def latency_ms(ap: Pilot, frames: list[np.ndarray], n: int = 200) -> dict[str, f
 
 
 def evaluate_package(
-    path: Path, trusted: list[str] | None, frames: list, labels: np.ndarray, cfg: RetrainConfig
+    path: Path,
+    trusted: list[str] | None,
+    frames: list,
+    labels: np.ndarray,
+    cfg: RetrainConfig,
+    plot_prefix: Path | None = None,
 ) -> dict:
     from edgepilot.model.evaluate import evaluate
     from edgepilot.model.runtime import Autopilot
@@ -96,7 +101,7 @@ def evaluate_package(
     }
     if cfg.eval_tracks:  # the same car wiring and loop as every car (edgepilot.drive.car)
         out["closed_loop"] = scored_drives(
-            ap, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms
+            ap, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms, plot_prefix
         )
     return out
 
@@ -152,28 +157,37 @@ def retrain(
     log.info("retrain %s: %d training sessions, %d held out", run_id, len(train_dirs), len(held_dirs))
 
     results: dict[str, Any] = {"run": run_id, "train": train_keys, "heldout": held_keys, "targets": {}}
-    candidates = _train_candidates(registry, train_dirs, work, cfg, key, results)
-    _evaluate_candidates(registry, candidates, held_dirs, cfg, results)
+    # the plots the run's report keeps in the store: training curves, gate trajectories
+    plots: dict[str, Path] = {}
+    candidates = _train_candidates(registry, train_dirs, work, cfg, key, results, plots)
+    _evaluate_candidates(registry, candidates, held_dirs, cfg, results, work, plots)
     tails = None
     if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
         tails = _train_tails(registry, candidates["car"], train_dirs, work, cfg)
         results["tails"] = {k: v for k, v in tails.items() if k != "path"}
-    report_key = write_report(registry.store, run_id, results, work)
+    report_key = write_report(registry.store, run_id, results, work, plots)
     promoted = _register(registry, candidates, results, tails, report_key)
     results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
     return results
 
 
 def _train_candidates(
-    registry: Registry, train_dirs: list[str], work: Path, cfg: RetrainConfig, key: str | None, results: dict
+    registry: Registry,
+    train_dirs: list[str],
+    work: Path,
+    cfg: RetrainConfig,
+    key: str | None,
+    results: dict,
+    plots: dict[str, Path],
 ) -> dict[str, Path]:
     """Train the edge teacher (if asked), the car model distilled from it, and compress the
-    car model to int8; the packages by target, their figures into ``results``."""
+    car model to int8; the packages by target, their figures into ``results``, their
+    training curves into ``plots``."""
     from edgepilot.model.compress import compress_package
     from edgepilot.model.train import TrainConfig, train
 
     base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
-    teacher = None
+    teacher, edge = None, None
     if cfg.train_edge:
         edge = train(
             train_dirs,
@@ -191,6 +205,7 @@ def _train_candidates(
         key=key,
     )
     results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
+    plots.update({f"curve-{t}": Path(r["curve"]) for t, r in (("edge", edge), ("car", car)) if r and r.get("curve")})
     try:
         # the car's own runtime: an ONNX package runs on a car install without torch
         comp = compress_package(
@@ -217,24 +232,40 @@ def _train_candidates(
 
 
 def _evaluate_candidates(
-    registry: Registry, candidates: dict[str, Path], held_dirs: list[str], cfg: RetrainConfig, results: dict
+    registry: Registry,
+    candidates: dict[str, Path],
+    held_dirs: list[str],
+    cfg: RetrainConfig,
+    results: dict,
+    work: Path,
+    plots: dict[str, Path],
 ) -> None:
     """Each candidate and the current model of its target, side by side on the held-out
-    sessions, and the gate's verdict: into ``results["targets"]``."""
+    sessions, and the gate's verdict: into ``results["targets"]``; the closed-loop
+    trajectories into ``plots``."""
     from edgepilot.model.evaluate import load_frames
 
     frames, labels = load_frames(held_dirs, cfg.eval_frames)
     for target, pkg in candidates.items():
         tcfg = cfg if target == "car" else RetrainConfig(**{**asdict(cfg), "eval_tracks": []})
-        cand = evaluate_package(pkg, registry.trusted_keys, frames, labels, tcfg)
+        trusted = registry.trusted_keys
+        cand = evaluate_package(pkg, trusted, frames, labels, tcfg, work / f"trajectory-{target}-candidate")
         cur_v = registry.current(target)
         cur = (
             evaluate_package(
-                registry.package_path(target, cur_v), registry.trusted_keys, frames, labels, tcfg
+                registry.package_path(target, cur_v),
+                trusted,
+                frames,
+                labels,
+                tcfg,
+                work / f"trajectory-{target}-current",
             )
             if cur_v
             else None
         )
+        for ev in (cand, cur):
+            for path in ((ev or {}).get("closed_loop") or {}).pop("plots", {}).values():
+                plots[Path(path).stem] = Path(path)
         verdict = gate(cand, cur, cfg, check_latency=target == "car")
         results["targets"][target] = {"candidate": cand, "current": cur, "gate": verdict}
 

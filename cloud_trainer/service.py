@@ -29,6 +29,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from cloud_trainer.control import ModelControl
 from cloud_trainer.ingest import Ingest
 from cloud_trainer.push import ANNOUNCE_TTL_S, announce_key, push_current
 from cloud_trainer.registry import Registry
@@ -62,6 +63,7 @@ class CloudService:
         announce_ttl_s: float = ANNOUNCE_TTL_S,
         announce_key: str | None = None,
         limits: UploadLimits | None = None,
+        operator_token_file: str | None = None,
     ) -> None:
         self.store = store
         self.isolate = isolate
@@ -83,6 +85,10 @@ class CloudService:
         self.announce_ttl_s = announce_ttl_s
         self.announce_key_path = announce_key  # None: $EDGEPILOT_ANNOUNCE_KEY or keys/announce.key
         self._refresher: threading.Thread | None = None
+        # one change of the fleet's models at a time: a run's promotion, a refresh, a
+        # change the dashboard asked for
+        self._push_lock = threading.RLock()
+        self.control = ModelControl(self.registry, conn, self._push_for_change, operator_token_file, lock=self._push_lock, group=group)
 
     # -- state ---------------------------------------------------------------------------
     def trained_logs(self) -> set[str]:
@@ -128,6 +134,7 @@ class CloudService:
         self.ingest.attach(self.conn, self.group)
         self.conn.subscribe(fleet.CLOUD_RETRAIN_TOPIC, self._on_retrain, qos=1)
         self.conn.subscribe(fleet.CAR_MODEL_FILTER, self._on_car, qos=1)
+        self.control.attach()
         self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
         self._thread.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="announce-refresh", daemon=True)
@@ -143,6 +150,7 @@ class CloudService:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(600)
+        self.control.close()
         self.ingest.close()
 
     def _loop(self) -> None:
@@ -199,11 +207,22 @@ class CloudService:
             at=time.time(),
         )
 
-    def push(self, target: str) -> Any:
+    def push(self, target: str, rollback: bool = False) -> Any:
         """Announce the current ``target`` model, signed with the announcement key (the
         package key signed the package itself when it was trained)."""
         key = announce_key() if self.announce_key_path is None else load_private_key(self.announce_key_path)
-        return push_current(self.conn, self.registry, target, key=key, ttl_s=self.announce_ttl_s)
+        with self._push_lock:
+            return push_current(self.conn, self.registry, target, key=key, rollback=rollback, ttl_s=self.announce_ttl_s)
+
+    def _push_for_change(self, target: str, rollback: bool) -> bool:
+        """``push`` for a change asked over the bus: the registry has changed already, so a
+        push that fails is reported (not pushed) and the refresh tells the fleet later."""
+        try:
+            self.push(target, rollback)
+            return True
+        except EdgepilotError as e:
+            log.error("%s model changed in the registry, not announced: %s", target, e)
+            return False
 
     def _refresh_loop(self) -> None:
         """Re-announce the current models (a newer counter, a new expiry) every quarter of
@@ -291,8 +310,15 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
         trusted_keys=prof.model.trusted_keys or None,
         announce_ttl_s=ttl,
         limits=prof.cloud.upload_limits(),
+        operator_token_file=prof.dashboard.token_file,
     )
     svc.start()
+    dash = None
+    if getattr(args, "dashboard", False):
+        from cloud_trainer.dashboard.cli import start_background
+
+        location = getattr(args, "store", None) or prof.cloud.store
+        dash = start_background(prof, getattr(args, "broker", None), location, getattr(args, "dashboard_port", None))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"edgepilot cloud: store {store}, broker {conn.cfg.url}; Ctrl-C to stop", flush=True)
@@ -303,6 +329,8 @@ def cli(args: argparse.Namespace) -> dict[str, Any]:
     except KeyboardInterrupt:
         pass
     finally:
+        if dash is not None:
+            dash.stop()
         svc.stop()
         conn.close()
     st = svc.ingest.stats

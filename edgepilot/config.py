@@ -272,6 +272,28 @@ class CloudConfig(RetrainConfig, UploadLimits):
 
 
 @dataclass
+class DashboardConfig:
+    """The fleet dashboard (``edgepilot dashboard``, ``edgepilot cloud --dashboard``).
+
+    On a loopback ``bind`` anyone on this machine may look; a change (promote, rollback)
+    always needs the operator's token. On any other address every page needs it. The token
+    lives in ``token_file`` (0600; made, and printed once, on the first start); the cloud
+    trainer reads the same file to check the changes the dashboard asks for."""
+
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    token_file: str = "var/dashboard/operator.token"
+    session_s: float = 8 * 3600.0  # a login lasts this long
+    # the dashboard's own broker login (role "dashboard": reads the fleet, asks for changes);
+    # None: the [broker] one (fine on the open loopback broker, not on a secured one)
+    broker_username: str | None = None
+    broker_password_file: str | None = None
+    tls_cert: str | None = None  # serve HTTPS with this certificate chain (PEM) ...
+    tls_key: str | None = None  # ... and key
+    change_timeout_s: float = 30.0  # how long a change waits for the cloud's answer
+
+
+@dataclass
 class Profile:
     name: str = "default"
     car_id: str = "car-1"
@@ -286,6 +308,7 @@ class Profile:
     model: ModelConfig = field(default_factory=ModelConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -63,7 +63,12 @@ class Supervisor:
         self.logdir.mkdir(parents=True, exist_ok=True)
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None, expect_exit: bool = False
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        expect_exit: bool = False,
+        cwd: str | Path | None = None,
     ) -> Child:
         log_path = self.logdir / f"{name}.log"  # stderr: logs, progress
         err = open(log_path, "ab")  # noqa: SIM115 - owned by the child
@@ -74,6 +79,7 @@ class Supervisor:
             stderr=err,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
             start_new_session=True,
         )
         err.close()

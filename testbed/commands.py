@@ -1,4 +1,4 @@
-"""Commands that play several parts: ``edgepilot demo`` and ``bench offload``."""
+"""Commands that play several parts: ``edgepilot demo``, ``bench offload`` and ``bench dashboard``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")
     p.add_argument("--train-timeout", type=float, default=420.0, help="seconds to wait for a training run")
+    p.add_argument(
+        "--dashboard-port", type=int, default=8080, help="the fleet dashboard's port (taken: any free one; 0: any)"
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="do not serve the fleet dashboard")
 
 
 def _bench_offload(p: argparse.ArgumentParser) -> None:
@@ -42,6 +46,18 @@ def _bench_offload(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="--saturate: the edge nodes' model (default builtin:pilotnet)")
 
 
+def _bench_dashboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cars", type=int, default=32, help="simulated cars publishing telemetry")
+    p.add_argument("--rate", type=float, default=10.0, help="telemetry messages per second per car")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per phase (page closed / open)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the two phases, alternating")
+    p.add_argument(
+        "--in-cloud",
+        action="store_true",
+        help="serve the page from the cloud trainer (`cloud --dashboard`) instead of its own process",
+    )
+
+
 COMMANDS = [
     Command(
         ("demo",),
@@ -51,5 +67,12 @@ COMMANDS = [
     ),
     Command(
         ("bench", "offload"), "offload round trips through a running edge node", "testbed.offload_bench:run", _bench_offload
+    ),
+    Command(
+        ("bench", "dashboard"),
+        "the fleet dashboard in headless Chromium under N cars' telemetry: publish-to-page latency, "
+        "responsiveness, broker and trainer CPU with the page open vs closed",
+        "testbed.dashboard_bench:run",
+        _bench_dashboard,
     ),
 ]

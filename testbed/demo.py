@@ -12,6 +12,9 @@ share. This process only starts them, watches the fleet's topics and keeps score
 4. its log is uploaded; the cloud retrains with it (the expert's labels ride along in
    every record: DAgger), gates, pushes; a car that is driving swaps mid-drive;
 5. the car drives the evaluation track again.
+
+The cloud serves the fleet dashboard (``cloud --dashboard``) the whole time: its address
+is printed at the start (http://127.0.0.1:8080/ when that port is free).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ margin_autonomy = {margin_autonomy}
 margin_cte_m = {margin_cte_m}
 [model]
 trusted_keys = ["{pub}"]
+[dashboard]
+token_file = "{token}"
 """
 
 
@@ -161,6 +166,7 @@ class Demo:
         self.phases: list[Phase] = []
         self.url = ""
         self.car_env = {"EDGEPILOT_CAR_ID": CAR}
+        self.dashboard_url = ""
 
     # -- helpers ---------------------------------------------------------------------------
     def drive_args(self, track: str, *extra: str) -> list[str]:
@@ -209,7 +215,10 @@ class Demo:
         t_all = time.monotonic()
         try:
             with Supervisor(self.work / "proc") as sup:
-                sup.edgepilot("cloud", "cloud", "--broker", self.url, "--profile", str(cloud_toml), "-v")
+                dash = self._dashboard_args()
+                sup.edgepilot("cloud", "cloud", "--broker", self.url, "--profile", str(cloud_toml), "-v", *dash)
+                if dash:
+                    self._announce_dashboard(sup)
                 result = self._phases(sup, watch)
         finally:
             watch.close()
@@ -217,6 +226,51 @@ class Demo:
                 broker.stop()
         result["elapsed_s"] = round(time.monotonic() - t_all, 1)
         return result
+
+    def _dashboard_args(self) -> list[str]:
+        """The cloud serves the fleet dashboard (``--dashboard``), on port 8080 when it is
+        free, else on any free one; none with ``--no-dashboard``."""
+        from edgepilot.broker import free_port
+
+        if getattr(self.args, "no_dashboard", False):
+            return []
+        port = self.args.dashboard_port
+        if port == 8080 and listening(8080):
+            port = free_port()
+            log.warning("port 8080 is taken: the dashboard goes on %d", port)
+        return ["--dashboard", "--dashboard-port", str(port)]
+
+    def _announce_dashboard(self, sup: Supervisor) -> None:
+        sup.wait_ready("cloud", 60, word=" ready (")
+        line = next(ln for ln in sup.children["cloud"].out_path.read_text().splitlines() if "dashboard" in ln and "ready" in ln)
+        self.dashboard_url = line.split("dashboard ", 1)[1].split(" ", 1)[0]
+        token = self.work / "dashboard" / "operator.token"
+        print(
+            f"== the fleet dashboard: {self.dashboard_url}  (open it now; it follows the whole demo; "
+            f"promote/rollback there needs the operator token in {token})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _dashboard_view(self) -> dict[str, Any]:
+        """What the dashboard shows at the end (asked over HTTP, as a browser would)."""
+        import urllib.request
+
+        if not self.dashboard_url:
+            return {}
+        try:
+            with urllib.request.urlopen(self.dashboard_url + "api/state", timeout=10) as r:
+                st = json.loads(r.read())
+        except (OSError, ValueError) as e:
+            return {"url": self.dashboard_url, "error": str(e)}
+        registry = (st.get("registry") or {}).get("store") or {}
+        return {
+            "url": self.dashboard_url,
+            "cars": sorted(st.get("cars") or {}),
+            "edges": sorted(st.get("edges") or {}),
+            "runs": len((st.get("runs") or {}).get("store") or []),
+            "current": {t: r.get("current") for t, r in registry.items()},
+        }
 
     def _cloud_profile(self) -> Path:
         """The cloud trainer's profile for the demo (and the fleet's signing key, made on the
@@ -239,6 +293,7 @@ class Demo:
                 margin_autonomy=margins[1],
                 margin_cte_m=margins[2],
                 pub=default_key_dir() / "signing.pub",
+                token=self.work / "dashboard" / "operator.token",
             )
         )
         return path
@@ -348,6 +403,7 @@ class Demo:
             "track": EVAL_TRACK,
             "scene_seed": a.scene_seed,
             "latency_ms": a.latency_ms,
+            "dashboard": self._dashboard_view(),
         }
 
     def _upload(self, sup: Supervisor, path: Path, name: str) -> dict[str, Any]:
@@ -386,6 +442,7 @@ def final_table(res: dict[str, Any]) -> str:
         ["package bytes", res["package_bytes"]],
         ["pushed / swapped mid-drive", f"{res['pushed']} / {res['swapped']}"],
         ["elapsed", f"{res['elapsed_s']} s"],
+        ["dashboard (while it ran)", (res.get("dashboard") or {}).get("url", "off")],
     ]
     return table(
         rows, ["", f"track {res['track']}, scene {res['scene_seed']}, latency {res['latency_ms']} ms"]

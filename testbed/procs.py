@@ -50,3 +50,21 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (a trainer's children, Chromium's dozen)."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out

@@ -28,14 +28,19 @@ Cloud control::
 
     cloud/retrain  anyone allowed -> cloud: any payload asks for a retraining run now
     cloud/runs     cloud, retained: RunSummary (JSON) of the last run, or why it failed
+    cloud/models   operator tools -> cloud: ModelChange (promote/rollback, HMAC under the
+                   operator's token); the cloud answers on cloud/models/result
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -537,3 +542,122 @@ def decode_run_summary(payload: bytes) -> RunSummary:
     r = _build(RunSummary, _loads(payload, "run summary"), "run summary")
     _validate_run_summary(r)
     return r
+
+
+# -- model changes asked for over the bus -------------------------------------------------
+
+CLOUD_MODELS_TOPIC = f"{ROOT}/cloud/models"
+"""Operator tools (the dashboard) -> cloud: a ``ModelChange`` (promote or roll back)."""
+
+CLOUD_MODELS_RESULT_TOPIC = f"{ROOT}/cloud/models/result"
+"""Cloud -> operator tools: the ``ModelChangeResult`` of each ``ModelChange``."""
+
+MODEL_CHANGE_ACTIONS = ("promote", "rollback")
+MODEL_CHANGE_TARGETS = ("car", "edge")
+MODEL_CHANGE_MAX_AGE_S = 120.0
+"""A change older (or further in the future) than this is refused: a recorded one cannot be
+replayed later; the margin allows for clocks that differ between the dashboard and the cloud."""
+_CHANGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_HEX_MAC = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(slots=True)
+class ModelChange:
+    """Promote a registered version, or roll a target back, as ``edgepilot models
+    promote|rollback`` would: the cloud trainer runs the same function and answers with a
+    ``ModelChangeResult`` of the same ``id``.
+
+    Publishing here is not enough to change the fleet: ``mac`` is HMAC-SHA256, keyed with
+    the operator's token, over ``change_signed_bytes``; the cloud refuses a change whose mac
+    does not check, whose ``at`` is more than ``MODEL_CHANGE_MAX_AGE_S`` away from its clock,
+    or whose ``id`` it has already run (it answers with the first result again)."""
+
+    id: str  # unique per request, 8-64 of A-Z a-z 0-9 _ -
+    action: str  # promote | rollback
+    target: str  # car | edge
+    version: str | None = None  # promote: the version; rollback: none
+    by: str = ""  # who asked (for the cloud's log), e.g. "dashboard@host 127.0.0.1"
+    at: float = 0.0  # unix seconds when asked
+    mac: str = ""  # hex HMAC-SHA256 under the operator's token
+    v: int = FLEET_VERSION
+
+
+def change_signed_bytes(c: ModelChange) -> bytes:
+    parts = ("edgepilot-model-change/1", c.id, c.action, c.target, c.version or "", c.by, f"{float(c.at):.3f}")
+    return "\n".join(parts).encode()
+
+
+def change_mac(c: ModelChange, token: str) -> str:
+    return hmac.new(token.encode(), change_signed_bytes(c), hashlib.sha256).hexdigest()
+
+
+def change_mac_ok(c: ModelChange, token: str) -> bool:
+    return hmac.compare_digest(change_mac(c, token), c.mac)
+
+
+def _validate_change(c: ModelChange) -> None:
+    if not isinstance(c.id, str) or not _CHANGE_ID.match(c.id):
+        raise WireError(f"model change: id must be 8-64 of A-Z a-z 0-9 _ -, got {str(c.id)[:80]!r}")
+    if c.action not in MODEL_CHANGE_ACTIONS:
+        raise WireError(f"model change: action must be one of {MODEL_CHANGE_ACTIONS}, got {c.action!r}")
+    if c.target not in MODEL_CHANGE_TARGETS:
+        raise WireError(f"model change: target must be one of {MODEL_CHANGE_TARGETS}, got {c.target!r}")
+    if c.action == "promote":
+        check_name(c.version, "model change: version")
+    elif c.version is not None:
+        raise WireError("model change: a rollback names no version (it goes back to the previous current)")
+    if not isinstance(c.by, str) or len(c.by) > 200:
+        raise WireError("model change: by must be a string of at most 200 characters")
+    if not isinstance(c.at, int | float) or isinstance(c.at, bool) or not 0 < c.at < 2**40:
+        raise WireError(f"model change: at must be unix seconds, got {c.at!r}")
+    if not isinstance(c.mac, str) or not _HEX_MAC.match(c.mac):
+        raise WireError("model change: mac must be 64 lowercase hex characters (HMAC-SHA256)")
+
+
+def _json_codec(cls: type, validate: Callable[[Any], None], what: str) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """The encoder and decoder of a JSON payload class, both running its validation."""
+
+    def encode(obj: Any) -> bytes:
+        validate(obj)
+        return _dumps(obj)
+
+    def decode(payload: bytes) -> Any:
+        obj = _build(cls, _loads(payload, what), what)
+        validate(obj)
+        return obj
+
+    return encode, decode
+
+
+encode_model_change, decode_model_change = _json_codec(ModelChange, _validate_change, "model change")
+
+
+@dataclass(slots=True)
+class ModelChangeResult:
+    """The cloud's answer to the ``ModelChange`` of the same ``id``: what is current now,
+    whether the fleet was told (the retained announcement went out), or why it was refused."""
+
+    id: str
+    ok: bool
+    action: str = ""
+    target: str = ""
+    current: str | None = None  # the target's current version after the change
+    previous: str | None = None  # ... and before it
+    pushed: bool = False
+    error: str | None = None
+    at: float = 0.0
+    v: int = FLEET_VERSION
+
+
+def _validate_change_result(r: ModelChangeResult) -> None:
+    if not isinstance(r.id, str) or not _CHANGE_ID.match(r.id):
+        raise WireError(f"model change result: bad id {str(r.id)[:80]!r}")
+    if not isinstance(r.ok, bool) or not isinstance(r.pushed, bool):
+        raise WireError("model change result: ok and pushed must be true or false")
+    if not r.ok and not r.error:
+        raise WireError("model change result: a refused change must say why (error)")
+
+
+encode_model_change_result, decode_model_change_result = _json_codec(
+    ModelChangeResult, _validate_change_result, "model change result"
+)

@@ -66,6 +66,17 @@ TOPICS = (
     Topic("upload/<car>/status", "fleet.UploadStatus", 1, False, ("cloud",), ("car",)),
     Topic("cloud/retrain", "any (ignored)", 1, False, ("operator", "cloud"), ("cloud",)),
     Topic("cloud/runs", "fleet.RunSummary", 1, True, ("cloud",), ("operator", "dashboard")),
+    Topic(
+        "cloud/models",
+        "fleet.ModelChange",
+        1,
+        False,
+        ("operator", "dashboard"),
+        ("cloud",),
+        shared="cloud",
+        note="runs only with a valid HMAC under the operator's token",
+    ),
+    Topic("cloud/models/result", "fleet.ModelChangeResult", 1, False, ("cloud",), ("operator", "dashboard")),
 )
 
 ROLES = ("car", "edge", "cloud", "operator", "dashboard")
@@ -82,5 +93,7 @@ PAYLOADS = {
     "fleet.ChunkAck": (fleet.encode_ack, fleet.decode_ack),
     "fleet.UploadStatus": (fleet.encode_status, fleet.decode_status),
     "fleet.RunSummary": (fleet.encode_run_summary, fleet.decode_run_summary),
+    "fleet.ModelChange": (fleet.encode_model_change, fleet.decode_model_change),
+    "fleet.ModelChangeResult": (fleet.encode_model_change_result, fleet.decode_model_change_result),
 }
 """The one encoder and decoder of each typed payload."""

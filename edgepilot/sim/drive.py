@@ -91,23 +91,40 @@ def sim_options(
 
 
 def scored_drives(
-    pilot: Pilot, tracks: list[str], seconds: float, scene_seed: int = 0, latency_ms: float = 0.0
+    pilot: Pilot,
+    tracks: list[str],
+    seconds: float,
+    scene_seed: int = 0,
+    latency_ms: float = 0.0,
+    plot_prefix: str | Path | None = None,
 ) -> dict[str, Any]:
     """``pilot`` drives each track for ``seconds`` of simulated time (time-bound, not
-    lap-bound) through the car wiring; the contract's scores per track and their means."""
-    per = {}
+    lap-bound) through the car wiring; the contract's scores per track and their means.
+    With ``plot_prefix``, each drive's trajectory plot is written to
+    ``<plot_prefix>-<track>.png`` and listed under ``plots`` (track -> path)."""
+    from edgepilot.sim.plot import plot_trajectory
+
+    per, plots = {}, {}
     for name in tracks:
-        world = SimWorld(load_track(name), scene_seed=scene_seed, latency_ms=latency_ms, keep_trail=False)
+        world = SimWorld(load_track(name), scene_seed=scene_seed, latency_ms=latency_ms, keep_trail=plot_prefix is not None)
         parts = sim_parts(world, laps=10**6, max_seconds=seconds, slot=ModelSlot(pilot), labels=False)
         drive_car(parts, sim_options(world, "local", realtime=False))
         per[name] = world.score.as_dict()
+        if plot_prefix is not None and world.trail is not None:
+            xs, ys, cte = world.trail.arrays()
+            title = f"{getattr(pilot, 'version', '')} on {name}: autonomy {per[name]['autonomy']}"
+            out = Path(f"{plot_prefix}-{name}.png")
+            plots[name] = str(plot_trajectory(world.track, xs, ys, cte, world.trail.interventions, out, title=title))
     scores = list(per.values())
-    return {
+    result: dict[str, Any] = {
         "autonomy": round(mean(s["autonomy"] for s in scores), 4),
         "mean_abs_cte_m": round(mean(s["mean_abs_cte_m"] for s in scores), 4),
         "interventions": int(sum(s["interventions"] for s in scores)),
         "tracks": per,
     }
+    if plot_prefix is not None:
+        result["plots"] = plots
+    return result
 
 
 def expert_drive(

@@ -19,6 +19,7 @@ from tests.helpers import run_json
 SUCCESS_RUNS = {
     "bench loop": "tests/edgepilot/test_cli_success.py::test_bench_loop_and_bench_model",
     "bench model": "tests/edgepilot/test_cli_success.py::test_bench_loop_and_bench_model",
+    "bench dashboard": "tests/system/test_dashboard.py::test_bench_dashboard_serves_the_page_from_the_cloud_trainer",
     "bench offload": "tests/edgepilot/test_cli_success.py::test_bench_offload_fleet_and_saturate",
     "bench web": "tests/edgepilot/test_cli_success.py::test_bench_web",
     "bench record": "tests/edgepilot/test_cli.py::test_json_is_one_object_on_the_last_stdout_line",
@@ -27,6 +28,7 @@ SUCCESS_RUNS = {
     "cloud": "tests/system/test_fault_cloud.py::test_cloud_killed_mid_upload_restarted_the_upload_resumes_and_no_acked_chunk_is_lost",
     "collect": "tests/vehicle/test_car_drive.py::test_collect_drives_the_car_by_keyboard_and_records",
     "compress": "tests/conftest.py::tiny_int8",
+    "dashboard": "tests/system/test_dashboard.py::test_the_dashboard_follows_a_live_fleet_in_a_browser",
     "data export-donkey": "tests/edgepilot/test_cli.py::test_json_is_one_object_on_the_last_stdout_line",
     "data import-donkey": "tests/edgepilot/test_cli.py::test_json_is_one_object_on_the_last_stdout_line",
     "data info": "tests/edgepilot/test_cli.py::test_data_info_counts_match_the_tub",

@@ -43,6 +43,8 @@ BUILT = [
     fleet.UPLOAD_CHUNK_FILTER,
     fleet.CLOUD_RETRAIN_TOPIC,
     fleet.CLOUD_RUNS_TOPIC,
+    fleet.CLOUD_MODELS_TOPIC,
+    fleet.CLOUD_MODELS_RESULT_TOPIC,
 ]
 
 
@@ -75,4 +77,9 @@ def test_each_role_gets_exactly_its_rows():
     assert allowed("edge", "edge-1", "publishClientSend", f"{R}/edge/edge-1/health")
     assert not allowed("edge", "edge-1", "publishClientSend", f"{R}/edge/edge-2/health")
     assert allowed("cloud", "cloud", "subscribePattern", f"$share/cloud/{R}/upload/+/offer")
-    assert not any(a["acltype"] == "publishClientSend" for a in acls("dashboard", "dash"))  # reads only
+    # the dashboard reads; what it may publish is one request the cloud checks, never a model
+    sends = [a["topic"] for a in acls("dashboard", "dash") if a["acltype"] == "publishClientSend"]
+    assert sends == [fleet.CLOUD_MODELS_TOPIC]
+    assert allowed("dashboard", "dash", "subscribePattern", fleet.CAR_TELEMETRY_FILTER)
+    assert allowed("cloud", "cloud", "subscribePattern", f"$share/cloud/{fleet.CLOUD_MODELS_TOPIC}")
+    assert not allowed("car", "car-1", "publishClientSend", fleet.CLOUD_MODELS_TOPIC)

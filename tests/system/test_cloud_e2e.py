@@ -161,6 +161,10 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
         changes = [i for i in range(1, len(versions)) if versions[i] != versions[i - 1]]
         assert versions[0] == v0["version"] and versions[-1] == v1 and len(changes) == 1
         assert store.exists(run["report"]) and store.exists(run["report"].replace("report.md", "compare.png"))
+        # the run's training curves and the gate's drives, candidate and current, kept beside it
+        # (the dashboard serves them from the store)
+        for name in ("curve-car", "curve-edge", "trajectory-car-candidate-oval", "trajectory-car-current-oval"):
+            assert store.get(f"runs/{run['run']}/{name}.png")[:8] == b"\x89PNG\r\n\x1a\n", name
 
         # 4. a tampered package (announced with a correct hash and a valid cloud signature)
         bad = tmp_path / "bad.eppkg"

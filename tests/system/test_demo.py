@@ -62,6 +62,8 @@ def test_demo_runs_the_whole_loop(tmp_path):
         "0",
         "--train-timeout",
         "400",
+        "--dashboard-port",
+        "0",
     ]
     try:
         p = subprocess.run(
@@ -87,6 +89,12 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert mv["car_drive_1"] == mv["car_before"] and mv["car_drive_2"] == mv["car_after"] != mv["car_before"]
     assert 0 < res["package_bytes"]["car"] < res["package_bytes"]["edge"]
     assert sum(res["exit_rate"].values()) == pytest.approx(1.0, abs=1e-3)
+    # the cloud served the fleet dashboard all along; at the end it showed the car, the edge,
+    # both runs and the current models, as a browser would have read them
+    dash = res["dashboard"]
+    assert dash["url"].startswith("http://127.0.0.1:") and "sim-1" in dash["cars"] and dash["edges"]
+    assert dash["runs"] == 2 and dash["current"]["car"] == mv["car_after"]
+    assert dash["url"] in p.stderr  # printed for the newcomer to open
     for name in ("cloud", "edge", "drive-1", "car-swap", "drive-2"):
         assert (work / "proc" / f"{name}.log").exists()
     assert processes_mentioning(str(work)) == []  # the supervisor left no orphans

@@ -36,6 +36,7 @@ from edgepilot.model.package import load_package, make_keys
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
 from edgepilot.schema.log import Record, SessionMeta
+from testbed.procs import descendants
 from vehicle.upload import Uploader, pack_log
 
 
@@ -88,20 +89,7 @@ class CloudProcess:
 
     def descendants(self) -> list[int]:
         """Every live process below this one (the isolated trainer, its helpers)."""
-        kids: dict[int, list[int]] = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                kids.setdefault(ppid, []).append(int(d.name))
-        out, todo = [], [self.proc.pid]
-        while todo:
-            for k in kids.get(todo.pop(), []):
-                out.append(k)
-                todo.append(k)
-        return out
+        return descendants(self.proc.pid)[1:]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
