@@ -124,6 +124,67 @@ def gate(
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "against": cur and cur["version"]}
 
 
+# -- the steps every candidate goes through (central retraining and federated runs) --------
+
+
+def compress_car(
+    fp32: str | Path, out: Path, calib_dirs: list[str], key: str | None, registry: Registry
+) -> tuple[Path, dict[str, Any]]:
+    """The car model compressed to int8 (calibrated on ``calib_dirs``): (package, info)."""
+    from edgepilot.model.compress import compress_package
+
+    try:
+        comp = compress_package(str(fp32), str(out), calib_dirs, key=key, trusted=registry.trusted_keys)
+    except EdgepilotError as e:
+        # An int8 failure must not stall the fleet's improvement: the fp32 model goes
+        # through the same gate (latency budget included) and the report says why.
+        log.warning("int8 compression failed, gating the fp32 car model instead: %s", e)
+        return Path(fp32), {"error": str(e)}
+    return Path(comp["package"]), {
+        k: comp.get(k) for k in ("version", "size_bytes_before", "size_bytes_after")
+    }
+
+
+def judge(
+    registry: Registry, target: str, pkg: Path, frames: list, labels: np.ndarray, cfg: RetrainConfig
+) -> dict[str, Any]:
+    """Candidate and current evaluated side by side, and the gate's verdict."""
+    tcfg = cfg if target == "car" else RetrainConfig(**{**asdict(cfg), "eval_tracks": []})
+    cand = evaluate_package(pkg, registry.trusted_keys, frames, labels, tcfg)
+    cur_v = registry.current(target)
+    cur = (
+        evaluate_package(registry.package_path(target, cur_v), registry.trusted_keys, frames, labels, tcfg)
+        if cur_v
+        else None
+    )
+    return {"candidate": cand, "current": cur, "gate": gate(cand, cur, cfg, check_latency=target == "car")}
+
+
+def register(
+    registry: Registry,
+    target: str,
+    pkg: Path,
+    judged: dict[str, Any],
+    data: list[str],
+    report: str | None,
+    tails: dict[str, Any] | None = None,
+    source: Path | None = None,
+) -> bool:
+    """Register a judged candidate (with ``source``, the fp32 package an int8 car model was
+    compressed from); promote it when it passed (True). Pushing is the caller's."""
+    verdict = judged["gate"]
+    registry.add(target, pkg, data=data, gate=verdict, report=report)
+    version = judged["candidate"]["version"]
+    if source is not None and Path(source) != Path(pkg):
+        registry.add_source(version, source)
+    if not verdict["passed"]:
+        return False
+    if tails is not None and "path" in tails:
+        registry.add_tails(version, tails["path"], tails)  # before promote: pushed with it
+    registry.promote(target, version)
+    return True
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -138,7 +199,6 @@ def retrain(
     candidates and promotes those that pass; pushing is the caller's (it holds the MQTT
     connection): ``results["promoted"]`` lists the targets to push."""
     from cloud_trainer.report import write_report
-    from edgepilot.model.compress import compress_package
     from edgepilot.model.evaluate import load_frames
     from edgepilot.model.train import TrainConfig, train
 
@@ -173,36 +233,14 @@ def retrain(
         key=key,
     )
     results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
-    try:
-        comp = compress_package(
-            car["package"], str(work / "car.eppkg"), train_dirs, key=key, trusted=registry.trusted_keys
-        )
-        results["compress"] = {k: comp.get(k) for k in ("version", "size_bytes_before", "size_bytes_after")}
-        car_pkg = Path(comp["package"])
-    except EdgepilotError as e:
-        # An int8 failure must not stall the fleet's improvement: the fp32 distilled model
-        # goes through the same gate (latency budget included) and the report says why.
-        log.warning("int8 compression failed, gating the fp32 car model instead: %s", e)
-        results["compress"] = {"error": str(e)}
-        car_pkg = Path(car["package"])
+    car_pkg, results["compress"] = compress_car(car["package"], work / "car.eppkg", train_dirs, key, registry)
 
     frames, labels = load_frames(held_dirs, cfg.eval_frames)
     candidates = {"car": car_pkg}
     if teacher:
         candidates["edge"] = Path(teacher)
     for target, pkg in candidates.items():
-        tcfg = cfg if target == "car" else RetrainConfig(**{**asdict(cfg), "eval_tracks": []})
-        cand = evaluate_package(pkg, registry.trusted_keys, frames, labels, tcfg)
-        cur_v = registry.current(target)
-        cur = (
-            evaluate_package(
-                registry.package_path(target, cur_v), registry.trusted_keys, frames, labels, tcfg
-            )
-            if cur_v
-            else None
-        )
-        verdict = gate(cand, cur, cfg, check_latency=target == "car")
-        results["targets"][target] = {"candidate": cand, "current": cur, "gate": verdict}
+        results["targets"][target] = judge(registry, target, pkg, frames, labels, cfg)
     tails = None
     if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
         from cloud_trainer.tails import train_for_package
@@ -219,15 +257,19 @@ def retrain(
         )
         results["tails"] = {k: v for k, v in tails.items() if k != "path"}
     report_key = write_report(registry.store, run_id, results, work)
-    promoted = []
-    for target, pkg in candidates.items():
-        verdict = results["targets"][target]["gate"]
-        registry.add(target, pkg, data=train_keys, gate=verdict, report=report_key)
-        if verdict["passed"]:
-            version = results["targets"][target]["candidate"]["version"]
-            if target == "car" and tails is not None and "path" in tails:
-                registry.add_tails(version, tails["path"], tails)  # before promote: pushed with it
-            registry.promote(target, version)
-            promoted.append(target)
+    promoted = [
+        target
+        for target, pkg in candidates.items()
+        if register(
+            registry,
+            target,
+            pkg,
+            results["targets"][target],
+            train_keys,
+            report_key,
+            tails if target == "car" else None,
+            Path(car["package"]) if target == "car" else None,
+        )
+    ]
     results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
     return results
