@@ -5,7 +5,7 @@ One run (``edgepilot fl server``):
 
 1. the global model starts from an fp32 car package (``--init``, else the fp32 source of
    the registry's current car model);
-2. each round the server waits (up to ``wait_s``) for the cars it expects, and goes on
+2. the first round waits (up to ``wait_s``) for the cars it expects, every round goes on
    with at least ``min_cars``; it sends every connected car the global weights and the
    round's settings (local epochs, learning rate, FedProx ``mu``, update compression);
 3. cars that do not answer within ``round_timeout_s`` (stragglers) or whose connection
@@ -36,7 +36,7 @@ from edgepilot import EdgepilotError
 from edgepilot.config import RetrainConfig
 from edgepilot.fl.check import Update, UpdateLimits, screen, weighted_mean
 from edgepilot.fl.codec import CodecConfig
-from edgepilot.fl.weights import Template, get_arrays, load_net, save_federated, set_arrays
+from edgepilot.fl.weights import Template, get_arrays, load_net, sanitize, save_federated, set_arrays
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,10 @@ def _strategy_class() -> type:
 
         def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
             self._t0 = time.monotonic()
-            client_manager.wait_for(self.cfg.cars, timeout=int(self.cfg.wait_s))
+            # the first round waits for the whole expected fleet; later ones go on with
+            # whoever is still connected (a car that dropped out is not waited for again)
+            want = self.cfg.cars if server_round == 1 else self.cfg.min_cars
+            client_manager.wait_for(want, timeout=int(self.cfg.wait_s))
             cars = list(client_manager.all().values())
             rl = RoundLog(server_round)
             self.rounds.append(rl)
@@ -161,7 +164,9 @@ def _strategy_class() -> type:
                 )
                 return None, metrics
             step = weighted_mean(ok)
-            self.global_arrays = [g + s for g, s in zip(self.global_arrays, step, strict=True)]
+            self.global_arrays = sanitize(
+                self.tpl, [g + s for g, s in zip(self.global_arrays, step, strict=True)]
+            )
             rl.applied = True
             log.info("round %d: %d updates averaged (%d bytes up)", server_round, len(ok), rl.bytes_up)
             return ndarrays_to_parameters(self.global_arrays), metrics

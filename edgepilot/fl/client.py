@@ -9,7 +9,7 @@ where the frames come from differs. The server sends the architecture with the w
 Faults (``fault``) are a testing aid for the benchmark and the tests, never set in a
 fleet: ``nan`` (a NaN in the update), ``huge`` (the update times 1e6), ``shape`` (one
 tensor missing), ``drop`` (the process dies mid-round, after training), ``slow`` (answers
-after the round's deadline).
+after the round's deadline); in round ``fault_round``, or in every round when it is 0.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class CarTrainer:
         return blob, res.samples, metrics
 
     def _faulty(self, update: list[np.ndarray], rnd: int, deadline_s: float) -> bytes:
-        fault = self.opts.fault if rnd == self.opts.fault_round else None
+        fault = self.opts.fault if self.opts.fault_round in (0, rnd) else None
         if fault == "drop":
             log.warning("fault: dying mid-round %d", rnd)
             os._exit(3)
@@ -139,8 +139,8 @@ class CarTrainer:
         if fault == "nan":
             update[0].flat[0] = np.nan
             return Encoder(CodecConfig("none")).encode(update)
-        if fault == "huge":
-            update = [u * 1e6 for u in update]
+        if fault == "huge":  # a fresh encoder: the garbage must not linger in the residual
+            return Encoder(self.encoder.cfg).encode([u * 1e6 for u in update])
         if fault == "shape":
             return Encoder(self.encoder.cfg).encode(update[:-1])
         return self.encoder.encode(update)

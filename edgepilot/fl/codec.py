@@ -5,11 +5,13 @@ weights it started from, one array per tensor of the ``weights.Template``. Modes
 
 ``none``       float32, every value (4 bytes a value)
 ``int8``       per tensor: a float32 scale (max |x| / 127) and one int8 per value
-``topk``       per tensor: the ``ratio`` largest-magnitude values, float32, with indices
+``topk``       per tensor: its size and the ``ratio`` largest-magnitude values, float32,
+               with their indices
 ``topk-int8``  top-k values quantised to int8 with one scale per tensor
 
 Indices take 2 bytes in tensors of at most 65536 values, else 4 (the receiver knows the
-shapes, so the width needs no flag). Error feedback (``Encoder``): what compression
+shapes, so the width needs no flag); a tensor sent whole (``k == size``: every tensor of
+at most ``DENSE_MAX`` values) has none. Error feedback (``Encoder``): what compression
 dropped or rounded away this round is added to the next round's update, so nothing a
 car learned is lost for good, only delayed (Seide et al. 2014; Stich et al. 2018).
 
@@ -31,6 +33,8 @@ from edgepilot import EdgepilotError
 
 MAGIC = b"EPU1"
 MODES = ("none", "int8", "topk", "topk-int8")
+DENSE_MAX = 256  # top-k sends tensors this small whole (biases, batch-norm statistics): little
+# to save there, and a sparse batch-norm variance can end up negative
 
 
 class UpdateError(EdgepilotError):
@@ -68,11 +72,11 @@ def _pack_tensor(x: np.ndarray, cfg: CodecConfig) -> tuple[bytes, np.ndarray]:
     if cfg.mode == "int8":
         scale, q = _int8(x)
         return struct.pack("<f", scale) + q.tobytes(), q.astype(np.float32) * np.float32(scale)
-    k = min(n, max(1, math.ceil(cfg.ratio * n)))
+    k = n if n <= DENSE_MAX else min(n, max(1, math.ceil(cfg.ratio * n)))
     idx = np.sort(np.argpartition(np.abs(x), n - k)[n - k :]) if k < n else np.arange(n)
     vals = x[idx]
     out = np.zeros(n, np.float32)
-    head = struct.pack("<I", k) + idx.astype(_index_dtype(n)).tobytes()
+    head = struct.pack("<II", n, k) + (idx.astype(_index_dtype(n)).tobytes() if k < n else b"")
     if cfg.mode == "topk":
         out[idx] = vals
         return head + vals.astype("<f4").tobytes(), out
@@ -145,10 +149,12 @@ def _unpack_tensor(r: _Reader, mode: str, n: int, what: str) -> np.ndarray:
     if mode == "int8":
         (scale,) = struct.unpack("<f", r.take(4, what + " scale"))
         return r.array(np.int8, n, what).astype(np.float32) * np.float32(scale)
-    (k,) = struct.unpack("<I", r.take(4, what + " count"))
+    size, k = struct.unpack("<II", r.take(8, what + " size and count"))
+    if size != n:
+        raise UpdateError(f"{what}: {size} values, the model's tensor has {n} (wrong shape)")
     if not 1 <= k <= n:
         raise UpdateError(f"{what}: {k} values sent for a tensor of {n}")
-    idx = r.array(_index_dtype(n), k, what + " indices").astype(np.int64)
+    idx = np.arange(n) if k == n else r.array(_index_dtype(n), k, what + " indices").astype(np.int64)
     if idx[-1] >= n or (k > 1 and np.any(np.diff(idx) <= 0)):
         raise UpdateError(f"{what}: indices out of range or not strictly increasing")
     if mode == "topk":

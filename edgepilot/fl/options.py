@@ -16,7 +16,7 @@ def client_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the server")
     # testing aids for `bench fl` and the tests: a car that misbehaves in one round
     p.add_argument("--fault", choices=FAULTS, help=argparse.SUPPRESS)
-    p.add_argument("--fault-round", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--fault-round", type=int, default=1, help=argparse.SUPPRESS)  # 0: every round
 
 
 def client_options(args: argparse.Namespace, car: str, logs: list[str], role: str) -> object:

@@ -71,6 +71,15 @@ def set_arrays(net: StagedNet, tpl: Template, arrays: list[np.ndarray]) -> None:
     net.load_state_dict(state)
 
 
+def sanitize(tpl: Template, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Averaged (and compressed) statistics can leave a batch-norm variance at or below zero,
+    which turns inference into NaN: clamp them to a small positive floor."""
+    return [
+        np.maximum(a, np.float32(1e-5)) if k.endswith("running_var") else a
+        for k, a in zip(tpl.keys, arrays, strict=True)
+    ]
+
+
 def save_federated(
     net: StagedNet,
     spec: InputSpec,
