@@ -11,7 +11,7 @@ import pytest
 
 from edgepilot import EdgepilotError
 from edgepilot.fl.check import Update, UpdateLimits, screen, weighted_mean
-from edgepilot.fl.codec import MODES, CodecConfig, Encoder, UpdateError, decode
+from edgepilot.fl.codec import DENSE_MAX, MODES, CodecConfig, Encoder, UpdateError, decode
 
 SHAPES = [(12, 3, 5, 5), (12,), (70000,), (1,)]  # one tensor needs 4-byte indices
 
@@ -45,10 +45,11 @@ def test_sizes_what_a_car_sends():
     sizes = {m: len(Encoder(CodecConfig(m, 0.05)).encode(u)) for m in MODES}
     assert sizes["none"] == 9 + 4 * n
     assert sizes["int8"] == 9 + n + 4 * len(SHAPES)
-    # top-k: per tensor k, then per kept value an index (2 bytes, 4 in the 70000-value
-    # tensor) and the value (4 bytes; int8: 1 byte plus one scale per tensor)
-    ks = [math.ceil(0.05 * math.prod(s)) for s in SHAPES]
-    widths = [2 if math.prod(s) <= 65536 else 4 for s in SHAPES]
+    # top-k: per tensor its size and k, then per kept value an index (2 bytes, 4 in the
+    # 70000-value tensor) and the value (4 bytes; int8: 1 byte plus one scale per tensor);
+    # tensors of at most DENSE_MAX values go whole, without indices
+    ks = [math.prod(s) if math.prod(s) <= DENSE_MAX else math.ceil(0.05 * math.prod(s)) for s in SHAPES]
+    widths = [0 if math.prod(s) <= DENSE_MAX else 2 if math.prod(s) <= 65536 else 4 for s in SHAPES]
     assert sizes["topk"] == 9 + sum(8 + k * (w + 4) for k, w in zip(ks, widths, strict=True))
     assert sizes["topk-int8"] == 9 + sum(12 + k * (w + 1) for k, w in zip(ks, widths, strict=True))
     assert sizes["topk-int8"] < sizes["int8"] / 3 and sizes["int8"] < sizes["none"] / 3.9
@@ -102,14 +103,15 @@ def test_decode_refuses_malformed_updates(damage, says):
 
 def test_decode_refuses_indices_out_of_range_or_repeated():
     u = [np.zeros(s, np.float32) for s in SHAPES]
-    u[1][:] = np.arange(12, dtype=np.float32)
-    blob = bytearray(Encoder(CodecConfig("topk", 0.2)).encode(u))
-    off = 9 + 8 + 2 * 180 + 4 * 180 + 4  # tensor 1's k, after tensor 0 (900 values, k 180)
-    k = struct.unpack_from("<I", blob, off)[0]
-    idx = np.frombuffer(bytes(blob[off + 4 : off + 4 + 2 * k]), "<u2").copy()
-    for bad in (np.array([idx[0], idx[0], *idx[2:]]), np.array([*idx[:-1], 12])):
+    u[0].flat[:] = np.arange(900, dtype=np.float32)
+    blob = bytes(Encoder(CodecConfig("topk", 0.2)).encode(u))
+    off = 9 + 8  # tensor 0's indices: after the header and its size and k (900, 180)
+    assert struct.unpack_from("<II", blob, 9) == (900, 180)
+    idx = np.frombuffer(blob[off : off + 360], "<u2").copy()
+    assert list(idx) == list(range(720, 900))  # the largest fifth, in order
+    for bad in (np.array([idx[0], idx[0], *idx[2:]]), np.array([*idx[:-1], 900])):
         b = bytearray(blob)
-        b[off + 4 : off + 4 + 2 * k] = bad.astype("<u2").tobytes()
+        b[off : off + 360] = bad.astype("<u2").tobytes()
         with pytest.raises(UpdateError, match="indices"):
             decode(bytes(b), SHAPES)
 
