@@ -23,6 +23,7 @@ One run (``edgepilot fl server``):
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,7 +74,8 @@ class FlConfig:
             "round": rnd,
             "epochs": self.epochs,
             "batch": self.batch,
-            "lr": self.lr,
+            # cosine over the rounds, as central training decays over its epochs
+            "lr": self.lr * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / max(self.rounds, 1))),
             "mu": self.mu if self.strategy == "fedprox" else 0.0,
             "compress": self.compress,
             "ratio": self.ratio,
@@ -92,6 +94,7 @@ class RoundLog:
     refused: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     bytes_up: int = 0
+    bytes_by_car: dict[str, int] = field(default_factory=dict)
     bytes_down: int = 0
     applied: bool = False
     seconds: float = 0.0
@@ -144,7 +147,9 @@ def _strategy_class() -> type:
             rl = self.rounds[-1]
             updates = [_update(proxy, res, parameters_to_ndarrays) for proxy, res in results]
             rl.cars = [u.car for u in updates]
-            rl.bytes_up = sum(sum(len(t) for t in res.parameters.tensors) for _, res in results)
+            for u, (_, res) in zip(updates, results, strict=True):
+                rl.bytes_by_car[u.car] = sum(len(t) for t in res.parameters.tensors)
+            rl.bytes_up = sum(rl.bytes_by_car.values())
             rl.failures = [_failure(f) for f in failures]
             ok = screen(updates, self.tpl.shapes, self.cfg.limits)
             rl.accepted = [u.car for u in ok]

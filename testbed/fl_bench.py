@@ -250,7 +250,8 @@ def summarize(
     best = min(fl, key=lambda s: scores[s]["mae"])
     srv = runs[best]["server"]
     lb = log_bytes(data["cars"])
-    fb = int(srv["federated"]["bytes_up"])
+    cars = {f"car{i}" for i in range(cfg.cars)}  # the fleet; the two misbehaving cars apart
+    fb = sum(n for r in srv["rounds"] for car, n in r["bytes_by_car"].items() if car in cars)
     out.update(
         strategy=best,
         fl_mae=scores[best]["mae"],
