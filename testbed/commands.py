@@ -24,6 +24,12 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")
     p.add_argument("--train-timeout", type=float, default=420.0, help="seconds to wait for a training run")
+    p.add_argument(
+        "--federated",
+        action="store_true",
+        help="retraining phase federated: the car fine-tunes on its own log (fl client), the cloud's fl server "
+        "gates and pushes; the car's log is never uploaded",
+    )
 
 
 def _bench_offload(p: argparse.ArgumentParser) -> None:
