@@ -19,6 +19,7 @@ from tests.helpers import run_json
 SUCCESS_RUNS = {
     "bench loop": "tests/edgepilot/test_cli_success.py::test_bench_loop_and_bench_model",
     "bench model": "tests/edgepilot/test_cli_success.py::test_bench_loop_and_bench_model",
+    "bench fl": "tests/system/test_fl.py::test_bench_fl_compares_with_central_retraining",
     "bench offload": "tests/edgepilot/test_cli_success.py::test_bench_offload_fleet_and_saturate",
     "bench record": "tests/edgepilot/test_cli.py::test_json_is_one_object_on_the_last_stdout_line",
     "bench sim": "tests/vehicle/test_sim_cli.py::test_bench_sim_reports_fps",
@@ -34,6 +35,9 @@ SUCCESS_RUNS = {
     "drive": "tests/system/test_car_commands.py::test_drive_sends_the_models_answers_to_the_motor_controller",
     "edge": "tests/system/test_edge_processes.py::test_two_edge_processes_split_the_requests",
     "eval": "tests/edgepilot/test_cli_success.py::test_eval_calibrate_and_keys",
+    "fl client": "tests/system/test_fl.py::test_federation_survives_a_dropout_and_a_garbage_update",
+    "fl proxy": "tests/system/test_fl.py::test_federation_survives_a_dropout_and_a_garbage_update",
+    "fl server": "tests/system/test_fl.py::test_federation_survives_a_dropout_and_a_garbage_update",
     "keys": "tests/edgepilot/test_cli_success.py::test_eval_calibrate_and_keys",
     "models list": "tests/edgepilot/test_cli_success.py::test_models_list_promote_rollback",
     "models promote": "tests/edgepilot/test_cli_success.py::test_models_list_promote_rollback",

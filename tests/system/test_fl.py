@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 
 from edgepilot.broker import free_port
 from edgepilot.model.package import load_package
@@ -86,3 +87,23 @@ def test_server_refuses_bad_settings_before_any_car_trains(capsys):
 
     rc = main(["fl", "server", "--cars", "2", "--min-cars", "3", "--init", sys.executable])
     assert rc == 1 and "min_cars must be between 1 and cars (2), got 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_fl_compares_with_central_retraining(capsys, tmp_path):
+    """``bench fl`` at its smallest: two cars, one round. Its numbers mean little at this
+    size (docs/benchmarks.md has the real run); what must hold is the comparison itself."""
+    from tests.helpers import run_json
+
+    argv = ["bench", "fl", "--cars", "2", "--laps", "1", "--rounds", "1", "--epochs", "1"]
+    argv += ["--strategies", "fedavg", "--eval-seconds", "3", "--workdir", str(tmp_path), "--json"]
+    rc, res = run_json(capsys, argv)
+    assert rc == 0
+    for key in ("fl_mae", "central_mae", "fl_bytes", "log_bytes", "autonomy"):  # the contract's keys
+        assert key in res
+    assert res["strategy"] == "fedavg" and 0 < res["fl_mae"] < 1 and 0 < res["central_mae"] < 1
+    assert 0 < res["fl_bytes"] < res["log_bytes"] and res["bytes_ratio"] > 1
+    (r1,) = res["robustness"].values()
+    assert r1["accepted"] == 2 and "garbage" in r1["refused"] and r1["failures"] == 1
+    roles = sorted(c["role"] for c in res["runs"]["fedavg"]["clients"])
+    assert roles == ["car", "edge"] and all(c["rounds"] == 1 for c in res["runs"]["fedavg"]["clients"])
