@@ -28,26 +28,13 @@ import numpy as np
 from edgepilot import EdgepilotError
 from edgepilot.fl.codec import CodecConfig, Encoder
 from edgepilot.fl.local import LocalConfig, car_samples, local_train
-from edgepilot.fl.options import FAULTS
+from edgepilot.fl.options import FAULTS, ClientOptions
 from edgepilot.fl.weights import Template, get_arrays, set_arrays, template_of
 from edgepilot.model.data import Sample
 from edgepilot.model.nets import ArchSpec, StagedNet, build_net
 from edgepilot.model.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClientOptions:
-    car: str
-    logs: list[str]
-    server: str = "127.0.0.1:9092"
-    role: str = "car"  # "car": on the car itself; "edge": an edge node acting for the car
-    max_frames: int | None = None
-    threads: int = 1
-    connect_timeout_s: float = 60.0
-    fault: str | None = None
-    fault_round: int = 1
 
 
 @dataclass

@@ -1,12 +1,26 @@
-"""The federated client's command-line arguments, shared by ``fl client`` (the car) and
+"""The federated client's options and command-line arguments, shared by ``fl client`` (the car) and
 ``fl proxy`` (an edge node acting for a car). Light on purpose: the command line imports
 this for ``--help``, before torch or Flower."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 FAULTS = ("nan", "huge", "shape", "drop", "slow")
+
+
+@dataclass
+class ClientOptions:
+    car: str
+    logs: list[str]
+    server: str = "127.0.0.1:9092"
+    role: str = "car"  # "car": on the car itself; "edge": an edge node acting for the car
+    max_frames: int | None = None
+    threads: int = 1
+    connect_timeout_s: float = 60.0
+    fault: str | None = None
+    fault_round: int = 1
 
 
 def client_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,10 +33,8 @@ def client_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fault-round", type=int, default=1, help=argparse.SUPPRESS)  # 0: every round
 
 
-def client_options(args: argparse.Namespace, car: str, logs: list[str], role: str) -> object:
-    """The library's ``ClientOptions`` from parsed ``fl client``/``fl proxy`` arguments."""
-    from edgepilot.fl.client import ClientOptions
-
+def client_options(args: argparse.Namespace, car: str, logs: list[str], role: str) -> ClientOptions:
+    """The client's options from parsed ``fl client``/``fl proxy`` arguments."""
     return ClientOptions(
         car=car,
         logs=logs,
