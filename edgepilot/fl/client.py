@@ -47,8 +47,11 @@ class ClientStats:
 
 
 def flower_env() -> None:
-    """Flower must not try to phone home (telemetry) from a car or a test."""
+    """Flower must not try to phone home (telemetry) from a car or a test, nor log every
+    message it passes at INFO unless asked (``-v``)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
 class CarTrainer:
@@ -183,11 +186,16 @@ def run_client(opts: ClientOptions) -> dict[str, Any]:
 
     wait_port(opts.server, opts.connect_timeout_s)
     t0 = time.time()
-    start_client(
-        server_address=opts.server,
-        client=_Client().to_client(),
-        insecure=True,
-        max_retries=3,
-        max_wait_time=opts.connect_timeout_s,
-    )
+    try:
+        start_client(
+            server_address=opts.server,
+            client=_Client().to_client(),
+            insecure=True,
+            max_retries=3,
+            max_wait_time=opts.connect_timeout_s,
+        )
+    except EdgepilotError:
+        raise
+    except Exception as e:  # noqa: BLE001 - gRPC's errors: the server went away mid-run
+        raise EdgepilotError(f"lost the federated server at {opts.server}: {type(e).__name__}: {e}") from None
     return {**trainer.summary(), "elapsed_s": round(time.time() - t0, 1)}
