@@ -55,6 +55,8 @@ def _bench_fl(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=int, default=1, help="local epochs per round")
     p.add_argument("--epochs", type=int, default=8, help="central retraining epochs")
     p.add_argument("--strategies", default="fedavg,fedprox", help="federated strategies to compare")
+    p.add_argument("--lr", type=float, default=1e-3, help="local learning rate (cosine over the rounds)")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal strength")
     p.add_argument("--compress", choices=["none", "int8", "topk", "topk-int8"], default="topk-int8")
     p.add_argument("--topk", type=float, default=0.05)
     p.add_argument("--eval-seconds", type=float, default=30.0, help="simulated seconds per held-out track")
