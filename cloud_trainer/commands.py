@@ -43,6 +43,30 @@ def _rollback(p: argparse.ArgumentParser) -> None:
     add_broker(p)
 
 
+def _fl_server(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store directory (registry, reports; its logs are the default reference)")
+    p.add_argument("--listen", default="127.0.0.1:9092", metavar="HOST:PORT", help="where cars connect (Flower gRPC)")
+    p.add_argument("--init", metavar="PKG", help="fp32 car package to start from (default: the current car model's)")
+    p.add_argument("--reference", nargs="+", metavar="LOG", help="the server's own logs: exit calibration, int8, gate")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--cars", type=int, default=2, help="cars a round waits for (up to --wait s)")
+    p.add_argument("--min-cars", type=int, help="fewest cars a round goes on with (default: --cars)")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds a round waits for --cars to connect")
+    p.add_argument("--round-timeout", type=float, default=600.0, help="seconds before a car is a straggler")
+    p.add_argument("--strategy", choices=["fedavg", "fedprox"], default="fedprox")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal strength")
+    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--compress", choices=["none", "int8", "topk", "topk-int8"], default="topk-int8")
+    p.add_argument("--topk", type=float, default=0.05, help="share of each tensor's values a car sends (top-k)")
+    p.add_argument("--max-norm", type=float, default=1000.0, help="refuse updates with a larger L2 norm")
+    p.add_argument("--eval-tracks", metavar="T1,T2", help="the gate's closed-loop tracks (default: the profile's)")
+    p.add_argument("--workdir", default="var/fl", help="where the run keeps its packages")
+    p.add_argument("--key", help="package signing key (default: keys/signing.key)")
+    p.add_argument("--no-push", action="store_true", help="register and promote, but do not announce")
+    add_broker(p)
+
+
 COMMANDS = [
     Command(("cloud",), "run the cloud trainer: ingest logs, retrain, gate, push", "cloud_trainer.service:cli", _cloud),
     Command(
@@ -50,6 +74,12 @@ COMMANDS = [
         "the fleet in a browser: cars, edge nodes, training runs, model registry (default http://127.0.0.1:8080/)",
         "cloud_trainer.dashboard.cli:cli",
         _dashboard,
+    ),
+    Command(
+        ("fl", "server"),
+        "a federated fine-tuning run (Flower): rounds over the cars, then gate, register, push",
+        "cloud_trainer.fl:cli",
+        _fl_server,
     ),
     Command(("models", "list"), "list model versions", "cloud_trainer.registry:cli_list", _store),
     Command(("models", "promote"), "make a version current and push it", "cloud_trainer.registry:cli_promote", _promote),

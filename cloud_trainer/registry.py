@@ -5,6 +5,8 @@ Layout in the store (``cloud_trainer.store``)::
     models/<target>/<version>/package.eppkg   the signed package, byte for byte as pushed
     models/<target>/<version>/manifest.json   registry manifest (below)
     models/car/<version>/tails.pt             the car model's split-mode tails, when trained
+    models/car/<version>/fp32.eppkg           the fp32 package an int8 car model was compressed
+                                              from (federated fine-tuning starts there)
     models/<target>/current.json              {"version": ..., "history": [older currents]}
 
 The registry manifest repeats what the package's own manifest says (parent, thresholds,
@@ -131,6 +133,29 @@ class Registry:
     def tails_path(self, version: str) -> Path | None:
         """The tails file of car model ``version``, or None when it has none."""
         key = self.tails_key(version)
+        return self.store.local_file(key) if self.store.exists(key) else None
+
+    def source_key(self, version: str) -> str:
+        return self._dir("car", version) + "/fp32.eppkg"
+
+    def add_source(self, version: str, path: str | Path) -> dict[str, Any]:
+        """Keep the fp32 package that registered int8 car model ``version`` was compressed
+        from: federated fine-tuning starts from it (int8 weights cannot be trained)."""
+        from edgepilot.model.package import load_package
+
+        pkg = load_package(path, self.trusted_keys)  # only a verified package becomes a source
+        raw = Path(path).read_bytes()
+        self.store.put(self.source_key(version), raw)
+        meta = {
+            "version": pkg.manifest.get("version"),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "size": len(raw),
+        }
+        return self.update("car", version, source=meta)
+
+    def source_path(self, version: str) -> Path | None:
+        """The fp32 source of car model ``version``, or None when it has none kept."""
+        key = self.source_key(version)
         return self.store.local_file(key) if self.store.exists(key) else None
 
     def get(self, target: str, version: str) -> dict[str, Any]:

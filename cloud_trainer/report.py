@@ -55,7 +55,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- held-out sessions ({len(results['heldout'])}): "
         + ", ".join(f"`{k}`" for k in results["heldout"]),
     ]
-    for key in ("edge_train", "car_train", "compress", "tails"):
+    for key in ("edge_train", "car_train", "federated", "compress", "tails"):
         if key in results:
             lines.append(
                 f"- {key.replace('_', ' ')}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in results[key].items())

@@ -130,6 +130,84 @@ def gate(
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "against": cur and cur["version"]}
 
 
+# -- the steps every candidate goes through (central retraining and federated runs) --------
+
+
+def compress_car(
+    fp32: str | Path, out: Path, calib_dirs: list[str], key: str | None, registry: Registry
+) -> tuple[Path, dict[str, Any]]:
+    """The car model compressed to an ONNX Runtime int8 package (the car's own runtime: it
+    runs on a car install without torch), calibrated on ``calib_dirs``: (package, info)."""
+    from edgepilot.model.compress import compress_package
+
+    try:
+        comp = compress_package(
+            str(fp32), str(out), calib_dirs, key=key, trusted=registry.trusted_keys, runtime="onnx"
+        )
+    except EdgepilotError as e:
+        # An int8 failure must not stall the fleet's improvement: the fp32 model goes
+        # through the same gate (latency budget included) and the report says why.
+        log.warning("int8 compression failed, gating the fp32 car model instead: %s", e)
+        return Path(fp32), {"error": str(e)}
+    return Path(comp["package"]), {
+        k: comp.get(k) for k in ("version", "runtime", "size_bytes_before", "size_bytes_after")
+    }
+
+
+def judge(
+    registry: Registry,
+    target: str,
+    pkg: Path,
+    frames: list,
+    labels: np.ndarray,
+    cfg: RetrainConfig,
+    plots: dict[str, Path] | None = None,
+    work: Path | None = None,
+) -> dict[str, Any]:
+    """Candidate and current evaluated side by side, and the gate's verdict; with ``work``,
+    the closed-loop trajectories drawn there and named in ``plots``."""
+    tcfg = cfg if target == "car" else RetrainConfig(**{**asdict(cfg), "eval_tracks": []})
+    trusted = registry.trusted_keys
+
+    def ev(path: Path, who: str) -> dict[str, Any]:
+        prefix = work / f"trajectory-{target}-{who}" if work is not None else None
+        out = evaluate_package(path, trusted, frames, labels, tcfg, prefix)
+        for p in (out.get("closed_loop") or {}).pop("plots", {}).values():
+            if plots is not None:
+                plots[Path(p).stem] = Path(p)
+        return out
+
+    cand = ev(pkg, "candidate")
+    cur_v = registry.current(target)
+    cur = ev(registry.package_path(target, cur_v), "current") if cur_v else None
+    return {"candidate": cand, "current": cur, "gate": gate(cand, cur, cfg, check_latency=target == "car")}
+
+
+def register(
+    registry: Registry,
+    target: str,
+    pkg: Path,
+    judged: dict[str, Any],
+    data: list[str],
+    report: str | None,
+    tails: dict[str, Any] | None = None,
+    source: Path | None = None,
+) -> bool:
+    """Register a judged candidate (with ``source``, the fp32 package an int8 car model was
+    compressed from); promote it when it passed (True). Pushing is the caller's."""
+    verdict = judged["gate"]
+    registry.add(target, pkg, data=data, gate=verdict, report=report)
+    version = judged["candidate"]["version"]
+    if source is not None and Path(source) != Path(pkg):
+        registry.add_source(version, source)
+    if not verdict["passed"]:
+        return False
+    if tails is not None and "path" in tails:
+        registry.add_tails(version, tails["path"], tails)  # before promote: pushed with it
+    registry.promote(target, version)
+    return True
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -144,6 +222,7 @@ def retrain(
     candidates and promotes those that pass; pushing is the caller's (it holds the MQTT
     connection): ``results["promoted"]`` lists the targets to push."""
     from cloud_trainer.report import write_report
+    from edgepilot.model.evaluate import load_frames
 
     t0 = time.time()
     run_id = time.strftime("run-%Y%m%d-%H%M%S")
@@ -159,14 +238,29 @@ def retrain(
     results: dict[str, Any] = {"run": run_id, "train": train_keys, "heldout": held_keys, "targets": {}}
     # the plots the run's report keeps in the store: training curves, gate trajectories
     plots: dict[str, Path] = {}
-    candidates = _train_candidates(registry, train_dirs, work, cfg, key, results, plots)
-    _evaluate_candidates(registry, candidates, held_dirs, cfg, results, work, plots)
+    candidates, sources = _train_candidates(registry, train_dirs, work, cfg, key, results, plots)
+    frames, labels = load_frames(held_dirs, cfg.eval_frames)
+    for target, pkg in candidates.items():
+        results["targets"][target] = judge(registry, target, pkg, frames, labels, cfg, plots, work)
     tails = None
     if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
         tails = _train_tails(registry, candidates["car"], train_dirs, work, cfg)
         results["tails"] = {k: v for k, v in tails.items() if k != "path"}
     report_key = write_report(registry.store, run_id, results, work, plots)
-    promoted = _register(registry, candidates, results, tails, report_key)
+    promoted = [
+        target
+        for target, pkg in candidates.items()
+        if register(
+            registry,
+            target,
+            pkg,
+            results["targets"][target],
+            train_keys,
+            report_key,
+            tails if target == "car" else None,
+            sources.get(target),
+        )
+    ]
     results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
     return results
 
@@ -179,11 +273,10 @@ def _train_candidates(
     key: str | None,
     results: dict,
     plots: dict[str, Path],
-) -> dict[str, Path]:
+) -> tuple[dict[str, Path], dict[str, Path]]:
     """Train the edge teacher (if asked), the car model distilled from it, and compress the
-    car model to int8; the packages by target, their figures into ``results``, their
-    training curves into ``plots``."""
-    from edgepilot.model.compress import compress_package
+    car model to int8: (packages by target, the fp32 sources of compressed ones); their
+    figures into ``results``, their training curves into ``plots``."""
     from edgepilot.model.train import TrainConfig, train
 
     base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
@@ -206,68 +299,11 @@ def _train_candidates(
     )
     results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
     plots.update({f"curve-{t}": Path(r["curve"]) for t, r in (("edge", edge), ("car", car)) if r and r.get("curve")})
-    try:
-        # the car's own runtime: an ONNX package runs on a car install without torch
-        comp = compress_package(
-            car["package"],
-            str(work / "car.eppkg"),
-            train_dirs,
-            key=key,
-            trusted=registry.trusted_keys,
-            runtime="onnx",
-        )
-        results["compress"] = {
-            k: comp.get(k) for k in ("version", "runtime", "size_bytes_before", "size_bytes_after")
-        }
-        candidates = {"car": Path(comp["package"])}
-    except EdgepilotError as e:
-        # An int8 failure must not stall the fleet's improvement: the fp32 distilled model
-        # goes through the same gate (latency budget included) and the report says why.
-        log.warning("int8 compression failed, gating the fp32 car model instead: %s", e)
-        results["compress"] = {"error": str(e)}
-        candidates = {"car": Path(car["package"])}
+    car_pkg, results["compress"] = compress_car(car["package"], work / "car.eppkg", train_dirs, key, registry)
+    candidates = {"car": car_pkg}
     if teacher:
         candidates["edge"] = Path(teacher)
-    return candidates
-
-
-def _evaluate_candidates(
-    registry: Registry,
-    candidates: dict[str, Path],
-    held_dirs: list[str],
-    cfg: RetrainConfig,
-    results: dict,
-    work: Path,
-    plots: dict[str, Path],
-) -> None:
-    """Each candidate and the current model of its target, side by side on the held-out
-    sessions, and the gate's verdict: into ``results["targets"]``; the closed-loop
-    trajectories into ``plots``."""
-    from edgepilot.model.evaluate import load_frames
-
-    frames, labels = load_frames(held_dirs, cfg.eval_frames)
-    for target, pkg in candidates.items():
-        tcfg = cfg if target == "car" else RetrainConfig(**{**asdict(cfg), "eval_tracks": []})
-        trusted = registry.trusted_keys
-        cand = evaluate_package(pkg, trusted, frames, labels, tcfg, work / f"trajectory-{target}-candidate")
-        cur_v = registry.current(target)
-        cur = (
-            evaluate_package(
-                registry.package_path(target, cur_v),
-                trusted,
-                frames,
-                labels,
-                tcfg,
-                work / f"trajectory-{target}-current",
-            )
-            if cur_v
-            else None
-        )
-        for ev in (cand, cur):
-            for path in ((ev or {}).get("closed_loop") or {}).pop("plots", {}).values():
-                plots[Path(path).stem] = Path(path)
-        verdict = gate(cand, cur, cfg, check_latency=target == "car")
-        results["targets"][target] = {"candidate": cand, "current": cur, "gate": verdict}
+    return candidates, {"car": Path(car["package"])}
 
 
 def _train_tails(
@@ -286,25 +322,3 @@ def _train_tails(
         trusted_keys=registry.trusted_keys,
         seed=cfg.seed,
     )
-
-
-def _register(
-    registry: Registry,
-    candidates: dict[str, Path],
-    results: dict[str, Any],
-    tails: dict[str, Any] | None,
-    report_key: str,
-) -> list[str]:
-    """Register every candidate with its verdict; promote those that passed (a car model
-    with its tails); returns the promoted targets."""
-    promoted = []
-    for target, pkg in candidates.items():
-        verdict = results["targets"][target]["gate"]
-        registry.add(target, pkg, data=results["train"], gate=verdict, report=report_key)
-        if verdict["passed"]:
-            version = results["targets"][target]["candidate"]["version"]
-            if target == "car" and tails is not None and "path" in tails:
-                registry.add_tails(version, tails["path"], tails)  # before promote: pushed with it
-            registry.promote(target, version)
-            promoted.append(target)
-    return promoted

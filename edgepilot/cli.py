@@ -30,13 +30,13 @@ ENTRY_POINTS = "edgepilot.commands"
 
 GROUPS = {
     "sim": "the built-in simulator: drive, score, record",
-    "bench": "benchmarks (JSON out): model, loop, record, sim, offload, web, fl",
+    "bench": "benchmarks (JSON out): {leaves}",
     "data": "driving-log tools: DonkeyCar tub import/export, info, migrate",
     "models": "the cloud's model registry: list, promote, rollback",
     "profile": "profiles: convert a DonkeyCar config",
     "fl": "federated fine-tuning: server and client",
 }
-"""Help of the command groups; their leaves come from the packages."""
+"""Help of the command groups; their leaves come from the packages (``{leaves}``: their names)."""
 
 ORDER = ("sim", "replay", "collect", "drive", "train", "eval", "calibrate", "compress", "keys")
 """The first commands ``--help`` lists, in a newcomer's order; the rest follow by name."""
@@ -96,7 +96,9 @@ def build_parser(commands: Iterable[Command] | None = None) -> argparse.Argument
         sub = top
         for depth, name in enumerate(cmd.path[:-1]):
             if name not in groups:
-                g = sub.add_parser(name, help=GROUPS.get(name, ""), description=GROUPS.get(name))
+                leaves = sorted({c.path[depth + 1] for c in cmds if c.path[: depth + 1] == cmd.path[: depth + 1]})
+                text = GROUPS.get(name, "").format(leaves=", ".join(leaves))
+                g = sub.add_parser(name, help=text, description=text)
                 groups[name] = g.add_subparsers(dest=f"sub{depth}", metavar="SUBCOMMAND", required=True)
             sub = groups[name]
         p = sub.add_parser(cmd.path[-1], help=cmd.help, description=cmd.description or cmd.help)

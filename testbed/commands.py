@@ -28,6 +28,12 @@ def _demo(p: argparse.ArgumentParser) -> None:
         "--dashboard-port", type=int, default=8080, help="the fleet dashboard's port (taken: any free one; 0: any)"
     )
     p.add_argument("--no-dashboard", action="store_true", help="do not serve the fleet dashboard")
+    p.add_argument(
+        "--federated",
+        action="store_true",
+        help="retraining phase federated: the car fine-tunes on its own log (fl client), the cloud's fl server "
+        "gates and pushes; the car's log is never uploaded",
+    )
 
 
 def _bench_offload(p: argparse.ArgumentParser) -> None:
@@ -58,12 +64,34 @@ def _bench_dashboard(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _bench_fl(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cars", type=int, default=4, help="simulated cars, each on its own track (non-IID)")
+    p.add_argument("--laps", type=int, default=2, help="expert laps each car records")
+    p.add_argument("--rounds", type=int, default=8, help="federated rounds")
+    p.add_argument("--local-epochs", type=int, default=1, help="local epochs per round")
+    p.add_argument("--epochs", type=int, default=8, help="central retraining epochs")
+    p.add_argument("--strategies", default="fedavg,fedprox", help="federated strategies to compare")
+    p.add_argument("--lr", type=float, default=1e-3, help="local learning rate (cosine over the rounds)")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal strength")
+    p.add_argument("--compress", choices=["none", "int8", "topk", "topk-int8"], default="topk-int8")
+    p.add_argument("--topk", type=float, default=0.05)
+    p.add_argument("--eval-seconds", type=float, default=30.0, help="simulated seconds per held-out track")
+    p.add_argument("--workdir", default="var/bench-fl", help="logs, stores and packages (logs are reused)")
+    p.add_argument("--fresh", action="store_true", help="re-record the logs")
+
+
 COMMANDS = [
     Command(
         ("demo",),
         "the whole loop on one machine: collect, train, drive, offload, retrain, push",
         "testbed.demo:run",
         _demo,
+    ),
+    Command(
+        ("bench", "fl"),
+        "federated fine-tuning vs central retraining: N cars on loopback, MAE, autonomy, bytes, time",
+        "testbed.fl_bench:run",
+        _bench_fl,
     ),
     Command(
         ("bench", "offload"), "offload round trips through a running edge node", "testbed.offload_bench:run", _bench_offload

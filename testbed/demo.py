@@ -10,7 +10,9 @@ share. This process only starts them, watches the fleet's topics and keeps score
 3. the car takes the pushed model and drives an evaluation track it never saw, with
    early exit, offloading its hard frames to the edge;
 4. its log is uploaded; the cloud retrains with it (the expert's labels ride along in
-   every record: DAgger), gates, pushes; a car that is driving swaps mid-drive;
+   every record: DAgger), gates, pushes; a car that is driving swaps mid-drive
+   (``--federated``: the log stays on the car, which fine-tunes the current model on it
+   with ``fl client``; the cloud's ``fl server`` gates, registers and pushes the result);
 5. the car drives the evaluation track again.
 
 The cloud serves the fleet dashboard (``cloud --dashboard``) the whole time: its address
@@ -343,11 +345,14 @@ class Demo:
     ) -> tuple[fleet.RunSummary, bool]:
         """Upload the first drive, retrain while the car drives; a promoted model must reach
         the driving car between two frames."""
-        p, t0 = self.phase("upload the car's log; retrain, gate, push; the driving car swaps")
-        self._upload(sup, self.work / "logs" / "car-drive-1", "car-drive-1")
+        federated = getattr(self.args, "federated", False)
+        title = "federated fine-tuning on the car's own log" if federated else "upload the car's log; retrain"
+        p, t0 = self.phase(f"{title}, gate, push; the driving car swaps")
+        if not federated:
+            self._upload(sup, self.work / "logs" / "car-drive-1", "car-drive-1")
         sup.edgepilot("car-swap", *self.car_drive_args("--laps", "100"), env=self.car_env)
         watch.car_runs(CAR, str(run1.current["car"]), timeout=120)  # the driving car runs the current model
-        run2 = watch.retrain(timeout=self.args.train_timeout)
+        run2 = self._federated(sup, run1) if federated else watch.retrain(timeout=self.args.train_timeout)
         new_car = run2.current.get("car")
         pushed = "car" in run2.promoted
         if pushed:
@@ -366,6 +371,40 @@ class Demo:
             swap_drive={k: swap_res.get(k) for k in ("frames", "swaps", "model_version", "autonomy")},
         )
         return run2, swapped
+
+    def _federated(self, sup: Supervisor, run1: fleet.RunSummary) -> fleet.RunSummary:
+        """The retraining phase, federated: the car fine-tunes on its own drive log and sends
+        only compressed updates; the cloud's federated server gates, registers and pushes
+        (the car's log is never uploaded)."""
+        from edgepilot.broker import free_port
+
+        addr = f"127.0.0.1:{free_port()}"
+        server = [
+            "fl", "server", "--profile", str(self.work / "cloud.toml"), "--listen", addr, "--cars", "1",
+            "--rounds", "3", "--local-epochs", "2", "--workdir", str(self.work / "fl"), "--broker", self.url,
+            "--json",
+        ]  # fmt: skip
+        sup.edgepilot("fl-server", *server, expect_exit=True)
+        log_dir = str(self.work / "logs" / "car-drive-1")
+        car = ["fl", "client", log_dir, "--car", CAR, "--server", addr, "--json"]
+        self.run_child(sup, "fl-car", car, self.args.train_timeout, env=self.car_env)
+        if sup.wait("fl-server", self.args.train_timeout) != 0:
+            raise EdgepilotError(f"the federated server failed: {sup.children['fl-server'].tail()}")
+        res = sup.children["fl-server"].json_result()
+        gate = (res.get("targets") or {}).get("car", {}).get("gate") or {}
+        cand = (res.get("targets") or {}).get("car", {}).get("candidate") or {}
+        car_now = cand.get("version") if res.get("promoted") else run1.current.get("car")
+        fed = res.get("federated") or {}
+        log.warning("federated run: %s bytes sent by the car, log kept on the car", fed.get("bytes_up"))
+        return fleet.RunSummary(
+            res.get("run"),
+            promoted=list(res.get("promoted") or []),
+            current={"car": car_now, "edge": run1.current.get("edge")},
+            report=res.get("report"),
+            gate={"car": bool(gate.get("passed"))},
+            checks={"car": gate.get("checks") or []},
+            elapsed_s=res.get("elapsed_s"),
+        )
 
     def _summary(
         self,

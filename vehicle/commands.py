@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from edgepilot.cli import Command, add_broker
+from edgepilot.fl.options import client_arguments
 
 
 def _sim_look(p: argparse.ArgumentParser) -> None:
@@ -95,6 +96,12 @@ def from_donkey_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing PROFILE.toml")
 
 
+def _fl_client(p: argparse.ArgumentParser) -> None:
+    p.add_argument("logs", nargs="*", metavar="LOG", help="this car's logs (default: the profile's record_dir)")
+    p.add_argument("--car", help="car id (default: the profile's car_id)")
+    client_arguments(p)
+
+
 COMMANDS = [
     Command(
         ("sim", "drive"),
@@ -113,6 +120,12 @@ COMMANDS = [
         _collect,
     ),
     Command(("upload",), "send a driving log to the cloud trainer (resumable, idempotent)", "vehicle.upload:cli", _upload),
+    Command(
+        ("fl", "client"),
+        "federated fine-tuning on this car (needs torch): train on its own logs, send updates, never frames",
+        "vehicle.fl_client:cli",
+        _fl_client,
+    ),
     Command(("bench", "loop"), "the whole onboard loop in replay: fps and latency", "vehicle.replay:bench_loop", _bench_loop),
     Command(
         ("bench", "web"),

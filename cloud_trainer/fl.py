@@ -1,0 +1,407 @@
+"""The federated server: Flower rounds over the fleet's cars, then the same gate, registry,
+compression and signed push as a centrally retrained model.
+
+One run (``edgepilot fl server``):
+
+1. the global model starts from an fp32 car package (``--init``, else the fp32 source of
+   the registry's current car model);
+2. the first round waits (up to ``wait_s``) for the cars it expects, every round goes on
+   with at least ``min_cars``; it sends every connected car the global weights and the
+   round's settings (local epochs, learning rate, FedProx ``mu``, update compression);
+3. cars that do not answer within ``round_timeout_s`` (stragglers) or whose connection
+   breaks (a car that drops out mid-round) are failures: counted and logged, not waited
+   for; every answer is decoded and checked (``edgepilot.fl.check``), garbage refused
+   with its reason; with fewer than ``min_cars`` usable updates the global model stays
+   as it was for that round;
+4. the sample-weighted mean update moves the global model (FedAvg; FedProx is FedAvg
+   with the proximal term on the cars);
+5. after the last round: calibrate exits on the server's reference logs (the cloud's own
+   data, never a car's frames), compress to int8, evaluate against the current model,
+   gate, register, promote and push (``cloud_trainer.retrain``'s steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud_trainer.registry import Registry
+from cloud_trainer.retrain import compress_car, judge, register, split_sessions, store_logs
+from edgepilot import EdgepilotError
+from edgepilot.config import RetrainConfig
+from edgepilot.fl.check import Update, UpdateLimits, screen, weighted_mean
+from edgepilot.fl.codec import CodecConfig
+from edgepilot.fl.weights import Template, get_arrays, load_net, sanitize, save_federated, set_arrays
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("fedavg", "fedprox")
+
+
+@dataclass
+class FlConfig:
+    rounds: int = 6
+    cars: int = 2  # cars a round waits for (up to wait_s) ...
+    min_cars: int = 2  # ... and the fewest it goes on with
+    wait_s: float = 120.0
+    round_timeout_s: float = 600.0  # a car that has not answered by then is a straggler
+    strategy: str = "fedavg"
+    mu: float = 0.01  # FedProx
+    epochs: int = 2  # local epochs per round
+    batch: int = 32
+    lr: float = 1e-3
+    compress: str = "topk-int8"
+    ratio: float = 0.05
+    seed: int = 0
+    limits: UpdateLimits = field(default_factory=UpdateLimits)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise EdgepilotError(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
+        if not 1 <= self.min_cars <= max(self.cars, 1):
+            raise EdgepilotError(f"min_cars must be between 1 and cars ({self.cars}), got {self.min_cars}")
+        CodecConfig(self.compress, self.ratio)  # refuse a bad mode before a car trains
+
+    def fit_config(self, rnd: int, arch: str, spec: str) -> dict[str, Any]:
+        """What every car is told for round ``rnd`` (Flower config: scalars only)."""
+        return {
+            "round": rnd,
+            "epochs": self.epochs,
+            "batch": self.batch,
+            # cosine over the rounds, as central training decays over its epochs
+            "lr": self.lr * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / max(self.rounds, 1))),
+            "mu": self.mu if self.strategy == "fedprox" else 0.0,
+            "compress": self.compress,
+            "ratio": self.ratio,
+            "seed": self.seed,
+            "deadline_s": self.round_timeout_s,
+            "arch": arch,
+            "input": spec,
+        }
+
+
+@dataclass
+class RoundLog:
+    round: int
+    cars: list[str] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_by_car: dict[str, int] = field(default_factory=dict)
+    bytes_down: int = 0
+    applied: bool = False
+    seconds: float = 0.0
+
+
+def _strategy_class() -> type:
+    """The Flower strategy, defined on first use so that importing this module needs no flwr."""
+    import json
+
+    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import Strategy
+
+    class FleetStrategy(Strategy):  # type: ignore[misc]
+        def __init__(self, cfg: FlConfig, tpl: Template, start: list[np.ndarray]) -> None:
+            self.cfg, self.tpl = cfg, tpl
+            self.global_arrays = [a.copy() for a in start]
+            self.rounds: list[RoundLog] = []
+            self._arch = json.dumps(tpl.arch.to_dict())
+            self._spec = json.dumps(tpl.spec.to_dict())
+            self._t0 = 0.0
+
+        def __repr__(self) -> str:
+            return f"FleetStrategy({self.cfg.strategy}, {self.cfg.compress})"
+
+        def initialize_parameters(self, client_manager: Any) -> Any:
+            return ndarrays_to_parameters(self.global_arrays)
+
+        def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+            self._t0 = time.monotonic()
+            # the first round waits for the whole expected fleet; later ones go on with
+            # whoever is still connected (a car that dropped out is not waited for again)
+            want = self.cfg.cars if server_round == 1 else self.cfg.min_cars
+            client_manager.wait_for(want, timeout=int(self.cfg.wait_s))
+            cars = list(client_manager.all().values())
+            rl = RoundLog(server_round)
+            self.rounds.append(rl)
+            if len(cars) < self.cfg.min_cars:
+                log.warning(
+                    "round %d: %d car(s) connected, %d needed: skipped",
+                    server_round,
+                    len(cars),
+                    self.cfg.min_cars,
+                )
+                return []
+            ins = FitIns(parameters, self.cfg.fit_config(server_round, self._arch, self._spec))
+            rl.bytes_down = len(cars) * sum(len(t) for t in parameters.tensors)
+            return [(c, ins) for c in cars]
+
+        def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+            rl = self.rounds[-1]
+            updates = [_update(proxy, res, parameters_to_ndarrays) for proxy, res in results]
+            rl.cars = [u.car for u in updates]
+            for u, (_, res) in zip(updates, results, strict=True):
+                rl.bytes_by_car[u.car] = sum(len(t) for t in res.parameters.tensors)
+            rl.bytes_up = sum(rl.bytes_by_car.values())
+            rl.failures = [_failure(f) for f in failures]
+            ok = screen(updates, self.tpl.shapes, self.cfg.limits)
+            rl.accepted = [u.car for u in ok]
+            rl.refused = {u.car: str(u.error) for u in updates if u.error}
+            for car, why in rl.refused.items():
+                log.warning("round %d: refused the update of %s: %s", server_round, car, why)
+            for why in rl.failures:
+                log.warning("round %d: a car failed: %s", server_round, why)
+            rl.seconds = round(time.monotonic() - self._t0, 2)
+            metrics = {"accepted": len(ok), "refused": len(rl.refused), "failures": len(failures)}
+            if len(ok) < self.cfg.min_cars:
+                log.warning(
+                    "round %d: %d usable update(s), %d needed: the global model stays",
+                    server_round,
+                    len(ok),
+                    self.cfg.min_cars,
+                )
+                return None, metrics
+            step = weighted_mean(ok)
+            self.global_arrays = sanitize(
+                self.tpl, [g + s for g, s in zip(self.global_arrays, step, strict=True)]
+            )
+            rl.applied = True
+            log.info("round %d: %d updates averaged (%d bytes up)", server_round, len(ok), rl.bytes_up)
+            return ndarrays_to_parameters(self.global_arrays), metrics
+
+        def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+            return []  # the gate evaluates, on the server's own data, after the last round
+
+        def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[None, dict]:
+            return None, {}
+
+        def evaluate(self, server_round: int, parameters: Any) -> None:
+            return None
+
+    return FleetStrategy
+
+
+def _update(proxy: Any, res: Any, to_arrays: Any) -> Update:
+    car = str((res.metrics or {}).get("car") or proxy.cid)
+    try:
+        arrays = to_arrays(res.parameters)
+        payload = arrays[0].tobytes() if len(arrays) == 1 and arrays[0].dtype == np.uint8 else b""
+    except Exception as e:  # noqa: BLE001 - whatever a car sent that does not even deserialise
+        log.warning("update of %s does not deserialise: %s", car, e)
+        payload = b""
+    samples = res.num_examples
+    return Update(car, payload, int(samples) if isinstance(samples, int | np.integer) else -1)
+
+
+def _failure(f: Any) -> str:
+    if isinstance(f, BaseException):
+        return f"{type(f).__name__}: {f}"[:200]
+    proxy, res = f
+    return f"{proxy.cid}: {getattr(res.status, 'message', res.status)}"[:200]
+
+
+def run_rounds(
+    cfg: FlConfig, tpl: Template, start: list[np.ndarray], address: str
+) -> tuple[list[np.ndarray], list[RoundLog]]:
+    """Serve the rounds on ``address`` (HOST:PORT); the final global arrays and the round log."""
+    from edgepilot.fl.client import flower_env
+
+    flower_env()
+    from flwr.server import Server, SimpleClientManager
+    from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
+
+    cm = SimpleClientManager()
+    strategy = _strategy_class()(cfg, tpl, start)
+    server = Server(client_manager=cm, strategy=strategy)
+    grpc_server = start_grpc_server(client_manager=cm, server_address=address)
+    log.info(
+        "federated server on %s: %d rounds, %s, %s updates", address, cfg.rounds, cfg.strategy, cfg.compress
+    )
+    try:
+        server.fit(num_rounds=cfg.rounds, timeout=cfg.round_timeout_s)
+        server.disconnect_all_clients(timeout=10.0)
+    finally:
+        grpc_server.stop(grace=1)
+    return strategy.global_arrays, strategy.rounds
+
+
+# -- a federated run: rounds, then the gate ------------------------------------------------
+
+
+def start_package(registry: Registry, init: str | None) -> Path:
+    """The fp32 package the rounds start from: ``init``, else the current car model's
+    (its fp32 source when it is int8)."""
+    if init:
+        return Path(init)
+    cur = registry.current("car")
+    if cur is None:
+        raise EdgepilotError("no current car model to fine-tune: pass --init PKG (an fp32 car package)")
+    if (registry.get("car", cur).get("quant") or "fp32") == "fp32":
+        return registry.package_path("car", cur)
+    src = registry.source_path(cur)
+    if src is None:
+        raise EdgepilotError(
+            f"the current car model {cur} is int8 and the registry kept no fp32 source for it: "
+            "pass --init PKG (the fp32 package it was compressed from)"
+        )
+    return src
+
+
+def reference_sets(registry: Registry, reference: list[str] | None) -> tuple[list[str], list[str]]:
+    """(calibration logs, held-out logs) from the server's own data: ``reference`` or every
+    log in the store; whole sessions held out as the central run does."""
+    from edgepilot.drivelog import find_logs
+
+    if reference:
+        dirs = [str(p) for p in find_logs(reference)]
+    else:
+        dirs = [str(registry.store.local_dir(k)) for k in store_logs(registry)]
+    if not dirs:
+        raise EdgepilotError(
+            "the server needs reference logs of its own (--reference LOG, or logs in the store)"
+        )
+    if len(dirs) < 2:
+        log.warning("one reference log: exits are calibrated and gated on the same frames")
+        return dirs, dirs
+    calib, held = split_sessions(sorted(dirs), RetrainConfig.heldout_every)
+    return calib, held
+
+
+def federated_run(
+    registry: Registry,
+    workdir: str | Path,
+    cfg: FlConfig,
+    rcfg: RetrainConfig,
+    *,
+    address: str,
+    init: str | None = None,
+    reference: list[str] | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Rounds on ``address``, then calibrate, compress, judge, register, promote. The summary
+    (``promoted`` lists what the caller should push)."""
+    from cloud_trainer.report import write_report
+    from edgepilot.model.evaluate import load_frames
+
+    t0 = time.time()
+    run_id = time.strftime("fl-%Y%m%d-%H%M%S")
+    work = Path(workdir) / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    start = start_package(registry, init)
+    net, tpl, manifest = load_net(start, registry.trusted_keys)
+    calib, held = reference_sets(registry, reference)
+    final, rounds = run_rounds(cfg, tpl, get_arrays(net, tpl), address)
+    cars = sorted({c for r in rounds for c in r.accepted})
+    results: dict[str, Any] = {
+        "run": run_id,
+        "train": [f"car:{c}" for c in cars],
+        "heldout": held,
+        "targets": {},
+        "federated": _summary(cfg, rounds, manifest.get("version")),
+        "rounds": [asdict(r) for r in rounds],
+        "promoted": [],
+    }
+    if not any(r.applied for r in rounds):
+        results.update(
+            error="no round had enough usable updates: nothing to gate", elapsed_s=round(time.time() - t0, 1)
+        )
+        log.error("federated run %s: %s", run_id, results["error"])
+        return results
+    set_arrays(net, tpl, final)
+    training = {
+        "parent": manifest.get("version"),
+        "cars": cars,
+        "fl": {k: v for k, v in asdict(cfg).items() if k != "limits"},
+    }
+    fp = save_federated(
+        net,
+        tpl.spec,
+        work / "car-fp32.eppkg",
+        calib,
+        key=key,
+        parent=manifest.get("version"),
+        training=training,
+    )
+    car_pkg, results["compress"] = compress_car(fp["package"], work / "car.eppkg", calib, key, registry)
+    frames, labels = load_frames(held, rcfg.eval_frames)
+    plots: dict[str, Path] = {}
+    results["targets"]["car"] = judge(registry, "car", car_pkg, frames, labels, rcfg, plots, work)
+    report = write_report(registry.store, run_id, results, work, plots)
+    if register(
+        registry,
+        "car",
+        car_pkg,
+        results["targets"]["car"],
+        results["train"],
+        report,
+        source=Path(fp["package"]),
+    ):
+        results["promoted"] = ["car"]
+    results.update(
+        report=report, package=str(car_pkg), fp32=fp["package"], elapsed_s=round(time.time() - t0, 1)
+    )
+    return results
+
+
+def _summary(cfg: FlConfig, rounds: list[RoundLog], parent: str | None) -> dict[str, Any]:
+    """The run in one flat dict (the report's ``federated`` line)."""
+    return {
+        "strategy": cfg.strategy,
+        "compress": cfg.compress if not cfg.compress.startswith("topk") else f"{cfg.compress}@{cfg.ratio:g}",
+        "rounds": len(rounds),
+        "rounds_applied": sum(r.applied for r in rounds),
+        "cars": len({c for r in rounds for c in r.cars}),
+        "updates_accepted": sum(len(r.accepted) for r in rounds),
+        "updates_refused": sum(len(r.refused) for r in rounds),
+        "failures": sum(len(r.failures) for r in rounds),
+        "bytes_up": sum(r.bytes_up for r in rounds),
+        "bytes_down": sum(r.bytes_down for r in rounds),
+        "parent": parent,
+    }
+
+
+def cli(args: Any) -> dict[str, Any]:
+    """``edgepilot fl server``: one federated run, then push what passed the gate."""
+    from cloud_trainer.registry import _open, _push
+
+    registry, prof = _open(args)
+    cfg = FlConfig(
+        rounds=args.rounds,
+        cars=args.cars,
+        min_cars=args.min_cars or args.cars,
+        wait_s=args.wait,
+        round_timeout_s=args.round_timeout,
+        strategy=args.strategy,
+        mu=args.mu,
+        epochs=args.local_epochs,
+        lr=args.lr,
+        compress=args.compress,
+        ratio=args.topk,
+        limits=UpdateLimits(max_norm=args.max_norm),
+    )
+    rcfg = prof.cloud.retrain()
+    if args.eval_tracks is not None:
+        rcfg.eval_tracks = [t for t in args.eval_tracks.split(",") if t]
+    res = federated_run(
+        registry,
+        args.workdir,
+        cfg,
+        rcfg,
+        address=args.listen,
+        init=args.init,
+        reference=args.reference,
+        key=args.key,
+    )
+    res["pushed"] = (
+        bool(res["promoted"])
+        and not args.no_push
+        and _push(args, prof, registry, "car", str(registry.current("car")), rollback=False)
+    )
+    return res

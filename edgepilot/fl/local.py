@@ -1,0 +1,101 @@
+"""One car's local training step: a few epochs on its own frames, from the global model.
+
+The loss is the model's own (``edgepilot.model.train``: soft steering targets, every
+exit weighted, ``exit_loss``), so a federated model learns what ``edgepilot train``
+teaches. FedProx (``mu > 0``) adds ``mu / 2 * ||w - w_global||^2``: it keeps a car whose
+frames all come from one track from walking the shared model too far towards that track.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from edgepilot.model.augment import AugmentConfig
+from edgepilot.model.data import FrameDataset, Sample, load_samples
+from edgepilot.model.nets import StagedNet
+from edgepilot.model.preprocess import InputSpec
+from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, soft_targets
+from edgepilot.schema.log import TRAINING_LABELS
+
+
+@dataclass
+class LocalConfig:
+    """What the server asks of a car for one round (``FitIns.config``)."""
+
+    epochs: int = 2
+    batch: int = 32
+    lr: float = 1e-3
+    mu: float = 0.0  # FedProx proximal strength; 0 is FedAvg
+    seed: int = 0
+    label_sigma_bins: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> LocalConfig:
+        return cls(
+            epochs=max(1, int(cfg.get("epochs", cls.epochs))),
+            batch=max(1, int(cfg.get("batch", cls.batch))),
+            lr=float(cfg.get("lr", cls.lr)),
+            mu=max(0.0, float(cfg.get("mu", cls.mu))),
+            seed=int(cfg.get("seed", cls.seed)),
+        )
+
+
+@dataclass
+class LocalResult:
+    samples: int
+    loss: float
+    seconds: float
+
+
+def car_samples(logs: list[str], max_frames: int | None = None) -> list[Sample]:
+    """A car's training frames: human or expert labels only (``schema.log.TRAINING_LABELS``),
+    evenly subsampled to ``max_frames``."""
+    samples = load_samples(logs, TRAINING_LABELS).samples
+    if max_frames and len(samples) > max_frames:
+        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
+    return samples
+
+
+def local_train(
+    net: StagedNet, spec: InputSpec, samples: list[Sample], cfg: LocalConfig, rnd: int = 0
+) -> LocalResult:
+    """Train ``net`` in place (it holds the global weights) on ``samples``."""
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed + rnd)
+    ds = FrameDataset(samples, spec, AugmentConfig(), cfg.seed + 7919 * rnd)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.batch,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(cfg.seed + rnd),
+        drop_last=len(samples) > cfg.batch,
+    )
+    params = [p for p in net.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if cfg.mu > 0 else []
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    weights = EXIT_WEIGHTS[: len(net.stages)] if len(net.stages) > 1 else (1.0,)
+    total, n = 0.0, 0
+    for epoch in range(cfg.epochs):
+        ds.set_epoch(epoch)
+        net.train()
+        for x, s, th in loader:
+            s, th = s.float(), th.float()
+            target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
+            outs = net(x)
+            loss = sum(w * exit_loss(o, target, s, th) for w, o in zip(weights, outs, strict=False))
+            if anchor:
+                loss = loss + 0.5 * cfg.mu * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True)
+                )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.item()) * len(x)
+            n += len(x)
+    net.eval()
+    return LocalResult(len(samples), total / max(n, 1), time.perf_counter() - t0)

@@ -1,0 +1,138 @@
+"""The federated server's strategy, fed Flower's own result objects: refusals, the minimum
+number of cars, the weighted average; and where the federated run starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepilot import EdgepilotError
+from edgepilot.fl.codec import CodecConfig, Encoder
+
+pytest.importorskip("flwr")
+
+
+@dataclass
+class _Proxy:
+    cid: str
+
+
+class _Cars:
+    """Flower's client manager as the strategy uses it: who is connected."""
+
+    def __init__(self, n: int) -> None:
+        self.cars = {f"p{i}": _Proxy(f"p{i}") for i in range(n)}
+        self.waited: list[int] = []
+
+    def wait_for(self, num_clients: int, timeout: int) -> bool:
+        self.waited.append(num_clients)
+        return len(self.cars) >= num_clients
+
+    def all(self) -> dict:
+        return self.cars
+
+
+def _strategy(min_cars: int, cars: int = 3):
+    from cloud_trainer.fl import FlConfig, _strategy_class
+    from edgepilot.fl.weights import template_of
+    from edgepilot.model.nets import ArchSpec, build_net
+    from edgepilot.model.preprocess import DEFAULT_SPEC
+
+    net = build_net(ArchSpec("early-exit", [4, 4, 8, 8, 8, 8]), DEFAULT_SPEC)
+    tpl = template_of(net, DEFAULT_SPEC)
+    start = [np.zeros(s, np.float32) for s in tpl.shapes]
+    return _strategy_class()(FlConfig(cars=cars, min_cars=min_cars, wait_s=1), tpl, start), tpl
+
+
+def _result(car: str, update: list[np.ndarray], samples: int, mode: str = "none"):
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    blob = Encoder(CodecConfig(mode)).encode(update)
+    params = ndarrays_to_parameters([np.frombuffer(blob, np.uint8)])
+    return _Proxy(car), FitRes(Status(Code.OK, ""), params, samples, {"car": car})
+
+
+def _round(strategy, cars: _Cars, results: list, failures: list | None = None):
+    from flwr.common import ndarrays_to_parameters
+
+    ins = strategy.configure_fit(1, ndarrays_to_parameters(strategy.global_arrays), cars)
+    assert len(ins) == len(cars.cars)
+    cfg = ins[0][1].config
+    assert cfg["round"] == 1 and cfg["compress"] == "topk-int8" and "early-exit" in cfg["arch"]
+    return strategy.aggregate_fit(1, results, failures or [])
+
+
+def test_a_round_averages_the_good_updates_and_refuses_the_rest():
+    strategy, tpl = _strategy(min_cars=2)
+    ones = [np.ones(s, np.float32) * 0.01 for s in tpl.shapes]
+    threes = [np.ones(s, np.float32) * 0.03 for s in tpl.shapes]
+    wrong = [np.ones((3, 3), np.float32)]
+    params, metrics = _round(
+        strategy,
+        _Cars(4),
+        [_result("a", ones, 30), _result("b", threes, 10), _result("c", wrong, 10, "int8")],
+        [TimeoutError("car d: no answer before the round's deadline")],
+    )
+    assert params is not None and metrics == {"accepted": 2, "refused": 1, "failures": 1}
+    for g in strategy.global_arrays:  # (30 * 0.01 + 10 * 0.03) / 40
+        assert np.allclose(g, 0.015)
+    r = strategy.rounds[-1]
+    assert r.accepted == ["a", "b"] and "tensors" in r.refused["c"] and "deadline" in r.failures[0]
+    assert r.bytes_up > 0 and r.applied
+
+
+def test_too_few_usable_updates_leave_the_global_model_as_it_was():
+    strategy, tpl = _strategy(min_cars=3)
+    ones = [np.ones(s, np.float32) for s in tpl.shapes]
+    nan = [np.full(s, np.nan, np.float32) for s in tpl.shapes]
+    params, metrics = _round(
+        strategy, _Cars(3), [_result("a", ones, 5), _result("b", ones, 5), _result("c", nan, 5)]
+    )
+    assert params is None and metrics["accepted"] == 2 and not strategy.rounds[-1].applied
+    assert all(not g.any() for g in strategy.global_arrays)
+
+
+def test_a_round_without_enough_cars_sends_nothing():
+    from flwr.common import ndarrays_to_parameters
+
+    strategy, _ = _strategy(min_cars=2, cars=3)
+    cars = _Cars(1)
+    assert strategy.configure_fit(1, ndarrays_to_parameters(strategy.global_arrays), cars) == []
+    assert cars.waited == [3]  # round 1 waits for the whole fleet it expects ...
+    strategy.configure_fit(2, ndarrays_to_parameters(strategy.global_arrays), cars)
+    assert cars.waited == [3, 2]  # ... later rounds only for the minimum
+
+
+def test_the_run_starts_from_the_current_models_fp32_source(tmp_path, tiny_model, tiny_int8):
+    from cloud_trainer.fl import start_package
+    from cloud_trainer.registry import Registry
+    from cloud_trainer.store import open_store
+
+    reg = Registry(open_store(str(tmp_path / "store")))
+    with pytest.raises(EdgepilotError, match="no current car model"):
+        start_package(reg, None)
+    v = reg.add("car", tiny_int8)["version"]
+    reg.promote("car", v)
+    with pytest.raises(EdgepilotError, match="int8 and the registry kept no fp32 source"):
+        start_package(reg, None)
+    reg.add_source(v, tiny_model)
+    raw = Path(tiny_model).read_bytes()
+    assert start_package(reg, None).read_bytes() == raw
+    assert reg.get("car", v)["source"]["size"] == len(raw)
+
+
+def test_a_car_without_torch_is_told_to_use_an_edge_node(capsys, monkeypatch):
+    import importlib.util
+
+    from edgepilot.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    assert main(["fl", "client", "--car", "c1"]) == 1
+    err = capsys.readouterr().err
+    assert "no torch" in err and "edgepilot fl proxy" in err
