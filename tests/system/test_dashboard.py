@@ -215,6 +215,9 @@ def fleet_is_shown(drv, v1: str) -> None:
 
 
 def refused_without_the_token(drv, reg: Registry, watch: Watch, v1: str, v2: str) -> None:
+    # the registry table follows the store, not the cars: until it has read the promotion,
+    # v1 is still current there and its Promote button disabled
+    until(drv, f"return document.querySelector(\"#registry tr.current[data-version='{v2}']\")", 30)
     open_change(drv, "promote", v1)
     assert confirm(drv, "") == "Refused: this needs the operator's token (log in, or give it in the confirmation)"
     assert confirm(drv, "not-the-token") == "Refused: wrong operator token"
