@@ -268,13 +268,16 @@ class EdgeService:
     def _throttle(self, item: _Pending, car: str, why: str) -> None:
         self.metrics.throttle(car)
         self._refuse_on_arrival(
-            item, car, f"throttled: car {car} sends faster than its fair share of node {self.node_id}: {why}"
+            item,
+            car,
+            f"throttled: car {car} sends faster than its fair share of node {self.node_id}: {why}",
+            status="throttled",
         )
 
-    def _refuse_on_arrival(self, item: _Pending, car: str, why: str) -> None:
-        """An error reply, within the car's budget of them (``REFUSAL_REPLIES_PER_S``)."""
+    def _refuse_on_arrival(self, item: _Pending, car: str, why: str, status: str = "error") -> None:
+        """An error (or throttled) reply, within the car's budget of them (``REFUSAL_REPLIES_PER_S``)."""
         if self._refusal_replies.allow(car, item.t_mono):
-            self._refuse(item, why)
+            self._refuse(item, why, status=status)
 
     @property
     def model(self) -> Any:
@@ -367,14 +370,16 @@ class EdgeService:
         self.metrics.error(why)
         self._refuse(item, why, car, frame)
 
-    def _refuse(self, item: _Pending, why: str, car: str | None = None, frame: int | None = None) -> None:
-        """Answer ``why`` as an error reply (the caller counts it)."""
+    def _refuse(
+        self, item: _Pending, why: str, car: str | None = None, frame: int | None = None, status: str = "error"
+    ) -> None:
+        """Answer ``why`` as an error (or throttled) reply (the caller counts it)."""
         if car is None:
             _, frame = wire.peek_identity(item.payload)
             with contextlib.suppress(wire.WireError):
                 car = wire.car_of_infer_topic(item.topic)
         log.debug("edge %s: error reply to %s: %s", self.node_id, car, why)
-        self._reply(item, wire.InferReply("error", car=car, frame=frame, node=self.node_id, error=why))
+        self._reply(item, wire.InferReply(status, car=car, frame=frame, node=self.node_id, error=why))
 
     @staticmethod
     def _misrouted(item: _Pending, car: str) -> str | None:

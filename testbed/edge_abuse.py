@@ -81,9 +81,9 @@ def classify(rep: wire.InferReply) -> str:
     """A reply's kind, for the flooder's tally: ok, throttled, too-big or other-error."""
     if rep.status == "ok":
         return "ok"
-    why = rep.error or ""
-    if "throttled" in why:
+    if rep.status == "throttled":
         return "throttled"
+    why = rep.error or ""
     if "pixels" in why or "bytes" in why:
         return "too-big"
     return "other-error"

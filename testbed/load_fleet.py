@@ -63,7 +63,7 @@ def run(cars: int, rate: float, duration: float) -> dict[str, Any]:
     broker.stop()
     total = {
         k: sum(s[k] for s in stats)
-        for k in ("sent", "answered", "late", "missed", "dropped", "errors", "stray")
+        for k in ("sent", "answered", "late", "missed", "dropped", "errors", "throttled", "stray")
     }
     frames = polled["answered_in_time"] + polled["no_answer"]
     return {

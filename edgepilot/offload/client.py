@@ -121,7 +121,7 @@ class OffloadClient:
         self._answers: OrderedDict[int, EdgeAnswer] = OrderedDict()
         self._rtts: deque[float] = deque(maxlen=4096)
         self.counts = dict(
-            sent=0, answered=0, late=0, missed=0, dropped=0, errors=0, stray=0, split=0, foreign=0
+            sent=0, answered=0, late=0, missed=0, dropped=0, errors=0, throttled=0, stray=0, split=0, foreign=0
         )
         self.conn = Connection(broker, car_id)
 
@@ -184,8 +184,9 @@ class OffloadClient:
             self._rtts.append((now - t_sent) * 1e3)
 
     def _refused(self, frame: int, sent: _Sent, rep: wire.InferReply, now: float) -> None:
-        """The edge answered with an error (caller holds the lock)."""
-        self.counts["errors"] += 1
+        """The edge answered with an error, or said this car is over its fair share of the
+        node (``throttled``: load, counted apart from faults) (caller holds the lock)."""
+        self.counts["throttled" if rep.status == "throttled" else "errors"] += 1
         if sent.probe:  # refused, not answered: the next probe (a JPEG after this) goes
             self.breaker.release(now)
         log.debug("offload: edge refused frame %s: %s", frame, rep.error)

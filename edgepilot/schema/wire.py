@@ -56,7 +56,7 @@ MAX_REQUEST_BYTES = 1 << 20  # a 160x120 JPEG is ~5 KB; a 640x480 one ~60 KB
 MAX_HEADER_BYTES = 4096
 MAX_ID_LEN = 64
 KINDS = ("jpeg", "features")
-REPLY_STATUSES = ("ok", "error", "dropped")
+REPLY_STATUSES = ("ok", "error", "dropped", "throttled")
 
 
 # -- topics ------------------------------------------------------------------------------
@@ -240,8 +240,10 @@ class InferReply:
     """The edge's answer: JSON, so that ``mosquitto_sub`` prints something a human reads.
 
     ``status``: ``ok`` (steering/throttle set), ``error`` (the request was malformed:
-    ``error`` says why; the car should not resend it), ``dropped`` is never sent (a
-    request past its deadline is dropped silently: answering late wastes the link)."""
+    ``error`` says why; the car should not resend it), ``throttled`` (a well-formed request
+    from a car over its fair share of the node: a load signal, not a fault; ``error`` says
+    why), ``dropped`` is never sent (a request past its deadline is dropped silently:
+    answering late wastes the link)."""
 
     status: str
     car: str | None = None

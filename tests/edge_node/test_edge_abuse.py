@@ -214,7 +214,7 @@ def test_a_burst_past_the_lane_is_throttled_with_a_reply_that_says_so_counted_pe
         got = _collect(replies, lambda r: r.car == "car-calm")
         calm = [r for r in got if r.car == "car-calm"]
         assert [r.status for r in calm] == ["ok"]
-        throttled = [r for r in got if r.status == "error"]
+        throttled = [r for r in got if r.status == "throttled"]
         assert throttled and all("throttled" in r.error and "car-burst" in r.error for r in throttled)
         h = svc.health()
         assert h.throttled_cars == {"car-burst": h.throttled} and h.throttled >= len(throttled)

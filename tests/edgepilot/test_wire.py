@@ -84,6 +84,8 @@ def test_reply_round_trip_and_validation():
         wire.decode_reply(b'{"v":1,"status":"maybe"}')
     # unknown keys from a newer minor writer are ignored, not an error
     assert wire.decode_reply(b'{"v":1,"status":"error","extra":1}').status == "error"
+    t = wire.InferReply("throttled", car="c", frame=3, error="throttled: car c ...")
+    assert wire.decode_reply(wire.encode_reply(t)) == t
 
 
 def test_topics():
