@@ -38,6 +38,7 @@ from edgepilot.config import RetrainConfig
 from edgepilot.fl.check import Update, UpdateLimits, screen, weighted_mean
 from edgepilot.fl.codec import CodecConfig
 from edgepilot.fl.weights import Template, get_arrays, load_net, sanitize, save_federated, set_arrays
+from edgepilot.model.nets import StagedNet
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +147,7 @@ def _strategy_class() -> type:
         def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
             rl = self.rounds[-1]
             updates = [_update(proxy, res, parameters_to_ndarrays) for proxy, res in results]
-            rl.cars = [u.car for u in updates]
-            for u, (_, res) in zip(updates, results, strict=True):
-                rl.bytes_by_car[u.car] = sum(len(t) for t in res.parameters.tensors)
-            rl.bytes_up = sum(rl.bytes_by_car.values())
-            rl.failures = [_failure(f) for f in failures]
-            ok = screen(updates, self.tpl.shapes, self.cfg.limits)
-            rl.accepted = [u.car for u in ok]
-            rl.refused = {u.car: str(u.error) for u in updates if u.error}
-            for car, why in rl.refused.items():
-                log.warning("round %d: refused the update of %s: %s", server_round, car, why)
-            for why in rl.failures:
-                log.warning("round %d: a car failed: %s", server_round, why)
+            ok = _screen_round(rl, updates, results, failures, self.tpl, self.cfg.limits)
             rl.seconds = round(time.monotonic() - self._t0, 2)
             metrics = {"accepted": len(ok), "refused": len(rl.refused), "failures": len(failures)}
             if len(ok) < self.cfg.min_cars:
@@ -186,6 +176,26 @@ def _strategy_class() -> type:
             return None
 
     return FleetStrategy
+
+
+def _screen_round(
+    rl: RoundLog, updates: list[Update], results: list, failures: list, tpl: Template, limits: UpdateLimits
+) -> list[Update]:
+    """Book a round's answers in its log (who answered, bytes up per car, failures), screen
+    the updates and log every refusal and failure; the updates fit to average."""
+    rl.cars = [u.car for u in updates]
+    for u, (_, res) in zip(updates, results, strict=True):
+        rl.bytes_by_car[u.car] = sum(len(t) for t in res.parameters.tensors)
+    rl.bytes_up = sum(rl.bytes_by_car.values())
+    rl.failures = [_failure(f) for f in failures]
+    ok = screen(updates, tpl.shapes, limits)
+    rl.accepted = [u.car for u in ok]
+    rl.refused = {u.car: str(u.error) for u in updates if u.error}
+    for car, why in rl.refused.items():
+        log.warning("round %d: refused the update of %s: %s", rl.round, car, why)
+    for why in rl.failures:
+        log.warning("round %d: a car failed: %s", rl.round, why)
+    return ok
 
 
 def _update(proxy: Any, res: Any, to_arrays: Any) -> Update:
@@ -287,9 +297,6 @@ def federated_run(
 ) -> dict[str, Any]:
     """Rounds on ``address``, then calibrate, compress, judge, register, promote. The summary
     (``promoted`` lists what the caller should push)."""
-    from cloud_trainer.report import write_report
-    from edgepilot.model.evaluate import load_frames
-
     t0 = time.time()
     run_id = time.strftime("fl-%Y%m%d-%H%M%S")
     work = Path(workdir) / run_id
@@ -315,25 +322,65 @@ def federated_run(
         log.error("federated run %s: %s", run_id, results["error"])
         return results
     set_arrays(net, tpl, final)
+    fp = _save_global(net, tpl, work, calib, key, manifest.get("version"), cars, cfg)
+    car_pkg, report = _gate(registry, results, work, fp["package"], calib, held, rcfg, key)
+    results.update(
+        report=report, package=str(car_pkg), fp32=fp["package"], elapsed_s=round(time.time() - t0, 1)
+    )
+    return results
+
+
+def _save_global(
+    net: StagedNet,
+    tpl: Template,
+    work: Path,
+    calib: list[str],
+    key: str | None,
+    parent: str | None,
+    cars: list[str],
+    cfg: FlConfig,
+) -> dict[str, Any]:
+    """The final global model as a signed fp32 car package in ``work``, its exits
+    calibrated on the server's ``calib`` logs; its training record names the parent, the
+    cars whose updates were averaged and the run's settings (the limits are the server's
+    own policy, not how the model was trained)."""
     training = {
-        "parent": manifest.get("version"),
+        "parent": parent,
         "cars": cars,
         "fl": {k: v for k, v in asdict(cfg).items() if k != "limits"},
     }
-    fp = save_federated(
+    return save_federated(
         net,
         tpl.spec,
         work / "car-fp32.eppkg",
         calib,
         key=key,
-        parent=manifest.get("version"),
+        parent=parent,
         training=training,
     )
-    car_pkg, results["compress"] = compress_car(fp["package"], work / "car.eppkg", calib, key, registry)
+
+
+def _gate(
+    registry: Registry,
+    results: dict[str, Any],
+    work: Path,
+    fp32: str,
+    calib: list[str],
+    held: list[str],
+    rcfg: RetrainConfig,
+    key: str | None,
+) -> tuple[Path, str]:
+    """The central retrain's steps for the fp32 package ``fp32``: compress to int8, judge on
+    the held-out logs, write the report, register (promoting when the gate passes). Fills
+    ``results`` (``compress``, ``targets``, ``promoted``); the int8 package and the report."""
+    from cloud_trainer.report import write_report
+    from edgepilot.model.evaluate import load_frames
+
+    car_pkg, results["compress"] = compress_car(fp32, work / "car.eppkg", calib, key, registry)
     frames, labels = load_frames(held, rcfg.eval_frames)
     plots: dict[str, Path] = {}
     results["targets"]["car"] = judge(registry, "car", car_pkg, frames, labels, rcfg, plots, work)
-    report = write_report(registry.store, run_id, results, work, plots)
+    report = write_report(registry.store, results["run"], results, work, plots)
     if register(
         registry,
         "car",
@@ -341,13 +388,10 @@ def federated_run(
         results["targets"]["car"],
         results["train"],
         report,
-        source=Path(fp["package"]),
+        source=Path(fp32),
     ):
         results["promoted"] = ["car"]
-    results.update(
-        report=report, package=str(car_pkg), fp32=fp["package"], elapsed_s=round(time.time() - t0, 1)
-    )
-    return results
+    return car_pkg, report
 
 
 def _summary(cfg: FlConfig, rounds: list[RoundLog], parent: str | None) -> dict[str, Any]:

@@ -168,16 +168,43 @@ class EdgeService:
         # with none, an empty shelf that the cloud's tails pushes fill (``follow_tails``)
         self.tails = tails if isinstance(tails, TailShelf) else TailShelf(tails)
         self.follow_tails = follow_tails
+        self._init_batching(max_batch, batch_wait_ms, batch_threads)
+        self.health_every_s = health_every_s
+        self.metrics = EdgeMetrics()
+        self._announce_keys = announce_keys
+        self.guard = AnnouncementGuard()  # the retained announcement is the newest; no disk
+        self._init_admission(
+            queue_per_car, queue_max, max_frame_pixels, max_frame_bytes, max_budget_ms, flood_rate_hz
+        )
+        self._init_worker_state()
+        offline = wire.encode_health(wire.EdgeHealth(node=self.node_id, status="offline"))
+        self.conn = Connection(broker, self.node_id, will=(wire.health_topic(self.node_id), offline, True))
+        self.tails_follower = TailsFollower(
+            self.tails, self.conn, self.node_id, announce_keys, on_added=self._publish_health
+        )
+
+    def _init_batching(self, max_batch: int, batch_wait_ms: float, batch_threads: int) -> None:
+        """How the worker forms and runs micro-batches: at most ``max_batch`` frames, waiting
+        at most ``batch_wait_ms`` for one to fill, on ``batch_threads`` intra-op threads."""
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1e3
         # intra-op threads for a batch of 2+ frames (0: every core); a lone frame always runs
         # on one thread: at batch 1, 2 threads measured slower than 1 (too little work to
         # split), while a batch of 4+ splits well (docs/benchmarks.md#offload)
         self.batch_threads = batch_threads if batch_threads > 0 else (os.cpu_count() or 1)
-        self.health_every_s = health_every_s
-        self.metrics = EdgeMetrics()
-        self._announce_keys = announce_keys
-        self.guard = AnnouncementGuard()  # the retained announcement is the newest; no disk
+
+    def _init_admission(
+        self,
+        queue_per_car: int,
+        queue_max: int,
+        max_frame_pixels: int,
+        max_frame_bytes: int,
+        max_budget_ms: float,
+        flood_rate_hz: float,
+    ) -> None:
+        """What the network thread admits: the frame and deadline limits a request is checked
+        against, the bounded fair queue (per car and in all, a flooding car's rate) and the
+        per-car budget of error replies to refused requests."""
         self.max_frame_pixels = max_frame_pixels
         self.max_frame_bytes = max_frame_bytes
         self.max_budget_ms = max_budget_ms
@@ -185,16 +212,15 @@ class EdgeService:
             queue_per_car, queue_max, FAIR_QUANTUM, flood_rate=flood_rate_hz * MIN_COST
         )
         self._refusal_replies = PerCarRate(REFUSAL_REPLIES_PER_S, REFUSAL_REPLIES_PER_S)
+
+    def _init_worker_state(self) -> None:
+        """The state the network thread and the worker share under ``_cond``: the worker's
+        wake-up, the smoothed inter-arrival gap batching decides by, and whether it runs."""
         self._cond = threading.Condition()
         self._gap_s = 1.0  # smoothed inter-arrival gap
         self._last_arrival = 0.0
         self._running = False
         self._worker: threading.Thread | None = None
-        offline = wire.encode_health(wire.EdgeHealth(node=self.node_id, status="offline"))
-        self.conn = Connection(broker, self.node_id, will=(wire.health_topic(self.node_id), offline, True))
-        self.tails_follower = TailsFollower(
-            self.tails, self.conn, self.node_id, announce_keys, on_added=self._publish_health
-        )
 
     # -- network thread ------------------------------------------------------------------
     def _on_request(self, msg: paho.MQTTMessage) -> None:

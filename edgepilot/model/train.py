@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from edgepilot import EdgepilotError, __version__
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
-from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.data import FrameDataset, Loaded, Sample, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, stage_macs
 from edgepilot.model.package import load_package, load_private_key, save_package
 from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec
@@ -175,85 +175,18 @@ def train(
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     signing_key = load_private_key(key, create=True)  # fail before an hour of training
-    loaded = load_samples(logs, cfg.labels)
-    samples = loaded.samples
-    if cfg.max_frames and len(samples) > cfg.max_frames:
-        keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
-        samples = [samples[i] for i in keep]
-    train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed)
+    data = _load_data(logs, cfg)
     arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1))
     net = build_net(arch, spec)
     teacher_net = load_teacher(teacher, arch.bins) if teacher else None
-    ds = FrameDataset(train_s, spec, cfg.augment, cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        ds, batch_size=cfg.batch, shuffle=True, generator=g, drop_last=len(train_s) > cfg.batch
-    )
-    val_loader = DataLoader(FrameDataset(val_s, spec, None), batch_size=256)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
-    weights = list(cfg.exit_weights[: len(net.stages)]) if len(net.stages) > 1 else [1.0]
-    history: list[dict] = []
-    best = (float("inf"), None, 0)
-    for epoch in range(cfg.epochs):
-        ds.set_epoch(epoch)
-        net.train()
-        total, n = 0.0, 0
-        for x, s, th in bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
-            s, th = s.float(), th.float()
-            target = soft_targets(s, arch.bins, cfg.label_sigma_bins)
-            if teacher_net is not None:
-                with torch.no_grad():
-                    t_out = teacher_net(x)[-1]
-                a = cfg.distill_alpha
-                target = (1 - a) * target + a * torch.softmax(t_out[:, :-1], 1)
-                th = (1 - a) * th + a * t_out[:, -1]
-            loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(x)
-            n += len(x)
-        sched.step()
-        steer, _, labels = predict_exits(net, val_loader)
-        maes = [float(np.abs(st - labels).mean()) for st in steer]
-        history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_mae": maes})
-        log.info("epoch %d: loss %.4f, val MAE per exit %s", epoch + 1, total / max(n, 1), maes)
-        if maes[-1] < best[0]:
-            best = (maes[-1], {k: v.clone() for k, v in net.state_dict().items()}, epoch + 1)
-        elif epoch + 1 - best[2] >= cfg.patience:
-            log.info("early stop: no better validation MAE for %d epochs", cfg.patience)
-            break
-    if best[1] is not None:
-        net.load_state_dict(best[1])
+    ds = FrameDataset(data.train, spec, cfg.augment, cfg.seed)
+    val_loader = DataLoader(FrameDataset(data.val, spec, None), batch_size=256)
+    history, best_epoch = _fit(net, ds, val_loader, cfg, teacher_net)
     steer, conf, labels = predict_exits(net, val_loader)
-    cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, train_s, spec))
+    cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, data.train, spec))
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    macs = stage_macs(net, spec)
-    manifest = base_manifest(net, spec, state, macs)
-    manifest.update(
-        parent=None,
-        quant="fp32",
-        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
-        calibration=cal,
-        metrics={
-            "val_steering_mae": cal["val_steering_mae_final"],
-            "val_steering_mae_exits": cal["val_steering_mae_exits"],
-            "val_exit_rate": cal["val_exit_rate"],
-            "epochs": len(history),
-            "best_epoch": best[2],
-            "samples": len(samples),
-            "train_frames": len(train_s),
-            "val_frames": len(val_s),
-        },
-        training={
-            "sessions": loaded.sessions,
-            "logs": [str(p) for p in logs],
-            "seed": cfg.seed,
-            "teacher": getattr(teacher_net, "teacher_version", None),
-            "history": history,
-        },
-    )
+    manifest = base_manifest(net, spec, state, stage_macs(net, spec))
+    manifest.update(_trained_manifest(cal, data, history, best_epoch, logs, cfg, teacher_net))
     out = save_package(out, manifest, state, signing_key)
     curve = plot_curve(history, out.with_suffix(".png"), arch.name)
     return {
@@ -263,15 +196,150 @@ def train(
         "val_steering_mae": cal["val_steering_mae_final"],
         "val_steering_mae_exits": cal["val_steering_mae_exits"],
         "epochs": len(history),
-        "samples": len(samples),
-        "skipped": loaded.skipped,
-        "unlabelled": loaded.unlabelled,
+        "samples": len(data.samples),
+        "skipped": data.loaded.skipped,
+        "unlabelled": data.loaded.unlabelled,
         "labels": list(cfg.labels),
         "exit_rate": cal["val_exit_rate"],
         "offload_rate": cal["val_offload_rate"],
         "thresholds": manifest["thresholds"],
         "curve": str(curve),
         "elapsed_s": round(time.time() - t_start, 1),
+    }
+
+
+@dataclass
+class _Data:
+    """The frames one run learns from: what the logs gave, the (capped) samples and their
+    by-session split into training and validation frames."""
+
+    loaded: Loaded
+    samples: list[Sample]
+    train: list[Sample]
+    val: list[Sample]
+
+
+def _load_data(logs: list[str], cfg: TrainConfig) -> _Data:
+    """Load the labelled frames, cap them at ``cfg.max_frames`` (evenly spaced, so a quick
+    run still sees every session) and split them by session."""
+    loaded = load_samples(logs, cfg.labels)
+    samples = loaded.samples
+    if cfg.max_frames and len(samples) > cfg.max_frames:
+        keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
+        samples = [samples[i] for i in keep]
+    train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed)
+    return _Data(loaded, samples, train_s, val_s)
+
+
+def _fit(
+    net: StagedNet,
+    ds: FrameDataset,
+    val_loader: DataLoader,
+    cfg: TrainConfig,
+    teacher_net: StagedNet | None,
+) -> tuple[list[dict], int]:
+    """The epochs, stopped early after ``cfg.patience`` epochs without a better final-head
+    validation MAE; leaves ``net`` with the best epoch's weights. The per-epoch history and
+    the best epoch (0: none was better than infinity, the net keeps its last weights)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(
+        ds, batch_size=cfg.batch, shuffle=True, generator=g, drop_last=len(ds.samples) > cfg.batch
+    )
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
+    weights = list(cfg.exit_weights[: len(net.stages)]) if len(net.stages) > 1 else [1.0]
+    history: list[dict] = []
+    best = (float("inf"), None, 0)
+    for epoch in range(cfg.epochs):
+        ds.set_epoch(epoch)
+        desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        train_loss = _train_epoch(net, loader, opt, cfg, teacher_net, weights, desc)
+        sched.step()
+        steer, _, labels = predict_exits(net, val_loader)
+        maes = [float(np.abs(st - labels).mean()) for st in steer]
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": maes})
+        log.info("epoch %d: loss %.4f, val MAE per exit %s", epoch + 1, train_loss, maes)
+        if maes[-1] < best[0]:
+            best = (maes[-1], {k: v.clone() for k, v in net.state_dict().items()}, epoch + 1)
+        elif epoch + 1 - best[2] >= cfg.patience:
+            log.info("early stop: no better validation MAE for %d epochs", cfg.patience)
+            break
+    if best[1] is not None:
+        net.load_state_dict(best[1])
+    return history, best[2]
+
+
+def _train_epoch(
+    net: StagedNet,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    teacher_net: StagedNet | None,
+    weights: list[float],
+    desc: str,
+) -> float:
+    """One pass over the training frames; the mean joint loss per frame."""
+    net.train()
+    total, n = 0.0, 0
+    for x, s, th in bar(loader, desc=desc, unit="batch"):
+        s, th = s.float(), th.float()
+        target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
+        if teacher_net is not None:
+            target, th = _distill(teacher_net, x, target, th, cfg.distill_alpha)
+        loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(x)
+        n += len(x)
+    return total / max(n, 1)
+
+
+def _distill(
+    teacher_net: StagedNet, x: torch.Tensor, target: torch.Tensor, th: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's steering distribution and throttle targets mixed with the teacher's final
+    head by share ``alpha`` (the teacher sees the same augmented frames)."""
+    with torch.no_grad():
+        t_out = teacher_net(x)[-1]
+    target = (1 - alpha) * target + alpha * torch.softmax(t_out[:, :-1], 1)
+    th = (1 - alpha) * th + alpha * t_out[:, -1]
+    return target, th
+
+
+def _trained_manifest(
+    cal: dict,
+    data: _Data,
+    history: list[dict],
+    best_epoch: int,
+    logs: list[str],
+    cfg: TrainConfig,
+    teacher_net: StagedNet | None,
+) -> dict:
+    """What a trained fp32 package's manifest adds to ``base_manifest``: its calibrated
+    thresholds, validation metrics and how it was trained (in the manifest's key order)."""
+    return {
+        "parent": None,
+        "quant": "fp32",
+        "thresholds": {"exits": cal["exits"], "offload": cal["offload"]},
+        "calibration": cal,
+        "metrics": {
+            "val_steering_mae": cal["val_steering_mae_final"],
+            "val_steering_mae_exits": cal["val_steering_mae_exits"],
+            "val_exit_rate": cal["val_exit_rate"],
+            "epochs": len(history),
+            "best_epoch": best_epoch,
+            "samples": len(data.samples),
+            "train_frames": len(data.train),
+            "val_frames": len(data.val),
+        },
+        "training": {
+            "sessions": data.loaded.sessions,
+            "logs": [str(p) for p in logs],
+            "seed": cfg.seed,
+            "teacher": getattr(teacher_net, "teacher_version", None),
+            "history": history,
+        },
     }
 
 
