@@ -26,11 +26,12 @@ def check(res: dict, name: str) -> None:
     print("FIGURES", name, json.dumps(res))
     c = res["counts"]
     assert res["frames"] == c["sent"] + c["dropped"]
-    # every sent request ends answered in time, or missed (late answers are a subset of misses)
-    assert c["answered"] + c["missed"] >= c["sent"] - res["cars"]  # the last frame per car may be in flight
-    # no malformed request, no answer for nobody; "throttled" replies are the node's fair
-    # share working on an overloaded machine (counts["throttled"]: a figure, like the misses)
-    assert c["errors"] == 0 and c["stray"] == 0
+    # every sent request ends answered in time, missed (late answers are a subset of misses),
+    # or refused as "throttled": the node's fair share working on an overloaded machine
+    # (a figure, like the misses)
+    settled = c["answered"] + c["missed"] + c["throttled"]
+    assert settled >= c["sent"] - res["cars"]  # the last frame per car may be in flight
+    assert c["errors"] == 0 and c["stray"] == 0  # no malformed request, no answer for nobody
     assert c["answered"] + c["late"] > 0  # answers came back (how many in time: a figure)
     assert set(res["memory"]) == {"broker", "edge-0", "edge-1", "cars"}
     for proc, m in res["memory"].items():
