@@ -67,7 +67,7 @@ def tiny_model(tmp_path_factory, sample_logs):
 def pytest_collection_modifyitems(config, items):
     """Markers from what a test uses: ``broker`` (a real Mosquitto), ``processes`` (the
     deployables as processes: everything under tests/system/); select with ``-m``.
-    ``@pytest.mark.slow`` tests (5-minute load, long fault runs) only with EDGEPILOT_SLOW=1."""
+    ``@pytest.mark.slow`` tests (the long load run, long fault runs) only with EDGEPILOT_SLOW=1."""
     run_slow = os.environ.get("EDGEPILOT_SLOW") == "1"
     skip = pytest.mark.skip(reason="slow: set EDGEPILOT_SLOW=1 to run")
     for item in items:

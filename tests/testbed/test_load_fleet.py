@@ -1,7 +1,8 @@
 """32 simulated cars against one Mosquitto and two edge node processes (-m testbed.load_fleet).
 
-The short run (6 s) is in the normal suite; the 5-minute run behind ``@pytest.mark.slow``
-(EDGEPILOT_SLOW=1). What must hold on a loaded 2-core machine: every request is accounted
+The short run (6 s) is in the normal suite; the long run behind ``@pytest.mark.slow``
+(EDGEPILOT_SLOW=1): 2 minutes, so that CI's whole suite fits its time; EDGEPILOT_LOAD_S=300
+makes it the 5-minute run of docs/reliability.md. What must hold on a loaded 2-core machine: every request is accounted
 for (answered in time, late, or missed -- nothing vanishes), no process grows without
 bound over the second half of the run, the edges answered. How many answers came within
 the deadline is the machine's capacity, a figure: reported (``answered_in_time``,
@@ -12,6 +13,7 @@ not asserted, like the absolute latencies.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -44,5 +46,6 @@ def test_load_32_cars_two_edges_short():
 
 
 @pytest.mark.slow
-def test_load_32_cars_two_edges_five_minutes():
-    check(load_fleet.run(cars=32, rate=10.0, duration=300.0), "load_300s")
+def test_load_32_cars_two_edges_long():
+    duration = float(os.environ.get("EDGEPILOT_LOAD_S", "120"))
+    check(load_fleet.run(cars=32, rate=10.0, duration=duration), f"load_{duration:.0f}s")
