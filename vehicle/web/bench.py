@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -119,14 +120,19 @@ def _open(drv: Any, rig: Rig) -> None:
         time.sleep(0.05)
 
 
-def key_to_motor(drv: Any, rig: Rig, presses: int) -> tuple[list[float], int]:
+def key_to_motor(drv: Any, rig: Rig, presses: int, period_s: float) -> tuple[list[float], int]:
     """Browser key event -> first CMD frame on the pty with the key's effect, ms; and the
-    presses lost to a deadman trip (a page starved of CPU for > deadman: retried)."""
+    presses lost to a deadman trip (a page starved of CPU for > deadman: retried).
+
+    Each press waits a random part of a frame period first: a person's key lands anywhere
+    in the loop's period, while a press right after the motor's last command (when this
+    loop would otherwise press) always lands just after a frame, its worst phase."""
     from selenium.webdriver.common.action_chains import ActionChains
 
     neutral = rig.pulses(0.0, 0.0)
     out: list[float] = []
     trips = 0
+    phase = random.Random(0)
     while len(out) < presses:
         i = len(out)
         key, moved = (
@@ -148,6 +154,7 @@ def key_to_motor(drv: Any, rig: Rig, presses: int) -> tuple[list[float], int]:
         if rig.motor.wait(lambda c: (c.steering_us, c.throttle_us) == neutral, rig.motor.mark()) is None:
             raise RuntimeError(f"press {i}: the motor never came back to neutral")
         rig.motor.more(2)  # a frame or two at rest, so the next press starts from neutral
+        time.sleep(phase.uniform(0.0, period_s))
     return out, trips
 
 
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _open(drv, rig)
             out["ws_page"] = _ws_view(drv, rig, args.seconds)
             f0, t0 = rig.loop.stats.frames, time.perf_counter()
-            lat, trips = key_to_motor(drv, rig, args.presses)
+            lat, trips = key_to_motor(drv, rig, args.presses, 1.0 / args.fps)
             period_ms = (time.perf_counter() - t0) / max(1, rig.loop.stats.frames - f0) * 1e3
             out["key_to_motor_ms"] = {
                 "p50": pct(lat, 50),
