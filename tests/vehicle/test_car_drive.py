@@ -13,9 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from edgepilot import EdgepilotError
 from edgepilot.broker import free_port
 from edgepilot.cli import main
 from edgepilot.drivelog import LogReader
+from edgepilot.model.data import load_samples
 
 
 def test_drive_headless_sends_commands_and_records(tmp_path, tiny_model, capsys, monkeypatch):
@@ -76,6 +78,11 @@ trusted_keys = []
     assert cmds[-1] == (1500, 1500)  # neutral on the way out
     recs = LogReader(res["log"]).records()
     assert len(recs) == res["frames"] and recs[0].model_version == res["model_version"]
+    # the autopilot drove with no human: no frame carries a label, so training takes none
+    # of them (an old build labelled every one (0, 0) and the cloud retrained on it)
+    assert {r.label_source for r in recs} == {"none"}
+    with pytest.raises(EdgepilotError, match="no frames with a"):
+        load_samples([res["log"]])
     os.close(master)
     os.close(slave)
 
