@@ -47,18 +47,19 @@ STRATEGIES = ("fedavg", "fedprox")
 
 @dataclass
 class FlConfig:
-    rounds: int = 6
+    # rounds, strategy, epochs, lr, ratio: what `edgepilot bench fl` measured (docs/benchmarks.md)
+    rounds: int = 12
     cars: int = 2  # cars a round waits for (up to wait_s) ...
     min_cars: int = 2  # ... and the fewest it goes on with
     wait_s: float = 120.0
     round_timeout_s: float = 600.0  # a car that has not answered by then is a straggler
-    strategy: str = "fedavg"
+    strategy: str = "fedprox"
     mu: float = 0.01  # FedProx
     epochs: int = 2  # local epochs per round
     batch: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     compress: str = "topk-int8"
-    ratio: float = 0.05
+    ratio: float = 0.04
     seed: int = 0
     limits: UpdateLimits = field(default_factory=UpdateLimits)
 
