@@ -85,13 +85,14 @@ def test_demo_runs_the_whole_loop(tmp_path):
     ):
         assert k in res
     assert res["pushed"] and res["swapped"]
-    # The edge really answered: a one-epoch model is unsure of most frames, so calibration
-    # leaves a large share hard (26% / 34% offloaded in the run this was written on), and
-    # each answer that came back within the frame was driven on. An edge that never
-    # answers leaves edge_used_rate at 0; a car that never offloads, offload_rate.
-    assert res["offload_rate_before"] > 0 and res["offload_rate"] > 0
-    assert 0 < res["edge_used_rate"] <= res["offload_rate"]
-    assert res["rtt_ms"]["n"] > 0 and res["rtt_ms"]["p50"] > 0
+    # When the car offloaded, the edge really answered and the car drove on its answers (an
+    # edge that never answers leaves edge_used_rate at 0). Whether a one-epoch model has
+    # hard frames at all is calibration's call: 26% / 34% offloaded in one run, 0% in
+    # another (every frame left at exit 0), so offloading itself cannot be required here;
+    # test_car_commands.py requires it of `drive --edge` against a real edge node.
+    assert 0 <= res["edge_used_rate"] <= res["offload_rate"]
+    if res["offload_rate"] > 0.05:
+        assert res["edge_used_rate"] > 0 and res["rtt_ms"]["n"] > 0 and res["rtt_ms"]["p50"] > 0
     mv = res["model_versions"]
     assert mv["car_drive_1"] == mv["car_before"] and mv["car_drive_2"] == mv["car_after"] != mv["car_before"]
     assert 0 < res["package_bytes"]["car"] < res["package_bytes"]["edge"]
