@@ -447,6 +447,6 @@ def cli(args: Any) -> dict[str, Any]:
     res["pushed"] = (
         bool(res["promoted"])
         and not args.no_push
-        and _push(args, prof, registry, "car", str(registry.current("car")), rollback=False)
+        and _push(args, prof, registry, "car", rollback=False)
     )
     return res

@@ -12,8 +12,26 @@ import numpy as np
 import pytest
 
 from edgepilot.broker import free_port
+from edgepilot.config import BrokerConfig
+from edgepilot.delivery import verify_announcement
 from edgepilot.model.package import load_package
+from edgepilot.mqtt import Connection
+from edgepilot.schema import fleet, wire
 from edgepilot.supervise import Supervisor
+from tests.helpers import wait_for
+
+
+def retained_announcement(url: str, target: str) -> fleet.PushAnnouncement:
+    """The announcement retained on ``wire.model_topic(target)``, as a car that connects now reads it."""
+    got: list[bytes] = []
+    conn = Connection(BrokerConfig(url=url), "test-fl-announcement")
+    conn.subscribe(wire.model_topic(target), lambda m: m.payload and got.append(m.payload), qos=1)
+    conn.start()
+    try:
+        assert wait_for(lambda: got, 10), "no retained announcement"
+    finally:
+        conn.close()
+    return fleet.decode_announcement(got[-1])
 
 
 def _state(path):
@@ -21,7 +39,7 @@ def _state(path):
     return pkg.manifest, {k: v.numpy() for k, v in pkg.state.items() if v.is_floating_point()}
 
 
-def test_federation_survives_a_dropout_and_a_garbage_update(tmp_path, tiny_model, sample_logs):
+def test_federation_survives_a_dropout_and_a_garbage_update(broker, tmp_path, tiny_model, sample_logs):
     from cloud_trainer.registry import Registry
     from cloud_trainer.store import open_store
 
@@ -32,7 +50,7 @@ def test_federation_survives_a_dropout_and_a_garbage_update(tmp_path, tiny_model
         server = sup.edgepilot(
             "server", "fl", "server", "--store", str(store), "--listen", addr, "--init", tiny_model,
             "--reference", *sample_logs, "--rounds", "2", "--cars", "4", "--min-cars", "2", "--wait", "300",
-            "--local-epochs", "1", "--eval-tracks", "", "--workdir", str(tmp_path / "work"), "--no-push",
+            "--local-epochs", "1", "--eval-tracks", "", "--workdir", str(tmp_path / "work"), "--broker", broker.url,
             "--json", expect_exit=True,
         )  # fmt: skip
         common = ("--server", addr, "--connect-timeout", "300", "--json")
@@ -80,6 +98,11 @@ def test_federation_survives_a_dropout_and_a_garbage_update(tmp_path, tiny_model
     assert manifest["training"]["cars"] == ["car-a", "car-b"]
     moved = sum(float(np.abs(state[k] - init_state[k]).sum()) for k in state)
     assert moved > 0 and all(np.isfinite(v).all() for v in state.values())
+    # and it was announced to the fleet as a central run's model is: signed, retained
+    assert res["pushed"]
+    ann = retained_announcement(broker.url, "car")
+    assert ann.version == cur and not ann.rollback
+    verify_announcement(ann, None)  # the repository's announcement key (keys/announce.pub) signed it
 
 
 def test_server_refuses_bad_settings_before_any_car_trains(capsys):
