@@ -35,12 +35,12 @@ from typing import Any
 
 from edgepilot import EdgepilotError
 from edgepilot.broker import start_broker
+from edgepilot.browser import chromium, until
 from edgepilot.config import BrokerConfig
 from edgepilot.mqtt import Connection
 from edgepilot.schema import fleet
 from edgepilot.stats import pct
 from edgepilot.supervise import Supervisor
-from testbed.browser import chromium, until
 from testbed.procs import descendants
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -37,7 +37,7 @@ from edgepilot.supervise import Supervisor
 from tests.helpers import wait_for
 
 try:
-    from testbed.browser import chromium, find_chromium, until
+    from edgepilot.browser import chromium, find_chromium, until
 
     find_chromium()
     from selenium.webdriver.common.by import By

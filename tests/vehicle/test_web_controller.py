@@ -21,10 +21,10 @@ import time
 import aiohttp
 import pytest
 
+from edgepilot.browser import chromium, find_chromium
 from edgepilot.config import Profile, WebConfig
 from edgepilot.drivelog import LogReader
 from tests.helpers import wait_for
-from vehicle.web.browser import chromium, find_chromium
 from vehicle.web.rig import Rig
 
 try:
@@ -52,7 +52,7 @@ def web_profile(tmp_path, deadman_ms: int = RELAXED_DEADMAN_MS, **web) -> Profil
 
 @pytest.fixture(scope="module")
 def browser():
-    drv = chromium()
+    drv = chromium(1100, 760)
     yield drv
     drv.quit()
 

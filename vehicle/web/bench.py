@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from edgepilot import stats
+from edgepilot.browser import chromium
 from edgepilot.config import Profile, WebConfig
 from edgepilot.drive.loop import LoopOptions
-from vehicle.web.browser import chromium
 from vehicle.web.rig import Rig
 
 TARGET_P50_MS = 30.0
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         opts = LoopOptions(mode="user", throttle_cap=0.5)
         rig = Rig(_profile(Path(tmp)), options=opts, fps=args.fps)
-        drv = chromium()
+        drv = chromium(1100, 760)
         try:
             rig.motor.more(10)  # settled
             out["no_page"] = _rate(rig, args.seconds)
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _capacity(tmp: Path, seconds: float) -> dict[str, Any]:
     """The loop unpaced (no camera rate): frames/s with no page, then with the page."""
     rig = Rig(_profile(tmp), options=LoopOptions(mode="user", throttle_cap=0.5), fps=10_000.0)
-    drv = chromium()
+    drv = chromium(1100, 760)
     try:
         rig.motor.more(10)
         res = {"no_page": _rate(rig, seconds)}

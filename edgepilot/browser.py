@@ -1,4 +1,5 @@
-"""A headless Chromium for the dashboard's browser tests and benchmark (Selenium).
+"""A headless Chromium driven by Selenium: the browser tests and benchmarks of the car's
+web controller and of the fleet dashboard.
 
 Debian's ``chromium`` and ``chromium-driver`` (launch/apt-packages.txt), pip's ``selenium``
 (the dev extra). Every browser gets a fresh profile directory, removed on ``quit``, and
@@ -24,7 +25,8 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    # the page must keep drawing when nobody looks at it (a test measures what it shows)
+    # the page must keep drawing and keep its timers when nobody looks at it (a test measures
+    # what it shows; the web controller's deadman tests freeze it on purpose)
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
 )
@@ -36,7 +38,7 @@ def find_chromium() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     if not browser or not driver:
         raise EdgepilotError(
-            "the dashboard's browser tests need Chromium and its driver: "
+            "the browser tests need Chromium and its driver: "
             "apt-get install chromium chromium-driver (./launch/setup installs them)"
         )
     return browser, driver
