@@ -20,24 +20,20 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from edgepilot.model.augment import AugmentConfig
-from edgepilot.model.calibrate import CalibrationTarget, calibrate
-from edgepilot.model.data import FrameDataset, Sample, load_samples, split_by_session
-from edgepilot.model.nets import ArchSpec, StagedNet, build_net, stage_macs
-from edgepilot.model.package import load_private_key, save_package
+from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.nets import ArchSpec, StagedNet, build_net
+from edgepilot.model.package import load_private_key
 from edgepilot.model.preprocess import DEFAULT_SPEC
-from edgepilot.model.train import EXIT_WEIGHTS, base_manifest, exit_loss, predict_exits, soft_targets
+from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, save_calibrated, soft_targets
 
 
 def train_ddp(
@@ -73,13 +69,15 @@ def train_ddp(
         dist.barrier()
     if rank != 0:
         return None
-    path, manifest, cal = _package(
+    path, manifest, cal = save_calibrated(
         net,
+        DEFAULT_SPEC,
         val_s,
         out,
         signing_key,
-        {"epochs": epochs, "samples": len(samples)},
-        {"logs": [str(p) for p in logs], "seed": seed, "workers": world, "backend": "gloo"},
+        parent=None,
+        metrics={"epochs": epochs, "samples": len(samples)},
+        training={"logs": [str(p) for p in logs], "seed": seed, "workers": world, "backend": "gloo"},
     )
     return {
         "package": str(path),
@@ -89,32 +87,6 @@ def train_ddp(
         "samples": len(samples),
         "elapsed_s": round(time.time() - t0, 1),
     }
-
-
-def _package(
-    net: StagedNet,
-    val_s: list[Sample],
-    out: str,
-    signing_key: Ed25519PrivateKey | None,
-    metrics: dict[str, Any],
-    training: dict[str, Any],
-) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Calibrate the exits on the validation frames and write the signed package, with the
-    manifest ``edgepilot train`` writes; returns (path, manifest, calibration)."""
-    val_loader = DataLoader(FrameDataset(val_s, DEFAULT_SPEC, None), batch_size=256)
-    steer, conf, labels = predict_exits(net, val_loader)
-    cal = calibrate(steer, conf, labels, CalibrationTarget())
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    manifest = base_manifest(net, DEFAULT_SPEC, state, stage_macs(net, DEFAULT_SPEC))
-    manifest.update(
-        parent=None,
-        quant="fp32",
-        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
-        calibration=cal,
-        metrics={"val_steering_mae": cal["val_steering_mae_final"], **metrics},
-        training=training,
-    )
-    return save_package(out, manifest, state, signing_key), manifest, cal
 
 
 def _fit(

@@ -92,26 +92,19 @@ def save_federated(
 ) -> dict[str, Any]:
     """The federated model as a signed fp32 package, its exits calibrated on ``calib_logs``
     (data the server holds: the cars' frames never left them), like ``edgepilot train``'s."""
-    from torch.utils.data import DataLoader
+    from edgepilot.model.data import load_samples
+    from edgepilot.model.package import load_private_key
+    from edgepilot.model.train import save_calibrated
 
-    from edgepilot.model.calibrate import CalibrationTarget, calibrate
-    from edgepilot.model.data import FrameDataset, load_samples
-    from edgepilot.model.nets import stage_macs
-    from edgepilot.model.package import load_private_key, save_package
-    from edgepilot.model.train import base_manifest, predict_exits
-
-    signing_key = load_private_key(key, create=True)
     samples = load_samples(calib_logs).samples
-    steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(samples, spec, None), batch_size=256))
-    cal = calibrate(steer, conf, labels, CalibrationTarget())
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    manifest = base_manifest(net, spec, state, stage_macs(net, spec))
-    manifest.update(
+    path, manifest, cal = save_calibrated(
+        net,
+        spec,
+        samples,
+        out,
+        load_private_key(key, create=True),
         parent=parent,
-        quant="fp32",
-        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
-        calibration=cal,
-        metrics={"val_steering_mae": cal["val_steering_mae_final"], "calib_frames": len(samples)},
+        metrics={"calib_frames": len(samples)},
         training={
             **training,
             "federated": True,
@@ -119,7 +112,6 @@ def save_federated(
             "at": time.time(),
         },
     )
-    path = save_package(out, manifest, state, signing_key)
     return {
         "package": str(path),
         "version": manifest["version"],

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch.utils.data import DataLoader
 
 from edgepilot import EdgepilotError, __version__
@@ -385,3 +386,31 @@ def plot_curve(history: list[dict], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def save_calibrated(
+    net: StagedNet,
+    spec: InputSpec,
+    samples: list[Sample],
+    out: str | Path,
+    signing_key: Ed25519PrivateKey,
+    *,
+    parent: str | None,
+    metrics: dict,
+    training: dict,
+) -> tuple[Path, dict, dict]:
+    """An fp32 package of trained weights that did not come out of ``train`` (distributed,
+    federated): exits calibrated on ``samples``, signed; (path, manifest, calibration)."""
+    steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(samples, spec, None), batch_size=256))
+    cal = calibrate(steer, conf, labels, CalibrationTarget())
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    manifest = base_manifest(net, spec, state, stage_macs(net, spec))
+    manifest.update(
+        parent=parent,
+        quant="fp32",
+        thresholds={"exits": cal["exits"], "offload": cal["offload"]},
+        calibration=cal,
+        metrics={"val_steering_mae": cal["val_steering_mae_final"], **metrics},
+        training=training,
+    )
+    return save_package(out, manifest, state, signing_key), manifest, cal
