@@ -133,17 +133,19 @@ def block_ucb(z: np.ndarray, blocks: np.ndarray, delta: float) -> tuple[float, i
     return float(means.mean()) + t_critical(delta, n - 1) * sd / math.sqrt(n), n
 
 
-def pareto_path(steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndarray) -> list[list[float]]:
+def pareto_path(
+    steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndarray, off: tuple[int, ...] = ()
+) -> list[list[float]]:
     """Threshold vectors from "every exit off" down to "every exit takes every frame",
     each one exit one grid step lower than the last, greedily by least added error per
-    frame moved early (on the frames given: half A)."""
+    frame moved early (on the frames given: half A). Exits in ``off`` stay off."""
     n_early = len(steer) - 1
     err = [np.abs(s - labels) for s in steer]
     shares = np.arange(GRID_STEP, 1.0 + 1e-9, GRID_STEP)
     grids = [np.quantile(conf[k], 1.0 - shares, method="higher") for k in range(n_early)]
     for g in grids:  # the path ends at "every frame": also those less sure than any seen here
         g[-1] = -1.0  # confidences are in [0, 1]
-    pos = [-1] * n_early
+    pos = [len(shares) - 1 if k in off else -1 for k in range(n_early)]
     cur = [math.inf] * n_early
 
     def cost(th: list[float]) -> tuple[float, int]:
@@ -178,33 +180,36 @@ def choose_exits(
     labels: np.ndarray,
     target: CalibrationTarget,
     path_frames: tuple[list[np.ndarray], list[np.ndarray], np.ndarray] | None = None,
+    off: tuple[int, ...] = (),
 ) -> tuple[list[float], dict]:
     """Exit thresholds by Learn-Then-Test (module docstring); and what the test saw.
     ``path_frames``: (steer, conf, labels) of other frames (training frames) to build the
-    path on; then every validation frame tests it. None: validation half A builds it."""
+    path on; then every validation frame tests it. None: validation half A builds it.
+    ``off``: exits that never answer (not trained: ``train.untrained_exits``)."""
     n_early = len(steer) - 1
-    off = [math.inf] * n_early
+    none_on = [math.inf] * n_early
     # a validation split too small for 40 blocks (tiny logs) is tested in shorter blocks,
     # down to single frames, rather than not at all; the manifest says which
     block = int(np.clip(len(labels) // 40, 1, max(target.block, 1)))
     blocks = np.arange(len(labels)) // block
     if path_frames is None:
         test = blocks % 2 == 1
-        path = pareto_path([s[~test] for s in steer], [c[~test] for c in conf], labels[~test])
+        path = pareto_path([s[~test] for s in steer], [c[~test] for c in conf], labels[~test], off)
     else:
         test = np.ones(len(labels), bool)
-        path = pareto_path(*path_frames)
+        path = pareto_path(*path_frames, off)
     info: dict = {
         "path_from": "validation half A" if path_frames is None else "training frames",
+        "off": list(off),
         "test_frames": int(test.sum()),
         "block": block,
         "tested": 0,
         "ucb_excess": None,
     }
     if n_early == 0 or not test.any() or not path:
-        return off, info
+        return none_on, info
     err = [np.abs(s[test] - labels[test]) for s in steer]
-    chosen, best_share = off, 0.0
+    chosen, best_share = none_on, 0.0
     for th in path:
         taken = answering_exit([c[test] for c in conf], th)
         z = np.choose(taken, err) - target.budget * err[-1]
@@ -231,14 +236,16 @@ def calibrate(
     labels: np.ndarray,
     target: CalibrationTarget,
     path_frames: tuple[list[np.ndarray], list[np.ndarray], np.ndarray] | None = None,
+    off: tuple[int, ...] = (),
 ) -> dict:
     """``steer[k]``, ``conf[k]``: exit k's answers on every validation frame (all stages
     run), in recorded order; ``path_frames``: the same of training frames, to build the
-    path on (``choose_exits``). Returns the thresholds and what they do on these frames."""
+    path on; ``off``: exits kept off (``choose_exits``). Returns the thresholds and what
+    they do on these frames."""
     n_exits = len(steer)
     if not len(labels):
         return _result([None] * (n_exits - 1), [None] * n_exits, target, {}, np.zeros(0), steer, labels)
-    exits, info = choose_exits(steer, conf, labels, target, path_frames)
+    exits, info = choose_exits(steer, conf, labels, target, path_frames, off)
     taken = answering_exit(conf, exits)
     idx = np.arange(len(labels))
     chosen, chosen_c = np.stack(steer)[taken, idx], np.stack(conf)[taken, idx]

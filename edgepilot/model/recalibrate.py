@@ -26,7 +26,7 @@ from edgepilot.model.data import FrameDataset, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, build_net
 from edgepilot.model.package import load_package, load_private_key, save_package
 from edgepilot.model.preprocess import InputSpec
-from edgepilot.model.train import TrainConfig, path_frames, predict_exits
+from edgepilot.model.train import TrainConfig, path_frames, predict_exits, untrained_exits
 
 
 def recalibrate(
@@ -51,9 +51,11 @@ def recalibrate(
     if len(net.stages) < 2:
         raise EdgepilotError(f"{src}: a single-exit network has no exit thresholds to calibrate")
     seed = int((m.get("training") or {}).get("seed", 0))
+    # packages from before exit weights were recorded trained every exit
+    off = untrained_exits((m.get("training") or {}).get("exit_weights") or [1.0] * len(net.stages))
     train_s, val = split_by_session(load_samples(logs).samples, TrainConfig().val_fraction, seed)
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(val, spec, None), batch_size=256))
-    cal = calibrate(steer, conf, labels, target, path_frames(net, train_s, spec))
+    cal = calibrate(steer, conf, labels, target, path_frames(net, train_s, spec), off)
     m.update(
         parent=pkg.manifest.get("version"),
         version=f"{pkg.manifest.get('version', 'model')}-cal-{time.strftime('%Y%m%d-%H%M%S')}",

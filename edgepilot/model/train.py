@@ -5,7 +5,11 @@ training-curve PNG next to it.
 Loss of one exit: cross-entropy against a *soft* steering target (a Gaussian of one bin
 width around the label, so neighbouring bins are nearly right: steering is ordinal), plus
 the L1 error of the expected steering (what is actually driven, and what MAE measures),
-plus the throttle's squared error. The joint loss weights every exit alike (``EXIT_WEIGHTS``).
+plus the throttle's squared error. The joint loss weights the exits by ``EXIT_WEIGHTS``: exit 1
+four times the final head, so the shared stages 0-1 serve exit 1 first and it answers nearly as
+well as the full network (what lets calibration send most frames out early); exit 0 not at
+all: it never earned its place (docs/benchmarks.md#model), so it is not trained and
+calibration keeps it off (``untrained_exits``), and the runtime merges its stage away.
 
 Self-distillation (``self_distill``, on by default): each early exit's target distribution
 is ``(1 - beta) * soft label + beta * the final head's distribution`` (detached, so the
@@ -48,7 +52,12 @@ from edgepilot.schema.log import TRAINING_LABELS
 
 log = logging.getLogger(__name__)
 
-EXIT_WEIGHTS = (1.0, 1.0, 1.0)
+EXIT_WEIGHTS = (0.0, 4.0, 1.0)
+
+
+def untrained_exits(weights: list[float] | tuple[float, ...]) -> tuple[int, ...]:
+    """Early exits whose loss weight is zero: their heads learned nothing, so they never answer."""
+    return tuple(k for k, w in enumerate(weights[:-1]) if w == 0)
 
 
 @dataclass
@@ -60,6 +69,8 @@ class TrainConfig:
     head1: list[int] = field(default_factory=lambda: [3, 7, 64])
     epochs: int = 20
     patience: int = 4
+    # True: run every epoch and keep the last (no early stop, no pick of the best epoch)
+    keep_last: bool = False
     batch: int = 64
     lr: float = 2e-3
     seed: int = 0
@@ -184,12 +195,13 @@ def train(
     val_loader = DataLoader(FrameDataset(data.val, spec, None), batch_size=256)
     history, best_epoch = _fit(net, ds, val_loader, cfg, teacher_net)
     steer, conf, labels = predict_exits(net, val_loader)
-    cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, data.train, spec))
+    off = untrained_exits(_weights(cfg, net))
+    cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, data.train, spec), off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
     manifest.update(_trained_manifest(cal, data, history, best_epoch, logs, cfg, teacher_net))
     out = save_package(out, manifest, state, signing_key)
-    curve = plot_curve(history, out.with_suffix(".png"), arch.name)
+    curve = plot_curve(history, out.with_suffix(".png"), arch.name, off)
     return {
         "package": str(out),
         "version": manifest["version"],
@@ -248,7 +260,7 @@ def _fit(
     )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
-    weights = list(cfg.exit_weights[: len(net.stages)]) if len(net.stages) > 1 else [1.0]
+    weights = _weights(cfg, net)
     history: list[dict] = []
     best = (float("inf"), None, 0)
     for epoch in range(cfg.epochs):
@@ -260,7 +272,9 @@ def _fit(
         maes = [float(np.abs(st - labels).mean()) for st in steer]
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": maes})
         log.info("epoch %d: loss %.4f, val MAE per exit %s", epoch + 1, train_loss, maes)
-        if maes[-1] < best[0]:
+        if cfg.keep_last:
+            best = (maes[-1], None, epoch + 1)
+        elif maes[-1] < best[0]:
             best = (maes[-1], {k: v.clone() for k, v in net.state_dict().items()}, epoch + 1)
         elif epoch + 1 - best[2] >= cfg.patience:
             log.info("early stop: no better validation MAE for %d epochs", cfg.patience)
@@ -268,6 +282,10 @@ def _fit(
     if best[1] is not None:
         net.load_state_dict(best[1])
     return history, best[2]
+
+
+def _weights(cfg: TrainConfig, net: StagedNet) -> list[float]:
+    return list(cfg.exit_weights[: len(net.stages)]) if len(net.stages) > 1 else [1.0]
 
 
 def _train_epoch(
@@ -338,6 +356,7 @@ def _trained_manifest(
             "sessions": data.loaded.sessions,
             "logs": [str(p) for p in logs],
             "seed": cfg.seed,
+            "exit_weights": list(cfg.exit_weights),
             "teacher": getattr(teacher_net, "teacher_version", None),
             "history": history,
         },
@@ -366,7 +385,8 @@ def base_manifest(net: StagedNet, spec: InputSpec, state: dict, macs: list[int])
     }
 
 
-def plot_curve(history: list[dict], path: Path, title: str) -> Path:
+def plot_curve(history: list[dict], path: Path, title: str, skip: tuple[int, ...] = ()) -> Path:
+    """Training loss and validation MAE per exit (not of the ``skip`` exits: untrained)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,7 +397,7 @@ def plot_curve(history: list[dict], path: Path, title: str) -> Path:
     ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
     ax[0].set(xlabel="epoch", ylabel="joint training loss", title=f"{title}: training loss")
     n_exits = len(history[0]["val_mae"]) if history else 0
-    for k in range(n_exits):
+    for k in (k for k in range(n_exits) if k not in skip):
         label = "final head" if k == n_exits - 1 else f"exit {k}"
         ax[1].plot(ep, [h["val_mae"][k] for h in history], marker="o", label=label)
     ax[1].set(xlabel="epoch", ylabel="steering MAE", title="validation (held-out sessions)")
@@ -402,7 +422,8 @@ def save_calibrated(
     """An fp32 package of trained weights that did not come out of ``train`` (distributed,
     federated): exits calibrated on ``samples``, signed; (path, manifest, calibration)."""
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(samples, spec, None), batch_size=256))
-    cal = calibrate(steer, conf, labels, CalibrationTarget())
+    off = untrained_exits(EXIT_WEIGHTS[: len(net.stages)]) if len(net.stages) > 1 else ()
+    cal = calibrate(steer, conf, labels, CalibrationTarget(), None, off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
     manifest.update(

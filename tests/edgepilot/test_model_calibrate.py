@@ -167,3 +167,20 @@ def test_calibrate_command_moves_the_speed_accuracy_point(tiny_model, tiny_int8,
         handler(argparse.Namespace(**{**vars(args), "agree_tol": 0.04}))
     with pytest.raises(EdgepilotError, match="--budget must be"):
         handler(argparse.Namespace(**{**vars(args), "budget": 0.5}))
+
+
+def test_an_untrained_exit_stays_off_even_where_it_looks_good():
+    """Exit 0 of the default recipe is not trained (loss weight 0): its head says nothing,
+    so calibration must not hand it frames, however its numbers fall on validation."""
+    from edgepilot.model.train import EXIT_WEIGHTS, untrained_exits
+
+    rng = np.random.default_rng(3)
+    steer, conf, labels = synthetic_exits(rng, 4000)
+    free = calibrate(steer, conf, labels, CalibrationTarget())
+    assert free["exits"][0] is not None and free["val_exit_rate"]["0"] > 0  # it would be used
+    kept = calibrate(steer, conf, labels, CalibrationTarget(), None, off=(0,))
+    assert kept["exits"][0] is None and kept["val_exit_rate"]["0"] == 0.0
+    assert kept["exits"][1] is not None and kept["val_exit_rate"]["1"] > 0  # exit 1 still answers
+    assert kept["test"]["off"] == [0]
+    assert untrained_exits(EXIT_WEIGHTS) == (0,)
+    assert untrained_exits([1.0, 0.0, 1.0]) == (1,) and untrained_exits([1.0, 1.0, 1.0]) == ()
