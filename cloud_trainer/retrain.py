@@ -274,36 +274,53 @@ def _train_candidates(
     results: dict,
     plots: dict[str, Path],
 ) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Train the edge teacher (if asked), the car model distilled from it, and compress the
-    car model to int8: (packages by target, the fp32 sources of compressed ones); their
-    figures into ``results``, their training curves into ``plots``."""
-    from edgepilot.model.train import TrainConfig, train
+    """Train the edge model (if asked) and the car model, and compress the car model to
+    int8: (packages by target, the fp32 sources of compressed ones); their figures into
+    ``results``, their training curves into ``plots``."""
+    from edgepilot.model.train import TrainConfig
 
     base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
-    teacher, edge = None, None
-    if cfg.train_edge:
-        edge = train(
-            train_dirs,
-            work / "edge.eppkg",
-            TrainConfig(arch="edge", epochs=cfg.edge_epochs or cfg.epochs, **base),
-            key=key,
-        )
-        teacher = edge["package"]
+    edge_cfg = TrainConfig(arch="edge", epochs=cfg.edge_epochs or cfg.epochs, **base) if cfg.train_edge else None
+    car_cfg = TrainConfig(arch="early-exit", epochs=cfg.epochs, **base)
+    edge, car = _train_pair(train_dirs, work, edge_cfg, car_cfg, cfg.distill, key)
+    if edge:
         results["edge_train"] = {k: edge[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
-    car = train(
-        train_dirs,
-        work / "car-fp32.eppkg",
-        TrainConfig(arch="early-exit", epochs=cfg.epochs, **base),
-        teacher=teacher,
-        key=key,
-    )
     results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
     plots.update({f"curve-{t}": Path(r["curve"]) for t, r in (("edge", edge), ("car", car)) if r and r.get("curve")})
     car_pkg, results["compress"] = compress_car(car["package"], work / "car.eppkg", train_dirs, key, registry)
     candidates = {"car": car_pkg}
-    if teacher:
-        candidates["edge"] = Path(teacher)
+    if edge:
+        candidates["edge"] = Path(edge["package"])
     return candidates, {"car": Path(car["package"])}
+
+
+def _train_pair(
+    train_dirs: list[str], work: Path, edge_cfg: Any, car_cfg: Any, distill: bool, key: str | None
+) -> tuple[dict | None, dict]:
+    """The edge model's and the car model's training results. Distilled, one after the
+    other (the car learns from the edge model); otherwise side by side, the edge model in
+    a spawned process: training uses one thread, so on two cores this halves the wall time."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from edgepilot.model.package import load_private_key
+    from edgepilot.model.train import train
+
+    car_out, edge_out = work / "car-fp32.eppkg", work / "edge.eppkg"
+    if edge_cfg is None:
+        return None, train(train_dirs, car_out, car_cfg, key=key)
+    if distill:
+        edge = train(train_dirs, edge_out, edge_cfg, key=key)
+        return edge, train(train_dirs, car_out, car_cfg, teacher=edge["package"], key=key)
+    load_private_key(key, create=True)  # made here once, not by two processes at the same time
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = pool.submit(train, train_dirs, edge_out, edge_cfg, key=key)
+        car = train(train_dirs, car_out, car_cfg, key=key)
+        try:
+            return pending.result(), car
+        except BrokenProcessPool:
+            raise EdgepilotError("the edge model's training process died (out of memory?)") from None
 
 
 def _train_tails(

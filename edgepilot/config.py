@@ -223,6 +223,9 @@ class RetrainConfig:
     margin_cte_m: float = 0.02
     latency_budget_ms: float = 10.0  # car model, p50 per frame, batch 1, one thread
     train_edge: bool = True
+    # distil the car model from the edge model trained first; off: both train side by side
+    # (the early-exit recipe needs no teacher: docs/benchmarks.md#model)
+    distill: bool = False
     seed: int = 0
     threads: int = 1
     # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick
