@@ -15,6 +15,13 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-laps", type=int, default=2, help="laps of the evaluation drives")
     p.add_argument("--epochs", type=int, default=6, help="training epochs per cloud run")
     p.add_argument(
+        "--edge-epochs",
+        type=int,
+        default=3,
+        help="the edge model's epochs per cloud run (it trains side by side with the car model "
+        "and is the larger of the two: more epochs make it the run's long pole)",
+    )
+    p.add_argument(
         "--gate-open",
         action="store_true",
         help="push the retrained car model whatever its quality checks say (latency is "
@@ -23,7 +30,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=8000, help="cap on training frames per run")
     p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")
-    p.add_argument("--train-timeout", type=float, default=420.0, help="seconds to wait for a training run")
+    p.add_argument("--train-timeout", type=float, default=900.0, help="seconds to wait for a training run")
     p.add_argument(
         "--dashboard-port", type=int, default=8080, help="the fleet dashboard's port (taken: any free one; 0: any)"
     )

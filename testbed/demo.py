@@ -288,7 +288,7 @@ class Demo:
             CLOUD_PROFILE.format(
                 store=self.work / "store",
                 epochs=self.args.epochs,
-                edge_epochs=max(1, self.args.epochs - 1),
+                edge_epochs=max(1, min(self.args.edge_epochs, self.args.epochs)),
                 max_frames=self.args.max_frames,
                 gate_tracks=json.dumps(list(GATE_TRACKS)),
                 margin_mae=margins[0],
