@@ -101,3 +101,26 @@ def test_two_ddp_workers_reach_the_single_process_quality(tmp_path):
     # ... and that quality is learned: well below the best constant answer (the median label)
     constant = float(np.mean(np.abs(labels - np.median(labels))))
     assert max(mae.values()) < 0.6 * constant, (mae, constant)
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_the_edge_and_car_models_train_side_by_side_or_the_car_from_the_edge(
+    tmp_path, sample_logs, distill, monkeypatch
+):
+    """Retraining's two models (cloud_trainer.retrain._train_pair): side by side, the edge
+    model in a spawned process, both signed with the same key and the car model taught by
+    nobody; distilled, the car model names the edge model it learned from."""
+    from cloud_trainer.retrain import _train_pair
+    from edgepilot.model.package import load_package, make_keys
+    from edgepilot.model.train import TrainConfig
+
+    monkeypatch.chdir(tmp_path)  # the teacher is verified with keys/*.pub of the working directory
+    priv, pub = make_keys(tmp_path / "keys")
+    small = {"epochs": 1, "max_frames": 120, "threads": 1}
+    edge, car = _train_pair(
+        sample_logs, tmp_path, TrainConfig(arch="edge", **small), TrainConfig(**small), distill, str(priv)
+    )
+    assert edge is not None and edge["arch"] == "edge" and car["arch"] == "early-exit"
+    e, c = (load_package(r["package"], [str(pub)]).manifest for r in (edge, car))  # both verify
+    assert c["training"]["teacher"] == (e["version"] if distill else None)
+    assert c["training"]["exit_weights"] == [0.0, 4.0, 1.0] and c["thresholds"]["exits"][0] is None
