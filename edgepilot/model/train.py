@@ -69,8 +69,11 @@ class TrainConfig:
     head1: list[int] = field(default_factory=lambda: [3, 7, 64])
     epochs: int = 20
     patience: int = 4
-    # True: run every epoch and keep the last (no early stop, no pick of the best epoch)
-    keep_last: bool = False
+    # run every epoch and keep the last (no early stop, no pick of the best epoch). None:
+    # yes for a net with early exits, whose calibration tests its thresholds on the
+    # validation frames: weights picked by those frames would weaken that test, and the
+    # cosine schedule ends where it should stop anyway; no for single-exit nets
+    keep_last: bool | None = None
     batch: int = 64
     lr: float = 2e-3
     seed: int = 0
@@ -252,7 +255,8 @@ def _fit(
     teacher_net: StagedNet | None,
 ) -> tuple[list[dict], int]:
     """The epochs, stopped early after ``cfg.patience`` epochs without a better final-head
-    validation MAE; leaves ``net`` with the best epoch's weights. The per-epoch history and
+    validation MAE; leaves ``net`` with the best epoch's weights (``keep_last``: every
+    epoch, the last one's weights). The per-epoch history and
     the best epoch (0: none was better than infinity, the net keeps its last weights)."""
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
@@ -261,6 +265,7 @@ def _fit(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
     weights = _weights(cfg, net)
+    keep_last = cfg.keep_last if cfg.keep_last is not None else len(net.stages) > 1
     history: list[dict] = []
     best = (float("inf"), None, 0)
     for epoch in range(cfg.epochs):
@@ -272,7 +277,7 @@ def _fit(
         maes = [float(np.abs(st - labels).mean()) for st in steer]
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": maes})
         log.info("epoch %d: loss %.4f, val MAE per exit %s", epoch + 1, train_loss, maes)
-        if cfg.keep_last:
+        if keep_last:
             best = (maes[-1], None, epoch + 1)
         elif maes[-1] < best[0]:
             best = (maes[-1], {k: v.clone() for k, v in net.state_dict().items()}, epoch + 1)
