@@ -153,3 +153,30 @@ def test_packages_are_zip_with_three_members(tmp_path, keys, synthetic_logs):
     with zipfile.ZipFile(out) as z:
         assert sorted(z.namelist()) == ["manifest.json", "signature.json", "weights.pt"]
         assert json.loads(z.read("signature.json"))["alg"] == "ed25519"
+
+
+@pytest.mark.parametrize("arch", ["early-exit", "pilotnet"])
+def test_early_exit_nets_keep_the_last_epoch_single_exit_nets_the_best(
+    tmp_path, keys, synthetic_logs, monkeypatch, arch
+):
+    """Validation that only gets worse: a net with early exits still runs every epoch and
+    keeps the last (its validation frames are left to test the exit thresholds); a
+    single-exit net stops after ``patience`` epochs and keeps the first."""
+    import edgepilot.model.train as tr
+
+    real, calls = tr.predict_exits, [0]
+
+    def worse_each_time(net, loader):
+        steer, conf, labels = real(net, loader)
+        calls[0] += 1
+        return steer[:-1] + [steer[-1] + 0.1 * calls[0]], conf, labels
+
+    monkeypatch.setattr(tr, "predict_exits", worse_each_time)
+    priv, _ = keys
+    cfg = TrainConfig(arch=arch, epochs=3, patience=1, batch=32, max_frames=100)
+    r = train(synthetic_logs, tmp_path / "m.eppkg", cfg, key=str(priv))
+    m = read_manifest(tmp_path / "m.eppkg")["metrics"]
+    if arch == "early-exit":
+        assert r["epochs"] == 3 and m["best_epoch"] == 3
+    else:
+        assert r["epochs"] == 2 and m["best_epoch"] == 1
