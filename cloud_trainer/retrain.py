@@ -23,6 +23,7 @@ One run (``retrain``):
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud_trainer.procguard import die_with_parent
 from cloud_trainer.registry import Registry
 from edgepilot import EdgepilotError
 from edgepilot.config import RetrainConfig
@@ -315,12 +317,21 @@ def _train_pair(
         return edge, train(train_dirs, car_out, car_cfg, teacher=edge["package"], key=key)
     load_private_key(key, create=True)  # made here once, not by two processes at the same time
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = pool.submit(train, train_dirs, edge_out, edge_cfg, key=key)
+        pending = pool.submit(_train_guarded, os.getpid(), train_dirs, edge_out, edge_cfg, key=key)
         car = train(train_dirs, car_out, car_cfg, key=key)
         try:
             return pending.result(), car
         except BrokenProcessPool:
             raise EdgepilotError("the edge model's training process died (out of memory?)") from None
+
+
+def _train_guarded(parent: int, *args: Any, **kwargs: Any) -> dict:
+    """``train`` in a worker that dies with the retraining process that started it (which
+    itself dies with its trainer: ``service.run_isolated``)."""
+    from edgepilot.model.train import train
+
+    die_with_parent(parent)
+    return train(*args, **kwargs)
 
 
 def _train_tails(

@@ -18,7 +18,6 @@ a restarted trainer — or another one on the same store — carries on where it
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import paho.mqtt.client as paho
 
 from cloud_trainer.control import ModelControl
 from cloud_trainer.ingest import Ingest
+from cloud_trainer.procguard import die_with_parent
 from cloud_trainer.push import ANNOUNCE_TTL_S, announce_key, push_current
 from cloud_trainer.registry import Registry
 from cloud_trainer.retrain import RetrainConfig, retrain
@@ -237,21 +237,6 @@ class CloudService:
                     log.warning("could not refresh the %s announcement: %s", target, e)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: this process gets SIGKILL when the trainer that started it dies.
-
-    Why: a trainer SIGKILLed mid-run (``kill -9``, the OOM killer) otherwise leaves its
-    retraining child running as an orphan, which goes on to register and promote models
-    next to the restarted trainer's own run."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the line above ran
-        os._exit(1)
-
-
 def _child(
     location: str,
     trusted: list[str] | None,
@@ -261,7 +246,7 @@ def _child(
     parent: int = 0,
 ) -> dict:
     if parent:
-        _die_with_parent(parent)
+        die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return retrain(Registry(open_store(location), trusted), workdir, cfg, key=key)
 
