@@ -23,6 +23,8 @@ from edgepilot.config import REPO_ROOT, ActuatorConfig
 from edgepilot.drivelog import LogReader
 from edgepilot.keys import ANNOUNCEMENTS, load_private_key, make_keys
 from edgepilot.model.package import load_package, save_package
+from edgepilot.model.synthetic import road_frame, write_synthetic_log
+from edgepilot.model.train import TrainConfig, train
 from tests.helpers import run_json, spawn_edge
 from tests.vehicle.test_fault_serial import PtyCar
 from vehicle.actuators import pulses
@@ -32,16 +34,14 @@ FRAMES = 60
 
 @pytest.fixture(scope="module")
 def road_video(tmp_path_factory) -> str:
-    """A road whose line sweeps left and right: a model that sees it answers differently
-    frame by frame (a constant command would not be the model's)."""
+    """A road that bends left and right (``edgepilot.model.synthetic``'s road, which
+    ``car_model`` learned): a model that sees it answers differently frame by frame (a
+    constant command would not be the model's)."""
     path = str(tmp_path_factory.mktemp("cam") / "road.avi")
     vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 20, (160, 120))
+    rng = np.random.default_rng(5)
     for i in range(FRAMES):
-        img = np.full((120, 160, 3), 90, np.uint8)
-        x = int(80 + 60 * np.sin(i / 6))
-        cv2.line(img, (x, 120), (80, 40), (255, 255, 255), 4)
-        cv2.line(img, (x - 40, 120), (40, 40), (200, 200, 200), 2)
-        vw.write(img)
+        vw.write(road_frame(0.7 * np.sin(i / 6), rng))
     vw.release()
     return path
 
@@ -62,8 +62,13 @@ def resigned(src: str, out: Path, key_path: Path, **manifest: object) -> str:
 
 
 @pytest.fixture(scope="module")
-def car_model(tmp_path_factory, tiny_model, fleet_keys) -> str:
-    return resigned(tiny_model, tmp_path_factory.mktemp("car") / "car.eppkg", fleet_keys["package"])
+def car_model(tmp_path_factory, fleet_keys) -> str:
+    """A real early-exit package that learned the synthetic road (seconds), signed with
+    this test's fleet key: its answers follow ``road_video``'s bends."""
+    d = tmp_path_factory.mktemp("car")
+    logs = [str(write_synthetic_log(d / f"s{i}", frames=80, seed=i)) for i in range(4)]
+    cfg = TrainConfig(epochs=6, batch=16, threads=1)
+    return train(logs, d / "car.eppkg", cfg, key=str(fleet_keys["package"]))["package"]
 
 
 @pytest.fixture(scope="module")
