@@ -62,6 +62,7 @@ retrain_min_frames = 1000000000   # the demo asks for each retraining run itself
 epochs = {epochs}
 edge_epochs = {edge_epochs}
 max_frames = {max_frames}
+tail_max_frames = 2000   # split-mode tails: trained and pushed, not what the demo drives with
 eval_tracks = {gate_tracks}
 eval_seconds = 20.0
 margin_mae = {margin_mae}
