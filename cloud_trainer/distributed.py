@@ -33,7 +33,7 @@ from edgepilot.model.data import FrameDataset, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, StagedNet, build_net
 from edgepilot.model.package import load_private_key
 from edgepilot.model.preprocess import DEFAULT_SPEC
-from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, save_calibrated, soft_targets
+from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, save_calibrated, soft_targets, stage_weights
 
 
 def train_ddp(
@@ -109,7 +109,7 @@ def _fit(
     )
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
-    weights = EXIT_WEIGHTS[: len(net.stages)] if len(net.stages) > 1 else (1.0,)
+    weights = stage_weights(EXIT_WEIGHTS, len(net.stages))
     for epoch in range(epochs):
         ds.set_epoch(epoch)
         if sampler is not None:

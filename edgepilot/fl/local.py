@@ -19,7 +19,7 @@ from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.data import FrameDataset, Sample, load_samples
 from edgepilot.model.nets import StagedNet
 from edgepilot.model.preprocess import InputSpec
-from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, soft_targets
+from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, soft_targets, stage_weights
 from edgepilot.schema.log import TRAINING_LABELS
 
 
@@ -78,7 +78,7 @@ def local_train(
     params = [p for p in net.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if cfg.mu > 0 else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    weights = EXIT_WEIGHTS[: len(net.stages)] if len(net.stages) > 1 else (1.0,)
+    weights = stage_weights(EXIT_WEIGHTS, len(net.stages))
     total, n = 0.0, 0
     for epoch in range(cfg.epochs):
         ds.set_epoch(epoch)

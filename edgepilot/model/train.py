@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 EXIT_WEIGHTS = (0.0, 4.0, 1.0)
 
 
+def stage_weights(weights: list[float] | tuple[float, ...], n_stages: int) -> list[float]:
+    """The loss weight of each exit of a net of ``n_stages`` (a single-exit net: [1.0])."""
+    return list(weights[:n_stages]) if n_stages > 1 else [1.0]
+
+
 def untrained_exits(weights: list[float] | tuple[float, ...]) -> tuple[int, ...]:
     """Early exits whose loss weight is zero: their heads learned nothing, so they never answer."""
     return tuple(k for k, w in enumerate(weights[:-1]) if w == 0)
@@ -198,7 +203,7 @@ def train(
     val_loader = DataLoader(FrameDataset(data.val, spec, None), batch_size=256)
     history, best_epoch = _fit(net, ds, val_loader, cfg, teacher_net)
     steer, conf, labels = predict_exits(net, val_loader)
-    off = untrained_exits(_weights(cfg, net))
+    off = untrained_exits(stage_weights(cfg.exit_weights, len(net.stages)))
     cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, data.train, spec), off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
@@ -264,7 +269,7 @@ def _fit(
     )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
-    weights = _weights(cfg, net)
+    weights = stage_weights(cfg.exit_weights, len(net.stages))
     keep_last = cfg.keep_last if cfg.keep_last is not None else len(net.stages) > 1
     history: list[dict] = []
     best = (float("inf"), None, 0)
@@ -287,10 +292,6 @@ def _fit(
     if best[1] is not None:
         net.load_state_dict(best[1])
     return history, best[2]
-
-
-def _weights(cfg: TrainConfig, net: StagedNet) -> list[float]:
-    return list(cfg.exit_weights[: len(net.stages)]) if len(net.stages) > 1 else [1.0]
 
 
 def _train_epoch(
@@ -427,7 +428,7 @@ def save_calibrated(
     """An fp32 package of trained weights that did not come out of ``train`` (distributed,
     federated): exits calibrated on ``samples``, signed; (path, manifest, calibration)."""
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(samples, spec, None), batch_size=256))
-    off = untrained_exits(EXIT_WEIGHTS[: len(net.stages)]) if len(net.stages) > 1 else ()
+    off = untrained_exits(stage_weights(EXIT_WEIGHTS, len(net.stages)))
     cal = calibrate(steer, conf, labels, CalibrationTarget(), None, off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
