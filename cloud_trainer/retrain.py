@@ -4,9 +4,10 @@ One run (``retrain``):
 
 1. data: every received log in the store; whole sessions are held out for evaluation
    (never frames of a training session: neighbouring frames are near-duplicates);
-2. train the edge model (the teacher, fp32) and the car's model (early exit, distilled
-   from that teacher), then compress the car model to int8 — the model package's own
-   ``train``/``compress_package`` functions, so the cloud builds exactly what
+2. train the edge model (fp32) in a process of its own while this one trains the car's
+   model (early exit), compresses it to int8, evaluates it and trains its tails (or, with
+   ``distill``, the edge model first, as the car model's teacher) — the model package's
+   own ``train``/``compress_package`` functions, so the cloud builds exactly what
    ``edgepilot train``/``compress`` build;
 3. evaluate candidate and current side by side in the same run: open loop on the
    held-out sessions (steering MAE with early exits on, as the car runs), closed loop in
@@ -240,14 +241,24 @@ def retrain(
     results: dict[str, Any] = {"run": run_id, "train": train_keys, "heldout": held_keys, "targets": {}}
     # the plots the run's report keeps in the store: training curves, gate trajectories
     plots: dict[str, Path] = {}
-    candidates, sources = _train_candidates(registry, train_dirs, work, cfg, key, results, plots)
-    frames, labels = load_frames(held_dirs, cfg.eval_frames)
-    for target, pkg in candidates.items():
-        results["targets"][target] = judge(registry, target, pkg, frames, labels, cfg, plots, work)
-    tails = None
-    if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
-        tails = _train_tails(registry, candidates["car"], train_dirs, work, cfg)
-        results["tails"] = {k: v for k, v in tails.items() if k != "path"}
+    held = load_frames(held_dirs, cfg.eval_frames)
+    with EdgeJob(train_dirs, work, cfg, key) as edge_job:
+        car_pkg, car_src = _car_candidate(
+            registry, train_dirs, work, cfg, key, edge_job.teacher(), results, plots
+        )
+        results["targets"]["car"] = judge(registry, "car", car_pkg, *held, cfg, plots, work)
+        tails = None
+        if cfg.tails and results["targets"]["car"]["gate"]["passed"]:
+            tails = _train_tails(registry, car_pkg, train_dirs, work, cfg)
+            results["tails"] = {k: v for k, v in tails.items() if k != "path"}
+        edge = edge_job.result()
+    candidates = {"car": car_pkg}
+    if edge is not None:
+        candidates["edge"] = Path(edge["package"])
+        results["edge_train"] = {k: edge[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
+        if edge.get("curve"):
+            plots["curve-edge"] = Path(edge["curve"])
+        results["targets"]["edge"] = judge(registry, "edge", candidates["edge"], *held, cfg, plots, work)
     report_key = write_report(registry.store, run_id, results, work, plots)
     promoted = [
         target
@@ -260,69 +271,99 @@ def retrain(
             train_keys,
             report_key,
             tails if target == "car" else None,
-            sources.get(target),
+            car_src if target == "car" else None,
         )
     ]
     results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
     return results
 
 
-def _train_candidates(
+def _train_config(cfg: RetrainConfig, target: str) -> Any:
+    from edgepilot.model.train import TrainConfig
+
+    base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
+    if target == "edge":
+        return TrainConfig(arch="edge", epochs=cfg.edge_epochs or cfg.epochs, **base)
+    return TrainConfig(arch="early-exit", epochs=cfg.epochs, **base)
+
+
+def _car_candidate(
     registry: Registry,
     train_dirs: list[str],
     work: Path,
     cfg: RetrainConfig,
     key: str | None,
+    teacher: str | None,
     results: dict,
     plots: dict[str, Path],
-) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Train the edge model (if asked) and the car model, and compress the car model to
-    int8: (packages by target, the fp32 sources of compressed ones); their figures into
-    ``results``, their training curves into ``plots``."""
-    from edgepilot.model.train import TrainConfig
-
-    base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
-    edge_cfg = TrainConfig(arch="edge", epochs=cfg.edge_epochs or cfg.epochs, **base) if cfg.train_edge else None
-    car_cfg = TrainConfig(arch="early-exit", epochs=cfg.epochs, **base)
-    edge, car = _train_pair(train_dirs, work, edge_cfg, car_cfg, cfg.distill, key)
-    if edge:
-        results["edge_train"] = {k: edge[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
-    results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
-    plots.update({f"curve-{t}": Path(r["curve"]) for t, r in (("edge", edge), ("car", car)) if r and r.get("curve")})
-    car_pkg, results["compress"] = compress_car(car["package"], work / "car.eppkg", train_dirs, key, registry)
-    candidates = {"car": car_pkg}
-    if edge:
-        candidates["edge"] = Path(edge["package"])
-    return candidates, {"car": Path(car["package"])}
-
-
-def _train_pair(
-    train_dirs: list[str], work: Path, edge_cfg: Any, car_cfg: Any, distill: bool, key: str | None
-) -> tuple[dict | None, dict]:
-    """The edge model's and the car model's training results. Distilled, one after the
-    other (the car learns from the edge model); otherwise side by side, the edge model in
-    a spawned process: training uses one thread, so on two cores this halves the wall time."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from edgepilot.model.package import load_private_key
+) -> tuple[Path, Path]:
+    """Train the car model (from ``teacher`` when distilling) and compress it to int8:
+    (the candidate package, the fp32 package it came from); its figures into ``results``,
+    its training curve into ``plots``."""
     from edgepilot.model.train import train
 
-    car_out, edge_out = work / "car-fp32.eppkg", work / "edge.eppkg"
-    if edge_cfg is None:
-        return None, train(train_dirs, car_out, car_cfg, key=key)
-    if distill:
-        edge = train(train_dirs, edge_out, edge_cfg, key=key)
-        return edge, train(train_dirs, car_out, car_cfg, teacher=edge["package"], key=key)
-    load_private_key(key, create=True)  # made here once, not by two processes at the same time
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = pool.submit(_train_guarded, os.getpid(), train_dirs, edge_out, edge_cfg, key=key)
-        car = train(train_dirs, car_out, car_cfg, key=key)
-        try:
-            return pending.result(), car
-        except BrokenProcessPool:
-            raise EdgepilotError("the edge model's training process died (out of memory?)") from None
+    car = train(train_dirs, work / "car-fp32.eppkg", _train_config(cfg, "car"), teacher=teacher, key=key)
+    results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
+    if car.get("curve"):
+        plots["curve-car"] = Path(car["curve"])
+    car_pkg, results["compress"] = compress_car(car["package"], work / "car.eppkg", train_dirs, key, registry)
+    return car_pkg, Path(car["package"])
+
+
+class EdgeJob:
+    """The edge model's training, beside the car model's pipeline.
+
+    Side by side (the default): a spawned process trains the edge model while this one
+    trains, compresses and judges the car model and trains its tails; training uses one
+    thread, so on two cores the run takes about the longer of the two instead of their
+    sum. Distilled (``cfg.distill``): the car learns from the edge model, so the edge
+    model is trained first, here, and ``teacher()`` is its package."""
+
+    def __init__(self, train_dirs: list[str], work: Path, cfg: RetrainConfig, key: str | None) -> None:
+        self.args = (train_dirs, work / "edge.eppkg", _train_config(cfg, "edge"))
+        self.enabled, self.distill, self.key = cfg.train_edge, cfg.distill, key
+        self._done: dict | None = None
+        self._pool: Any = None
+        self._pending: Any = None
+
+    def __enter__(self) -> EdgeJob:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from edgepilot.model.package import load_private_key
+        from edgepilot.model.train import train
+
+        if not self.enabled:
+            return self
+        if self.distill:
+            self._done = train(*self.args, key=self.key)
+            return self
+        load_private_key(self.key, create=True)  # made here once, not by two processes at the same time
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self._pending = self._pool.submit(_train_guarded, os.getpid(), *self.args, key=self.key)
+        return self
+
+    def teacher(self) -> str | None:
+        return self._done["package"] if self.distill and self._done else None
+
+    def result(self) -> dict | None:
+        """The edge model's training result (waits for it); None when not trained."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self._pending is not None and self._done is None:
+            try:
+                self._done = self._pending.result()
+            except BrokenProcessPool:
+                raise EdgepilotError("the edge model's training process died (out of memory?)") from None
+        return self._done
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is None:
+            return
+        if exc[0] is not None:  # the car's pipeline failed: the edge worker stops too
+            for proc in list((self._pool._processes or {}).values()):
+                proc.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _train_guarded(parent: int, *args: Any, **kwargs: Any) -> dict:

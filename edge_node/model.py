@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from edgepilot import EdgepilotError
+from edgepilot.imaging import bgr_to_yuv, resize_area
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -74,8 +74,7 @@ class BuiltinPilotNet:
 
     def _prep(self, frame: np.ndarray) -> np.ndarray:
         h = frame.shape[0]
-        img = cv2.resize(frame[int(h * 0.4) :], (self.W, self.H), interpolation=cv2.INTER_AREA)
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2YUV)
+        img = bgr_to_yuv(resize_area(frame[int(h * 0.4) :], self.W, self.H))
         return img.astype(np.float32).transpose(2, 0, 1) * (1.0 / 127.5) - 1.0
 
     def infer_batch(self, frames: list[np.ndarray]) -> list[EdgeDecision]:

@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import paho.mqtt.client as paho
 import torch
@@ -49,6 +48,7 @@ from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig, EdgeConfig, load_profile
 from edgepilot.delivery import AnnouncementGuard, receive
 from edgepilot.drive.slot import Loader, ModelSlot
+from edgepilot.imaging import decode_jpeg
 from edgepilot.mqtt import Connection, broker_config, properties
 from edgepilot.schema import fleet, unit_command, wire
 
@@ -336,7 +336,9 @@ class EdgeService:
         worker; the worker swaps it in between batches. Any failure keeps the current model."""
         try:
             self.guard.check(ann)
-            data = receive(ann, self._announce_keys, self._broker, f"{self.node_id}-fetch", self._fetch_timeout_s)
+            data = receive(
+                ann, self._announce_keys, self._broker, f"{self.node_id}-fetch", self._fetch_timeout_s
+            )
             path = self._cache / f"edge-{ann.version}.eppkg"
             path.write_bytes(data)
             model = self.slot.load(path)
@@ -397,7 +399,12 @@ class EdgeService:
         self._refuse(item, why, car, frame)
 
     def _refuse(
-        self, item: _Pending, why: str, car: str | None = None, frame: int | None = None, status: str = "error"
+        self,
+        item: _Pending,
+        why: str,
+        car: str | None = None,
+        frame: int | None = None,
+        status: str = "error",
     ) -> None:
         """Answer ``why`` as an error (or throttled) reply (the caller counts it)."""
         if car is None:
@@ -483,7 +490,7 @@ class EdgeService:
                 if feats is not None:
                     split.setdefault(feats[0], []).append((item, req, feats[1]))
                 continue
-            img = cv2.imdecode(np.frombuffer(req.body, np.uint8), cv2.IMREAD_COLOR)
+            img = decode_jpeg(req.body)
             if img is None or img.ndim != 3 or max(img.shape[:2]) > MAX_FRAME_SIDE:
                 self._error(item, "body is not a decodable JPEG frame", req.car, req.frame)
                 continue

@@ -4,7 +4,7 @@ Three questions, answered side by side in one run so machine load hits every num
 
 1. Throughput: records/s of ``LogWriter`` on 160x120 noise frames (noise is the worst
    case for JPEG and what DonkeyCar's published numbers used), against the *floor* --
-   bare ``cv2.imencode`` of the same frames on one thread, i.e. what recording would cost
+   bare ``imaging.encode_jpeg`` of the same frames on one thread, i.e. what recording would cost
    if writing files and record lines were free. Floor and writer alternate for a few
    rounds and the medians are compared (``ratio_to_floor`` = records_per_s / floor_per_s).
 2. Loop cost: a 60 Hz loop does a small per-frame job and, in alternate half-second
@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgepilot import EdgepilotError
 from edgepilot.drivelog import LogReader, LogWriter
+from edgepilot.imaging import encode_jpeg, resize_area
 from edgepilot.schema.log import Record, SessionMeta
 
 WIDTH, HEIGHT = 160, 120
@@ -54,11 +54,10 @@ def noise_frames(n: int = DISTINCT_FRAMES, seed: int = 0) -> list[np.ndarray]:
 
 def floor_rate(frames: Sequence[np.ndarray], count: int, quality: int = JPEG_QUALITY) -> float:
     """JPEG encodes per second on the calling thread: what a recorder cannot beat for free."""
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     k = len(frames)
     t0 = time.perf_counter()
     for i in range(count):
-        cv2.imencode(".jpg", frames[i % k], params)
+        encode_jpeg(frames[i % k], quality)
     return count / (time.perf_counter() - t0)
 
 
@@ -86,8 +85,7 @@ def writer_rate(
 
 def _loop_job(frame: np.ndarray) -> float:
     """A stand-in for one control step's own work (pre-processing a frame)."""
-    small = cv2.resize(frame, (WIDTH // 2, HEIGHT // 2), interpolation=cv2.INTER_AREA)
-    return float(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).mean())
+    return float(resize_area(frame, WIDTH // 2, HEIGHT // 2).mean())
 
 
 def _pct(xs: Sequence[float], q: float) -> float:
@@ -155,7 +153,7 @@ def measure(
         raise EdgepilotError("bench record: --frames must be at least 1")
     frames = noise_frames()
     floor_runs, writer_runs = _throughput(frames, count, out, rounds, quality)
-    jpeg_bytes = [len(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]) for f in frames]
+    jpeg_bytes = [len(encode_jpeg(f, quality)) for f in frames]
 
     rec = loop_cost(frames, 2 * loop_ticks, out / "loop", block=min(30, loop_ticks))
     if not keep:  # only now: on ext4, creating files right after deleting many is slow

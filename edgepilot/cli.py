@@ -25,6 +25,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from edgepilot import EdgepilotError, __version__
+from edgepilot.extras import EXTRA_FOR, missing
 
 ENTRY_POINTS = "edgepilot.commands"
 
@@ -57,7 +58,9 @@ def add_broker(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)"
+    )
     p.add_argument("--profile", help="profile name in launch/profiles/ or a path to a TOML file")
 
 
@@ -69,7 +72,9 @@ def discover() -> list[Command]:
         top = ep.value.split(".", 1)[0].split(":", 1)[0]
         for cmd in ep.load():
             if cmd.handler.split(".", 1)[0].split(":", 1)[0] != top:
-                raise EdgepilotError(f"command {' '.join(cmd.path)} of {top} names a handler in another package")
+                raise EdgepilotError(
+                    f"command {' '.join(cmd.path)} of {top} names a handler in another package"
+                )
             found.append(cmd)
     return found
 
@@ -96,7 +101,9 @@ def build_parser(commands: Iterable[Command] | None = None) -> argparse.Argument
         sub = top
         for depth, name in enumerate(cmd.path[:-1]):
             if name not in groups:
-                leaves = sorted({c.path[depth + 1] for c in cmds if c.path[: depth + 1] == cmd.path[: depth + 1]})
+                leaves = sorted(
+                    {c.path[depth + 1] for c in cmds if c.path[: depth + 1] == cmd.path[: depth + 1]}
+                )
                 text = GROUPS.get(name, "").format(leaves=", ".join(leaves))
                 g = sub.add_parser(name, help=text, description=text)
                 groups[name] = g.add_subparsers(dest=f"sub{depth}", metavar="SUBCOMMAND", required=True)
@@ -127,6 +134,12 @@ def _run(args: argparse.Namespace) -> int:
         result = getattr(importlib.import_module(module), func)(args)
     except EdgepilotError as e:
         print(f"edgepilot {name}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        top = (e.name or "").partition(".")[0]
+        if top not in EXTRA_FOR:
+            raise
+        print(f"edgepilot {name}: error: {missing(top, 'this command')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"edgepilot {name}: interrupted", file=sys.stderr)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgepilot.drivelog import META, RECORDS, LogReader, find_logs
+from edgepilot.imaging import decode_jpeg
 from edgepilot.progress import bar
 from edgepilot.schema.log import (
     LOG_SCHEMA_VERSION,
@@ -99,7 +99,7 @@ def inspect(path: str | Path, *, progress: bool = True) -> LogInfo:
             continue
         if not data:
             info.frames_empty += 1
-        elif cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+        elif decode_jpeg(data) is None:
             info.frames_corrupt += 1
         else:
             info.frames_ok += 1

@@ -29,10 +29,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edgepilot import EdgepilotError
+from edgepilot.imaging import decode_jpeg, encode_jpeg
 from edgepilot.schema.log import (
     DeleteRange,
     Record,
@@ -88,7 +88,7 @@ class LogWriter:
         tmp.write_text(self.meta.to_json())
         os.replace(tmp, self.path / META)
         self._lines = open(self.path / RECORDS, "ab", buffering=1 << 16)  # noqa: SIM115
-        self._params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        self._quality = int(jpeg_quality)
         self._dir = str(self.path)
         self._q: queue.Queue = queue.Queue(maxsize=queue_frames)
         self._block = block
@@ -229,10 +229,7 @@ class LogWriter:
         try:
             if frame is not None:
                 if isinstance(frame, np.ndarray):
-                    ok, buf = cv2.imencode(".jpg", frame, self._params)
-                    if not ok:
-                        raise OSError("JPEG encoding failed")
-                    data = buf.data
+                    data = encode_jpeg(frame, self._quality)
                 else:
                     data = frame
                 name = f"{self._dir}/{rec.image}"
@@ -319,7 +316,7 @@ class LogReader:
         data = self.jpeg(rec)
         if data is None:
             return None
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        img = decode_jpeg(data)
         if img is None:
             self._warn(f"{rec.image}: not a decodable JPEG; skipped")
         return img

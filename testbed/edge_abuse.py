@@ -34,10 +34,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgepilot.config import BrokerConfig
+from edgepilot.imaging import encode_jpeg
 from edgepilot.mqtt import Connection, parse_url
 from edgepilot.offload.client import CircuitBreaker, OffloadClient
 from edgepilot.schema import wire
@@ -58,13 +58,13 @@ DAY_S = 86400.0
 def bomb_frame() -> bytes:
     """A 4000 x 4000 JPEG: ~250 KB on the wire, 48 MB once decoded."""
     img = np.zeros((BOMB_SIDE, BOMB_SIDE, 3), np.uint8)
-    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 5])[1].tobytes()
+    return encode_jpeg(img, 5)
 
 
 def noise_frame(w: int, h: int, seed: int = 1) -> bytes:
     """A ``w`` x ``h`` JPEG of noise: the costliest frame of its size to decode."""
     img = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
-    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    return encode_jpeg(img, 90)
 
 
 @dataclass

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgepilot.broker import start_broker
 from edgepilot.config import BrokerConfig
+from edgepilot.imaging import encode_jpeg
 from edgepilot.offload.client import CircuitBreaker, OffloadClient
 from edgepilot.stats import pct
 from testbed.procs import rss_mb, spawn_edge
@@ -40,7 +40,7 @@ def run(cars: int, rate: float, duration: float) -> dict[str, Any]:
     broker = start_broker(Path(tempfile.mkdtemp(prefix="load-mq-")))
     edges = [spawn_edge(broker.url, f"edge-load-{k}") for k in range(2)]
     img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
-    frame = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    frame = encode_jpeg(img, 90)
     period = 1.0 / rate
     clients = [
         OffloadClient(

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgepilot import EdgepilotError
 from edgepilot.config import BrokerConfig
+from edgepilot.imaging import encode_jpeg
 from edgepilot.mqtt import parse_url
 from edgepilot.schema import wire
 
@@ -39,7 +40,7 @@ def bench_frame(seed: int = 0) -> bytes:
     base = np.stack([x * 0.8 + 40, y * 1.2 + 30, (x + y) * 0.5 + 20], axis=2)
     noise = cv2.GaussianBlur(rng.normal(0, 25, (120, 160, 3)).astype(np.float32), (5, 5), 0)
     img = np.clip(base + noise, 0, 255).astype(np.uint8)
-    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    return encode_jpeg(img, 90)
 
 
 def _varint(n: int) -> bytes:

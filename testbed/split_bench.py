@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from edgepilot.broker import start_broker
 from edgepilot.config import BrokerConfig
+from edgepilot.imaging import encode_jpeg
 from edgepilot.model.data import Sample, decode, load_samples
 from edgepilot.model.runtime import Autopilot
 from edgepilot.model.tail import TailSet, split_points, stage_outputs, train_tails
@@ -165,7 +165,7 @@ def _ask(
     """One request, one in flight: (answer or None, bytes, car-side prep ms, round trip ms)."""
     t0 = time.perf_counter()
     if way == "frame":
-        body = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        body = encode_jpeg(img, 90)
         prep = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         ok = client.submit(n, body)

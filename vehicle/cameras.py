@@ -13,7 +13,9 @@ GStreamer pipeline where OpenCV has GStreamer, and a video file standing in for 
   (``libcamera.Transform``: free); a quarter turn is done here because the Pi's ISP cannot
   transpose. ``FrameDurationLimits`` holds the sensor at the profile's fps, and ``queue=False``
   makes every capture a frame exposed after the request, never one that waited in a queue.
-* ``v4l2`` -- a USB camera (``source`` = index or ``/dev/videoN``) through OpenCV.
+* ``v4l2`` -- a USB camera (``source`` = index or ``/dev/videoN``) through OpenCV, which the
+  car's install leaves out (``pip install "edgepilot[car,opencv]"``; a missing OpenCV is one
+  error saying so). The other kinds need no OpenCV except ``gstreamer`` and ``file``.
 * ``gstreamer`` -- a pipeline string through OpenCV, only when ``cv2.getBuildInformation()``
   says ``GStreamer: YES``; the ``opencv-python`` wheel from PyPI says NO, and then this is a
   one-line error naming what to use instead.
@@ -37,17 +39,19 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
 from edgepilot import EdgepilotError
 from edgepilot.config import CameraConfig
 from edgepilot.drive.parts import Frame
+from edgepilot.extras import require
+from edgepilot.imaging import orient, resize_area
 
 KINDS = ("auto", "picamera2", "v4l2", "gstreamer", "file")
-ROTATIONS = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+ROTATIONS = (0, 90, 180, 270)
 PI_MODEL_FILE = Path("/proc/device-tree/model")
 # A Pi Camera needs a moment (exposure, gains) before its first frame; it is also how long a
 # capture waits before the thread gives a stalled camera up (read() reports a late frame sooner).
@@ -84,19 +88,16 @@ def resolve_kind(cfg: CameraConfig) -> str:
     return "v4l2"
 
 
+def import_cv2() -> ModuleType:
+    """OpenCV, or an error naming the install that brings it (the car's leaves it out)."""
+    return require("cv2", "this camera kind", 'or kind = "picamera2" for a Pi Camera')
+
+
 def opencv_has_gstreamer(build_info: str | None = None) -> bool:
     """True when this OpenCV build lists ``GStreamer: YES`` in its build information."""
-    info = cv2.getBuildInformation() if build_info is None else build_info
+    info = import_cv2().getBuildInformation() if build_info is None else build_info
     m = re.search(r"^\s*GStreamer:\s*(\S+)", info, re.MULTILINE)
     return m is not None and m.group(1).upper() == "YES"
-
-
-def orient(img: np.ndarray, flip_h: bool, flip_v: bool, rotate: int) -> np.ndarray:
-    """Mirror (left-right, top-bottom), then turn ``rotate`` degrees clockwise."""
-    if flip_h or flip_v:
-        img = cv2.flip(img, -1 if flip_h and flip_v else 1 if flip_h else 0)
-    code = ROTATIONS[rotate]
-    return img if code is None else cv2.rotate(img, code)
 
 
 def is_raspberry_pi() -> bool:
@@ -145,7 +146,7 @@ class CameraSource:
             img = np.ascontiguousarray(img[:, :, :3])
         img = orient(img, *self._soft)
         if img.shape[1] != self.cfg.width or img.shape[0] != self.cfg.height:
-            img = cv2.resize(img, (self.cfg.width, self.cfg.height), interpolation=cv2.INTER_AREA)
+            img = resize_area(img, self.cfg.width, self.cfg.height)
         return img
 
     def _grab_loop(self) -> None:
@@ -229,7 +230,8 @@ class CameraSource:
 class OpenCVGrabber:
     def __init__(self, cfg: CameraConfig, kind: str) -> None:
         self.live = kind != "file"
-        self.cap = _open_capture(cfg, kind)
+        cv2 = import_cv2()
+        self.cap = _open_capture(cv2, cfg, kind)
         if not self.cap.isOpened():
             self.cap.release()
             raise EdgepilotError(_not_opened(cfg, kind))
@@ -252,7 +254,7 @@ class OpenCVGrabber:
         self.cap.release()
 
 
-def _open_capture(cfg: CameraConfig, kind: str) -> cv2.VideoCapture:
+def _open_capture(cv2: ModuleType, cfg: CameraConfig, kind: str) -> Any:
     src = cfg.source
     if kind == "gstreamer":
         if not opencv_has_gstreamer():

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+from types import ModuleType
 from typing import Protocol
 
 from edgepilot.config import GamepadConfig
 from edgepilot.drive.parts import Frame, UserInput, UserState
+from edgepilot.extras import require
 from vehicle.controls import HumanControl
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,12 @@ class Joystick(Protocol):
     def get_name(self) -> str: ...
 
     def quit(self) -> None: ...
+
+
+def import_pygame() -> ModuleType:
+    """pygame, or an error naming the install that brings it (the car's leaves it out)."""
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    return require("pygame", "a gamepad or the drive window", "./launch/car-setup --gamepad on a Pi")
 
 
 def map_axes(steering_raw: float, throttle_raw: float, cfg: GamepadConfig) -> tuple[float, float]:
@@ -63,8 +71,7 @@ class GamepadUser(HumanControl):
     ) -> None:
         super().__init__(mode=mode, brake_s=brake_s, brake_throttle=brake_throttle, labels=labels)
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # events without a window
-        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        import pygame
+        pygame = import_pygame()
 
         self.pg = pygame
         self.cfg = cfg

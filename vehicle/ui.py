@@ -15,12 +15,12 @@ Steering follows DonkeyCar: -1 is full left, +1 full right.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from edgepilot.config import GamepadConfig
+from vehicle.gamepad import import_pygame
 
 MODES = ("user", "local_angle", "local")
 STEER_RATE = 4.0  # keyboard steering slews to full lock in 0.25 s, then recentres
@@ -41,8 +41,7 @@ class DriveWindow:
         camera_size: tuple[int, int] = (160, 120),
         fps_hint: float = 20.0,
     ) -> None:
-        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        import pygame
+        pygame = import_pygame()
 
         self.pg = pygame
         pygame.display.init()

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import cv2
-
 from edgepilot.drive.parts import (
     Actuator,
     Decision,
@@ -45,6 +43,7 @@ from edgepilot.drive.parts import (
     UserState,
 )
 from edgepilot.drive.slot import ModelSlot
+from edgepilot.imaging import encode_jpeg
 from edgepilot.schema.log import MODES, Record, unit_command
 from edgepilot.stats import StageTimer
 
@@ -143,7 +142,6 @@ class DriveLoop:
         self._recent: collections.deque[tuple[int, float]] = collections.deque()
         period = 1.0 / self.opt.rate_hz if self.opt.rate_hz else None
         self.deadline_s = self.opt.deadline_s or period or 0.05
-        self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, 90]
         self._last_frame_t: float | None = None
         self.loop_hz = 0.0  # smoothed frame rate, for the HUD
 
@@ -263,10 +261,7 @@ class DriveLoop:
         else:
             jpeg, extra = frame.jpeg, {}
             if jpeg is None:
-                ok, buf = cv2.imencode(".jpg", frame.image, self._jpeg_params)
-                if not ok:
-                    return None, False, False
-                jpeg = buf.tobytes()
+                jpeg = encode_jpeg(frame.image, 90)
         if not off.submit(frame.index, jpeg, self.deadline_s, **extra):
             return None, False, False
         left = max(0.0, self.deadline_s - (time.perf_counter() - t_frame))

@@ -10,12 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from edgepilot import EdgepilotError
 from edgepilot.drive.parts import Frame
 from edgepilot.drivelog import LogReader
+from edgepilot.imaging import decode_jpeg
 from edgepilot.schema.log import label_source_of
 
 
@@ -43,7 +41,7 @@ class ReplaySource:
             rec = self.records[self._pos]
             self._pos += 1
             data = self.reader.jpeg(rec)
-            img = None if data is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            img = None if data is None else decode_jpeg(data)
             if img is None:
                 self.decode_errors += 1  # counted; the reader already warned for missing/empty files
                 continue

@@ -40,7 +40,9 @@ CENTERS = torch.linspace(-1.0, 1.0, BINS)
 ARCHS = ("early-exit", "pilotnet", "edge")
 DEFAULT_WIDTHS = {
     # stages 0-1 1.5x wider than the first design (8, 16, 32, 32): chosen by the width x seed
-    # sweep on validation MAE (docs/benchmarks.md#model); 5.2M vs 3.2M mean MACs per frame
+    # sweep on validation MAE (docs/benchmarks.md#model); 5.2M vs 3.2M mean MACs per frame.
+    # Stage 1 at 64 sent more frames early on more seeds but drove worse in the demo's
+    # closed loop (same section, third round)
     "early-exit": [12, 24, 48, 48, 64, 64],
     "pilotnet": [24, 36, 48, 64, 64, 100, 50, 10],
     "edge": [32, 48, 64, 96, 128, 256, 64],

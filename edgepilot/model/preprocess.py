@@ -16,10 +16,10 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from edgepilot import EdgepilotError
+from edgepilot.imaging import bgr_to_yuv, resize_area
 
 if TYPE_CHECKING:  # torch is imported where a torch tensor is made: a car install has none
     import torch
@@ -71,9 +71,9 @@ def preprocess_u8(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.n
     top = int(round(h * spec.crop_top))
     if h - top < 2:
         raise EdgepilotError(f"preprocess: frame of height {h} is too small")
-    img = cv2.resize(frame_bgr[top:], (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    img = resize_area(frame_bgr[top:], spec.width, spec.height)
     if spec.colour == "yuv":
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2YUV)
+        img = bgr_to_yuv(img)
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 

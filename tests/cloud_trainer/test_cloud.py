@@ -13,6 +13,7 @@ import pytest
 from cloud_trainer.retrain import RetrainConfig, gate, split_sessions
 from cloud_trainer.store import DirStore, open_store
 from edgepilot import EdgepilotError
+from tests.helpers import wait_for
 
 
 def test_dir_store_is_an_object_store(tmp_path):
@@ -107,20 +108,50 @@ def test_two_ddp_workers_reach_the_single_process_quality(tmp_path):
 def test_the_edge_and_car_models_train_side_by_side_or_the_car_from_the_edge(
     tmp_path, sample_logs, distill, monkeypatch
 ):
-    """Retraining's two models (cloud_trainer.retrain._train_pair): side by side, the edge
-    model in a spawned process, both signed with the same key and the car model taught by
-    nobody; distilled, the car model names the edge model it learned from."""
-    from cloud_trainer.retrain import _train_pair
+    """Retraining's two models (cloud_trainer.retrain.EdgeJob): side by side, the edge
+    model in a spawned process while this one trains the car model, both signed with the
+    same key and the car model taught by nobody; distilled, the car model names the edge
+    model it learned from."""
+    from cloud_trainer.retrain import EdgeJob, _train_config
+    from edgepilot.config import RetrainConfig
     from edgepilot.model.package import load_package, make_keys
-    from edgepilot.model.train import TrainConfig
+    from edgepilot.model.train import train
 
     monkeypatch.chdir(tmp_path)  # the teacher is verified with keys/*.pub of the working directory
     priv, pub = make_keys(tmp_path / "keys")
-    small = {"epochs": 1, "max_frames": 120, "threads": 1}
-    edge, car = _train_pair(
-        sample_logs, tmp_path, TrainConfig(arch="edge", **small), TrainConfig(**small), distill, str(priv)
-    )
+    cfg = RetrainConfig(epochs=1, max_frames=120, threads=1, distill=distill)
+    with EdgeJob(sample_logs, tmp_path, cfg, str(priv)) as job:
+        assert (job._pool is None) == distill  # side by side: a worker process trains the edge model
+        car = train(
+            sample_logs,
+            tmp_path / "car.eppkg",
+            _train_config(cfg, "car"),
+            teacher=job.teacher(),
+            key=str(priv),
+        )
+        edge = job.result()
     assert edge is not None and edge["arch"] == "edge" and car["arch"] == "early-exit"
     e, c = (load_package(r["package"], [str(pub)]).manifest for r in (edge, car))  # both verify
     assert c["training"]["teacher"] == (e["version"] if distill else None)
     assert c["training"]["exit_weights"] == [0.0, 4.0, 1.0] and c["thresholds"]["exits"][0] is None
+
+
+def test_a_failing_car_pipeline_stops_the_edge_models_training(tmp_path, sample_logs):
+    """An error while the car model is built must not leave the edge worker training on."""
+    from cloud_trainer.retrain import EdgeJob
+    from edgepilot.config import RetrainConfig
+    from edgepilot.model.package import make_keys
+
+    priv, _ = make_keys(tmp_path / "keys")
+    cfg = RetrainConfig(epochs=50, threads=1)  # far longer than this test waits
+    with (
+        pytest.raises(RuntimeError, match="car pipeline"),
+        EdgeJob(sample_logs, tmp_path, cfg, str(priv)) as job,
+    ):
+        assert wait_for(lambda: job._pool._processes, 60)
+        workers = list(job._pool._processes.values())
+        raise RuntimeError("the car pipeline failed")
+    for w in workers:
+        w.join(10)
+        assert not w.is_alive()
+    assert not (tmp_path / "edge.eppkg").exists()

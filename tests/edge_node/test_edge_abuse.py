@@ -125,13 +125,13 @@ def pending(req: wire.InferRequest, age_s: float = 0.0) -> _Pending:
 def decodes(monkeypatch):
     """Counts the node's JPEG decodes: a frame refused "before decoding" is never one."""
     calls: list[int] = []
-    real = cv2.imdecode
+    real = service_mod.decode_jpeg
 
-    def counted(buf, flags):
-        calls.append(len(buf))
-        return real(buf, flags)
+    def counted(data):
+        calls.append(len(data))
+        return real(data)
 
-    monkeypatch.setattr(service_mod.cv2, "imdecode", counted)
+    monkeypatch.setattr(service_mod, "decode_jpeg", counted)
     return calls
 
 

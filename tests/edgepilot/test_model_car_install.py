@@ -1,9 +1,11 @@
-"""The car's path without torch: an ONNX package is verified, loaded and driven through
-the onboard loop (replay source, model slot with a hot-swap, split-mode features) in a
-process where torch cannot be imported; a torch package there is a clear error.
+"""The car's path without torch, OpenCV or pygame: an ONNX package is verified, loaded
+and driven through the onboard loop (replay source, model slot with a hot-swap,
+split-mode features) in a process where none of them can be imported, with the same
+answers as this process gives (which has all three); a torch package there is a clear
+error.
 
-Fast: a subprocess of this venv with an import hook that makes every ``import torch``
-fail (the stand-in for an install without torch). Slow: a real venv with only
+Fast: a subprocess of this venv with an import hook that makes ``import torch``, ``cv2``
+and ``pygame`` fail (the stand-in for the car's install). Slow: a real venv with only
 ``pip install .[car]`` (needs PyPI; minutes)."""
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ from edgepilot.model.package import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
-NO_TORCH = textwrap.dedent(
+BLOCK = textwrap.dedent(
     """
     import importlib.abc, sys
 
-    class NoTorch(importlib.abc.MetaPathFinder):
+    class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"No module named {name!r} (this process stands in for a car without torch)")
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r} (this process stands in for the car's install)", name=name)
             return None
 
-    sys.meta_path.insert(0, NoTorch())
+    sys.meta_path.insert(0, Block())
     """
 )
+NO_TORCH = 'BLOCKED = ("torch",)\n' + BLOCK
+NO_TORCH_NO_OPENCV = 'BLOCKED = ("torch", "cv2", "pygame")\n' + BLOCK
 
 CAR_PATH = textwrap.dedent(
     """
@@ -47,6 +51,7 @@ CAR_PATH = textwrap.dedent(
     from edgepilot.drive.loop import DriveLoop, LoopOptions
     from edgepilot.drive.replay import ReplaySource
     from edgepilot.drive.slot import ModelSlot
+    import vehicle.car, vehicle.web.server  # the car's wiring and the phone's controller import too
 
     pkg, torch_pkg, log, key = sys.argv[1:5]
     out = {}
@@ -89,6 +94,9 @@ CAR_PATH = textwrap.dedent(
     except EdgepilotError as e:
         out["torch_pkg"] = str(e)
     out["torch_imported"] = any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+    out["cv2_imported"] = any(m == "cv2" or m.startswith("cv2.") for m in sys.modules)
+    from edgepilot import imaging
+    out["imaging"] = imaging.backend()
     print(json.dumps(out))
     """
 )
@@ -96,7 +104,7 @@ CAR_PATH = textwrap.dedent(
 
 def run_car_path(python: str, tiny_int8: str, tiny_model: str, log: str, hook: bool) -> dict:
     key = str(REPO / "keys" / "signing.pub")
-    code = (NO_TORCH if hook else "") + CAR_PATH
+    code = (NO_TORCH_NO_OPENCV if hook else "") + CAR_PATH
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run(
         [python, "-c", code, tiny_int8, tiny_model, log, key],
@@ -110,12 +118,21 @@ def run_car_path(python: str, tiny_int8: str, tiny_model: str, log: str, hook: b
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def run_python(code: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter of this venv, at the repository root."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+    )
+
+
 def check_car_path(out: dict, tiny_int8: str, log: str) -> None:
     from edgepilot.model.evaluate import load_frames
     from edgepilot.model.runtime import Autopilot
 
     assert out["runtime"] == "onnx" and not out["torch_imported"]
-    # the same numbers as this (torch-holding) process gets from the same package
+    assert not out["cv2_imported"] and out["imaging"] == "numpy"
+    # the same numbers as this process (torch and OpenCV at hand) gets from the same package
     frames, _ = load_frames([log])
     ap = Autopilot.load(tiny_int8)
     here = [ap.infer(f).steering for f in frames]
@@ -136,33 +153,58 @@ def test_car_path_runs_with_torch_absent(tiny_int8, tiny_model, sample_logs):
 
 
 def test_the_car_commands_run_with_torch_absent(tiny_int8, sample_logs, tmp_path):
-    """``edgepilot replay`` and ``sim drive --pilot model`` as a car runs them: the CLI,
-    the car's wiring and the loop import no torch for an ONNX package."""
-    script = NO_TORCH + textwrap.dedent(
+    """``edgepilot replay`` as a car runs it (no torch, no OpenCV) and ``sim drive --pilot
+    model`` (no torch; the simulator draws with OpenCV): the CLI, the car's wiring and the
+    loop import neither for an ONNX package."""
+    run = textwrap.dedent(
         """
         import json
         from edgepilot.cli import main
         rc = main(sys.argv[1:])
-        mods = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
-        print(json.dumps({"rc": rc, "torch": mods}))
+        mods = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        print(json.dumps({"rc": rc, "blocked": mods}))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     runs = [
-        ["replay", sample_logs[0], "--model", tiny_int8, "--json"],
-        ["sim", "drive", "--pilot", "model", "--model", tiny_int8, "--max-seconds", "2", "--headless", "--json"],
+        (NO_TORCH_NO_OPENCV, ["replay", sample_logs[0], "--model", tiny_int8, "--json"]),
+        (
+            NO_TORCH,
+            [
+                "sim",
+                "drive",
+                "--pilot",
+                "model",
+                "--model",
+                tiny_int8,
+                "--max-seconds",
+                "2",
+                "--headless",
+                "--json",
+            ],
+        ),
     ]
-    for argv in runs:
-        r = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    for hook, argv in runs:
+        r = run_python(hook + run, argv)
         lines = r.stdout.strip().splitlines()
         assert r.returncode == 0 and lines, r.stderr[-3000:]
-        assert json.loads(lines[-1]) == {"rc": 0, "torch": []}, r.stderr[-3000:]
+        assert json.loads(lines[-1]) == {"rc": 0, "blocked": []}, r.stderr[-3000:]
         assert json.loads(lines[-2])["frames"] > 0  # the command's own JSON result
+
+
+def test_a_command_the_car_install_cannot_run_names_the_extra(sample_logs):
+    """The simulator draws with OpenCV: on the car's install ``sim drive`` says which extra
+    brings it, in one line, instead of a traceback."""
+    run = "from edgepilot.cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
+    r = run_python(
+        NO_TORCH_NO_OPENCV + run, ["sim", "drive", "--pilot", "expert", "--max-seconds", "1", "--headless"]
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert 'needs cv2, which this install leaves out: pip install "edgepilot[opencv]"' in r.stderr
 
 
 @pytest.mark.slow
 def test_car_extra_installs_and_drives_without_torch(tmp_path, tiny_int8, tiny_model, sample_logs):
-    """A real venv with ``pip install .[car]`` only: torch is not there at all."""
+    """A real venv with ``pip install .[car]`` only: torch, OpenCV and pygame are not there at all."""
     venv = tmp_path / "car"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = str(venv / "bin" / "python")
@@ -170,7 +212,8 @@ def test_car_extra_installs_and_drives_without_torch(tmp_path, tiny_int8, tiny_m
         [py, "-m", "pip", "install", "-q", f"{REPO}[car]"], capture_output=True, text=True, timeout=1800
     )
     assert pip.returncode == 0, pip.stderr[-3000:]
-    no_torch = subprocess.run([py, "-c", "import torch"], capture_output=True, text=True)
-    assert no_torch.returncode != 0 and "torch" in no_torch.stderr
+    for absent in ("torch", "cv2", "pygame"):
+        r = subprocess.run([py, "-c", f"import {absent}"], capture_output=True, text=True)
+        assert r.returncode != 0 and absent in r.stderr
     out = run_car_path(py, tiny_int8, tiny_model, sample_logs[0], hook=False)
     check_car_path(out, tiny_int8, sample_logs[0])

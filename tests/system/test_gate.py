@@ -62,7 +62,7 @@ def test_the_gate_refuses_a_worse_candidate_and_the_fleet_keeps_its_model(broker
     store_dir = tmp_path / "store"
     logs = [expert_log(store_dir, name, n) for n, name in enumerate(SESSIONS)]
     # the model the fleet runs learned from these very sessions, with their true labels
-    cfg_train = TrainConfig(epochs=6, max_frames=400, threads=1)
+    cfg_train = TrainConfig(epochs=10, max_frames=400, threads=1)
     current = train([str(p) for p in logs[:-1]], tmp_path / "current.eppkg", cfg_train, key=str(priv))
     for n, (name, log) in enumerate(zip(SESSIONS, logs, strict=True)):
         if name != "z-heldout":
@@ -77,7 +77,7 @@ def test_the_gate_refuses_a_worse_candidate_and_the_fleet_keeps_its_model(broker
     runs: list[fleet.RunSummary] = []
     conn.subscribe(fleet.CLOUD_RUNS_TOPIC, lambda m: m.payload and runs.append(fleet.decode_run_summary(m.payload)), qos=1)
     conn.start()
-    cfg = RetrainConfig(epochs=6, max_frames=400, eval_frames=300, eval_tracks=[], train_edge=False, tails=False)
+    cfg = RetrainConfig(epochs=10, max_frames=400, eval_frames=300, eval_tracks=[], train_edge=False, tails=False)
     svc = CloudService(
         store,
         conn,

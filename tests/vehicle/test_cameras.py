@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgepilot import EdgepilotError
-from edgepilot.config import CameraConfig
+from edgepilot.config import CameraConfig, GamepadConfig
 from vehicle import cameras
 from vehicle.cameras import make_camera, opencv_has_gstreamer, resolve_kind
 
@@ -257,3 +257,22 @@ def test_auto_kind_and_bad_settings(tmp_path):
         make_camera(CameraConfig(kind="csi"))
     with pytest.raises(EdgepilotError, match="camera.fps: must be > 0"):
         make_camera(CameraConfig(fps=0))
+
+
+@pytest.mark.parametrize("kind", ["v4l2", "file", "gstreamer"])
+def test_a_camera_that_needs_opencv_says_which_extra_brings_it(kind, monkeypatch, tmp_path):
+    """The car's install has no OpenCV: these kinds fail with one line naming the extra."""
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError, as without it
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0")
+    source = {"v4l2": "0", "file": str(video), "gstreamer": "videotestsrc ! appsink"}[kind]
+    with pytest.raises(EdgepilotError, match=r"edgepilot\[car,opencv\]"):
+        make_camera(CameraConfig(kind=kind, source=source, width=160, height=120, fps=20))
+
+
+def test_the_gamepad_without_pygame_says_which_extra_brings_it(monkeypatch):
+    from vehicle.gamepad import GamepadUser
+
+    monkeypatch.setitem(sys.modules, "pygame", None)
+    with pytest.raises(EdgepilotError, match=r"edgepilot\[car,gamepad\]"):
+        GamepadUser(GamepadConfig())

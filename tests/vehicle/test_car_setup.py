@@ -43,11 +43,20 @@ def test_dry_run_on_a_pi_makes_a_system_site_packages_venv(tmp_path):
     assert r.returncode == 0, r.stderr
     cmds = r.stdout.splitlines()
     assert "+ /usr/bin/python3 -m venv --system-site-packages .venv" in cmds
-    assert "+ .venv/bin/pip install -q -e .[car]" in cmds  # the car's install: no torch
+    assert "+ .venv/bin/pip install -q --no-compile -e .[car]" in cmds  # the car's install: no torch
     assert not any("torch" in c for c in cmds)
     assert "+ .venv/bin/pip install -q --ignore-installed --no-deps simplejpeg" in cmds
     if any("apt-get install" in c for c in cmds):  # only what is missing on this machine
         assert "--no-install-recommends" in next(c for c in cmds if "apt-get install" in c)
+
+
+def test_opencv_and_pygame_are_options_and_unknown_options_are_refused(tmp_path):
+    root = fresh_checkout(tmp_path)
+    r = run(root, "Raspberry Pi 5 Model B Rev 1.0", "--dry-run", "--opencv", "--gamepad")
+    assert r.returncode == 0, r.stderr
+    assert "+ .venv/bin/pip install -q --no-compile -e .[car,opencv,gamepad]" in r.stdout.splitlines()
+    bad = run(root, "Raspberry Pi 5 Model B Rev 1.0", "--opencvv")
+    assert bad.returncode == 2 and "unknown option --opencvv" in bad.stderr
 
 
 def test_a_venv_without_system_site_packages_is_refused(tmp_path):

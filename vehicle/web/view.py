@@ -3,7 +3,7 @@
 ``View.update`` is the loop's ``on_frame`` (the loop thread): it only keeps references
 and wakes the server, so the loop pays microseconds per frame whether or not a page
 watches. The JPEG is encoded later, on the server's side, once per frame however many
-pages watch, and only when one does (``cv2.imencode`` releases the GIL meanwhile).
+pages watch, and only when one does (simplejpeg releases the GIL while it encodes).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgepilot.drive.parts import Frame
+from edgepilot.imaging import encode_jpeg
 
 # the loop's info keys the HUD shows; later ones are shown when the loop provides them
 HUD_KEYS = (
@@ -56,7 +56,7 @@ def plain(v: Any) -> Any:
 class View:
     def __init__(self, jpeg_quality: int = 80, rate_window: int = 41) -> None:
         self._lock = threading.Lock()
-        self._params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        self._quality = int(jpeg_quality)
         self.seq = 0  # frames seen (the server waits for a newer one)
         self._image: np.ndarray | None = None
         self._jpeg: bytes | None = None  # the source's own bytes (replay), or the encoded cache
@@ -109,10 +109,7 @@ class View:
                 return None
             if self._jpeg_seq == seq and self._jpeg is not None:
                 return seq, index, t, self._jpeg
-        ok, buf = cv2.imencode(".jpg", image, self._params)
-        if not ok:
-            return None
-        data = buf.tobytes()
+        data = encode_jpeg(image, self._quality)
         with self._lock:
             if self.seq == seq:
                 self._jpeg, self._jpeg_seq = data, seq

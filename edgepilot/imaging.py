@@ -1,0 +1,187 @@
+"""Image operations on the car's path, with or without OpenCV: JPEG, resize, colour, orientation.
+
+The car's install leaves OpenCV out (it was the largest wheel there, ~87 MB on a Pi:
+docs/benchmarks.md#model). JPEG always goes through simplejpeg (libjpeg-turbo, 0.4 MB, the
+codec picamera2 itself uses; it decodes exactly as OpenCV did). Resizing and colour
+conversion use OpenCV where it is installed (training, the edge, a car with a USB camera:
+it is ~10x faster) and numpy where it is not, and the numpy path gives the same bytes:
+``bgr_to_yuv`` uses ``cv2.COLOR_BGR2YUV``'s 14-bit fixed-point coefficients, and
+``resize_area``'s two-tap case (what ``preprocess`` does: 160x84 -> 200x66) rounds as
+OpenCV's vectorised path does. Only a shrink in both directions (a camera delivering
+more pixels than asked for) can differ, by one grey level. tests/edgepilot/test_imaging.py
+holds the two paths to that. ``EDGEPILOT_OPENCV=0`` makes a machine with OpenCV take the
+numpy path (to measure what a car without OpenCV spends per frame).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from types import ModuleType
+
+import numpy as np
+import simplejpeg
+
+
+def _load_cv2() -> ModuleType | None:
+    if os.environ.get("EDGEPILOT_OPENCV", "1") == "0":
+        return None
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+_cv2 = _load_cv2()
+JPEG_QUALITY = 90
+
+# cv2.COLOR_BGR2YUV's fixed-point coefficients (14 bits) as lookup tables: Y from R, G, B
+# (with the rounding term folded into G's table); U from B - Y, V from R - Y (index + 255)
+_R2Y = np.arange(256, dtype=np.int32) * 4899
+_G2Y = np.arange(256, dtype=np.int32) * 9617 + (1 << 13)
+_B2Y = np.arange(256, dtype=np.int32) * 1868
+_DIFF = np.arange(-255, 256, dtype=np.int64)
+_B2U = np.clip((_DIFF * 8061 + (128 << 14) + (1 << 13)) >> 14, 0, 255).astype(np.uint8)
+_R2V = np.clip((_DIFF * 14369 + (128 << 14) + (1 << 13)) >> 14, 0, 255).astype(np.uint8)
+
+
+def backend() -> str:
+    """Which library resizes and converts colours here: ``opencv`` or ``numpy``."""
+    return "numpy" if _cv2 is None else "opencv"
+
+
+def encode_jpeg(img_bgr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """BGR uint8 HxWx3 -> JPEG bytes (4:2:0, accurate DCT: what OpenCV's imencode wrote)."""
+    return simplejpeg.encode_jpeg(
+        np.ascontiguousarray(img_bgr),
+        quality=int(quality),
+        colorspace="BGR",
+        colorsubsampling="420",
+        fastdct=False,
+    )
+
+
+def decode_jpeg(data: bytes | bytearray | memoryview) -> np.ndarray | None:
+    """JPEG bytes -> BGR uint8 HxWx3, or None when the bytes are not a JPEG image."""
+    try:
+        return simplejpeg.decode_jpeg(bytes(data), colorspace="BGR", fastdct=False, fastupsample=False)
+    except (ValueError, OSError):
+        return None
+
+
+def bgr_to_yuv(img_bgr: np.ndarray) -> np.ndarray:
+    """BGR uint8 HxWx3 -> YUV uint8, bit for bit ``cv2.cvtColor(img, cv2.COLOR_BGR2YUV)``."""
+    if _cv2 is not None:
+        return _cv2.cvtColor(img_bgr, _cv2.COLOR_BGR2YUV)
+    b, g, r = img_bgr[..., 0], img_bgr[..., 1], img_bgr[..., 2]
+    y = _R2Y[r]
+    y += _G2Y[g]
+    y += _B2Y[b]
+    y >>= 14
+    out = np.empty(img_bgr.shape, np.uint8)
+    out[..., 0] = y
+    out[..., 1] = _B2U[b.astype(np.int32) - y + 255]
+    out[..., 2] = _R2V[r.astype(np.int32) - y + 255]
+    return out
+
+
+def orient(img: np.ndarray, flip_h: bool, flip_v: bool, rotate: int) -> np.ndarray:
+    """Mirror (left-right, top-bottom), then turn ``rotate`` degrees clockwise (0/90/180/270)."""
+    if flip_h:
+        img = img[:, ::-1]
+    if flip_v:
+        img = img[::-1]
+    if rotate % 360:
+        img = np.rot90(img, k=-(rotate // 90))
+    return np.ascontiguousarray(img)
+
+
+def resize_area(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 HxWxC -> ``height`` x ``width`` x C as ``cv2.resize(..., INTER_AREA)``: without
+    OpenCV, a box filter when shrinking both ways (within one grey level of OpenCV's), else
+    its two taps with its vectorised path's rounding (the same bytes)."""
+    h, w, c = img.shape
+    if (h, w) == (height, width):
+        return img
+    if _cv2 is not None:
+        return _cv2.resize(img, (width, height), interpolation=_cv2.INTER_AREA)
+    if w >= width and h >= height:  # dense weights: an exact average over each target pixel's area
+        out = np.tensordot(_weights(h, height, True), img.astype(np.float32), axes=(1, 0))
+        out = np.tensordot(_weights(w, width, True), out, axes=(1, 1)).swapaxes(0, 1)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    p = _plan(h, w, c, height, width)
+    src = np.ascontiguousarray(img).reshape(h, w * c)  # uint8 taps times int32 weights: int32
+    # horizontal pass in 11-bit fixed point, then OpenCV's vertical rounding:
+    # ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16), then (+2) >> 2
+    hor = np.take(src, p.cols0, axis=1) * p.wx0
+    hor += np.take(src, p.cols1, axis=1) * p.wx1
+    hor >>= 4
+    top = np.take(hor, p.rows0, axis=0) * p.wy0
+    top >>= 16
+    bottom = np.take(hor, p.rows1, axis=0) * p.wy1
+    bottom >>= 16
+    top += bottom
+    top += 2
+    top >>= 2
+    return np.clip(top, 0, 255).astype(np.uint8).reshape(height, width, c)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where each target pixel's two taps are and their 11-bit weights, for one size pair."""
+
+    rows0: np.ndarray
+    rows1: np.ndarray
+    wy0: np.ndarray  # (height, 1)
+    wy1: np.ndarray
+    cols0: np.ndarray  # flat (pixel * channels + channel) indices of a row
+    cols1: np.ndarray
+    wx0: np.ndarray  # (width * channels,)
+    wx1: np.ndarray
+
+
+@lru_cache(maxsize=32)
+def _plan(h: int, w: int, c: int, height: int, width: int) -> _Plan:
+    ys0, ys1, by0, by1 = _taps(_weights(h, height, False))
+    xs0, xs1, ax0, ax1 = _taps(_weights(w, width, False))
+    ch = np.arange(c)
+    return _Plan(
+        ys0, ys1, by0[:, None], by1[:, None],
+        (xs0[:, None] * c + ch).ravel(), (xs1[:, None] * c + ch).ravel(),
+        np.repeat(ax0, c), np.repeat(ax1, c),
+    )  # fmt: skip
+
+
+def _taps(wgt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two source indices of each target pixel and their weights as 11-bit integers."""
+    first = np.argmax(wgt > 0, axis=1)
+    second = np.minimum(first + 1, wgt.shape[1] - 1)
+    rows = np.arange(len(wgt))
+    w0 = np.rint(wgt[rows, first] * 2048).astype(np.int32)
+    w1 = np.where(second != first, np.rint(wgt[rows, second] * 2048), 0).astype(np.int32)
+    return first, second, w0, w1
+
+
+@lru_cache(maxsize=32)
+def _weights(src: int, dst: int, shrink: bool) -> np.ndarray:
+    """dst x src weights along one axis, as ``cv2.INTER_AREA`` samples."""
+    scale = src / dst
+    out = np.zeros((dst, src), np.float64)
+    for d in range(dst):
+        if shrink:  # the target pixel covers [d*scale, (d+1)*scale) of the source
+            lo, hi = d * scale, (d + 1) * scale
+            for s in range(int(np.floor(lo)), min(int(np.ceil(hi)), src)):
+                out[d, s] = (min(hi, s + 1) - max(lo, s)) / scale
+            continue
+        s = int(np.floor(d * scale))
+        f = (d + 1) - (s + 1) / scale
+        f = 0.0 if f <= 0 else f - np.floor(f)
+        if s >= src - 1:
+            s, f = src - 1, 0.0
+        out[d, s] += 1.0 - f
+        if f:
+            out[d, s + 1] += f
+    out.setflags(write=False)
+    return out

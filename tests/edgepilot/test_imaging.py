@@ -1,0 +1,105 @@
+"""The car's image operations without OpenCV give what OpenCV gives.
+
+OpenCV is installed in this venv (training needs it), so each test computes the numpy
+path (``imaging._cv2`` set to None, as on a car without OpenCV) and compares it with
+OpenCV's own call on real simulator frames and on random pixels."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edgepilot import imaging
+from edgepilot.drivelog import LogReader
+from edgepilot.model.preprocess import DEFAULT_SPEC, preprocess_u8
+
+
+@pytest.fixture
+def no_opencv(monkeypatch):
+    monkeypatch.setattr(imaging, "_cv2", None)
+    assert imaging.backend() == "numpy"
+
+
+@pytest.fixture(scope="module")
+def frames(sample_logs) -> list[np.ndarray]:
+    out = []
+    for log in sample_logs:
+        reader = LogReader(log)
+        out += [reader.image(r) for r in reader.records()[::3]]
+    assert len(out) >= 10 and out[0].shape == (120, 160, 3)
+    return out
+
+
+def random_images(n: int, shape: tuple[int, int]) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_yuv_is_opencvs_bit_for_bit(no_opencv, frames):
+    for img in frames + random_images(4, (66, 200)):
+        assert np.array_equal(imaging.bgr_to_yuv(img), cv2.cvtColor(img, cv2.COLOR_BGR2YUV))
+
+
+@pytest.mark.parametrize("size", [(200, 66), (160, 120), (320, 240), (161, 50), (240, 200)])
+def test_two_tap_resize_is_opencvs_bit_for_bit(no_opencv, frames, size):
+    """Every size with an enlargement in either direction: preprocess's 160x84 -> 200x66 first."""
+    w, h = size
+    for img in [f[36:] for f in frames] + random_images(3, (97, 131)):
+        ours = imaging.resize_area(img, w, h)
+        assert ours.shape == (h, w, 3) and ours.dtype == np.uint8
+        assert np.array_equal(ours, cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
+
+
+@pytest.mark.parametrize("size", [(80, 60), (40, 30), (100, 77), (33, 17)])
+def test_shrinking_resize_is_within_one_grey_level(no_opencv, frames, size):
+    w, h = size
+    src = [cv2.resize(frames[0], (640, 480)), *[f[36:] for f in frames[:5]]]
+    for img in src:
+        ours = imaging.resize_area(img, w, h).astype(int)
+        theirs = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(ours - theirs).max() <= 1
+        assert np.abs(ours - theirs).mean() < 0.05
+
+
+def test_preprocess_without_opencv_gives_the_same_model_input(frames, monkeypatch):
+    with_cv = [preprocess_u8(f, DEFAULT_SPEC) for f in frames]
+    monkeypatch.setattr(imaging, "_cv2", None)
+    assert all(
+        np.array_equal(preprocess_u8(f, DEFAULT_SPEC), a) for f, a in zip(frames, with_cv, strict=True)
+    )
+
+
+def test_jpeg_decodes_as_opencv_did_and_round_trips(frames, sample_logs):
+    reader = LogReader(sample_logs[0])
+    for rec in reader.records()[:20]:
+        data = reader.jpeg(rec)
+        assert np.array_equal(
+            imaging.decode_jpeg(data), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        )
+    img = frames[0]
+    data = imaging.encode_jpeg(img, 90)
+    ref = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+    assert abs(len(data) - len(ref)) <= 0.02 * len(ref)  # the same settings: 4:2:0, quality 90
+    back = imaging.decode_jpeg(data)
+    assert back.shape == img.shape and np.abs(back.astype(int) - img).mean() < 3.0
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage", b"\xff\xd8\xff" + b"0" * 100, b"\x89PNG\r\n\x1a\n"])
+def test_undecodable_bytes_are_none(data):
+    assert imaging.decode_jpeg(data) is None
+
+
+@pytest.mark.parametrize("rotate", [0, 90, 180, 270])
+@pytest.mark.parametrize("flips", [(False, False), (True, False), (False, True), (True, True)])
+def test_orient_matches_opencv(rotate, flips):
+    img = random_images(1, (12, 20))[0]
+    flip_h, flip_v = flips
+    ref = img
+    if flip_h or flip_v:
+        ref = cv2.flip(ref, -1 if flip_h and flip_v else 1 if flip_h else 0)
+    codes = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+    if rotate:
+        ref = cv2.rotate(ref, codes[rotate])
+    out = imaging.orient(img, flip_h, flip_v, rotate)
+    assert np.array_equal(out, ref) and out.flags["C_CONTIGUOUS"]
