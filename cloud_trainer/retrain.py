@@ -255,7 +255,7 @@ def retrain(
     candidates = {"car": car_pkg}
     if edge is not None:
         candidates["edge"] = Path(edge["package"])
-        results["edge_train"] = {k: edge[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
+        results["edge_train"] = _trained(edge)
         if edge.get("curve"):
             plots["curve-edge"] = Path(edge["curve"])
         results["targets"]["edge"] = judge(registry, "edge", candidates["edge"], *held, cfg, plots, work)
@@ -276,6 +276,11 @@ def retrain(
     ]
     results.update(promoted=promoted, report=report_key, elapsed_s=round(time.time() - t0, 1))
     return results
+
+
+def _trained(r: dict) -> dict:
+    """What a run's summary keeps of a training result."""
+    return {k: r[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
 
 
 def _train_config(cfg: RetrainConfig, target: str) -> Any:
@@ -303,7 +308,7 @@ def _car_candidate(
     from edgepilot.model.train import train
 
     car = train(train_dirs, work / "car-fp32.eppkg", _train_config(cfg, "car"), teacher=teacher, key=key)
-    results["car_train"] = {k: car[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
+    results["car_train"] = _trained(car)
     if car.get("curve"):
         plots["curve-car"] = Path(car["curve"])
     car_pkg, results["compress"] = compress_car(car["package"], work / "car.eppkg", train_dirs, key, registry)
