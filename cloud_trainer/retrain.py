@@ -286,10 +286,11 @@ def _trained(r: dict) -> dict:
 def _train_config(cfg: RetrainConfig, target: str) -> Any:
     from edgepilot.model.train import TrainConfig
 
-    base = {"seed": cfg.seed, "max_frames": cfg.max_frames, "threads": cfg.threads}
+    base = {"seed": cfg.seed, "threads": cfg.threads}
     if target == "edge":
-        return TrainConfig(arch="edge", epochs=cfg.edge_epochs or cfg.epochs, **base)
-    return TrainConfig(arch="early-exit", epochs=cfg.epochs, **base)
+        frames = cfg.edge_max_frames or cfg.max_frames
+        return TrainConfig(arch="edge", epochs=cfg.edge_epochs or cfg.epochs, max_frames=frames, **base)
+    return TrainConfig(arch="early-exit", epochs=cfg.epochs, max_frames=cfg.max_frames, **base)
 
 
 def _car_candidate(

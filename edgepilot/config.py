@@ -210,6 +210,7 @@ class RetrainConfig:
 
     epochs: int = 8
     edge_epochs: int | None = None  # default: epochs
+    edge_max_frames: int | None = None  # default: max_frames
     max_frames: int | None = None  # cap training frames (tests, quick runs)
     heldout_every: int = 5  # every 5th session (at least one) is held out
     eval_frames: int = 2000

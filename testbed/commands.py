@@ -28,6 +28,13 @@ def _demo(p: argparse.ArgumentParser) -> None:
         "still checked): for tiny smoke runs, whose models drive at random",
     )
     p.add_argument("--max-frames", type=int, default=8000, help="cap on training frames per run")
+    p.add_argument(
+        "--edge-max-frames",
+        type=int,
+        default=4000,
+        help="cap on the edge model's training frames per run (with --edge-epochs: what keeps "
+        "its training within the car model's, which trains, compresses and is judged meanwhile)",
+    )
     p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")
     p.add_argument("--train-timeout", type=float, default=900.0, help="seconds to wait for a training run")

@@ -61,6 +61,7 @@ store = "{store}"
 retrain_min_frames = 1000000000   # the demo asks for each retraining run itself
 epochs = {epochs}
 edge_epochs = {edge_epochs}
+edge_max_frames = {edge_max_frames}
 max_frames = {max_frames}
 tail_max_frames = 2000   # split-mode tails: trained and pushed, not what the demo drives with
 eval_tracks = {gate_tracks}
@@ -290,6 +291,7 @@ class Demo:
                 store=self.work / "store",
                 epochs=self.args.epochs,
                 edge_epochs=max(1, min(self.args.edge_epochs, self.args.epochs)),
+                edge_max_frames=min(self.args.edge_max_frames, self.args.max_frames),
                 max_frames=self.args.max_frames,
                 gate_tracks=json.dumps(list(GATE_TRACKS)),
                 margin_mae=margins[0],

