@@ -31,7 +31,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--edge-max-frames",
         type=int,
-        default=4000,
+        default=4500,
         help="cap on the edge model's training frames per run (with --edge-epochs: what keeps "
         "its training within the car model's, which trains, compresses and is judged meanwhile)",
     )
