@@ -47,6 +47,7 @@ def train_for_package(
         "path": str(path),
         "version": ts.car_version,
         "stages": {str(k): t.val_mae for k, t in sorted(ts.tails.items())},
+        "hard_mae": {str(k): t.hard_mae for k, t in sorted(ts.tails.items())},
         "epochs": epochs,
         "width": width,
         "train_s": round(time.perf_counter() - t0, 2),

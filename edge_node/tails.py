@@ -89,7 +89,8 @@ class TailShelf:
 
     def summary(self) -> list[dict[str, Any]]:
         """For the node's health: per car model version, per split point: shape, validation
-        MAE and the measured per-frame tail compute (null until used)."""
+        MAE (over all frames, and over the frames the car marks hard) and the measured
+        per-frame tail compute (null until used)."""
         out = []
         for version, ts in sorted(dict(self.sets).items()):  # a copy: pushes add from another thread
             stages = {}
@@ -98,6 +99,7 @@ class TailShelf:
                 stages[str(k)] = {
                     "shape": list(t.shape),
                     "val_mae": t.val_mae,
+                    "hard_mae": t.hard_mae,
                     "compute_ms": None if ms is None else round(ms, 4),
                 }
             out.append({"car_model": version, "stages": stages})

@@ -63,9 +63,8 @@ epochs = {epochs}
 edge_epochs = {edge_epochs}
 edge_max_frames = {edge_max_frames}
 max_frames = {max_frames}
-# no split-mode tails: with them the car's planner picked a tail by its validation MAE and
-# the tail's answers on the hard frames of the unseen track drove it off twice
-# (docs/benchmarks.md#demo); the demo offloads whole frames to the edge model
+# no split-mode tails (~20 s of each run): the demo's car offloads whole frames to the edge
+# model; split mode has its own tests and `edgepilot bench split`
 tails = false
 eval_tracks = {gate_tracks}
 eval_seconds = 20.0

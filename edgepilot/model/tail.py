@@ -65,6 +65,10 @@ class Tail:
     net: TailNet
     val_mae: float | None = None
     macs: int = 0
+    # steering MAE on the validation frames the car model marks hard: the frames a car
+    # offloads, where a tail reading the car's own features tends to fail with the car
+    # (docs/protocol.md, split mode); None: no hard frame among them, or an older tail set
+    hard_mae: float | None = None
 
 
 @dataclass
@@ -103,6 +107,7 @@ class TailSet:
                     "width": t.width,
                     "val_mae": t.val_mae,
                     "macs": t.macs,
+                    "hard_mae": t.hard_mae,
                     "state": t.net.state_dict(),
                 }
                 for k, t in self.tails.items()
@@ -132,6 +137,7 @@ class TailSet:
                     net,
                     d.get("val_mae"),
                     int(d.get("macs", 0)),  # type: ignore[arg-type]
+                    d.get("hard_mae"),
                 )
         except Exception as e:  # noqa: BLE001 - torch.load raises pickle's, zip's, torch's own errors
             name = f"of {len(path)} bytes" if isinstance(path, bytes) else str(path)
@@ -192,7 +198,8 @@ def train_tails(
     max_frames: int | None = None,
 ) -> TailSet:
     """Train one tail per split point on the car's features of ``logs`` (expert labels);
-    by-session validation split, best epoch kept, its validation MAE recorded."""
+    by-session validation split, best epoch kept, its validation MAE recorded: over every
+    validation frame, and over those the car marks hard (``Tail.hard_mae``)."""
     torch.manual_seed(seed)
     loaded = load_samples(logs)
     samples = loaded.samples
@@ -201,7 +208,9 @@ def train_tails(
     train, val = split_by_session(samples, 0.2, seed)
     bins = int(car.manifest.get("arch", {}).get("bins", 21))
     ftr = car_features(car, [decode(s.jpeg) for s in train])
-    fva = car_features(car, [decode(s.jpeg) for s in val])
+    val_frames = [decode(s.jpeg) for s in val]
+    fva = car_features(car, val_frames)
+    hard = np.array([d.hard for d in car.infer_batch(val_frames)], bool)
     ytr = torch.tensor([[s.steering, s.throttle] for s in train], dtype=torch.float32)
     yva = np.array([s.steering for s in val])
     ts = TailSet(car.version, bins=bins)
@@ -232,6 +241,19 @@ def train_tails(
         assert best is not None
         net.load_state_dict(best[1])
         net.eval()
-        ts.tails[k] = Tail(k, shape, width, net, round(best[0], 5), _macs(net, shape))  # type: ignore[arg-type]
-        log.info("tail after stage %d %s: val MAE %.4f (%.0f s)", k, shape, best[0], time.perf_counter() - t0)
+        hard_mae = _hard_mae(net, fva[k][hard], yva[hard])
+        ts.tails[k] = Tail(k, shape, width, net, round(best[0], 5), _macs(net, shape), hard_mae)  # type: ignore[arg-type]
+        log.info(
+            "tail after stage %d %s: val MAE %.4f, on the %d hard frames %s (%.0f s)",
+            k, shape, best[0], int(hard.sum()), hard_mae, time.perf_counter() - t0,
+        )  # fmt: skip
     return ts
+
+
+def _hard_mae(net: TailNet, feats: np.ndarray, labels: np.ndarray) -> float | None:
+    """The tail's steering MAE on the hard frames' features (None: there are none)."""
+    if not len(labels):
+        return None
+    with torch.inference_mode():
+        s, _, _ = decode_np(net(torch.from_numpy(feats)).numpy())
+    return round(float(np.abs(s - labels).mean()), 5)

@@ -153,10 +153,12 @@ class HealthPlanner:
         for k in common:
             sts = [st[k] for st in per_node]
             maes = [s.get("val_mae") for s in sts if s.get("val_mae") is not None]
+            hard = [s.get("hard_mae") for s in sts if s.get("hard_mae") is not None]
             mss = [s.get("compute_ms") for s in sts if s.get("compute_ms") is not None]
             out[k] = {
                 "shape": sts[0].get("shape"),
                 "val_mae": max(maes) if maes else None,
+                "hard_mae": max(hard) if len(hard) == len(sts) else None,
                 "compute_ms": max(mss) if mss else None,
             }
         return out

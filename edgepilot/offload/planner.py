@@ -157,6 +157,17 @@ class SplitPlanner:
         return self._rechoose()
 
 
+def _offload_mae(stage: dict[str, Any]) -> float | None:
+    """A tail's accuracy where it is used: on the frames the car offloads (``hard_mae``),
+    not over every validation frame. A tail reads the car's own features, so on the frames
+    the car is unsure of it tends to be wrong with it (docs/protocol.md, split mode). Frame
+    mode's figure stays the edge model's MAE over all frames: compared this way a tail must
+    beat the independent edge model on the frames it would answer. Tails from before the
+    field: their MAE over all frames."""
+    hard = stage.get("hard_mae")
+    return hard if hard is not None else stage.get("val_mae")
+
+
 def candidates_from_health(
     tails: dict[str, Any],
     wire_bytes: dict[int, float],
@@ -180,7 +191,7 @@ def candidates_from_health(
                 wire_bytes[k],
                 default_edge_ms if ms is None else float(ms),
                 (encode_ms or {}).get(k, 0.0),
-                st.get("val_mae"),
+                _offload_mae(st),
             )
         )
     return cands

@@ -323,7 +323,9 @@ class EdgeHealth:
     uptime_s: float = 0.0
     # split mode: what this node serves, so a planner can weigh it against frame mode:
     # [{"car_model": version, "stages": {"<k>": {"shape": [C,H,W], "val_mae": x,
-    #   "compute_ms": per-frame tail compute, smoothed (null until it has run)}}}, ...]
+    #   "hard_mae": x on the validation frames the car marks hard, what it offloads (null:
+    #   none, or tails from before the field), "compute_ms": per-frame tail compute,
+    #   smoothed (null until it has run)}}}, ...]
     tails: list[dict[str, Any]] | None = None
     # frame mode's accuracy for that weighing: the edge model's held-out steering MAE (its
     # package's ``metrics.val_steering_mae``; null for a model without one, e.g. builtin)

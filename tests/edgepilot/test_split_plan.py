@@ -20,7 +20,7 @@ from edgepilot.drive.loop import DriveLoop, LoopOptions
 from edgepilot.drive.parts import NullActuator
 from edgepilot.drive.replay import ReplaySource
 from edgepilot.drive.slot import ModelSlot, load_autopilot
-from edgepilot.model.tail import train_tails
+from edgepilot.model.tail import TailSet, train_tails
 from edgepilot.offload.client import OffloadClient
 from edgepilot.offload.healthplan import HealthPlanner
 from edgepilot.offload.planner import FRAME
@@ -58,7 +58,7 @@ def test_the_car_plans_from_edge_health_falls_back_and_follows_a_swap(
     # make the earliest split the most accurate: the plan must send it, though every frame
     # leaves at the last exit (the loop hands the client every stage's output)
     for k, t in tails_a.tails.items():
-        t.val_mae = 0.01 if k == splits[0] else 0.2
+        t.val_mae = t.hard_mae = 0.01 if k == splits[0] else 0.2
     cfg = BrokerConfig(url=broker.url)
     edge = EdgeService(
         cfg,
@@ -191,6 +191,37 @@ def test_frame_mode_wins_when_the_edge_model_is_more_accurate_than_the_tails():
     assert hp.planner.choice == 2  # e2's model is worse than the tails
     hp.on_health(health("e2", "car-v1", {"2": st(0.03, 0.3, (64, 3, 7))}, mae=0.025))
     assert hp.planner.choice == FRAME
+
+
+def test_a_tail_is_ranked_by_its_error_on_the_frames_the_car_offloads():
+    """A tail reads the car's own features: on the frames the car marks hard, the ones it
+    sends, it can be far worse than over all validation frames (the demo's tail after stage
+    2: 0.0237 over all, 0.0387 on the hard ones, against the edge model's 0.0277; it drove
+    the car off twice). Its ``hard_mae`` ranks it; tails without one, their ``val_mae``."""
+    hp = HealthPlanner(deadline_ms=33.0)
+    hp.follow("car-v1")
+    tail = {**st(0.0237, 0.3, (64, 3, 7)), "hard_mae": 0.0387}
+    hp.on_health(health("e1", "car-v1", {"2": tail}, mae=0.0277))
+    assert hp.planner.choice == FRAME
+    assert {c.stage: c.mae for c in hp.planner.candidates}[2] == 0.0387
+    hp.on_health(health("e1", "car-v1", {"2": {**tail, "hard_mae": 0.025}}, mae=0.0277))
+    assert hp.planner.choice == 2  # better than the edge model on the frames it would answer
+    hp.on_health(health("e1", "car-v1", {"2": st(0.0237, 0.3, (64, 3, 7))}, mae=0.0277))
+    assert hp.planner.choice == 2  # an older tail set: its MAE over all frames
+
+
+def test_training_records_each_tails_error_on_the_hard_frames(tiny_model, sample_logs, tmp_path):
+    """``hard_mae`` is measured on the validation frames the car marks hard, and survives
+    the file the cloud pushes (an edge node reports what it loaded)."""
+    car = all_hard(load_autopilot(tiny_model))
+    ts = train_tails(car, sample_logs, epochs=1, width=16)
+    back = TailSet.load(ts.save(tmp_path / "tails.pt"))
+    for k, t in ts.tails.items():
+        assert t.hard_mae is not None and t.hard_mae == back.tails[k].hard_mae
+        assert t.hard_mae == pytest.approx(t.val_mae, abs=1e-4)  # every frame is hard here
+    car_easy = load_autopilot(tiny_model)
+    car_easy.offload_thresholds = [-1.0] * car_easy.n_exits  # no frame is hard
+    assert all(t.hard_mae is None for t in train_tails(car_easy, sample_logs, epochs=1, width=16).tails.values())
 
 
 def test_an_edge_node_puts_its_packaged_models_accuracy_in_its_health(tiny_model):
