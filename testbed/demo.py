@@ -293,7 +293,7 @@ class Demo:
                 store=self.work / "store",
                 epochs=self.args.epochs,
                 edge_epochs=max(1, min(self.args.edge_epochs, self.args.epochs)),
-                edge_max_frames=min(self.args.edge_max_frames, self.args.max_frames),
+                edge_max_frames=min(self.args.edge_max_frames or self.args.max_frames, self.args.max_frames),
                 max_frames=self.args.max_frames,
                 gate_tracks=json.dumps(list(GATE_TRACKS)),
                 margin_mae=margins[0],
