@@ -276,7 +276,8 @@ def test_offers_expire_and_free_their_chunks_and_the_car_starts_again(
         car.upload(make_log(tmp_path / "other", 3, seed=4), progress=False)
     clock.now += 3601  # an hour later, no offer since: the sweep drops it and its chunks
     deadline = time.monotonic() + 10
-    while ing.store.list("incoming/") and time.monotonic() < deadline:
+    # the worker's sweep deletes the chunks, then counts the expiry: wait for both
+    while (ing.store.list("incoming/") or not ing.stats.expired) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert ing.store.list("incoming/") == [] and ing.stats.expired == 1
     res = car.upload(log, progress=False)  # the car comes back: all of it again, and it lands
