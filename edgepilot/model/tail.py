@@ -220,7 +220,7 @@ def train_tails(
         net = TailNet(shape, width, bins)  # type: ignore[arg-type]
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
         xs = torch.from_numpy(ftr[k])
-        best: tuple[float, dict] | None = None
+        best: tuple[float, dict, np.ndarray] | None = None  # MAE, weights, per-frame errors
         t0 = time.perf_counter()
         for _ in range(epochs):
             net.train()
@@ -235,13 +235,14 @@ def train_tails(
             net.eval()
             with torch.inference_mode():
                 s, _, _ = decode_np(net(torch.from_numpy(fva[k])).numpy())
-            mae = float(np.abs(s - yva).mean())
+            err = np.abs(s - yva)
+            mae = float(err.mean())
             if best is None or mae < best[0]:
-                best = (mae, {n: v.clone() for n, v in net.state_dict().items()})
+                best = (mae, {n: v.clone() for n, v in net.state_dict().items()}, err)
         assert best is not None
         net.load_state_dict(best[1])
         net.eval()
-        hard_mae = _hard_mae(net, fva[k][hard], yva[hard])
+        hard_mae = round(float(best[2][hard].mean()), 5) if hard.any() else None
         ts.tails[k] = Tail(k, shape, width, net, round(best[0], 5), _macs(net, shape), hard_mae)  # type: ignore[arg-type]
         log.info(
             "tail after stage %d %s: val MAE %.4f, on the %d hard frames %s (%.0f s)",
@@ -249,11 +250,3 @@ def train_tails(
         )  # fmt: skip
     return ts
 
-
-def _hard_mae(net: TailNet, feats: np.ndarray, labels: np.ndarray) -> float | None:
-    """The tail's steering MAE on the hard frames' features (None: there are none)."""
-    if not len(labels):
-        return None
-    with torch.inference_mode():
-        s, _, _ = decode_np(net(torch.from_numpy(feats)).numpy())
-    return round(float(np.abs(s - labels).mean()), 5)
