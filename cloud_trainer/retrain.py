@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,24 @@ def store_logs(registry: Registry) -> list[str]:
 
 
 def split_sessions(keys: list[str], every: int) -> tuple[list[str], list[str]]:
-    """(train, held-out): deterministic, whole sessions, at least one of each."""
+    """(train, held-out): whole sessions, at least one of each, chosen by a hash of the
+    key, so a session's side does not change as the store grows: a session that a current
+    model trained on never becomes a held-out one that judges it (a warm-started model
+    would carry it too). With no hash hitting, the smallest-hash session is held out; a
+    new session can only take that place, never a training one (unless every session
+    hits: then the last one trains)."""
     if len(keys) < 2:
         raise EdgepilotError(
             f"retraining needs at least 2 driving sessions in the store (one is held out), found {len(keys)}"
         )
-    held = [k for i, k in enumerate(keys) if i % every == every - 1] or [keys[-1]]
+    held = [k for k in keys if _hash(k) % every == 0] or [min(keys, key=_hash)]
+    if len(held) == len(keys):
+        held = held[:-1]
     return [k for k in keys if k not in held], held
+
+
+def _hash(key: str) -> int:
+    return zlib.crc32(key.encode())
 
 
 # -- evaluation --------------------------------------------------------------------------
@@ -116,7 +128,7 @@ def gate(
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, value: float, limit: float) -> None:
-        checks.append({"check": name, "passed": bool(ok), "value": value, "limit": limit})
+        checks.append(_check(name, ok, value, limit))
 
     if check_latency:
         p50 = cand["latency_ms"]["p50"]
@@ -186,6 +198,46 @@ def judge(
     return {"candidate": cand, "current": cur, "gate": gate(cand, cur, cfg, check_latency=target == "car")}
 
 
+def judge_pair(registry: Registry, targets: dict[str, Any], car_pkg: Path, edge_pkg: Path, cfg: RetrainConfig) -> None:
+    """The edge candidate answering the hard frames of the car model the fleet will run
+    (the car candidate if it passed, else the current one) must not make that car drive
+    worse in closed loop than it drives alone, within the car gate's margins: a car that
+    drives cleanly alone can be steered off by an edge model that is wrong on exactly
+    the frames it is sent. The checks join the edge candidate's gate."""
+    from edgepilot.model.runtime import Autopilot
+
+    car = targets["car"]
+    if not cfg.eval_tracks:
+        return
+    if car["gate"]["passed"]:
+        path, alone = car_pkg, car["candidate"].get("closed_loop")
+    elif car["current"] is not None:
+        cur = registry.current("car")
+        path, alone = registry.package_path("car", cur), car["current"].get("closed_loop")
+    else:
+        return
+    trusted = registry.trusted_keys
+    pilot = Autopilot.load(path, trusted, threads=cfg.threads)
+    edge = Autopilot.load(edge_pkg, trusted, threads=cfg.threads)
+    both = scored_drives(
+        pilot, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms, edge=edge
+    )
+    both = {k: both[k] for k in ("autonomy", "mean_abs_cte_m", "interventions", "tracks")}
+    verdict = targets["edge"]["gate"]
+    lim_a = round(alone["autonomy"] - cfg.margin_autonomy, 4)
+    lim_c = round(alone["mean_abs_cte_m"] + cfg.margin_cte_m, 4)
+    verdict["checks"] += [
+        _check("sim_autonomy_with_car", both["autonomy"] >= lim_a, both["autonomy"], lim_a),
+        _check("sim_mean_abs_cte_m_with_car", both["mean_abs_cte_m"] <= lim_c, both["mean_abs_cte_m"], lim_c),
+    ]
+    verdict["passed"] = all(c["passed"] for c in verdict["checks"])
+    targets["edge"]["with_car"] = {"car": pilot.version, "alone": alone, "with_edge": both}
+
+
+def _check(name: str, ok: bool, value: float, limit: float) -> dict[str, Any]:
+    return {"check": name, "passed": bool(ok), "value": value, "limit": limit}
+
+
 def register(
     registry: Registry,
     target: str,
@@ -242,9 +294,11 @@ def retrain(
     # the plots the run's report keeps in the store: training curves, gate trajectories
     plots: dict[str, Path] = {}
     held = load_frames(held_dirs, cfg.eval_frames)
-    with EdgeJob(train_dirs, work, cfg, key) as edge_job:
+    init = warm_starts(registry) if cfg.warm_start else {}
+    results["warm_start"] = {t: Path(p).name for t, p in init.items()}
+    with EdgeJob(train_dirs, work, cfg, key, init.get("edge"), registry.trusted_keys) as edge_job:
         car_pkg, car_src = _car_candidate(
-            registry, train_dirs, work, cfg, key, edge_job.teacher(), results, plots
+            registry, train_dirs, work, cfg, key, edge_job.teacher(), results, plots, init.get("car")
         )
         results["targets"]["car"] = judge(registry, "car", car_pkg, *held, cfg, plots, work)
         tails = None
@@ -259,6 +313,7 @@ def retrain(
         if edge.get("curve"):
             plots["curve-edge"] = Path(edge["curve"])
         results["targets"]["edge"] = judge(registry, "edge", candidates["edge"], *held, cfg, plots, work)
+        judge_pair(registry, results["targets"], car_pkg, candidates["edge"], cfg)
     report_key = write_report(registry.store, run_id, results, work, plots)
     promoted = [
         target
@@ -283,14 +338,34 @@ def _trained(r: dict) -> dict:
     return {k: r[k] for k in ("version", "val_steering_mae", "epochs", "samples")}
 
 
-def _train_config(cfg: RetrainConfig, target: str) -> Any:
+def warm_starts(registry: Registry) -> dict[str, Path]:
+    """The fp32 packages the current car and edge models came from (what a warm start
+    loads), for the targets that have one."""
+    from edgepilot.model.package import read_manifest
+
+    out: dict[str, Path] = {}
+    for target in ("car", "edge"):
+        version = registry.current(target)
+        if version is None:
+            continue
+        path = registry.package_path(target, version)
+        if read_manifest(path).get("quant", "fp32") != "fp32":
+            path = registry.source_path(version) if target == "car" else None
+        if path is not None:
+            out[target] = path
+    return out
+
+
+def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
     from edgepilot.model.train import TrainConfig
 
     base = {"seed": cfg.seed, "threads": cfg.threads}
     if target == "edge":
         frames = cfg.edge_max_frames or cfg.max_frames
-        return TrainConfig(arch="edge", epochs=cfg.edge_epochs or cfg.epochs, max_frames=frames, **base)
-    return TrainConfig(arch="early-exit", epochs=cfg.epochs, max_frames=cfg.max_frames, **base)
+        epochs = cfg.warm_edge_epochs if warm else cfg.edge_epochs or cfg.epochs
+        return TrainConfig(arch="edge", epochs=epochs, max_frames=frames, **base)
+    epochs = cfg.warm_epochs if warm else cfg.epochs
+    return TrainConfig(arch="early-exit", epochs=epochs, max_frames=cfg.max_frames, **base)
 
 
 def _car_candidate(
@@ -302,13 +377,16 @@ def _car_candidate(
     teacher: str | None,
     results: dict,
     plots: dict[str, Path],
+    init: Path | None = None,
 ) -> tuple[Path, Path]:
-    """Train the car model (from ``teacher`` when distilling) and compress it to int8:
-    (the candidate package, the fp32 package it came from); its figures into ``results``,
-    its training curve into ``plots``."""
+    """Train the car model (from ``teacher`` when distilling; starting from ``init`` when
+    warm) and compress it to int8: (the candidate package, the fp32 package it came from);
+    its figures into ``results``, its training curve into ``plots``."""
     from edgepilot.model.train import train
 
-    car = train(train_dirs, work / "car-fp32.eppkg", _train_config(cfg, "car"), teacher=teacher, key=key)
+    tcfg = _train_config(cfg, "car", warm=init is not None)
+    trusted = registry.trusted_keys
+    car = train(train_dirs, work / "car-fp32.eppkg", tcfg, teacher=teacher, init=init, key=key, trusted=trusted)
     results["car_train"] = _trained(car)
     if car.get("curve"):
         plots["curve-car"] = Path(car["curve"])
@@ -325,9 +403,18 @@ class EdgeJob:
     sum. Distilled (``cfg.distill``): the car learns from the edge model, so the edge
     model is trained first, here, and ``teacher()`` is its package."""
 
-    def __init__(self, train_dirs: list[str], work: Path, cfg: RetrainConfig, key: str | None) -> None:
-        self.args = (train_dirs, work / "edge.eppkg", _train_config(cfg, "edge"))
-        self.enabled, self.distill, self.key = cfg.train_edge, cfg.distill, key
+    def __init__(
+        self,
+        train_dirs: list[str],
+        work: Path,
+        cfg: RetrainConfig,
+        key: str | None,
+        init: Path | None = None,
+        trusted: list[str] | None = None,
+    ) -> None:
+        self.args = (train_dirs, work / "edge.eppkg", _train_config(cfg, "edge", warm=init is not None))
+        self.enabled, self.distill = cfg.train_edge, cfg.distill
+        self.kwargs = {"key": key, "init": init, "trusted": trusted}
         self._done: dict | None = None
         self._pool: Any = None
         self._pending: Any = None
@@ -342,11 +429,11 @@ class EdgeJob:
         if not self.enabled:
             return self
         if self.distill:
-            self._done = train(*self.args, key=self.key)
+            self._done = train(*self.args, **self.kwargs)
             return self
-        load_private_key(self.key, create=True)  # made here once, not by two processes at the same time
+        load_private_key(self.kwargs["key"], create=True)  # made here once, not by two processes at the same time
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        self._pending = self._pool.submit(_train_guarded, os.getpid(), *self.args, key=self.key)
+        self._pending = self._pool.submit(_train_guarded, os.getpid(), *self.args, **self.kwargs)
         return self
 
     def teacher(self) -> str | None:

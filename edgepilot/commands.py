@@ -15,6 +15,11 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=["early-exit", "pilotnet", "edge"], default="early-exit")
     p.add_argument("--epochs", type=int)
     p.add_argument("--teacher", metavar="PKG", help="distil from this (larger) model package")
+    p.add_argument(
+        "--init",
+        metavar="PKG",
+        help="start from this fp32 package's weights (same --arch; its training sessions stay out of validation)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--widths",

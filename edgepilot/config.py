@@ -212,7 +212,7 @@ class RetrainConfig:
     edge_epochs: int | None = None  # default: epochs
     edge_max_frames: int | None = None  # default: max_frames
     max_frames: int | None = None  # cap training frames (tests, quick runs)
-    heldout_every: int = 5  # every 5th session (at least one) is held out
+    heldout_every: int = 5  # about every 5th session (at least one) is held out, stably
     eval_frames: int = 2000
     eval_tracks: list[str] = field(default_factory=lambda: ["oval"])
     eval_seconds: float = 30.0  # simulated seconds per track
@@ -229,6 +229,11 @@ class RetrainConfig:
     distill: bool = False
     seed: int = 0
     threads: int = 1
+    # warm start: both models start from the current ones' fp32 weights (when there are
+    # current ones) and train this many epochs instead of ``epochs`` / ``edge_epochs``
+    warm_start: bool = False
+    warm_epochs: int = 3
+    warm_edge_epochs: int = 1
     # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick
     tails: bool = True
     tail_epochs: int = 3

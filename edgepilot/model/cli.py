@@ -70,7 +70,7 @@ def train(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(
         arch=args.arch, epochs=epochs, seed=args.seed, widths=widths, head0=head0, labels=_labels(args)
     )
-    return run(args.logs, args.out, cfg, teacher=args.teacher, key=args.key)
+    return run(args.logs, args.out, cfg, teacher=args.teacher, init=args.init, key=args.key)
 
 
 def evaluate(args: argparse.Namespace) -> dict:

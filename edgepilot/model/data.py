@@ -12,7 +12,7 @@ and are decoded per item, so augmentation always starts from the recorded pixels
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,24 +80,36 @@ def load_samples(paths: Iterable[str | Path], labels: tuple[str, ...] = TRAINING
 
 
 def split_by_session(
-    samples: list[Sample], val_fraction: float = 0.2, seed: int = 0, block: int = 200
+    samples: list[Sample],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    block: int = 200,
+    seen: Collection[str] = (),
 ) -> tuple[list[Sample], list[Sample]]:
-    """(train, val): whole sessions to validation until it holds ``val_fraction`` of frames."""
+    """(train, val): whole sessions to validation until it holds ``val_fraction`` of frames.
+
+    ``seen``: sessions the starting weights already learned from (a warm start); they stay
+    in training, because validation frames must be new to the model for calibration's test
+    to mean anything."""
     groups: dict[str, list[Sample]] = {}
     for s in samples:
         groups.setdefault(s.session, []).append(s)
-    if len(groups) < 2:
+    if len(groups) < 2 and not seen:
         log.warning("one session only: validating on contiguous blocks of %d frames instead", block)
         groups = {f"block{i // block}": samples[i : i + block] for i in range(0, len(samples), block)}
-        if len(groups) < 2:
-            raise EdgepilotError(f"too few frames ({len(samples)}) to hold any out for validation")
-    names = sorted(groups)
+    if len(groups) < 2:
+        raise EdgepilotError(f"too few frames ({len(samples)}) to hold any out for validation")
+    names = sorted(n for n in groups if n not in seen)
+    if not names:
+        raise EdgepilotError(
+            "every session was already learned by the starting weights: a warm start needs a new session to validate on"
+        )
     rng = np.random.default_rng(seed)
     rng.shuffle(names)
     val: list[Sample] = []
     val_names = set()
     for n in names:
-        if len(val) >= val_fraction * len(samples) or len(val_names) == len(names) - 1:
+        if len(val) >= val_fraction * len(samples) or len(val_names) == len(groups) - 1:
             break
         val.extend(groups[n])
         val_names.add(n)

@@ -53,7 +53,8 @@ def recalibrate(
     seed = int((m.get("training") or {}).get("seed", 0))
     # packages from before exit weights were recorded trained every exit
     off = untrained_exits((m.get("training") or {}).get("exit_weights") or [1.0] * len(net.stages))
-    train_s, val = split_by_session(load_samples(logs).samples, TrainConfig().val_fraction, seed)
+    seen = ((m.get("training") or {}).get("init") or {}).get("seen_sessions") or ()
+    train_s, val = split_by_session(load_samples(logs).samples, TrainConfig().val_fraction, seed, seen=seen)
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(val, spec, None), batch_size=256))
     cal = calibrate(steer, conf, labels, target, path_frames(net, train_s, spec), off)
     m.update(

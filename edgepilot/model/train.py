@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,8 +168,8 @@ def predict_exits(
     return [np.concatenate(a) for a in steer], [np.concatenate(a) for a in conf], np.concatenate(labels)
 
 
-def load_teacher(path: str | Path, bins: int) -> StagedNet:
-    pkg = load_package(path)
+def load_teacher(path: str | Path, bins: int, trusted: list[str] | None = None) -> StagedNet:
+    pkg = load_package(path, trusted)
     if pkg.manifest.get("quant", "fp32") != "fp32":
         raise EdgepilotError(f"{path}: a teacher must be an fp32 package")
     arch = ArchSpec.from_dict(pkg.manifest["arch"])
@@ -180,25 +181,58 @@ def load_teacher(path: str | Path, bins: int) -> StagedNet:
     return net.eval()
 
 
+@dataclass(frozen=True)
+class Start:
+    """The package a warm start began from, and every session its weights learned from."""
+
+    version: str | None
+    seen: frozenset[str]
+
+
+def load_init(path: str | Path, net: StagedNet, spec: InputSpec, trusted: list[str] | None = None) -> Start:
+    """Load ``path``'s weights into ``net`` (same architecture and input, fp32)."""
+    pkg = load_package(path, trusted)
+    m = pkg.manifest
+    if m.get("quant", "fp32") != "fp32":
+        raise EdgepilotError(f"{path}: a warm start needs an fp32 package (an int8 one's source)")
+    if ArchSpec.from_dict(m["arch"]) != net.arch or InputSpec.from_dict(m.get("input", {})) != spec:
+        raise EdgepilotError(f"{path}: a warm start needs the same architecture and input as the new model")
+    net.load_state_dict(pkg.state)
+    t = m.get("training") or {}
+    # its training sessions (validation ones excluded) and what its own start had seen
+    seen = set(t.get("sessions") or ()) - set(t.get("val_sessions") or ())
+    seen |= set((t.get("init") or {}).get("seen_sessions") or ())
+    if "val_sessions" not in t:  # older packages did not record their split: all seen
+        seen |= set(t.get("sessions") or ())
+    return Start(m.get("version"), frozenset(seen))
+
+
 def train(
     logs: list[str],
     out: str | Path,
     cfg: TrainConfig,
     *,
     teacher: str | Path | None = None,
+    init: str | Path | None = None,
     key: str | None = None,
     spec: InputSpec = DEFAULT_SPEC,
+    trusted: list[str] | None = None,
 ) -> dict:
-    """Train, calibrate, sign and write a package. Returns the CLI's result dict."""
+    """Train, calibrate, sign and write a package. Returns the CLI's result dict.
+
+    ``init``: an fp32 package of the same architecture to start from (a warm start, as the
+    cloud's retraining does with its current models): the sessions it learned from stay out
+    of validation. Both are verified against ``trusted`` (default: keys/*.pub)."""
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     signing_key = load_private_key(key, create=True)  # fail before an hour of training
-    data = _load_data(logs, cfg)
     arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1))
     net = build_net(arch, spec)
-    teacher_net = load_teacher(teacher, arch.bins) if teacher else None
+    start = load_init(init, net, spec, trusted) if init else None
+    data = _load_data(logs, cfg, start.seen if start else ())
+    teacher_net = load_teacher(teacher, arch.bins, trusted) if teacher else None
     ds = FrameDataset(data.train, spec, cfg.augment, cfg.seed)
     val_loader = DataLoader(FrameDataset(data.val, spec, None), batch_size=256)
     history, best_epoch = _fit(net, ds, val_loader, cfg, teacher_net)
@@ -207,7 +241,7 @@ def train(
     cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, data.train, spec), off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
-    manifest.update(_trained_manifest(cal, data, history, best_epoch, logs, cfg, teacher_net))
+    manifest.update(_trained_manifest(cal, data, history, best_epoch, logs, cfg, teacher_net, start))
     out = save_package(out, manifest, state, signing_key)
     curve = plot_curve(history, out.with_suffix(".png"), arch.name, off)
     return {
@@ -240,15 +274,15 @@ class _Data:
     val: list[Sample]
 
 
-def _load_data(logs: list[str], cfg: TrainConfig) -> _Data:
+def _load_data(logs: list[str], cfg: TrainConfig, seen: Collection[str] = ()) -> _Data:
     """Load the labelled frames, cap them at ``cfg.max_frames`` (evenly spaced, so a quick
-    run still sees every session) and split them by session."""
+    run still sees every session) and split them by session (``seen`` ones train only)."""
     loaded = load_samples(logs, cfg.labels)
     samples = loaded.samples
     if cfg.max_frames and len(samples) > cfg.max_frames:
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
         samples = [samples[i] for i in keep]
-    train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed)
+    train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed, seen=seen)
     return _Data(loaded, samples, train_s, val_s)
 
 
@@ -340,6 +374,7 @@ def _trained_manifest(
     logs: list[str],
     cfg: TrainConfig,
     teacher_net: StagedNet | None,
+    start: Start | None = None,
 ) -> dict:
     """What a trained fp32 package's manifest adds to ``base_manifest``: its calibrated
     thresholds, validation metrics and how it was trained (in the manifest's key order)."""
@@ -360,6 +395,9 @@ def _trained_manifest(
         },
         "training": {
             "sessions": data.loaded.sessions,
+            # sessions wholly in validation (a single session cut in blocks trained too)
+            "val_sessions": sorted({s.session for s in data.val} - {s.session for s in data.train}),
+            "init": start and {"version": start.version, "seen_sessions": sorted(start.seen)},
             "logs": [str(p) for p in logs],
             "seed": cfg.seed,
             "exit_weights": list(cfg.exit_weights),

@@ -97,19 +97,26 @@ def scored_drives(
     scene_seed: int = 0,
     latency_ms: float = 0.0,
     plot_prefix: str | Path | None = None,
+    edge: Pilot | None = None,
 ) -> dict[str, Any]:
     """``pilot`` drives each track for ``seconds`` of simulated time (time-bound, not
     lap-bound) through the car wiring; the contract's scores per track and their means.
     With ``plot_prefix``, each drive's trajectory plot is written to
-    ``<plot_prefix>-<track>.png`` and listed under ``plots`` (track -> path)."""
+    ``<plot_prefix>-<track>.png`` and listed under ``plots`` (track -> path). With
+    ``edge``, that model answers the frames the pilot offloads (``LocalEdge``), and each
+    track's score adds the share of frames it answered (``edge_used``)."""
+    from edgepilot.offload.local import LocalEdge
     from edgepilot.sim.plot import plot_trajectory
 
     per, plots = {}, {}
     for name in tracks:
         world = SimWorld(load_track(name), scene_seed=scene_seed, latency_ms=latency_ms, keep_trail=plot_prefix is not None)
         parts = sim_parts(world, laps=10**6, max_seconds=seconds, slot=ModelSlot(pilot), labels=False)
-        drive_car(parts, sim_options(world, "local", realtime=False))
+        parts.offload = LocalEdge(edge) if edge is not None else None
+        run = drive_car(parts, sim_options(world, "local", realtime=False))
         per[name] = world.score.as_dict()
+        if edge is not None:
+            per[name]["edge_used"] = run.result.get("edge_used_rate")
         if plot_prefix is not None and world.trail is not None:
             xs, ys, cte = world.trail.arrays()
             title = f"{getattr(pilot, 'version', '')} on {name}: autonomy {per[name]['autonomy']}"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,11 +59,20 @@ def test_gate_promotes_only_a_model_not_worse_within_margins():
     assert first["passed"] and first["against"] is None and len(first["checks"]) == 1
 
 
-def test_sessions_are_held_out_whole():
-    keys = [f"logs/c/s{i}" for i in range(10)]
+def test_sessions_are_held_out_whole_and_a_training_session_stays_one():
+    keys = [f"logs/c/s{i}" for i in range(40)]
     tr, held = split_sessions(keys, 5)
-    assert held == ["logs/c/s4", "logs/c/s9"] and not set(tr) & set(held) and len(tr) == 8
-    assert split_sessions(keys[:2], 5) == (["logs/c/s0"], ["logs/c/s1"])
+    assert not set(tr) & set(held) and set(tr) | set(held) == set(keys) and 3 <= len(held) <= 15
+    for n in range(2, 40):  # the store grows one session at a time, in any name order
+        tr_n, held_n = split_sessions(sorted(keys[:n], key=lambda k: k[::-1]), 5)
+        assert held_n and tr_n
+        bigger_tr, _ = split_sessions(keys[: n + 1], 5)
+        # once trained on (by a current model), never held out to judge it
+        assert set(tr_n) <= set(bigger_tr), n
+    # a new session that sorts first does not move the others (it did with every-5th-by-index)
+    tr7, held7 = split_sessions(keys[1:8], 5)
+    tr8, held8 = split_sessions(keys[:8], 5)
+    assert set(tr7) <= set(tr8) and set(held7) - set(held8) <= set(tr8) - set(tr7)
     with pytest.raises(EdgepilotError, match="at least 2"):
         split_sessions(keys[:1], 5)
 
@@ -137,6 +147,34 @@ def test_the_edge_and_car_models_train_side_by_side_or_the_car_from_the_edge(
     assert c["training"]["exit_weights"] == [0.0, 4.0, 1.0] and c["thresholds"]["exits"][0] is None
 
 
+def test_a_warm_retraining_starts_both_models_from_the_current_ones(tmp_path, sample_logs, tiny_model, tiny_int8):
+    """``warm_start``: the car model from the fp32 source of the current int8 one, the edge
+    model from the current edge model, each for its own (short) number of epochs."""
+    from cloud_trainer.registry import Registry
+    from cloud_trainer.retrain import EdgeJob, warm_starts
+    from cloud_trainer.store import open_store
+    from edgepilot.config import RetrainConfig
+    from edgepilot.model.package import read_manifest
+    from edgepilot.model.train import TrainConfig, train
+
+    reg = Registry(open_store(str(tmp_path / "store")))
+    assert warm_starts(reg) == {}
+    v = reg.add("car", tiny_int8)["version"]
+    reg.promote("car", v)
+    assert warm_starts(reg) == {}  # an int8 model without its fp32 source: nothing to train on from
+    reg.add_source(v, tiny_model)
+    edge0 = train(sample_logs, tmp_path / "edge0.eppkg", TrainConfig(arch="edge", epochs=1, max_frames=40))
+    reg.promote("edge", reg.add("edge", edge0["package"])["version"])
+    starts = warm_starts(reg)
+    assert read_manifest(starts["car"])["version"] == read_manifest(tiny_model)["version"]
+    assert read_manifest(starts["edge"])["version"] == edge0["version"]
+    cfg = RetrainConfig(epochs=5, edge_epochs=5, warm_edge_epochs=1, max_frames=120, edge_max_frames=40, threads=1)
+    with EdgeJob(sample_logs, tmp_path, cfg, None, starts["edge"]) as job:
+        edge = job.result()
+    assert edge is not None and edge["epochs"] == 1
+    assert read_manifest(edge["package"])["training"]["init"]["version"] == edge0["version"]
+
+
 def test_a_failing_car_pipeline_stops_the_edge_models_training(tmp_path, sample_logs):
     """An error while the car model is built must not leave the edge worker training on."""
     from cloud_trainer.retrain import EdgeJob
@@ -156,3 +194,43 @@ def test_a_failing_car_pipeline_stops_the_edge_models_training(tmp_path, sample_
         w.join(10)
         assert not w.is_alive()
     assert not (tmp_path / "edge.eppkg").exists()
+
+
+def _steers_left(src: str, out: Path) -> Path:
+    """``src`` with every head's steering pushed to full left: an edge model that is
+    confidently wrong on every frame it is sent."""
+    from edgepilot.model.package import load_package, load_private_key, save_package
+
+    pkg = load_package(src)
+    state = dict(pkg.state)
+    for k in [k for k in state if k.endswith("head.fc2.bias")]:
+        state[k] = state[k].clone()
+        state[k][0] += 50.0  # the first of the steering bins: full left
+        state[k][-1] += 0.3  # the throttle: on, so the car moves where it is steered
+    manifest = {**pkg.manifest, "version": "steers-left"}
+    return save_package(out, manifest, state, load_private_key(None))
+
+
+def test_an_edge_model_that_steers_the_car_off_fails_its_gate(tmp_path, tiny_model):
+    """The car-and-edge check (``judge_pair``): the edge candidate answers the hard frames
+    of the car the fleet will run; one that makes it drive worse than alone is not promoted."""
+    from cloud_trainer.registry import Registry
+    from cloud_trainer.retrain import judge_pair
+    from cloud_trainer.store import open_store
+    from edgepilot.config import RetrainConfig
+    from edgepilot.drive.slot import load_autopilot
+    from edgepilot.sim.drive import scored_drives
+
+    reg = Registry(open_store(str(tmp_path / "store")))
+    cfg = RetrainConfig(eval_tracks=["oval"], eval_seconds=4.0, margin_cte_m=0.01)
+    alone = scored_drives(load_autopilot(tiny_model), ["oval"], 4.0)
+    for edge, ok in ((Path(tiny_model), True), (_steers_left(tiny_model, tmp_path / "left.eppkg"), False)):
+        targets = {
+            "car": {"gate": {"passed": True}, "candidate": {"closed_loop": alone}, "current": None},
+            "edge": {"gate": {"passed": True, "checks": []}},
+        }
+        judge_pair(reg, targets, Path(tiny_model), edge, cfg)
+        verdict = targets["edge"]["gate"]
+        assert [c["check"] for c in verdict["checks"]] == ["sim_autonomy_with_car", "sim_mean_abs_cte_m_with_car"]
+        assert verdict["passed"] is ok, verdict
+        assert targets["edge"]["with_car"]["with_edge"]["tracks"]["oval"]["edge_used"] > 0.05

@@ -137,3 +137,47 @@ def test_loading_an_int8_package_never_breaks_inference_on_other_threads(tiny_in
         stop.set()
         th.join()
     assert errors == [] and calls[0] > 0
+
+
+class _AllHard:
+    """The tiny package, but every frame is hard (offloaded): the edge answers them all."""
+
+    def __init__(self, ap) -> None:
+        self.ap, self.version = ap, ap.version
+
+    def infer(self, image):
+        dec = self.ap.infer(image)
+        dec.hard = True
+        return dec
+
+    def warmup(self) -> None:
+        pass
+
+
+class _SteerLeft:
+    """An edge model that is wrong everywhere: full left."""
+
+    version = "left"
+
+    def infer(self, image):
+        from edgepilot.model.runtime import Decision
+
+        assert image.shape == (120, 160, 3)  # the JPEG the loop sent, decoded
+        return Decision(-1.0, 0.3, 0, 1.0, False)
+
+
+def test_an_edge_model_in_process_answers_the_hard_frames_of_a_scored_drive(tiny_model):
+    """``scored_drives(edge=...)`` (the cloud's car-and-edge check): each hard frame goes as
+    a JPEG to the edge model through ``LocalEdge`` and its answer steers the car."""
+    from edgepilot.sim.drive import scored_drives
+
+    car = _AllHard(load_autopilot(tiny_model))
+    alone = scored_drives(car, ["oval"], 4.0)
+    same = scored_drives(car, ["oval"], 4.0, edge=load_autopilot(tiny_model))
+    left = scored_drives(car, ["oval"], 4.0, edge=_SteerLeft())
+    assert "edge_used" not in alone["tracks"]["oval"]
+    assert same["tracks"]["oval"]["edge_used"] == 1.0 == left["tracks"]["oval"]["edge_used"]
+    # the same model at the edge drives as the car alone (up to the JPEG round trip); a
+    # wrong one takes the car off the track
+    assert abs(same["mean_abs_cte_m"] - alone["mean_abs_cte_m"]) < 0.05
+    assert left["mean_abs_cte_m"] > alone["mean_abs_cte_m"] + 0.05 or left["interventions"] > alone["interventions"]

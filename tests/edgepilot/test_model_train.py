@@ -14,7 +14,7 @@ from edgepilot import EdgepilotError
 from edgepilot.model.augment import AugmentConfig, flip, lateral_shift
 from edgepilot.model.data import Sample, load_samples, split_by_session
 from edgepilot.model.evaluate import evaluate, load_frames
-from edgepilot.model.package import make_keys, read_manifest
+from edgepilot.model.package import load_package, make_keys, read_manifest
 from edgepilot.model.runtime import Autopilot
 from edgepilot.model.synthetic import road_frame, write_synthetic_log
 from edgepilot.model.train import TrainConfig, train
@@ -111,6 +111,41 @@ def test_distillation_from_a_teacher(tmp_path, keys, synthetic_logs):
     assert np.isfinite(r["val_steering_mae"])
 
 
+def test_a_warm_start_keeps_what_its_start_learned_out_of_validation(tmp_path, keys, synthetic_logs):
+    priv, pub = keys
+    first = train(synthetic_logs[:3], tmp_path / "a.eppkg", TrainConfig(epochs=1, batch=32), key=str(priv))
+    a = read_manifest(first["package"])["training"]
+    learned = set(a["sessions"]) - set(a["val_sessions"])
+    assert a["val_sessions"] and len(learned) == 2 and a["init"] is None
+    # a zero learning rate leaves the weights where the warm start put them
+    warm = TrainConfig(epochs=1, batch=32, lr=0.0)
+    second = train(
+        synthetic_logs, tmp_path / "b.eppkg", warm, init=first["package"], key=str(priv), trusted=[str(pub)]
+    )
+    b = read_manifest(second["package"])["training"]
+    assert b["init"] == {"version": first["version"], "seen_sessions": sorted(learned)}
+    assert b["val_sessions"] and not set(b["val_sessions"]) & learned
+    sa, sb = (load_package(r["package"], [str(pub)]).state for r in (first, second))
+    params = [k for k in sa if k.endswith(("weight", "bias")) and "running" not in k]
+    assert params and all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in params)
+    # what the start's own start learned is carried on; nothing new to validate on is refused
+    third = train(synthetic_logs, tmp_path / "c.eppkg", warm, init=second["package"], key=str(priv), trusted=[str(pub)])
+    c = read_manifest(third["package"])["training"]
+    assert learned | (set(b["sessions"]) - set(b["val_sessions"])) == set(c["init"]["seen_sessions"])
+    known = [g for g in synthetic_logs if load_samples([g]).sessions[0] in c["init"]["seen_sessions"]]
+    with pytest.raises(EdgepilotError, match="needs a new session"):
+        train(known, tmp_path / "d.eppkg", warm, init=second["package"], key=str(priv), trusted=[str(pub)])
+    with pytest.raises(EdgepilotError, match="same architecture"):
+        train(
+            synthetic_logs,
+            tmp_path / "e.eppkg",
+            TrainConfig(arch="edge", epochs=1),
+            init=first["package"],
+            key=str(priv),
+            trusted=[str(pub)],
+        )
+
+
 def test_split_is_by_session_never_by_frame():
     samples = [Sample(b"", 0.0, 0.0, f"sess{i % 5}") for i in range(500)]
     train_s, val_s = split_by_session(samples, 0.2, seed=1)
@@ -121,6 +156,12 @@ def test_split_is_by_session_never_by_frame():
     assert len(v) == 200 and len(t) == 800
     with pytest.raises(EdgepilotError):
         split_by_session(one[:50], 0.2, block=100)
+    # sessions a warm start's weights learned from stay in training
+    for seed in range(5):
+        t, v = split_by_session(samples, 0.2, seed=seed, seen={"sess0", "sess1", "sess2", "sess3"})
+        assert {s.session for s in v} == {"sess4"} and len(t) == 400
+    with pytest.raises(EdgepilotError, match="needs a new session"):
+        split_by_session(samples, 0.2, seen={f"sess{i}" for i in range(5)})
 
 
 def test_flip_and_shift_correct_the_steering():
