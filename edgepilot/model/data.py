@@ -16,13 +16,13 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from edgepilot import EdgepilotError
 from edgepilot.drivelog import LogReader, find_logs
+from edgepilot.imaging import decode_jpeg
 from edgepilot.model.augment import AugmentConfig, augment
 from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec, preprocess
 from edgepilot.schema.log import TRAINING_LABELS, training_label
@@ -118,7 +118,10 @@ def split_by_session(
 
 
 def decode(jpeg: bytes) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    """A training frame's pixels: the car's own decoder (``edgepilot.imaging``), which gives
+    the bytes OpenCV's gave here before (4:2:0, 4:2:2, 4:4:4, progressive and grey JPEGs;
+    tests/edgepilot/test_imaging.py)."""
+    img = decode_jpeg(jpeg)
     if img is None:
         raise EdgepilotError("a frame is not a decodable JPEG")
     return img

@@ -12,6 +12,7 @@ import pytest
 
 from edgepilot import imaging
 from edgepilot.drivelog import LogReader
+from edgepilot.model.data import decode
 from edgepilot.model.preprocess import DEFAULT_SPEC, preprocess_u8
 
 
@@ -83,6 +84,23 @@ def test_jpeg_decodes_as_opencv_did_and_round_trips(frames, sample_logs):
     assert abs(len(data) - len(ref)) <= 0.02 * len(ref)  # the same settings: 4:2:0, quality 90
     back = imaging.decode_jpeg(data)
     assert back.shape == img.shape and np.abs(back.astype(int) - img).mean() < 3.0
+
+
+@pytest.mark.parametrize("kind", ["444", "422", "420", "progressive", "grey"])
+def test_every_jpeg_kind_a_camera_writes_decodes_as_opencv_does(frames, kind):
+    """Training decodes with the car's decoder (``edgepilot.model.data.decode``): the same
+    pixels as OpenCV for the chroma layouts, progressive and greyscale JPEGs."""
+    params = {
+        "444": [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+        "422": [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422],
+        "420": [],
+        "progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+        "grey": [],
+    }[kind]
+    for img in [*frames[:5], *random_images(3, (120, 160))]:
+        data = cv2.imencode(".jpg", img[..., 0] if kind == "grey" else img, params)[1].tobytes()
+        ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(decode(data), ref)
 
 
 @pytest.mark.parametrize("data", [b"", b"garbage", b"\xff\xd8\xff" + b"0" * 100, b"\x89PNG\r\n\x1a\n"])
