@@ -36,6 +36,12 @@ def _demo(p: argparse.ArgumentParser) -> None:
         "end its training sooner, but a demo edge model on 4500 frames drove the car off the "
         "evaluation track where one on all frames did not (docs/benchmarks.md#demo)",
     )
+    p.add_argument(
+        "--cold-retrain",
+        action="store_true",
+        help="the retraining phase trains both models from scratch (--epochs, --edge-epochs) instead of "
+        "starting from the first run's models for 3 car epochs and 1 edge epoch (docs/cloud.md, warm start)",
+    )
     p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")
     p.add_argument("--train-timeout", type=float, default=900.0, help="seconds to wait for a training run")

@@ -63,6 +63,8 @@ epochs = {epochs}
 edge_epochs = {edge_epochs}
 edge_max_frames = {edge_max_frames}
 max_frames = {max_frames}
+# the retraining run starts from the first run's models (3 car epochs, 1 edge epoch)
+warm_start = {warm}
 # no split-mode tails (~20 s of each run): the demo's car offloads whole frames to the edge
 # model; split mode has its own tests and `edgepilot bench split`
 tails = false
@@ -295,6 +297,7 @@ class Demo:
                 edge_epochs=max(1, min(self.args.edge_epochs, self.args.epochs)),
                 edge_max_frames=min(self.args.edge_max_frames or self.args.max_frames, self.args.max_frames),
                 max_frames=self.args.max_frames,
+                warm="false" if getattr(self.args, "cold_retrain", False) else "true",
                 gate_tracks=json.dumps(list(GATE_TRACKS)),
                 margin_mae=margins[0],
                 margin_autonomy=margins[1],
