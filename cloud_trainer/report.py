@@ -77,6 +77,13 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", "closed loop per track (candidate):", ""]
             for name, s in cl["tracks"].items():
                 lines.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
+        pair = r.get("with_car")
+        if pair:
+            lines += ["", f"closed loop with car `{pair['car']}` answering its offloaded frames:", ""]
+            for who in ("alone", "with_edge"):
+                lines.append(f"- {who.replace('_', ' ')}: " + ", ".join(
+                    f"{k} {_fmt(pair[who].get(k))}" for k in ("autonomy", "mean_abs_cte_m", "interventions")
+                ))
         lines.append("")
     lines += ["![candidate vs current](compare.png)", ""]
     lines += [f"![{name}]({name}.png)" for name in results.get("plots", [])]

@@ -111,6 +111,7 @@ def run_card(res: dict[str, Any]) -> dict[str, Any]:
             "current": figures(r.get("current")),
             "checks": gate.get("checks") or [],
             "why": why(gate),
+            "with_car": with_car(r.get("with_car")),
         }
     return {
         "run": res.get("run"),
@@ -141,6 +142,16 @@ def figures(ev: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def with_car(pair: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An edge candidate's closed-loop check with the car (``retrain.judge_pair``): the car
+    alone and with this edge model answering its offloaded frames."""
+    if not pair:
+        return None
+    keep = ("autonomy", "mean_abs_cte_m", "interventions")
+    alone, both = pair.get("alone") or {}, pair.get("with_edge") or {}
+    return {"car": pair.get("car"), "alone": {k: alone.get(k) for k in keep}, "with_edge": {k: both.get(k) for k in keep}}
+
+
 def why(gate: dict[str, Any]) -> str:
     """One line: why the gate promoted the candidate or kept the current model."""
     checks = gate.get("checks") or []
@@ -152,7 +163,7 @@ def why(gate: dict[str, Any]) -> str:
         return "kept the current model"
     parts = []
     for c in failed:
-        rel = ">" if c.get("check", "").endswith(("_mae", "_ms", "_cte_m")) else "<"
+        rel = ">" if any(u in c.get("check", "") for u in ("_mae", "_ms", "_cte_m")) else "<"
         parts.append(f"{c.get('check')} {_num(c.get('value'))} {rel} limit {_num(c.get('limit'))}")
     return "kept the current model: " + "; ".join(parts)
 

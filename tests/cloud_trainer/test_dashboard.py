@@ -24,6 +24,7 @@ from cloud_trainer.dashboard.cli import Background, build  # noqa: E402
 from cloud_trainer.dashboard.storeview import StoreView, plot_key, run_card  # noqa: E402
 from cloud_trainer.dashboard.view import FleetView  # noqa: E402
 from cloud_trainer.registry import Registry  # noqa: E402
+from cloud_trainer.report import markdown  # noqa: E402
 from cloud_trainer.retrain import RetrainConfig, gate  # noqa: E402
 from cloud_trainer.service import CloudService  # noqa: E402
 from cloud_trainer.store import DirStore  # noqa: E402
@@ -420,6 +421,25 @@ def test_a_run_card_says_why_from_the_gates_own_verdict(tmp_path):
     assert g["candidate"]["autonomy"] == 0.9 and g["current"]["steering_mae"] == 0.1
     res["targets"]["car"] = {"candidate": better, "current": cur, "gate": gate(better, cur, cfg)}
     assert run_card(res)["targets"]["car"]["why"] == "promoted: all 4 checks passed"
+    # an edge candidate that steers the car off (retrain.judge_pair's checks and drives)
+    alone, both = {"autonomy": 1.0, "mean_abs_cte_m": 0.02}, {"autonomy": 0.66, "mean_abs_cte_m": 0.2}
+    checks = [
+        {"check": "sim_autonomy_with_car", "passed": False, "value": 0.66, "limit": 1.0},
+        {"check": "sim_mean_abs_cte_m_with_car", "passed": False, "value": 0.2, "limit": 0.05},
+    ]
+    edge = {"version": "e1", "steering_mae": 0.05, "latency_ms": {"p50": 1.0}}
+    res["targets"]["edge"] = {
+        "candidate": edge,
+        "current": None,
+        "gate": {"passed": False, "checks": checks, "against": None},
+        "with_car": {"car": "c2", "alone": alone, "with_edge": both},
+    }
+    e = run_card(res)["targets"]["edge"]
+    assert e["why"] == (
+        "kept the current model: sim_autonomy_with_car 0.66 < limit 1; sim_mean_abs_cte_m_with_car 0.2 > limit 0.05"
+    )
+    assert e["with_car"]["with_edge"]["autonomy"] == 0.66 and e["with_car"]["car"] == "c2"
+    assert "- with edge: autonomy 0.66" in markdown({**res, "targets": {"edge": res["targets"]["edge"]}})
     store = DirStore(tmp_path / "s")
     store.put("runs/run-1/summary.json", json.dumps(res).encode())
     store.put("runs/run-1/curve-car.png", b"\x89PNG")

@@ -457,7 +457,10 @@
       el("thead", {}, el("tr", {}, ...["", `candidate ${cand}`, `current ${g.against || "(none)"}`, "limit", "passed"].map((h) => el("th", {text: h})))),
       el("tbody", {}, ...rows),
     );
-    return el("div", {"data-target": target}, el("p", {class: `why ${g.passed ? "passed" : "failed"}`, text: `${target}: ${g.why}`}), el("div", {class: "scroll"}, table));
+    const pair = g.with_car
+      ? [el("p", {class: "muted with-car", text: `with car ${g.with_car.car}: autonomy ${fmt(g.with_car.with_edge.autonomy, 3)} (alone ${fmt(g.with_car.alone.autonomy, 3)}), mean |CTE| ${fmt(g.with_car.with_edge.mean_abs_cte_m, 3)} m (alone ${fmt(g.with_car.alone.mean_abs_cte_m, 3)} m)`})]
+      : [];
+    return el("div", {"data-target": target}, el("p", {class: `why ${g.passed ? "passed" : "failed"}`, text: `${target}: ${g.why}`}), el("div", {class: "scroll"}, table), ...pair);
   }
 
   function busRunCard(r) {
