@@ -119,7 +119,7 @@ def _fit(
             s, th = s.float(), th.float()
             target = soft_targets(s, net.arch.bins, 1.0)
             outs = model(x)
-            loss = sum(w * exit_loss(o, target, s, th) for w, o in zip(weights, outs, strict=False))
+            loss = sum(w * exit_loss(o, target, s, th, learned=net.arch.learned) for w, o in zip(weights, outs, strict=False))
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -20,6 +20,13 @@ def _train(p: argparse.ArgumentParser) -> None:
         metavar="PKG",
         help="start from this fp32 package's weights (same --arch; its training sessions stay out of validation)",
     )
+    p.add_argument(
+        "--confidence",
+        choices=["entropy", "learned"],
+        default="entropy",
+        help="what an early exit's confidence is: its steering distribution's entropy, or an output "
+        "trained to predict its own error (docs/model.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--widths",

@@ -8,6 +8,7 @@ rounded_square, scene 3, 50 ms actuator latency, 2 laps) on local answers only::
     python scripts/demo_recipe_closed_loop.py collect      # the demo's 7 tracks x 2 expert laps
     python scripts/demo_recipe_closed_loop.py train w64s1 seed=1 widths=12,24,64,64,64,64
     python scripts/demo_recipe_closed_loop.py train d48s0 seed=0 skip=s_bends  # the demo's split
+    python scripts/demo_recipe_closed_loop.py train l48s2 seed=2 confidence=learned
     python scripts/demo_recipe_closed_loop.py drive w64s1  # autonomy, CTE, exit share
 
 Work goes to var/exp/. docs/benchmarks.md ("The closed-loop check") has the figures.
@@ -46,12 +47,22 @@ def train(name: str, settings: dict[str, str]) -> None:
     logs = [str(WORK / "logs" / f"expert-{t}") for t in TRACKS if t != skip]
     cfg: dict = {"arch": "early-exit", "epochs": 6, "max_frames": 8000, "threads": 1, "seed": 0}  # the demo's cloud
     for k, v in settings.items():
-        cfg[k] = [int(x) for x in v.split(",")] if k == "widths" else int(v)
+        cfg[k] = [int(x) for x in v.split(",")] if k == "widths" else _value(v)
     t0 = time.time()
     res = train_package(logs, WORK / f"{name}-fp32.eppkg", TrainConfig(**cfg))
     compress_package(res["package"], str(WORK / f"{name}.eppkg"), logs, runtime="onnx")
     out = {"name": name, "settings": settings, "train_s": round(time.time() - t0), "val_mae": res["val_steering_mae"]}
     print(json.dumps(out))
+
+
+def _value(text: str) -> int | float | str:
+    """seed=1 -> 1, label_sigma_bins=0.5 -> 0.5, confidence=learned -> "learned"."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def drive(name: str) -> None:

@@ -87,7 +87,7 @@ def local_train(
             s, th = s.float(), th.float()
             target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
             outs = net(x)
-            loss = sum(w * exit_loss(o, target, s, th) for w, o in zip(weights, outs, strict=False))
+            loss = sum(w * exit_loss(o, target, s, th, learned=net.arch.learned) for w, o in zip(weights, outs, strict=False))
             if anchor:
                 loss = loss + 0.5 * cfg.mu * sum(
                     ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True)

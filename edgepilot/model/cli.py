@@ -68,7 +68,13 @@ def train(args: argparse.Namespace) -> dict:
     widths = _ints(args, "widths", "channel widths")
     head0 = _ints(args, "head0", "ROWS,COLS,HIDDEN", count=3)
     cfg = TrainConfig(
-        arch=args.arch, epochs=epochs, seed=args.seed, widths=widths, head0=head0, labels=_labels(args)
+        arch=args.arch,
+        epochs=epochs,
+        seed=args.seed,
+        widths=widths,
+        head0=head0,
+        labels=_labels(args),
+        confidence=getattr(args, "confidence", "entropy"),
     )
     return run(args.logs, args.out, cfg, teacher=args.teacher, init=args.init, key=args.key)
 

@@ -60,12 +60,26 @@ class ArchSpec:
     # empty: the first design's [2, 6, 32] (packages from before these fields load unchanged)
     head0: list[int] = field(default_factory=list)
     head1: list[int] = field(default_factory=list)
+    # what an exit's confidence is: "entropy" of its steering distribution, or "learned":
+    # each head has one more output, trained to predict that exit's own steering error
+    confidence: str = "entropy"
 
     def __post_init__(self) -> None:
         if self.name not in ARCHS:
             raise EdgepilotError(f"unknown architecture {self.name!r}; one of {', '.join(ARCHS)}")
         if not self.widths:
             self.widths = list(DEFAULT_WIDTHS[self.name])
+        if self.confidence not in ("entropy", "learned"):
+            raise EdgepilotError(f"confidence must be 'entropy' or 'learned', got {self.confidence!r}")
+
+    @property
+    def learned(self) -> bool:
+        return self.confidence == "learned"
+
+    @property
+    def outputs(self) -> int:
+        """Outputs per exit: steering bins, throttle (and the predicted error)."""
+        return self.bins + 1 + self.learned
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +92,7 @@ class ArchSpec:
             bins=int(d.get("bins", BINS)),
             head0=[int(x) for x in d.get("head0") or []],
             head1=[int(x) for x in d.get("head1") or []],
+            confidence=d.get("confidence", "entropy"),
         )
 
 
@@ -93,11 +108,11 @@ def conv(cin: int, cout: int, k: int, stride: int, pad: int | None = None) -> nn
 class Head(nn.Module):
     """Pool the features to a small grid (keeps left/right position), then two linears."""
 
-    def __init__(self, channels: int, pool: tuple[int, int], hidden: int, bins: int) -> None:
+    def __init__(self, channels: int, pool: tuple[int, int], hidden: int, outputs: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(pool)
         self.fc1 = nn.Linear(channels * pool[0] * pool[1], hidden)
-        self.fc2 = nn.Linear(hidden, bins + 1)
+        self.fc2 = nn.Linear(hidden, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.relu(self.fc1(torch.flatten(self.pool(x), 1))))
@@ -106,13 +121,13 @@ class Head(nn.Module):
 class MLPHead(nn.Module):
     """PilotNet's fully connected tail: flatten, then fc layers of the given widths."""
 
-    def __init__(self, n_in: int, widths: list[int], bins: int) -> None:
+    def __init__(self, n_in: int, widths: list[int], outputs: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for w in widths:
             layers += [nn.Linear(n_in, w), nn.ReLU()]
             n_in = w
-        layers.append(nn.Linear(n_in, bins + 1))
+        layers.append(nn.Linear(n_in, outputs))
         self.fc = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +173,7 @@ def _feat_shape(body: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def build_net(arch: ArchSpec, spec: InputSpec = DEFAULT_SPEC) -> StagedNet:
-    w, bins = arch.widths, arch.bins
+    w, outputs = arch.widths, arch.outputs
     shape: tuple[int, ...] = (3, spec.height, spec.width)
     stages: list[Stage] = []
     if arch.name == "early-exit":
@@ -177,7 +192,7 @@ def build_net(arch: ArchSpec, spec: InputSpec = DEFAULT_SPEC) -> StagedNet:
             shape = _feat_shape(body, shape)
             pool = (heads[k][0], heads[k][1]) if k < 2 else (shape[1], shape[2])
             hidden = heads[k][2] if k < 2 else 64
-            stages.append(Stage(body, Head(shape[0], pool, hidden, bins)))
+            stages.append(Stage(body, Head(shape[0], pool, hidden, outputs)))
     else:
         n_conv = 5
         if len(w) < n_conv + 1:
@@ -192,20 +207,29 @@ def build_net(arch: ArchSpec, spec: InputSpec = DEFAULT_SPEC) -> StagedNet:
         )
         shape = _feat_shape(body, shape)
         n_in = shape[0] * shape[1] * shape[2]
-        stages.append(Stage(body, MLPHead(n_in, w[n_conv:], bins)))
+        stages.append(Stage(body, MLPHead(n_in, w[n_conv:], outputs)))
     return StagedNet(arch, stages)
 
 
-def decode(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_out(out: torch.Tensor, learned: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """An exit's raw output -> (steering logits, throttle, predicted error or None)."""
+    if learned:
+        return out[:, :-2], out[:, -2], out[:, -1]
+    return out[:, :-1], out[:, -1], None
+
+
+def decode(out: torch.Tensor, learned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An exit's raw output -> (steering, throttle, confidence), each of shape (N,)."""
-    logits = out[:, :-1].float()
+    logits, thr, err = split_out(out.float(), learned)
     p = torch.softmax(logits, dim=1)
     centers = torch.linspace(-1.0, 1.0, logits.shape[1])
     steering = (p * centers).sum(1)
-    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
-    conf = 1.0 - ent / torch.log(torch.tensor(float(logits.shape[1])))
-    throttle = out[:, -1].float().clamp(-1.0, 1.0)
-    return steering, throttle, conf
+    if err is not None:
+        conf = 1.0 - err.clamp(0.0, 1.0)
+    else:
+        ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+        conf = 1.0 - ent / torch.log(torch.tensor(float(logits.shape[1])))
+    return steering, thr.clamp(-1.0, 1.0), conf
 
 
 def stage_macs(net: StagedNet, spec: InputSpec = DEFAULT_SPEC) -> list[int]:

@@ -76,18 +76,23 @@ class Decision:
         return x.dequantize() if getattr(x, "is_quantized", False) else x
 
 
-def decode_np(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exit outputs (N, bins+1) -> steering, throttle, confidence; numpy with as few calls
-    as possible, because at batch 1 every call on a 21-vector costs about as much as the
-    arithmetic of an int8 conv: entropy = log Z - sum(p_i * l_i) with p = exp(l) / Z."""
-    logits = out[:, :-1]
+def decode_np(out: np.ndarray, learned: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exit outputs (N, bins+1; learned confidence: N, bins+2) -> steering, throttle,
+    confidence; numpy with as few calls as possible, because at batch 1 every call on a
+    21-vector costs about as much as the arithmetic of an int8 conv: entropy = log Z -
+    sum(p_i * l_i) with p = exp(l) / Z. ``learned``: the last output is the exit's own
+    predicted steering error, and the confidence is 1 minus it (clipped to [0, 1])."""
+    n = out.shape[1] - (2 if learned else 1)
+    logits = out[:, :n]
     logits = logits - logits.max(1, keepdims=True)
     e = np.exp(logits)
     z = e.sum(1)
-    bins = logits.shape[1]
-    steering = (e @ _centers(bins)) / z
-    conf = 1.0 - (np.log(z) - (e * logits).sum(1) / z) / math.log(bins)
-    return np.clip(steering, -1.0, 1.0), np.clip(out[:, -1], -1.0, 1.0), conf
+    steering = (e @ _centers(n)) / z
+    if learned:
+        conf = 1.0 - np.clip(out[:, n + 1], 0.0, 1.0)
+    else:
+        conf = 1.0 - (np.log(z) - (e * logits).sum(1) / z) / math.log(n)
+    return np.clip(steering, -1.0, 1.0), np.clip(out[:, n], -1.0, 1.0), conf
 
 
 _CENTERS: dict[int, np.ndarray] = {}
@@ -119,6 +124,7 @@ class Autopilot:
         self.path = path
         self.version: str = str(manifest.get("version", "?"))
         self.spec = InputSpec.from_dict(manifest.get("input", {}))
+        self.learned = (manifest.get("arch") or {}).get("confidence") == "learned"
         self.segs = segs
         self.runtime = segs.runtime
         self.int8 = segs.int8
@@ -221,7 +227,7 @@ class Autopilot:
             t = time.perf_counter()
             x, out = self.segs.run(j, x)
             outs[k] = x
-            s, th, c = decode_np(out)
+            s, th, c = decode_np(out, self.learned)
             ms[self._names[j]] = (time.perf_counter() - t) * 1e3
             for i in seg:
                 self.stage_calls[i] += 1
@@ -248,7 +254,7 @@ class Autopilot:
             k = seg[-1]
             t = time.perf_counter()
             x, out = self.segs.run(j, x)
-            s, th, c = decode_np(out)
+            s, th, c = decode_np(out, self.learned)
             per = (time.perf_counter() - t) * 1e3 / len(idx)
             for i in seg:
                 self.stage_calls[i] += len(idx)

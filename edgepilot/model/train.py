@@ -45,7 +45,7 @@ from edgepilot import EdgepilotError, __version__
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
 from edgepilot.model.data import FrameDataset, Loaded, Sample, load_samples, split_by_session
-from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, stage_macs
+from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, split_out, stage_macs
 from edgepilot.model.package import load_package, load_private_key, save_package
 from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec
 from edgepilot.progress import bar
@@ -88,6 +88,8 @@ class TrainConfig:
     label_sigma_bins: float = 1.0
     distill_alpha: float = 0.5
     self_distill: float = 0.5  # beta: early exits learn this share from the final head
+    # early-exit: "entropy" of each exit's distribution, or "learned" (nets.ArchSpec)
+    confidence: str = "entropy"
     exit_weights: list[float] = field(default_factory=lambda: list(EXIT_WEIGHTS))
     max_frames: int | None = None  # cap (evenly subsampled) for quick runs and tests
     labels: tuple[str, ...] = TRAINING_LABELS  # label sources to learn from (schema.log)
@@ -104,13 +106,24 @@ def soft_targets(steering: torch.Tensor, bins: int, sigma_bins: float) -> torch.
 
 
 def exit_loss(
-    out: torch.Tensor, target_p: torch.Tensor, steer: torch.Tensor, thr: torch.Tensor
+    out: torch.Tensor,
+    target_p: torch.Tensor,
+    steer: torch.Tensor,
+    thr: torch.Tensor,
+    label: torch.Tensor | None = None,
+    learned: bool = False,
 ) -> torch.Tensor:
-    logits = out[:, :-1]
+    """One exit's loss. ``learned``: its last output also learns to predict the exit's own
+    steering error against ``label`` (default ``steer``), what calibration bounds."""
+    logits, throttle, err = split_out(out, learned)
     ce = -(target_p * F.log_softmax(logits, 1)).sum(1).mean()
     centers = torch.linspace(-1.0, 1.0, logits.shape[1])
     expected = (torch.softmax(logits, 1) * centers).sum(1)
-    return ce + 2.0 * F.l1_loss(expected, steer) + F.mse_loss(out[:, -1], thr)
+    loss = ce + 2.0 * F.l1_loss(expected, steer) + F.mse_loss(throttle, thr)
+    if err is not None:
+        truth = (expected.detach() - (steer if label is None else label)).abs()
+        loss = loss + F.l1_loss(err, truth)
+    return loss
 
 
 def joint_loss(
@@ -120,18 +133,21 @@ def joint_loss(
     thr: torch.Tensor,
     weights: list[float],
     beta: float,
+    learned: bool = False,
 ) -> torch.Tensor:
     """Weighted sum of every exit's loss; early exits also learn from the final head: its
-    distribution, its expected steering (the L1 term) and its throttle, by share ``beta``."""
-    final = outs[-1].detach()
-    final_p = torch.softmax(final[:, :-1], 1)
-    loss = weights[-1] * exit_loss(outs[-1], target, steer, thr)
+    distribution, its expected steering (the L1 term) and its throttle, by share ``beta``
+    (a learned confidence still predicts the error against the label)."""
+    final_logits, final_thr, _ = split_out(outs[-1].detach(), learned)
+    final_p = torch.softmax(final_logits, 1)
+    label = steer
+    loss = weights[-1] * exit_loss(outs[-1], target, steer, thr, learned=learned)
     if beta:
         target = (1 - beta) * target + beta * final_p
         steer = (1 - beta) * steer + beta * (final_p * torch.linspace(-1.0, 1.0, final_p.shape[1])).sum(1)
-        thr = (1 - beta) * thr + beta * final[:, -1]
+        thr = (1 - beta) * thr + beta * final_thr
     for w, o in zip(weights[:-1], outs[:-1], strict=False):
-        loss = loss + w * exit_loss(o, target, steer, thr)
+        loss = loss + w * exit_loss(o, target, steer, thr, label, learned)
     return loss
 
 
@@ -161,7 +177,7 @@ def predict_exits(
     labels = []
     for x, s, _ in loader:
         for k, o in enumerate(net(x)):
-            st, _, c = decode(o)
+            st, _, c = decode(o, net.arch.learned)
             steer[k].append(st.numpy())
             conf[k].append(c.numpy())
         labels.append(s.numpy())
@@ -228,7 +244,8 @@ def train(
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     signing_key = load_private_key(key, create=True)  # fail before an hour of training
-    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1))
+    confidence = cfg.confidence if cfg.arch == "early-exit" else "entropy"
+    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1), confidence=confidence)
     net = build_net(arch, spec)
     start = load_init(init, net, spec, trusted) if init else None
     data = _load_data(logs, cfg, start.seen if start else ())
@@ -345,7 +362,7 @@ def _train_epoch(
         target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
         if teacher_net is not None:
             target, th = _distill(teacher_net, x, target, th, cfg.distill_alpha)
-        loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill)
+        loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill, net.arch.learned)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -360,9 +377,9 @@ def _distill(
     """The batch's steering distribution and throttle targets mixed with the teacher's final
     head by share ``alpha`` (the teacher sees the same augmented frames)."""
     with torch.no_grad():
-        t_out = teacher_net(x)[-1]
-    target = (1 - alpha) * target + alpha * torch.softmax(t_out[:, :-1], 1)
-    th = (1 - alpha) * th + alpha * t_out[:, -1]
+        t_logits, t_thr, _ = split_out(teacher_net(x)[-1], teacher_net.arch.learned)
+    target = (1 - alpha) * target + alpha * torch.softmax(t_logits, 1)
+    th = (1 - alpha) * th + alpha * t_thr
     return target, th
 
 

@@ -221,3 +221,31 @@ def test_early_exit_nets_keep_the_last_epoch_single_exit_nets_the_best(
         assert r["epochs"] == 3 and m["best_epoch"] == 3
     else:
         assert r["epochs"] == 2 and m["best_epoch"] == 1
+
+
+def test_a_learned_confidence_predicts_each_exits_own_error(tmp_path, keys, synthetic_logs):
+    """``confidence="learned"``: every head has one more output, trained to predict that
+    exit's steering error against the label; the runtime's confidence is 1 minus it, in
+    the fp32 package and in the ONNX Runtime int8 one the car runs."""
+    from edgepilot.model.compress import compress_package
+
+    priv, pub = keys
+    out = tmp_path / "learned.eppkg"
+    r = train(synthetic_logs, out, TrainConfig(epochs=6, batch=16, confidence="learned"), key=str(priv))
+    m = read_manifest(out)
+    assert m["arch"]["confidence"] == "learned" and r["thresholds"]["exits"][0] is None
+    pkg = load_package(out, [str(pub)])
+    assert pkg.state["stages.2.head.fc2.bias"].shape[0] == 23  # 21 bins, throttle, error
+    ap = Autopilot.load(out, [str(pub)])
+    frames, labels = load_frames(synthetic_logs)
+    decs = [ap.infer(f, force_final=True) for f in frames]
+    conf = np.array([d.confidence for d in decs])
+    err = np.abs(np.array([d.steering for d in decs]) - labels)
+    assert ((conf >= 0) & (conf <= 1)).all()
+    # it learned the scale of the error it makes (predicted 1 - conf against the real one)
+    assert 0.2 < (1 - conf).mean() / err.mean() < 5.0, ((1 - conf).mean(), err.mean())
+    int8 = compress_package(str(out), str(tmp_path / "learned-onnx.eppkg"), synthetic_logs, key=str(priv),
+                            trusted=[str(pub)], runtime="onnx")
+    car = Autopilot.load(int8["package"], [str(pub)])
+    conf8 = np.array([car.infer(f, force_final=True).confidence for f in frames])
+    assert np.abs(conf8 - conf).mean() < 0.05

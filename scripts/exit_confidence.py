@@ -1,0 +1,89 @@
+"""How well does exit 1's confidence rank its own errors? On a model's validation frames.
+
+For models trained by ``scripts/demo_recipe_closed_loop.py train NAME ...`` (work in
+var/exp/), recomputes the validation split training used and, per candidate confidence
+measure, the largest share of frames exit 1 could answer (most confident first) with the
+package's MAE still <= 1.03x the final head's, in sample (no statistical test: an upper
+bound on what calibration can accept), next to the oracle that sends the frames where exit
+1 beats the final head first::
+
+    python scripts/exit_confidence.py w48s0 w48s1 w48s2
+
+docs/benchmarks.md#model ("What exit 1's confidence ranks") has the figures.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.nets import ArchSpec, build_net
+from edgepilot.model.package import load_package
+from edgepilot.model.preprocess import InputSpec
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from demo_recipe_closed_loop import TRACKS, WORK  # noqa: E402
+
+BUDGET = 1.03
+MAX_FRAMES = 8000  # the recipe's cap
+
+
+def share(conf: np.ndarray, e1: np.ndarray, ef: np.ndarray) -> float:
+    """The largest most-confident-first share within the budget."""
+    gain = np.cumsum((e1 - ef)[np.argsort(-conf)])
+    ok = np.nonzero(gain <= (BUDGET - 1) * ef.sum())[0]
+    return float((ok.max() + 1) / len(conf)) if len(ok) else 0.0
+
+
+def outputs(name: str, samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Exit 1's and the final head's steering distributions, the labels, and exit 1's
+    predicted error (a learned confidence; None for entropy)."""
+    pkg = load_package(WORK / f"{name}-fp32.eppkg")
+    spec = InputSpec.from_dict(pkg.manifest["input"])
+    net = build_net(ArchSpec.from_dict(pkg.manifest["arch"]), spec)
+    net.load_state_dict(pkg.state)
+    net.eval()
+    _, val = split_by_session(samples, 0.2, int(pkg.manifest["training"]["seed"]))
+    bins, learned = net.arch.bins, net.arch.learned
+    p1, pf, labels, err = [], [], [], []
+    with torch.no_grad():
+        for x, s, _ in DataLoader(FrameDataset(val, spec, None), batch_size=256):
+            outs = net(x)
+            p1.append(torch.softmax(outs[1][:, :bins], 1).numpy())
+            pf.append(torch.softmax(outs[-1][:, :bins], 1).numpy())
+            err.append(outs[1][:, -1].numpy())
+            labels.append(s.numpy())
+    return np.concatenate(p1), np.concatenate(pf), np.concatenate(labels), np.concatenate(err) if learned else None
+
+
+def main(names: list[str]) -> None:
+    samples = load_samples([WORK / "logs" / f"expert-{t}" for t in TRACKS]).samples
+    if len(samples) > MAX_FRAMES:
+        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, MAX_FRAMES).astype(int)]
+    for name in names:
+        p1, pf, labels, err = outputs(name, samples)
+        centers = np.linspace(-1.0, 1.0, p1.shape[1])
+        s1, sf = p1 @ centers, pf @ centers
+        e1, ef = np.abs(s1 - labels), np.abs(sf - labels)
+        std = np.sqrt(np.maximum(p1 @ centers**2 - s1**2, 0.0))
+        measures = {
+            "entropy": (p1 * np.log(p1 + 1e-12)).sum(1),
+            "max probability": p1.max(1),
+            "-std": -std,
+            "-|steering|": -np.abs(s1),
+            "oracle": ef - e1,
+        }
+        if err is not None:
+            measures = {"learned (predicted error)": -err, **measures}
+        print(f"{name}: frames {len(labels)}, exit 1 MAE / final MAE {e1.mean() / ef.mean():.3f}")
+        for label, conf in measures.items():
+            corr = "" if label == "oracle" else f", corr(conf, exit-1 error) {np.corrcoef(conf, e1)[0, 1]:+.2f}"
+            print(f"  {label:24s} share within {BUDGET}x: {share(conf, e1, ef):.2f}{corr}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
