@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from cloud_trainer.registry import Registry
+from cloud_trainer.retrain import split_sessions
 from cloud_trainer.service import CloudService
 from cloud_trainer.store import DirStore
 from edgepilot.config import BrokerConfig, RetrainConfig
@@ -26,8 +27,10 @@ from edgepilot.sim.world import SimWorld
 from tests.cloud_trainer.test_registry import Car
 from tests.helpers import wait_for
 
-# sorted keys: the four a-* sessions train, z-heldout is held out (every 5th session)
-SESSIONS = ["a-0", "a-1", "a-2", "a-3", "z-heldout"]
+# the four a-* sessions train, z-heldout-0 is held out: its key's hash picks it
+# (retrain.split_sessions; checked at the start of the test)
+HELDOUT = "z-heldout-0"
+SESSIONS = ["a-0", "a-1", "a-2", "a-3", HELDOUT]
 
 
 def expert_log(store: Path, name: str, n: int, seconds: float = 6.0) -> Path:
@@ -57,6 +60,7 @@ def register_upload(store: Path, n: int, name: str) -> None:
 
 
 def test_the_gate_refuses_a_worse_candidate_and_the_fleet_keeps_its_model(broker, tmp_path):
+    assert split_sessions([f"logs/sim/{n}" for n in SESSIONS], RetrainConfig.heldout_every)[1] == [f"logs/sim/{HELDOUT}"]
     priv, pub = make_keys(tmp_path / "keys")
     ann_priv, ann_pub = make_keys(tmp_path / "keys", role=ANNOUNCEMENTS)
     store_dir = tmp_path / "store"
@@ -65,7 +69,7 @@ def test_the_gate_refuses_a_worse_candidate_and_the_fleet_keeps_its_model(broker
     cfg_train = TrainConfig(epochs=10, max_frames=400, threads=1)
     current = train([str(p) for p in logs[:-1]], tmp_path / "current.eppkg", cfg_train, key=str(priv))
     for n, (name, log) in enumerate(zip(SESSIONS, logs, strict=True)):
-        if name != "z-heldout":
+        if name != HELDOUT:
             mirror_labels(log)  # ... which then arrive again with their steering mirrored
         register_upload(store_dir, n, name)
     store = DirStore(store_dir)
@@ -95,7 +99,7 @@ def test_the_gate_refuses_a_worse_candidate_and_the_fleet_keeps_its_model(broker
     try:
         assert car.updater.wait_for(current["version"], 15).state == "running"
         res = svc.run_once()
-        assert res is not None and res["heldout"] == ["logs/sim/z-heldout"]
+        assert res is not None and res["heldout"] == [f"logs/sim/{HELDOUT}"]
         verdict = res["targets"]["car"]["gate"]
         failed = [c for c in verdict["checks"] if not c["passed"]]
         assert not verdict["passed"] and [c["check"] for c in failed] == ["heldout_steering_mae"]
