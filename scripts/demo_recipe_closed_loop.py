@@ -47,7 +47,7 @@ def train(name: str, settings: dict[str, str]) -> None:
     logs = [str(WORK / "logs" / f"expert-{t}") for t in TRACKS if t != skip]
     cfg: dict = {"arch": "early-exit", "epochs": 6, "max_frames": 8000, "threads": 1, "seed": 0}  # the demo's cloud
     for k, v in settings.items():
-        cfg[k] = [int(x) for x in v.split(",")] if k == "widths" else _value(v)
+        cfg[k] = [_value(x) for x in v.split(",")] if k in ("widths", "exit_weights") else _value(v)
     t0 = time.time()
     res = train_package(logs, WORK / f"{name}-fp32.eppkg", TrainConfig(**cfg))
     compress_package(res["package"], str(WORK / f"{name}.eppkg"), logs, runtime="onnx")

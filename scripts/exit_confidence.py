@@ -39,9 +39,10 @@ def share(conf: np.ndarray, e1: np.ndarray, ef: np.ndarray) -> float:
     return float((ok.max() + 1) / len(conf)) if len(ok) else 0.0
 
 
-def outputs(name: str, samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Exit 1's and the final head's steering distributions, the labels, and exit 1's
-    predicted error (a learned confidence; None for entropy)."""
+def outputs(name: str, samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Exit 1's and the final head's steering distributions, the labels, exit 1's
+    predicted error (a learned confidence; else None) and exit 0's distribution (when
+    exit 0 was trained; else None)."""
     pkg = load_package(WORK / f"{name}-fp32.eppkg")
     spec = InputSpec.from_dict(pkg.manifest["input"])
     net = build_net(ArchSpec.from_dict(pkg.manifest["arch"]), spec)
@@ -49,15 +50,23 @@ def outputs(name: str, samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarra
     net.eval()
     _, val = split_by_session(samples, 0.2, int(pkg.manifest["training"]["seed"]))
     bins, learned = net.arch.bins, net.arch.learned
-    p1, pf, labels, err = [], [], [], []
+    p0, p1, pf, labels, err = [], [], [], [], []
     with torch.no_grad():
         for x, s, _ in DataLoader(FrameDataset(val, spec, None), batch_size=256):
             outs = net(x)
+            p0.append(torch.softmax(outs[0][:, :bins], 1).numpy())
             p1.append(torch.softmax(outs[1][:, :bins], 1).numpy())
             pf.append(torch.softmax(outs[-1][:, :bins], 1).numpy())
             err.append(outs[1][:, -1].numpy())
             labels.append(s.numpy())
-    return np.concatenate(p1), np.concatenate(pf), np.concatenate(labels), np.concatenate(err) if learned else None
+    trained0 = ((pkg.manifest.get("training") or {}).get("exit_weights") or [0])[0] > 0
+    return (
+        np.concatenate(p1),
+        np.concatenate(pf),
+        np.concatenate(labels),
+        np.concatenate(err) if learned else None,
+        np.concatenate(p0) if trained0 else None,
+    )
 
 
 def main(names: list[str]) -> None:
@@ -65,7 +74,7 @@ def main(names: list[str]) -> None:
     if len(samples) > MAX_FRAMES:
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, MAX_FRAMES).astype(int)]
     for name in names:
-        p1, pf, labels, err = outputs(name, samples)
+        p1, pf, labels, err, p0 = outputs(name, samples)
         centers = np.linspace(-1.0, 1.0, p1.shape[1])
         s1, sf = p1 @ centers, pf @ centers
         e1, ef = np.abs(s1 - labels), np.abs(sf - labels)
@@ -79,6 +88,10 @@ def main(names: list[str]) -> None:
         }
         if err is not None:
             measures = {"learned (predicted error)": -err, **measures}
+        if p0 is not None:  # a second opinion: exits 0 and 1 disagreeing
+            gap = -np.abs(p0 @ centers - s1)
+            rank = np.argsort(np.argsort(gap)) + np.argsort(np.argsort(measures["entropy"]))
+            measures = {"-|exit 0 - exit 1|": gap, "entropy and agreement (ranks)": rank, **measures}
         print(f"{name}: frames {len(labels)}, exit 1 MAE / final MAE {e1.mean() / ef.mean():.3f}")
         for label, conf in measures.items():
             corr = "" if label == "oracle" else f", corr(conf, exit-1 error) {np.corrcoef(conf, e1)[0, 1]:+.2f}"
