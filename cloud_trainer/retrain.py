@@ -137,11 +137,7 @@ def gate(
         lim = round(cur["steering_mae"] + cfg.margin_mae, 5)
         check("heldout_steering_mae", cand["steering_mae"] <= lim, cand["steering_mae"], lim)
         if "closed_loop" in cand and "closed_loop" in cur:
-            a, b = cand["closed_loop"], cur["closed_loop"]
-            lim_a = round(b["autonomy"] - cfg.margin_autonomy, 4)
-            check("sim_autonomy", a["autonomy"] >= lim_a, a["autonomy"], lim_a)
-            lim_c = round(b["mean_abs_cte_m"] + cfg.margin_cte_m, 4)
-            check("sim_mean_abs_cte_m", a["mean_abs_cte_m"] <= lim_c, a["mean_abs_cte_m"], lim_c)
+            checks += closed_loop_checks(cand["closed_loop"], cur["closed_loop"], cfg)
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "against": cur and cur["version"]}
 
 
@@ -206,9 +202,9 @@ def judge_pair(registry: Registry, targets: dict[str, Any], car_pkg: Path, edge_
     the frames it is sent. The checks join the edge candidate's gate."""
     from edgepilot.model.runtime import Autopilot
 
-    car = targets["car"]
     if not cfg.eval_tracks:
         return
+    car = targets["car"]
     if car["gate"]["passed"]:
         path, alone = car_pkg, car["candidate"].get("closed_loop")
     elif car["current"] is not None:
@@ -224,18 +220,23 @@ def judge_pair(registry: Registry, targets: dict[str, Any], car_pkg: Path, edge_
     )
     both = {k: both[k] for k in ("autonomy", "mean_abs_cte_m", "interventions", "tracks")}
     verdict = targets["edge"]["gate"]
-    lim_a = round(alone["autonomy"] - cfg.margin_autonomy, 4)
-    lim_c = round(alone["mean_abs_cte_m"] + cfg.margin_cte_m, 4)
-    verdict["checks"] += [
-        _check("sim_autonomy_with_car", both["autonomy"] >= lim_a, both["autonomy"], lim_a),
-        _check("sim_mean_abs_cte_m_with_car", both["mean_abs_cte_m"] <= lim_c, both["mean_abs_cte_m"], lim_c),
-    ]
+    verdict["checks"] += closed_loop_checks(both, alone, cfg, "_with_car")
     verdict["passed"] = all(c["passed"] for c in verdict["checks"])
     targets["edge"]["with_car"] = {"car": pilot.version, "alone": alone, "with_edge": both}
 
 
 def _check(name: str, ok: bool, value: float, limit: float) -> dict[str, Any]:
     return {"check": name, "passed": bool(ok), "value": value, "limit": limit}
+
+
+def closed_loop_checks(a: dict[str, Any], b: dict[str, Any], cfg: RetrainConfig, suffix: str = "") -> list[dict]:
+    """Drive ``a`` not worse than drive ``b`` beyond the margins: autonomy and mean |CTE|."""
+    lim_a = round(b["autonomy"] - cfg.margin_autonomy, 4)
+    lim_c = round(b["mean_abs_cte_m"] + cfg.margin_cte_m, 4)
+    return [
+        _check("sim_autonomy" + suffix, a["autonomy"] >= lim_a, a["autonomy"], lim_a),
+        _check("sim_mean_abs_cte_m" + suffix, a["mean_abs_cte_m"] <= lim_c, a["mean_abs_cte_m"], lim_c),
+    ]
 
 
 def register(

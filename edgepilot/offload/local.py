@@ -1,7 +1,7 @@
 """An edge model in this process, behind the car's ``Offloader`` contract.
 
 The cloud's joint check drives a car model with an edge model answering its hard frames
-(``edgepilot.sim.drive.scored_drives(offload=...)``) without a broker or an edge node:
+(``edgepilot.sim.drive.scored_drives(edge=...)``) without a broker or an edge node:
 the loop encodes each hard frame as it would for the network, this part decodes and
 answers it at once, so every answer is in time. What it measures is the edge model's
 steering on the frames the car sends, not the network (``edgepilot bench offload`` does).
