@@ -11,10 +11,17 @@ OpenCV's vectorised path does. Only a shrink in both directions (a camera delive
 more pixels than asked for) can differ, by one grey level. tests/edgepilot/test_imaging.py
 holds the two paths to that. ``EDGEPILOT_OPENCV=0`` makes a machine with OpenCV take the
 numpy path (to measure what a car without OpenCV spends per frame).
+
+``resize_planar`` is preprocess's call: resize, colour and the channel-first layout in one,
+with the same bytes. Without OpenCV it is the per-frame cost that sets the car's speed-up
+over PilotNet (docs/benchmarks.md#model), so it avoids numpy's gathers and lookup tables:
+the horizontal taps, periodic in blocks (160 -> 200 is 5 targets from 4 sources), become
+one small float32 matrix product; the vertical taps are whole-row copies.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,6 +91,91 @@ def bgr_to_yuv(img_bgr: np.ndarray) -> np.ndarray:
     out[..., 0] = y
     out[..., 1] = _B2U[b.astype(np.int32) - y + 255]
     out[..., 2] = _R2V[r.astype(np.int32) - y + 255]
+    return out
+
+
+def resize_planar(img: np.ndarray, width: int, height: int, yuv: bool) -> np.ndarray:
+    """uint8 HxWx3 BGR -> uint8 3 x ``height`` x ``width`` (YUV when ``yuv``): bit for bit
+    ``cv2.resize(..., INTER_AREA)``, then ``cv2.COLOR_BGR2YUV``, then channels first."""
+    h, w, c = img.shape
+    fast = _cv2 is None and c == 3 and not (w >= width and h >= height) and _blocks(h, w, height, width)
+    if not fast:
+        out = resize_area(img, width, height)
+        out = bgr_to_yuv(out) if yuv else out
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+    planes = _two_tap_planar(np.ascontiguousarray(img), _blocks(h, w, height, width))
+    if not yuv:
+        return planes.astype(np.uint8)
+    b, g, r = planes
+    out = np.empty((3, height, width), np.uint8)
+    # cv2.COLOR_BGR2YUV in int32 (14-bit coefficients, rounding as _R2Y/_B2U/_R2V state)
+    y = r * 4899
+    tmp = g * 9617
+    y += tmp
+    np.multiply(b, 1868, out=tmp)
+    y += tmp
+    y += 1 << 13
+    y >>= 14
+    out[0] = y
+    for k, src, coef in ((1, b, 8061), (2, r, 14369)):
+        np.subtract(src, y, out=tmp)
+        tmp *= coef
+        tmp += (128 << 14) + (1 << 13)
+        tmp >>= 14
+        np.clip(tmp, 0, 255, out=tmp)
+        out[k] = tmp
+    return out
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """The two-tap plan as matrices: one block of sources -> one block of targets across."""
+
+    n: int  # blocks across a row
+    wx: np.ndarray  # (sources per block * 3, targets per block * 3) float32, OpenCV's >> 4 folded in
+    rows: np.ndarray  # each target row's two source rows, first taps then second taps
+    wy: np.ndarray  # (2 * height, 1) int32: their weights
+    saturate: bool  # rounded weights can sum past 1: clip at 255 as OpenCV's saturate_cast
+
+
+@lru_cache(maxsize=32)
+def _blocks(h: int, w: int, height: int, width: int) -> _Blocks | None:
+    """None when the horizontal taps are not the same in every small block (then: ``resize_area``)."""
+    p = _plan(h, w, 3, height, width)
+    dense = np.zeros((w * 3, width * 3), np.float64)
+    cols = np.arange(width * 3)
+    dense[p.cols0, cols] += p.wx0
+    dense[p.cols1, cols] += p.wx1
+    n = math.gcd(w, width)
+    if w // n > 16:  # a wide block is a mostly-zero matrix product: slower than the gathers
+        return None
+    block = dense[: w // n * 3, : width // n * 3]
+    if not np.array_equal(np.kron(np.eye(n), block), dense):  # a tap across a block edge
+        return None
+    wy = np.concatenate([p.wy0, p.wy1]).astype(np.int32)
+    saturate = bool(dense.sum(axis=0).max() > 2048 or (p.wy0 + p.wy1).max() > 2048)
+    # sources * weights < 2**20, and / 16 is a power of two: float32 is exact here
+    return _Blocks(
+        n, (block / 16).astype(np.float32), np.concatenate([p.rows0, p.rows1]), wy, saturate,
+    )  # fmt: skip
+
+
+def _two_tap_planar(img: np.ndarray, bl: _Blocks) -> np.ndarray:
+    """OpenCV's two-tap INTER_AREA as int32 channel planes (3, height, width)."""
+    h = img.shape[0]
+    hor = np.matmul(img.reshape(h * bl.n, -1).astype(np.float32), bl.wx)
+    # truncating a non-negative float is the floor of OpenCV's >> 4; channels become planes
+    hor = hor.reshape(h, bl.n, -1, 3).transpose(3, 0, 1, 2).astype(np.int32).reshape(3, h, -1)
+    taps = hor[:, bl.rows]
+    taps *= bl.wy
+    taps >>= 16  # OpenCV shifts each tap's product before adding them
+    height = len(bl.rows) // 2
+    out = taps[:, :height]
+    out += taps[:, height:]
+    out += 2
+    out >>= 2
+    if bl.saturate:
+        np.minimum(out, 255, out=out)
     return out
 
 

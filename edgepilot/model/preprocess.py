@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgepilot import EdgepilotError
-from edgepilot.imaging import bgr_to_yuv, resize_area
+from edgepilot.imaging import resize_planar
 
 if TYPE_CHECKING:  # torch is imported where a torch tensor is made: a car install has none
     import torch
@@ -71,10 +71,7 @@ def preprocess_u8(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.n
     top = int(round(h * spec.crop_top))
     if h - top < 2:
         raise EdgepilotError(f"preprocess: frame of height {h} is too small")
-    img = resize_area(frame_bgr[top:], spec.width, spec.height)
-    if spec.colour == "yuv":
-        img = bgr_to_yuv(img)
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
+    return resize_planar(frame_bgr[top:], spec.width, spec.height, spec.colour == "yuv")
 
 
 def preprocess(frame_bgr: np.ndarray, spec: InputSpec = DEFAULT_SPEC) -> np.ndarray:

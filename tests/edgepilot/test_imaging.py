@@ -121,3 +121,27 @@ def test_orient_matches_opencv(rotate, flips):
         ref = cv2.rotate(ref, codes[rotate])
     out = imaging.orient(img, flip_h, flip_v, rotate)
     assert np.array_equal(out, ref) and out.flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("size", [(200, 66), (160, 120), (320, 240), (161, 50), (240, 200), (80, 60)])
+@pytest.mark.parametrize("yuv", [True, False])
+def test_planar_resize_and_colour_is_opencvs_bit_for_bit(no_opencv, frames, size, yuv):
+    """preprocess's one call: the block-matrix path where the taps repeat (160 -> 200, 160 ->
+    240, 160 -> 320), resize_area's where they do not (161) or where it shrinks (80x60)."""
+    w, h = size
+    images = [f[36:] for f in frames] + random_images(3, (84, 160)) + [np.full((84, 160, 3), 255, np.uint8)]
+    for img in images:
+        theirs = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        theirs = cv2.cvtColor(theirs, cv2.COLOR_BGR2YUV) if yuv else theirs
+        ours = imaging.resize_planar(img, w, h, yuv)
+        assert ours.shape == (3, h, w) and ours.dtype == np.uint8
+        if size == (80, 60):  # a shrink both ways: resize_area's box filter, one grey level,
+            # which the colour step can turn into two (U and V take differences of channels)
+            assert np.abs(ours.astype(int) - theirs.transpose(2, 0, 1)).max() <= (2 if yuv else 1)
+        else:
+            assert np.array_equal(ours, theirs.transpose(2, 0, 1))
+
+
+def test_the_block_path_is_taken_where_the_taps_repeat():
+    assert imaging._blocks(84, 160, 66, 200) is not None  # preprocess's default: 4 -> 5 per block
+    assert imaging._blocks(84, 161, 66, 200) is None  # gcd 1: one block is the whole row, taps cross
