@@ -45,7 +45,12 @@ def _rollback(p: argparse.ArgumentParser) -> None:
 
 def _fl_server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="store directory (registry, reports; its logs are the default reference)")
-    p.add_argument("--listen", default="127.0.0.1:9092", metavar="HOST:PORT", help="where cars connect (Flower gRPC)")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="where cars connect (Flower gRPC; default: the profile's [fl] listen, 127.0.0.1:9092). Off "
+        "loopback it needs --tls-cert/--tls-key and --client-keys, or --insecure",
+    )
     p.add_argument("--init", metavar="PKG", help="fp32 car package to start from (default: the current car model's)")
     p.add_argument("--reference", nargs="+", metavar="LOG", help="the server's own logs: exit calibration, int8, gate")
     # defaults: the settings `edgepilot bench fl` measured (docs/benchmarks.md)
@@ -66,6 +71,23 @@ def _fl_server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="package signing key (default: keys/signing.key)")
     p.add_argument("--no-push", action="store_true", help="register and promote, but do not announce")
     add_broker(p)
+    link = p.add_argument_group("the link (default: the profile's [fl]; docs/federated.md, docs/deploy.md)")
+    link.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain) ...")
+    link.add_argument("--tls-key", metavar="PEM", help="... and its private key")
+    link.add_argument(
+        "--tls-ca", metavar="PEM", help="the CA that signed --tls-cert, handed to Flower with it (optional)"
+    )
+    link.add_argument(
+        "--client-keys",
+        metavar="DIR",
+        help="take signed updates only, from the keys in DIR: cars/<car>.pub, nodes/<node>.pub with "
+        "nodes/<node>.cars (the cars that edge node may train for); made by `edgepilot keys --car/--node`",
+    )
+    link.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen without TLS or without client keys (a lab network you trust)",
+    )
 
 
 COMMANDS = [

@@ -10,7 +10,10 @@ One run (``edgepilot fl server``):
    round's settings (local epochs, learning rate, FedProx ``mu``, update compression);
 3. cars that do not answer within ``round_timeout_s`` (stragglers) or whose connection
    breaks (a car that drops out mid-round) are failures: counted and logged, not waited
-   for; every answer is decoded and checked (``edgepilot.fl.check``), garbage refused
+   for; with client keys (``ServerLink.trust``) every answer must be signed by the car it
+   names (or an edge node listed for it) over the nonce its connection got this round
+   (``edgepilot.fl.auth``), else it is refused unread; one update per car per round;
+   every answer left is decoded and checked (``edgepilot.fl.check``), garbage refused
    with its reason; with fewer than ``min_cars`` usable updates the global model stays
    as it was for that round;
 4. the sample-weighted mean update moves the global model (FedAvg; FedProx is FedAvg
@@ -35,8 +38,10 @@ from cloud_trainer.registry import Registry
 from cloud_trainer.retrain import compress_car, judge, register, split_sessions, store_logs
 from edgepilot import EdgepilotError
 from edgepilot.config import RetrainConfig
+from edgepilot.fl.auth import AuthError, Trust, new_nonce
 from edgepilot.fl.check import Update, UpdateLimits, screen, weighted_mean
 from edgepilot.fl.codec import CodecConfig
+from edgepilot.fl.link import ServerLink
 from edgepilot.fl.weights import Template, get_arrays, load_net, sanitize, save_federated, set_arrays
 from edgepilot.model.nets import StagedNet
 
@@ -94,6 +99,7 @@ class RoundLog:
     cars: list[str] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
+    unauthenticated: list[str] = field(default_factory=list)  # refused for who sent them, unread
     failures: list[str] = field(default_factory=list)
     bytes_up: int = 0
     bytes_by_car: dict[str, int] = field(default_factory=dict)
@@ -110,10 +116,13 @@ def _strategy_class() -> type:
     from flwr.server.strategy import Strategy
 
     class FleetStrategy(Strategy):  # type: ignore[misc]
-        def __init__(self, cfg: FlConfig, tpl: Template, start: list[np.ndarray]) -> None:
-            self.cfg, self.tpl = cfg, tpl
+        def __init__(
+            self, cfg: FlConfig, tpl: Template, start: list[np.ndarray], trust: Trust | None = None
+        ) -> None:
+            self.cfg, self.tpl, self.trust = cfg, tpl, trust
             self.global_arrays = [a.copy() for a in start]
             self.rounds: list[RoundLog] = []
+            self.nonces: dict[str, str] = {}  # connection (Flower's cid) -> its nonce this round
             self._arch = json.dumps(tpl.arch.to_dict())
             self._spec = json.dumps(tpl.spec.to_dict())
             self._t0 = 0.0
@@ -141,13 +150,17 @@ def _strategy_class() -> type:
                     self.cfg.min_cars,
                 )
                 return []
-            ins = FitIns(parameters, self.cfg.fit_config(server_round, self._arch, self._spec))
+            base = self.cfg.fit_config(server_round, self._arch, self._spec)
+            base["signed"] = self.trust is not None
+            # a nonce per connection and round: a signed update is good for that one answer
+            self.nonces = {c.cid: new_nonce() for c in cars}
             rl.bytes_down = len(cars) * sum(len(t) for t in parameters.tensors)
-            return [(c, ins) for c in cars]
+            return [(c, FitIns(parameters, {**base, "nonce": self.nonces[c.cid]})) for c in cars]
 
         def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
             rl = self.rounds[-1]
             updates = [_update(proxy, res, parameters_to_ndarrays) for proxy, res in results]
+            rl.unauthenticated = _identify(updates, results, self.trust, server_round, self.nonces)
             ok = _screen_round(rl, updates, results, failures, self.tpl, self.cfg.limits)
             rl.seconds = round(time.monotonic() - self._t0, 2)
             metrics = {"accepted": len(ok), "refused": len(rl.refused), "failures": len(failures)}
@@ -189,7 +202,7 @@ def _screen_round(
         rl.bytes_by_car[u.car] = sum(len(t) for t in res.parameters.tensors)
     rl.bytes_up = sum(rl.bytes_by_car.values())
     rl.failures = [_failure(f) for f in failures]
-    ok = screen(updates, tpl.shapes, limits)
+    ok = screen([u for u in updates if u.error is None], tpl.shapes, limits)
     rl.accepted = [u.car for u in ok]
     rl.refused = {u.car: str(u.error) for u in updates if u.error}
     for car, why in rl.refused.items():
@@ -197,6 +210,37 @@ def _screen_round(
     for why in rl.failures:
         log.warning("round %d: a car failed: %s", rl.round, why)
     return ok
+
+
+def _identify(
+    updates: list[Update], results: list, trust: Trust | None, rnd: int, nonces: dict[str, str]
+) -> list[str]:
+    """Who sent each update: with ``trust``, an update whose signature does not check out
+    (unsigned, another key, an unknown car or node, another round's nonce) is refused before
+    a byte of it is decoded; a car's second update in a round is refused either way. Then
+    every update gets a name unique in the round (the car's; ``car#2`` for a second claim,
+    the verified update keeping the bare name) for the round log. The refused names."""
+    for u, (proxy, res) in zip(updates, results, strict=True):
+        if trust is not None:
+            try:
+                trust.verify(res.metrics or {}, rnd, nonces.get(proxy.cid), u.payload, u.samples)
+            except AuthError as e:
+                u.error = f"not authenticated: {e}"
+    seen: set[str] = set()
+    for u in updates:  # arrival order: the first verified update of a car counts
+        if u.error is None and u.car in seen:
+            u.error = f"duplicate: {u.car} already sent an update this round"
+        elif u.error is None:
+            seen.add(u.car)
+    taken: set[str] = set()
+    for u in sorted(updates, key=lambda u: u.error is not None):  # stable: arrival order otherwise
+        name, n = u.car, 1
+        while name in taken:
+            n += 1
+            name = f"{u.car}#{n}"
+        u.car = name
+        taken.add(name)
+    return [u.car for u in updates if u.error]
 
 
 def _update(proxy: Any, res: Any, to_arrays: Any) -> Update:
@@ -219,9 +263,10 @@ def _failure(f: Any) -> str:
 
 
 def run_rounds(
-    cfg: FlConfig, tpl: Template, start: list[np.ndarray], address: str
+    cfg: FlConfig, tpl: Template, start: list[np.ndarray], link: ServerLink
 ) -> tuple[list[np.ndarray], list[RoundLog]]:
-    """Serve the rounds on ``address`` (HOST:PORT); the final global arrays and the round log."""
+    """Serve the rounds on ``link`` (its address, TLS, client keys); the final global arrays
+    and the round log."""
     from edgepilot.fl.client import flower_env
 
     flower_env()
@@ -229,11 +274,19 @@ def run_rounds(
     from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 
     cm = SimpleClientManager()
-    strategy = _strategy_class()(cfg, tpl, start)
+    strategy = _strategy_class()(cfg, tpl, start, link.trust)
     server = Server(client_manager=cm, strategy=strategy)
-    grpc_server = start_grpc_server(client_manager=cm, server_address=address)
+    grpc_server = start_grpc_server(
+        client_manager=cm, server_address=link.address, certificates=link.certificates
+    )
     log.info(
-        "federated server on %s: %d rounds, %s, %s updates", address, cfg.rounds, cfg.strategy, cfg.compress
+        "federated server on %s (%s, %s): %d rounds, %s, %s updates",
+        link.address,
+        "TLS" if link.certificates else "plaintext",
+        "signed updates only" if link.trust else "cars not authenticated",
+        cfg.rounds,
+        cfg.strategy,
+        cfg.compress,
     )
     try:
         server.fit(num_rounds=cfg.rounds, timeout=cfg.round_timeout_s)
@@ -291,12 +344,12 @@ def federated_run(
     cfg: FlConfig,
     rcfg: RetrainConfig,
     *,
-    address: str,
+    link: ServerLink,
     init: str | None = None,
     reference: list[str] | None = None,
     key: str | None = None,
 ) -> dict[str, Any]:
-    """Rounds on ``address``, then calibrate, compress, judge, register, promote. The summary
+    """Rounds on ``link``, then calibrate, compress, judge, register, promote. The summary
     (``promoted`` lists what the caller should push)."""
     t0 = time.time()
     run_id = time.strftime("fl-%Y%m%d-%H%M%S")
@@ -305,14 +358,14 @@ def federated_run(
     start = start_package(registry, init)
     net, tpl, manifest = load_net(start, registry.trusted_keys)
     calib, held = reference_sets(registry, reference)
-    final, rounds = run_rounds(cfg, tpl, get_arrays(net, tpl), address)
+    final, rounds = run_rounds(cfg, tpl, get_arrays(net, tpl), link)
     cars = sorted({c for r in rounds for c in r.accepted})
     results: dict[str, Any] = {
         "run": run_id,
         "train": [f"car:{c}" for c in cars],
         "heldout": held,
         "targets": {},
-        "federated": _summary(cfg, rounds, manifest.get("version")),
+        "federated": _summary(cfg, rounds, manifest.get("version"), link),
         "rounds": [asdict(r) for r in rounds],
         "promoted": [],
     }
@@ -395,7 +448,7 @@ def _gate(
     return car_pkg, report
 
 
-def _summary(cfg: FlConfig, rounds: list[RoundLog], parent: str | None) -> dict[str, Any]:
+def _summary(cfg: FlConfig, rounds: list[RoundLog], parent: str | None, link: ServerLink) -> dict[str, Any]:
     """The run in one flat dict (the report's ``federated`` line)."""
     return {
         "strategy": cfg.strategy,
@@ -405,18 +458,34 @@ def _summary(cfg: FlConfig, rounds: list[RoundLog], parent: str | None) -> dict[
         "cars": len({c for r in rounds for c in r.cars}),
         "updates_accepted": sum(len(r.accepted) for r in rounds),
         "updates_refused": sum(len(r.refused) for r in rounds),
+        "updates_unauthenticated": sum(len(r.unauthenticated) for r in rounds),
         "failures": sum(len(r.failures) for r in rounds),
         "bytes_up": sum(r.bytes_up for r in rounds),
         "bytes_down": sum(r.bytes_down for r in rounds),
         "parent": parent,
+        "tls": link.certificates is not None,
+        "authenticated": link.trust is not None,
     }
 
 
 def cli(args: Any) -> dict[str, Any]:
     """``edgepilot fl server``: one federated run, then push what passed the gate."""
     from cloud_trainer.registry import _open, _push
+    from edgepilot.config import override
+    from edgepilot.fl.link import server_link
 
     registry, prof = _open(args)
+    link = server_link(
+        override(
+            prof.fl,
+            listen=args.listen,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            client_keys=args.client_keys,
+            insecure=True if args.insecure else None,
+        )
+    )
     cfg = FlConfig(
         rounds=args.rounds,
         cars=args.cars,
@@ -439,7 +508,7 @@ def cli(args: Any) -> dict[str, Any]:
         args.workdir,
         cfg,
         rcfg,
-        address=args.listen,
+        link=link,
         init=args.init,
         reference=args.reference,
         key=args.key,

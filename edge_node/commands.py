@@ -18,6 +18,11 @@ def _edge(p: argparse.ArgumentParser) -> None:
 def _fl_proxy(p: argparse.ArgumentParser) -> None:
     p.add_argument("logs", nargs="+", metavar="LOG", help="the car's logs, as they reached this node on the venue's network")
     p.add_argument("--car", required=True, help="the car this node trains for")
+    p.add_argument(
+        "--node-id",
+        help="this node's id, which it signs the updates as (default: the profile's edge.node_id; "
+        "its key: keys/nodes/<id>.key, or --key)",
+    )
     client_arguments(p)
 
 

@@ -55,12 +55,32 @@ def _eval(p: argparse.ArgumentParser) -> None:
 
 
 def _keys(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="keys", help="directory for the pairs (signing.key/.pub, announce.key/.pub)")
-    p.add_argument("--force", action="store_true", help="overwrite existing keys")
     p.add_argument(
+        "--out", default="keys", help="directory for the pairs (signing.key/.pub, announce.key/.pub; cars/, nodes/)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing keys")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--role",
         choices=["signing", "announce"],
         help="make only this pair: 'signing' signs packages, 'announce' signs model announcements",
+    )
+    which.add_argument(
+        "--car",
+        metavar="ID",
+        help="a car's federated-learning pair instead (OUT/cars/ID.key, .pub): it signs the car's "
+        "weight updates; the server trusts the .pub (fl server --client-keys)",
+    )
+    which.add_argument(
+        "--node",
+        metavar="ID",
+        help="an edge node's federated-learning pair (OUT/nodes/ID.key, .pub), for `fl proxy`",
+    )
+    p.add_argument(
+        "--for",
+        dest="for_cars",
+        metavar="CAR,CAR",
+        help="with --node: the cars it may train for (written to OUT/nodes/ID.cars, read by the server)",
     )
 
 
@@ -104,7 +124,8 @@ COMMANDS = [
     Command(("compress",), "int8 quantisation (+ pruning) of a model package", "edgepilot.model.cli:compress", model_cli.compress_arguments),
     Command(
         ("keys",),
-        "make the fleet's Ed25519 key pairs: one signs model packages, one signs announcements",
+        "make the fleet's Ed25519 key pairs: one signs model packages, one signs announcements "
+        "(--car/--node: a federated-learning client's pair)",
         "edgepilot.keys:cli",
         _keys,
     ),

@@ -303,6 +303,29 @@ class DashboardConfig:
 
 
 @dataclass
+class FlLinkConfig:
+    """The federated-learning link (``edgepilot fl``, docs/federated.md "The link"): TLS and
+    who may send updates. One section for both ends; each reads its own keys. Off loopback
+    the server refuses to serve without TLS and client keys, and a client refuses to connect
+    without a CA, unless ``insecure``."""
+
+    listen: str = "127.0.0.1:9092"  # server: where cars connect (HOST:PORT)
+    server: str = "127.0.0.1:9092"  # client: the federated server
+    tls_cert: str | None = None  # server: its certificate chain (PEM) ...
+    tls_key: str | None = None  # ... and its key: both set turn TLS on
+    # client: the CA that signed the server's certificate (turns TLS on); server: handed to
+    # Flower beside the certificate (it asks for one; cars present no certificates)
+    tls_ca: str | None = None
+    # server: directory of the public keys it takes updates from: cars/<car>.pub, and
+    # nodes/<node>.pub with nodes/<node>.cars (the cars that edge node may train for)
+    client_keys: str | None = None
+    # client: the Ed25519 key it signs its updates with (default keys/cars/<car>.key; for
+    # `fl proxy`, the node's keys/nodes/<node>.key)
+    key: str | None = None
+    insecure: bool = False  # allow plaintext / unauthenticated cars off loopback (a lab)
+
+
+@dataclass
 class Profile:
     name: str = "default"
     car_id: str = "car-1"
@@ -318,6 +341,7 @@ class Profile:
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    fl: FlLinkConfig = field(default_factory=FlLinkConfig)
 
 
 def _type_name(tp: Any) -> str:

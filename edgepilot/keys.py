@@ -8,6 +8,11 @@ run a package nobody signed; a leaked package key alone cannot make a car swap. 
 in ``keys/`` (``<role>.key`` 0600, ``<role>.pub``); the receivers trust ``.pub`` files named
 in their profile. Rotation: docs/deploy.md#keys.
 
+Federated learning adds one pair per client (``edgepilot keys --car ID`` / ``--node ID``,
+``keys/cars/<id>.key``, ``keys/nodes/<id>.key``): a car signs its own weight updates, an
+edge node the updates it trains for the cars it is listed for; the federated server trusts
+their ``.pub`` files (``edgepilot.fl.auth``, docs/federated.md "The link").
+
 No torch here: the car's install without torch verifies announcements and packages.
 """
 
@@ -17,6 +22,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -28,6 +34,15 @@ log = logging.getLogger(__name__)
 
 PACKAGES, ANNOUNCEMENTS = "signing", "announce"
 PRIVATE, PUBLIC = f"{PACKAGES}.key", f"{PACKAGES}.pub"
+CLIENT_DIRS = {"car": "cars", "node": "nodes"}  # a federated client's pair, by kind: keys/<dir>/<id>.key
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # as the broker's logins; ids become file names
+
+
+def check_client_id(name: str, what: str = "id") -> str:
+    """``name`` when it can name a car or node (and its key file), else an error."""
+    if not isinstance(name, str) or not _CLIENT_ID.match(name) or name in (".", ".."):
+        raise EdgepilotError(f"{what} {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    return name
 
 
 def repo_root() -> Path:
@@ -113,12 +128,42 @@ def default_trusted_keys(role: str = PACKAGES) -> list[str]:
     return [str(p) for p in sorted(d.glob(f"{role}.pub")) + sorted(d.glob(f"{role}-*.pub"))]
 
 
+def make_client_keys(
+    out: str | Path, kind: str, name: str, force: bool = False, acts_for: list[str] | None = None
+) -> dict[str, object]:
+    """A federated client's pair: ``out/cars/<name>.key|.pub`` for a car, ``out/nodes/<name>.*``
+    for an edge node, and with ``acts_for`` the node's ``<name>.cars`` (the cars it may train
+    for; the server reads it beside the ``.pub``)."""
+    sub = Path(out) / CLIENT_DIRS[kind]
+    priv, pub = make_keys(sub, force=force, role=check_client_id(name, kind))
+    made: dict[str, object] = {
+        kind: name,
+        "private": str(priv),
+        "public": str(pub),
+        "key_id": key_id(load_private_key(priv).public_key()),
+    }
+    if acts_for:
+        cars = [check_client_id(c, "car") for c in acts_for]
+        lst = sub / f"{name}.cars"
+        lst.write_text("".join(f"{c}\n" for c in cars))
+        made.update(cars=cars, cars_file=str(lst))
+    return made
+
+
 def cli(args: object) -> dict[str, object]:
-    """``edgepilot keys``: the package pair and the announcement pair (or one ``--role``)."""
+    """``edgepilot keys``: the package pair and the announcement pair (or one ``--role``), or
+    a federated client's pair (``--car ID``, ``--node ID [--for CARS]``)."""
+    out_dir, force = getattr(args, "out", "keys"), getattr(args, "force", False)
+    acts_for = [c for c in (getattr(args, "for_cars", None) or "").split(",") if c]
+    if acts_for and not getattr(args, "node", None):
+        raise EdgepilotError("--for names the cars an edge node trains for: give it with --node ID")
+    for kind in ("car", "node"):
+        if getattr(args, kind, None):
+            return make_client_keys(out_dir, kind, getattr(args, kind), force, acts_for)
     roles = [getattr(args, "role", None)] if getattr(args, "role", None) else [PACKAGES, ANNOUNCEMENTS]
     out: dict[str, object] = {}
     for role in roles:
-        priv, pub = make_keys(getattr(args, "out", "keys"), force=getattr(args, "force", False), role=role)
+        priv, pub = make_keys(out_dir, force=force, role=role)
         made = {"private": str(priv), "public": str(pub), "key_id": key_id(load_private_key(priv).public_key())}
         if role == PACKAGES:
             out.update(made)

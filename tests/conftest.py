@@ -96,6 +96,20 @@ def tiny_int8(tmp_path_factory, tiny_model, sample_logs):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory):
+    """Two throw-away CAs from ``launch/make-test-ca`` (the one docs/deploy.md uses), each with
+    a server certificate for localhost and 127.0.0.1: ``(ours, another)``, directories holding
+    ca.crt, server.crt, server.key."""
+    import subprocess
+
+    make = SAMPLES.parent.parent / "launch" / "make-test-ca"
+    dirs = [tmp_path_factory.mktemp("tls") / name for name in ("ca", "other")]
+    for d in dirs:
+        subprocess.run([str(make), str(d)], check=True, capture_output=True)
+    return tuple(dirs)
+
+
 STANDINS = os.path.join(os.path.dirname(__file__), "standins")
 
 

@@ -1,9 +1,9 @@
 """``edgepilot fl client``: this car joins a federated fine-tuning run.
 
-The car trains on its own logs and sends compressed weight updates; its frames stay on
-the car. That needs torch, which a car install without it (``edgepilot[car]``) lacks:
-such a car's logs go to an edge node on the venue's network, which trains for it
-(``edgepilot fl proxy``, docs/federated.md).
+The car trains on its own logs and sends compressed weight updates, signed with its own
+key (``keys/cars/<car>.key``, ``[fl] key``); its frames stay on the car. That needs torch,
+which a car install without it (``edgepilot[car]``) lacks: such a car's logs go to an edge
+node on the venue's network, which trains for it (``edgepilot fl proxy``, docs/federated.md).
 """
 
 from __future__ import annotations
@@ -26,4 +26,4 @@ def cli(args: Any) -> dict[str, Any]:
 
     prof = load_profile(getattr(args, "profile", None))
     logs = list(args.logs) or [prof.drive.record_dir]
-    return run_client(client_options(args, args.car or prof.car_id, logs, "car"))
+    return run_client(client_options(args, args.car or prof.car_id, logs, "car", prof.fl))

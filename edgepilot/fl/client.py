@@ -6,10 +6,18 @@ and on an edge node acting for a car that cannot train (``edgepilot fl proxy``):
 where the frames come from differs. The server sends the architecture with the weights
 (``FitIns.config``), so a client needs no model file of its own.
 
+The link (``edgepilot.fl.link``): TLS when the client has the CA that signed the server's
+certificate, checked with one handshake before Flower connects; plaintext only to a server
+on this machine unless ``insecure``. Every update is signed (``edgepilot.fl.auth``) with
+the car's key, or for ``fl proxy`` the edge node's, over the nonce the server gave this
+connection for the round; a server with client keys refuses anything else, and a client
+without a key is told so before it trains.
+
 Faults (``fault``) are a testing aid for the benchmark and the tests, never set in a
 fleet: ``nan`` (a NaN in the update), ``huge`` (the update times 1e6), ``shape`` (one
 tensor missing), ``drop`` (the process dies mid-round, after training), ``slow`` (answers
-after the round's deadline); in round ``fault_round``, or in every round when it is 0.
+after the round's deadline), ``unsigned`` (no signature), ``replay`` (the previous round's
+signed answer again); in round ``fault_round``, or in every round when it is 0.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from edgepilot import EdgepilotError
+from edgepilot.fl.auth import Identity, load_identity
 from edgepilot.fl.codec import CodecConfig, Encoder
+from edgepilot.fl.link import client_root_certificates, probe
 from edgepilot.fl.local import LocalConfig, car_samples, local_train
 from edgepilot.fl.options import FAULTS, ClientOptions
 from edgepilot.fl.weights import Template, get_arrays, set_arrays, template_of
@@ -57,11 +67,13 @@ def flower_env() -> None:
 class CarTrainer:
     """The federated logic of one car, without Flower: what ``fit`` does."""
 
-    def __init__(self, opts: ClientOptions, samples: list[Sample]) -> None:
+    def __init__(self, opts: ClientOptions, samples: list[Sample], identity: Identity | None = None) -> None:
         if opts.fault is not None and opts.fault not in FAULTS:
             raise EdgepilotError(f"unknown fault {opts.fault!r}; one of {', '.join(FAULTS)}")
         self.opts = opts
         self.samples = samples
+        self.identity = identity
+        self._last: tuple[bytes, int, dict[str, Any]] | None = None  # the previous answer (fault "replay")
         self.net: StagedNet | None = None
         self.tpl: Template | None = None
         self.encoder = Encoder()
@@ -89,6 +101,16 @@ class CarTrainer:
 
         torch.set_num_threads(self.opts.threads)
         rnd = int(config.get("round", self.stats.rounds + 1))
+        fault = self._fault(rnd)
+        if config.get("signed") and self.identity is None and fault != "unsigned":
+            kind, name = self.opts.signer
+            raise EdgepilotError(
+                f"the federated server takes signed updates only and this {kind} has no key: make one "
+                f"with `edgepilot keys --{kind} {name}` (or pass --key) and give the server its .pub"
+            )
+        if fault == "replay" and self._last is not None:
+            log.warning("fault: replaying round %d's answer in round %d", self._last[2]["round"], rnd)
+            return self._last
         net, tpl = self._model(config)
         set_arrays(net, tpl, parameters)
         self.encoder.cfg = CodecConfig(
@@ -96,19 +118,25 @@ class CarTrainer:
         )
         res = local_train(net, tpl.spec, self.samples, LocalConfig.from_config(config), rnd)
         update = [a - g for a, g in zip(get_arrays(net, tpl), parameters, strict=True)]
-        blob = self._faulty(update, rnd, float(config.get("deadline_s", 0)))
+        blob = self._faulty(update, rnd, fault, float(config.get("deadline_s", 0)))
         self.stats.rounds += 1
         self.stats.bytes_sent += len(blob)
         self.stats.bytes_received += int(sum(p.nbytes for p in parameters))
         self.stats.train_s += res.seconds
-        metrics = {
+        metrics: dict[str, Any] = {
             "car": self.opts.car,
             "role": self.opts.role,
             "train_s": round(res.seconds, 3),
             "loss": round(res.loss, 5),
             "bytes": len(blob),
+            "round": rnd,
         }
-        self.stats.per_round.append({"round": rnd, **metrics})
+        nonce = config.get("nonce")
+        if isinstance(nonce, str) and self.identity is not None and fault != "unsigned":
+            metrics["nonce"] = nonce  # echoed: the server tells a replay from a bad signature
+            metrics.update(self.identity.sign(self.opts.car, rnd, nonce, blob, res.samples))
+        self.stats.per_round.append({k: v for k, v in metrics.items() if k not in ("sig", "nonce")})
+        self._last = (blob, res.samples, metrics)
         log.info(
             "round %d: %d frames, loss %.4f, %.1f s, %d bytes",
             rnd,
@@ -119,8 +147,10 @@ class CarTrainer:
         )
         return blob, res.samples, metrics
 
-    def _faulty(self, update: list[np.ndarray], rnd: int, deadline_s: float) -> bytes:
-        fault = self.opts.fault if self.opts.fault_round in (0, rnd) else None
+    def _fault(self, rnd: int) -> str | None:
+        return self.opts.fault if self.opts.fault_round in (0, rnd) else None
+
+    def _faulty(self, update: list[np.ndarray], rnd: int, fault: str | None, deadline_s: float) -> bytes:
         if fault == "drop":
             log.warning("fault: dying mid-round %d", rnd)
             os._exit(3)
@@ -139,6 +169,7 @@ class CarTrainer:
         return {
             "car": self.opts.car,
             "role": self.opts.role,
+            "signer": self.identity.signer if self.identity else None,
             "frames": len(self.samples),
             "rounds": self.stats.rounds,
             "bytes_sent": self.stats.bytes_sent,
@@ -164,7 +195,8 @@ def wait_port(address: str, timeout_s: float) -> None:
 
 
 def run_client(opts: ClientOptions) -> dict[str, Any]:
-    """Load this car's frames, join the server's rounds until it says stop; the summary."""
+    """Check the link's settings, load this car's frames, join the server's rounds until it
+    says stop; the summary."""
     flower_env()
     try:
         from flwr.client import NumPyClient
@@ -172,7 +204,10 @@ def run_client(opts: ClientOptions) -> dict[str, Any]:
     except ImportError:
         raise EdgepilotError("federated learning needs Flower: pip install 'edgepilot[fl]'") from None
 
-    trainer = CarTrainer(opts, car_samples(opts.logs, opts.max_frames))
+    # the settings first: a missing CA or key is one line before any frame is loaded
+    root = client_root_certificates(opts.server, opts.tls_ca, opts.insecure)
+    identity = load_identity(*opts.signer, opts.key)
+    trainer = CarTrainer(opts, car_samples(opts.logs, opts.max_frames), identity)
 
     class _Client(NumPyClient):  # type: ignore[misc]
         def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
@@ -185,12 +220,14 @@ def run_client(opts: ClientOptions) -> dict[str, Any]:
             return [np.frombuffer(blob, np.uint8)], n, metrics
 
     wait_port(opts.server, opts.connect_timeout_s)
+    probe(opts.server, root, opts.tls_ca)
     t0 = time.time()
     try:
         start_client(
             server_address=opts.server,
             client=_Client().to_client(),
-            insecure=True,
+            insecure=root is None,
+            root_certificates=root,
             max_retries=3,
             max_wait_time=opts.connect_timeout_s,
         )

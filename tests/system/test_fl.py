@@ -105,6 +105,53 @@ def test_federation_survives_a_dropout_and_a_garbage_update(broker, tmp_path, ti
     verify_announcement(ann, None)  # the repository's announcement key (keys/announce.pub) signed it
 
 
+def test_a_federation_over_tls_with_signed_updates_aggregates_every_car(
+    tmp_path, tiny_model, sample_logs, tls_ca
+):
+    """The secured link through the command line: the server on TLS with the test CA and
+    client keys, a car signing with its own key (``fl client``) and an edge node signing as
+    itself for a car it is listed for (``fl proxy``); every update is taken. The refusals
+    (unsigned, another car's key, a replay, an unknown car) run in
+    tests/cloud_trainer/test_fl_link.py."""
+    from edgepilot.cli import main
+
+    ca, _ = tls_ca
+    keys = tmp_path / "keys"
+    assert main(["keys", "--out", str(keys), "--car", "car-a"]) == 0
+    assert main(["keys", "--out", str(keys), "--node", "edge-7", "--for", "car-b"]) == 0
+    addr = f"127.0.0.1:{free_port()}"
+    oval, bends = sample_logs
+    with Supervisor(tmp_path / "proc") as sup:
+        server = sup.edgepilot(
+            "server", "fl", "server", "--store", str(tmp_path / "store"), "--listen", addr, "--init", tiny_model,
+            "--reference", *sample_logs, "--rounds", "2", "--cars", "2", "--wait", "300", "--local-epochs", "1",
+            "--eval-tracks", "", "--workdir", str(tmp_path / "work"), "--no-push", "--json",
+            "--tls-cert", str(ca / "server.crt"), "--tls-key", str(ca / "server.key"), "--tls-ca", str(ca / "ca.crt"),
+            "--client-keys", str(keys), expect_exit=True,
+        )  # fmt: skip
+        common = ("--server", addr, "--tls-ca", str(ca / "ca.crt"), "--connect-timeout", "300", "--json")
+        sup.edgepilot(
+            "car-a", "fl", "client", oval, "--car", "car-a", "--key", str(keys / "cars/car-a.key"), *common,
+            expect_exit=True,
+        )  # fmt: skip
+        sup.edgepilot(
+            "car-b", "fl", "proxy", bends, "--car", "car-b", "--node-id", "edge-7",
+            "--key", str(keys / "nodes/edge-7.key"), *common, expect_exit=True,
+        )  # fmt: skip
+        assert sup.wait("server", timeout=1200) == 0, server.tail(40)
+        res = server.json_result()
+        assert sup.wait("car-a", timeout=60) == 0 and sup.wait("car-b", timeout=60) == 0
+        ca_res, cb_res = (sup.children[n].json_result() for n in ("car-a", "car-b"))
+
+    for r in res["rounds"]:
+        assert sorted(r["accepted"]) == ["car-a", "car-b"] and r["applied"]
+        assert not r["refused"] and not r["unauthenticated"] and not r["failures"]
+    fed = res["federated"]
+    assert fed["tls"] and fed["authenticated"] and fed["updates_accepted"] == 4
+    assert (ca_res["signer"], cb_res["signer"]) == ("car:car-a", "node:edge-7")
+    assert res["train"] == ["car:car-a", "car:car-b"]
+
+
 def test_server_refuses_bad_settings_before_any_car_trains(capsys):
     from edgepilot.cli import main
 
