@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgepilot import EdgepilotError
 from edgepilot.config import REPO_ROOT
+from edgepilot.schema.fleet import UPLOAD_CHUNK_FILTER
 
 TEMPLATE = REPO_ROOT / "launch" / "mosquitto.conf"
 SECURE_TEMPLATE = REPO_ROOT / "launch" / "mosquitto-secure.conf"
@@ -139,22 +140,68 @@ def dynsec_plugin() -> Path:
     raise EdgepilotError("mosquitto_dynamic_security.so not found: install Mosquitto 2.0+ (apt-get install mosquitto)")
 
 
-def clientid_plugin() -> Path:
-    """The plugin that binds client ids to logins (launch/mosquitto-plugin), built on
-    first use (launch/setup builds it too; it needs the mosquitto-dev headers)."""
-    so = PLUGIN_OUT / "edgepilot_clientid.so"
-    if not so.exists() or so.stat().st_mtime < (PLUGIN_SRC / "edgepilot_clientid.c").stat().st_mtime:
+def _plugin(name: str) -> Path:
+    """One of the broker's plugins (launch/mosquitto-plugin), built on first use and when
+    its source changed (launch/setup builds them too; they need the mosquitto-dev headers)."""
+    so = PLUGIN_OUT / f"{name}.so"
+    if not so.exists() or so.stat().st_mtime < (PLUGIN_SRC / f"{name}.c").stat().st_mtime:
         r = subprocess.run(
-            ["make", "-s", "-C", str(PLUGIN_SRC), f"OUT={PLUGIN_OUT}"], capture_output=True, text=True
+            ["make", "-s", "-C", str(PLUGIN_SRC), f"OUT={PLUGIN_OUT}", str(so)], capture_output=True, text=True
         )
         if r.returncode != 0:
-            raise EdgepilotError(f"building the broker's client-id plugin failed: {r.stderr.strip()[-300:]}")
+            raise EdgepilotError(f"building the broker plugin {name} failed: {r.stderr.strip()[-300:]}")
     return so
+
+
+def clientid_plugin() -> Path:
+    """The plugin that binds client ids to logins."""
+    return _plugin("edgepilot_clientid")
+
+
+def ratelimit_plugin() -> Path:
+    """The plugin that limits each login's publish rate (messages/s and bytes/s)."""
+    return _plugin("edgepilot_ratelimit")
+
+
+RATE_EXEMPT_TOPICS = (UPLOAD_CHUNK_FILTER,)
+"""Never rate-limited: log uploads go at the link's speed, paced by the cloud's acks (a
+window of chunks in flight, vehicle/upload.py) and bounded by its ingest limits; their
+bytes reach the cloud only, never an edge node. launch/mosquitto-secure.conf says the same."""
+
+
+RATE_LIMITS = {"max_msgs_per_s": 100.0, "max_bytes_per_s": 8388608.0, "burst_s": 2.0}
+"""Each login's limits in launch/mosquitto-secure.conf (and the plugin's defaults): a car
+sends 20-30 frames/s of a few KB, at most 256 KiB (the largest body an edge node accepts:
+30 of them 7.5 MiB/s), and telemetry at 1/s."""
+
+
+def ratelimit_config(
+    exempt_users: tuple[str, ...] = (),
+    exempt_topics: tuple[str, ...] = RATE_EXEMPT_TOPICS,
+    **limits: float,
+) -> str:
+    """Config lines that load the per-login publish rate limit
+    (launch/mosquitto-plugin/edgepilot_ratelimit.c) into a broker from ``launch/mosquitto.conf``:
+    its ``extra``. The plain broker does not load it by itself (its clients are anonymous:
+    the limit would be per client id, which a client picks); the tests and benchmarks of the
+    limit do. ``limits``: any of RATE_LIMITS's keys (0 turns one off); the rest as there."""
+    unknown = set(limits) - set(RATE_LIMITS)
+    if unknown:
+        raise EdgepilotError(f"unknown rate limit(s): {', '.join(sorted(unknown))}")
+    lines = [f"plugin {ratelimit_plugin()}"]
+    lines += [f"plugin_opt_{key} {value:.15g}" for key, value in {**RATE_LIMITS, **limits}.items()]
+    if exempt_users:
+        lines.append(f"plugin_opt_exempt_users {' '.join(exempt_users)}")
+    if exempt_topics:
+        lines.append(f"plugin_opt_exempt_topics {' '.join(exempt_topics)}")
+    return "\n".join(lines) + "\n"
 
 
 def secure_config(auth: str | Path, state: str | Path, port: int, bind: str = "127.0.0.1") -> str:
     """launch/mosquitto-secure.conf filled in: TLS only, dynamic-security ACLs from
-    ``auth`` (launch/make-broker-auth and launch/make-test-ca wrote it), ids bound to logins."""
+    ``auth`` (launch/make-broker-auth and launch/make-test-ca wrote it), ids bound to logins,
+    each login's publish rate limited (but the edge nodes' and the cloud's, listed in
+    ``auth``/ratelimit-exempt by make-broker-auth)."""
     return (
         SECURE_TEMPLATE.read_text()
         .replace("@PORT@", str(port))
@@ -163,6 +210,7 @@ def secure_config(auth: str | Path, state: str | Path, port: int, bind: str = "1
         .replace("@AUTH@", str(Path(auth).resolve()))
         .replace("@USER@", getpass.getuser())
         .replace("@IDPLUGIN@", str(clientid_plugin()))
+        .replace("@RATEPLUGIN@", str(ratelimit_plugin()))
         .replace("@DYNSEC@", str(dynsec_plugin()))
     )
 

@@ -31,6 +31,8 @@ from edgepilot import EdgepilotError
 from edgepilot.schema.topics import ROLES, TOPICS, Topic
 
 DYNSEC_FILE = "dynamic-security.json"
+RATE_EXEMPT_FILE = "ratelimit-exempt"  # the logins the broker's rate limit leaves alone
+UNLIMITED_ROLES = ("edge", "cloud")  # their replies and pushes grow with the fleet: not a car's rate
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # no ':' : a login's client ids are "<id>" and "<id>:..."
 ITERATIONS = 101_000
 
@@ -113,7 +115,9 @@ def write_private(path: Path, text: str) -> None:
 
 
 def make_auth(out: str | Path, clients: list[Client]) -> Path:
-    """Write ``OUT/dynamic-security.json`` and one ``OUT/<id>.pass`` per client (all 0600)."""
+    """Write ``OUT/dynamic-security.json``, one ``OUT/<id>.pass`` per client and
+    ``OUT/ratelimit-exempt`` (the edge nodes' and the cloud's logins, one a line, read by
+    the broker's rate limit: launch/mosquitto-secure.conf), all 0600."""
     out = Path(out)
     if not clients:
         raise EdgepilotError("make-broker-auth: name at least one client (--car, --edge, --cloud, ...)")
@@ -129,6 +133,7 @@ def make_auth(out: str | Path, clients: list[Client]) -> Path:
     passwords = {c.id: _password(out, c.id) for c in clients}
     path = out / DYNSEC_FILE
     write_private(path, json.dumps(dynsec_config(clients, passwords), indent=1))
+    write_private(out / RATE_EXEMPT_FILE, "".join(f"{c.id}\n" for c in clients if c.role in UNLIMITED_ROLES))
     return path
 
 

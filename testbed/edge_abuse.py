@@ -16,7 +16,10 @@ A miss (no answer in the car's deadline) counts as an infinite round trip, so a 
 is not finite means more than half the frames were never answered.
 
 ``python -m testbed.edge_abuse --broker mqtt://127.0.0.1:1883 --json`` (starts its own
-``edgepilot edge`` process; a broker must be running).
+``edgepilot edge`` process; a broker must be running). With ``--rate-limit`` it starts its
+own broker with the broker's per-login rate limit (launch/mosquitto-plugin) and floods from
+a limited car and from one the limit exempts, in turn: the same flood with and without the
+limit, in one run.
 """
 
 from __future__ import annotations
@@ -25,17 +28,21 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgepilot.broker import RATE_LIMITS, ratelimit_config, start_broker
 from edgepilot.config import BrokerConfig
 from edgepilot.imaging import encode_jpeg
 from edgepilot.mqtt import Connection, parse_url
@@ -268,6 +275,11 @@ def p50(xs: list[float]) -> float:
     return sorted(xs)[(len(xs) - 1) // 2] if xs else math.nan
 
 
+def p90(xs: list[float]) -> float:
+    """The round trip 90% of frames beat (a miss: inf)."""
+    return sorted(xs)[int(0.9 * (len(xs) - 1))] if xs else math.nan
+
+
 def _figure(x: Any) -> Any:
     """Rounded; an infinite figure as the string "inf" (JSON has no infinity)."""
     if not isinstance(x, float):
@@ -286,50 +298,65 @@ def side_by_side(
     window_s: float = 1.75,
     lead_s: float = 0.3,
     drain_s: float = 1.2,
+    unlimited: FloodSpec | None = None,
 ) -> dict[str, Any]:
     """Alternate a baseline window and an attacked window ``rounds`` times against the edge
     node(s) serving ``url``; the victim's round trips in each arm and the flooder's tally.
 
     Each attacked window starts ``lead_s`` into the flood (its steady state); after it,
     ``drain_s`` unmeasured (what the flood left queued, and the flooder's penalty, which
-    outlasts its flood by a second, run out) before the next baseline window."""
-    victim = Victim(BrokerConfig(url=url))
-    flooder = spawn_flooder(url, spec)
-    assert flooder.stdin is not None and flooder.stdout is not None
-    base: list[float] = []
-    hit: list[float] = []
-    parts: dict[str, list[tuple[float, float]]] = {"baseline": [], "attacked": []}
+    outlasts its flood by a second, run out) before the next window.
+
+    ``unlimited``: the same flood from a second car, one the broker's rate limit exempts
+    (``plugin_opt_exempt_users``), in a third window per round (its keys ``unlimited_*``):
+    the flood with and without the broker's limit side by side. The two attacked windows
+    swap places every round, so that neither always follows the other's drain."""
+    specs = {"attacked": spec, **({"unlimited": unlimited} if unlimited is not None else {})}
+    rtts: dict[str, list[float]] = {"baseline": [], **{arm: [] for arm in specs}}
+    parts: dict[str, list[tuple[float, float]]] = {arm: [] for arm in rtts}
     tally: dict[str, Any] = {}
+    floods: dict[str, subprocess.Popen] = {}
+    victim = Victim(BrokerConfig(url=url))
     try:
+        for arm, flood in specs.items():
+            floods[arm] = spawn_flooder(url, flood)
         victim.drive(0.5)  # warm-up: connections, the edge's first batches
-        for _ in range(rounds):
-            base += victim.drive(window_s, parts["baseline"])
-            flooder.stdin.write(f"flood {lead_s + window_s}\n")
-            flooder.stdin.flush()
-            time.sleep(lead_s)
-            hit += victim.drive(window_s, parts["attacked"])
-            t_drained = time.monotonic() + drain_s
-            tally = json.loads(flooder.stdout.readline())
-            victim.drive(t_drained - time.monotonic())
+        for r in range(rounds):
+            rtts["baseline"] += victim.drive(window_s, parts["baseline"])
+            for arm in list(floods)[:: 1 if r % 2 == 0 else -1]:
+                proc = floods[arm]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(f"flood {lead_s + window_s}\n")
+                proc.stdin.flush()
+                time.sleep(lead_s)
+                rtts[arm] += victim.drive(window_s, parts[arm])
+                t_drained = time.monotonic() + drain_s
+                tally[arm] = json.loads(proc.stdout.readline())
+                victim.drive(t_drained - time.monotonic())
     finally:
-        with_timeout_quit(flooder)
+        for proc in floods.values():
+            with_timeout_quit(proc)
         victim.client.close()
-    b, a = p50(base), p50(hit)
-    return {
-        "baseline_p50_ms": b,
-        "attacked_p50_ms": a,
-        "ratio": a / b,
-        "baseline_n": len(base),
-        "attacked_n": len(hit),
-        "attacked_missed": sum(1 for x in hit if not math.isfinite(x)),
-        # where the victim's time went, p50 of its answers: wait in the edge's queue, compute
-        **{
-            f"{arm}_{what}_p50_ms": p50([pt[k] for pt in got])
-            for arm, got in parts.items()
-            for k, what in enumerate(("queue", "compute"))
-        },
-        "flooder": tally,
-    }
+    b = p50(rtts["baseline"])
+    res: dict[str, Any] = {"baseline_p50_ms": b, "baseline_p90_ms": p90(rtts["baseline"])}
+    res["baseline_n"] = len(rtts["baseline"])
+    for arm in floods:
+        a = p50(rtts[arm])
+        res |= {
+            f"{arm}_p50_ms": a,
+            f"{arm}_p90_ms": p90(rtts[arm]),
+            "ratio" if arm == "attacked" else f"{arm}_ratio": a / b,
+            f"{arm}_n": len(rtts[arm]),
+            f"{arm}_missed": sum(1 for x in rtts[arm] if not math.isfinite(x)),
+        }
+    # where the victim's time went, p50 of its answers: wait in the edge's queue, compute
+    for arm, got in parts.items():
+        for k, what in enumerate(("queue", "compute")):
+            res[f"{arm}_{what}_p50_ms"] = p50([pt[k] for pt in got])
+    res["flooder"] = tally.get("attacked", {})
+    if unlimited is not None:
+        res["unlimited_flooder"] = tally.get("unlimited", {})
+    return res
 
 
 def with_timeout_quit(proc: subprocess.Popen) -> None:
@@ -358,6 +385,13 @@ def edge_health(url: str, node: str, wait_s: float = 3.0) -> wire.EdgeHealth | N
     return got[-1] if got else None
 
 
+def broker_drops(log: Path, key: str) -> int:
+    """How many of ``key``'s messages the broker's rate limit dropped: the sum of its log
+    lines (one a second at most per client, each counting the drops since the last)."""
+    pat = re.compile(rf"edgepilot_ratelimit: '{re.escape(key)}' over its limit .*: dropped (\d+) messages")
+    return sum(int(m.group(1)) for m in pat.finditer(log.read_text())) if log.exists() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m testbed.edge_abuse", description=__doc__.split("\n\n")[0])
     p.add_argument("mode", nargs="?", default="bench", choices=("bench", "flood"))
@@ -366,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--window", type=float, default=1.75, help="seconds per measured window")
+    p.add_argument(
+        "--rate-limit",
+        action="store_true",
+        help="start a broker of its own (launch/mosquitto.conf, loopback) with the per-login rate limit of "
+        "launch/mosquitto-secure.conf, and flood from two cars in turn: CAR, limited (the 'attacked' arm), and "
+        "CAR-unlimited, which the limit exempts (the 'unlimited' arm); --broker is ignored",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     spec = FloodSpec(**{k: getattr(a, k) for k in asdict(FloodSpec())})
@@ -373,14 +414,26 @@ def main(argv: list[str] | None = None) -> int:
         flood_process(a.broker, spec)
         return 0
     node = f"edge-abuse-{time.time_ns() % 10**6}"
-    edge = spawn_edge(a.broker, node)
-    try:
-        res = side_by_side(a.broker, spec, a.rounds, a.window)
-        h = edge_health(a.broker, node)
-        res["edge_health"] = asdict(h) if h is not None else None
-    finally:
-        edge.terminate()
-        edge.wait(10)
+    with contextlib.ExitStack() as stack:
+        url, unlimited, broker = a.broker, None, None
+        if a.rate_limit:
+            unlimited = replace(spec, car=f"{spec.car}-unlimited")
+            state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-abuse-")))
+            broker = start_broker(state, extra=ratelimit_config(exempt_users=(node, unlimited.car)))
+            stack.callback(broker.stop)
+            url = broker.url
+        edge = spawn_edge(url, node)
+        try:
+            res = side_by_side(url, spec, a.rounds, a.window, unlimited=unlimited)
+            h = edge_health(url, node)
+            res["edge_health"] = asdict(h) if h is not None else None
+        finally:
+            edge.terminate()
+            edge.wait(10)
+        if broker is not None:
+            time.sleep(1.2)  # the plugin logs a client's last drops within a second
+            res["broker_limits"] = RATE_LIMITS
+            res["broker_dropped"] = {c: broker_drops(broker.state / "mosquitto.log", c) for c in (spec.car, node)}
     print(json.dumps(_jsonable(res), indent=None if a.json else 2))
     return 0
 

@@ -247,8 +247,9 @@ def test_tls_only_and_the_files_are_private(secure):
         conn.start(3.0)
     finally:
         conn.close()
-    for f in [auth / "tls" / "server.key", auth / "tls" / "ca.key", auth / "dynamic-security.json"]:
+    for f in [auth / "tls" / "server.key", auth / "tls" / "ca.key", auth / "dynamic-security.json", auth / "ratelimit-exempt"]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert set((auth / "ratelimit-exempt").read_text().split()) == {"edge-1", "cloud"}  # not the cars, not ops
     for f in auth.glob("*.pass"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     logins = json.loads((auth / "dynamic-security.json").read_text())
@@ -400,3 +401,60 @@ def test_a_forged_response_topic_gets_no_car_steered_by_another(secure):
         attacker.close()
         car2_ear.close()
         edge.stop()
+
+
+def test_the_rate_limit_is_per_login_and_spares_edge_nodes_the_cloud_and_uploads(secure):
+    """The broker's rate limit (launch/mosquitto-plugin/edgepilot_ratelimit.c: 100 messages/s
+    per login, 200 at once) counts per login: car-1's three connections, 150 requests each
+    (each under the burst on its own), share one bucket and get at most 200 + 100/s through;
+    car-2's 120 at the same time all arrive. The edge node's replies and the cloud's acks
+    (their logins are in ratelimit-exempt) and a car's upload chunks are not limited: 400 of
+    each, all arrive."""
+    b, auth = secure
+    got: list[tuple[str, float]] = []
+
+    def inbox(who: str, name: str, filters: list[str]) -> Connection:
+        conn = Connection(creds(b, auth, who), name)
+        for flt in filters:
+            conn.subscribe(flt, lambda m: got.append((m.topic, time.monotonic())))
+        conn.start()
+        assert conn.wait_subscribed(5)
+        return conn
+
+    def count(topic: str) -> int:
+        return sum(1 for t, _ in got if t == topic)
+
+    edge_ear = inbox("edge-1", "edge-1:ear", [wire.shared_infer_filter("edge")])
+    cloud_ear = inbox("cloud", "cloud:ear", [fleet.shared("cloud", fleet.UPLOAD_CHUNK_FILTER)])
+    car2_ear = inbox("car-2", "car-2:ear", [wire.reply_topic("car-2"), fleet.upload_topic("car-2", "ack")])
+    car1 = [Connection(creds(b, auth, "car-1"), f"car-1:flood{i}") for i in range(3)]
+    car2, edge, cloud = (Connection(creds(b, auth, w), f"{w}:pub") for w in ("car-2", "edge-1", "cloud"))
+    conns = [edge_ear, cloud_ear, car2_ear, *car1, car2, edge, cloud]
+    try:
+        for c in [*car1, car2, edge, cloud]:
+            c.start()
+        time.sleep(2.0)  # earlier tests' requests: every bucket full again
+        t0 = time.monotonic()
+        for i in range(150):
+            for c in car1:
+                assert c.publish(wire.infer_topic("car-1"), b"req")
+            if i < 120:
+                assert car2.publish(wire.infer_topic("car-2"), b"req")
+        for _ in range(400):
+            assert edge.publish(wire.reply_topic("car-2"), b"reply")
+            assert cloud.publish(fleet.upload_topic("car-2", "ack"), b"ack")
+            assert car2.publish(fleet.upload_topic("car-2", "chunk"), b"chunk")
+        exempt = [wire.reply_topic("car-2"), fleet.upload_topic("car-2", "ack"), fleet.upload_topic("car-2", "chunk")]
+        assert wait_for(lambda: all(count(t) == 400 for t in exempt), 10), [count(t) for t in exempt]
+        assert wait_for(lambda: count(wire.infer_topic("car-2")) == 120, 5)
+        time.sleep(0.5)
+        car1_got = [t for topic, t in got if topic == wire.infer_topic("car-1")]
+        window = max(car1_got) - t0
+        assert 100 <= len(car1_got) <= 200 + 100 * window + 1, (len(car1_got), window)
+        log = (b.state / "mosquitto.log").read_text()
+        assert "edgepilot_ratelimit: 'car-1' over its limit" in log
+        for who in ("car-2", "edge-1", "cloud"):
+            assert f"'{who}' over its limit" not in log
+    finally:
+        for c in conns:
+            c.close()
