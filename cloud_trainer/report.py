@@ -78,7 +78,12 @@ def markdown(results: dict[str, Any]) -> str:
             for name, s in cl["tracks"].items():
                 lines.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
         pair = r.get("with_car")
-        if pair:
+        off = (pair or {}).get("offloaded")
+        if off:
+            lines += ["", f"held-out frames car `{pair['car']}` would offload: {off['frames']} of {off['of']}"]
+            if "edge_mae" in off:
+                lines[-1] += f", MAE there: edge {_fmt(off['edge_mae'])}, car's own {_fmt(off['car_mae'])}"
+        if pair and pair.get("with_edge"):
             lines += ["", f"closed loop with car `{pair['car']}` answering its offloaded frames:", ""]
             for who in ("alone", "with_edge"):
                 lines.append(f"- {who.replace('_', ' ')}: " + ", ".join(

@@ -29,7 +29,7 @@ import time
 import zlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from edgepilot.config import RetrainConfig
 from edgepilot.drive.parts import Pilot
 from edgepilot.sim.drive import scored_drives
 from edgepilot.stats import pct
+
+if TYPE_CHECKING:  # imported where a package is loaded: the runtime brings its ML libraries
+    from edgepilot.model.runtime import Autopilot
 
 log = logging.getLogger(__name__)
 
@@ -194,35 +197,72 @@ def judge(
     return {"candidate": cand, "current": cur, "gate": gate(cand, cur, cfg, check_latency=target == "car")}
 
 
-def judge_pair(registry: Registry, targets: dict[str, Any], car_pkg: Path, edge_pkg: Path, cfg: RetrainConfig) -> None:
-    """The edge candidate answering the hard frames of the car model the fleet will run
-    (the car candidate if it passed, else the current one) must not make that car drive
-    worse in closed loop than it drives alone, within the car gate's margins: a car that
-    drives cleanly alone can be steered off by an edge model that is wrong on exactly
-    the frames it is sent. The checks join the edge candidate's gate."""
+def judge_pair(
+    registry: Registry,
+    targets: dict[str, Any],
+    car_pkg: Path,
+    edge_pkg: Path,
+    held: tuple[list, np.ndarray],
+    cfg: RetrainConfig,
+) -> None:
+    """The edge candidate judged as the partner of the car model the fleet will run (the car
+    candidate if it passed, else the current one): a car that drives cleanly alone can be
+    steered off by an edge model that is wrong on exactly the frames it is sent. Open loop,
+    on the held-out frames the car would offload, the edge's answers may be at most
+    ``edge_offload_ratio`` times as far off as the car's own (``offload_check``); in closed
+    loop the car may not drive worse with the edge than alone, within the car gate's margins.
+    The checks join the edge candidate's gate."""
     from edgepilot.model.runtime import Autopilot
 
-    if not cfg.eval_tracks:
+    fleet = fleet_car(registry, targets["car"], car_pkg)
+    if fleet is None:
         return
-    car = targets["car"]
-    if car["gate"]["passed"]:
-        path, alone = car_pkg, car["candidate"].get("closed_loop")
-    elif car["current"] is not None:
-        cur = registry.current("car")
-        path, alone = registry.package_path("car", cur), car["current"].get("closed_loop")
-    else:
-        return
+    path, alone = fleet
     trusted = registry.trusted_keys
     pilot = Autopilot.load(path, trusted, threads=cfg.threads)
     edge = Autopilot.load(edge_pkg, trusted, threads=cfg.threads)
-    both = scored_drives(
-        pilot, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms, edge=edge
-    )
-    both = {k: both[k] for k in ("autonomy", "mean_abs_cte_m", "interventions", "tracks")}
     verdict = targets["edge"]["gate"]
-    verdict["checks"] += closed_loop_checks(both, alone, cfg, "_with_car")
+    check, offloaded = offload_check(pilot, edge, *held, cfg)
+    verdict["checks"] += [check] if check else []
+    pair: dict[str, Any] = {"car": pilot.version, "offloaded": offloaded}
+    if cfg.eval_tracks and alone:
+        both = scored_drives(
+            pilot, cfg.eval_tracks, cfg.eval_seconds, cfg.eval_scene_seed, cfg.eval_latency_ms, edge=edge
+        )
+        both = {k: both[k] for k in ("autonomy", "mean_abs_cte_m", "interventions", "tracks")}
+        verdict["checks"] += closed_loop_checks(both, alone, cfg, "_with_car")
+        pair.update(alone=alone, with_edge=both)
     verdict["passed"] = all(c["passed"] for c in verdict["checks"])
-    targets["edge"]["with_car"] = {"car": pilot.version, "alone": alone, "with_edge": both}
+    targets["edge"]["with_car"] = pair
+
+
+def fleet_car(registry: Registry, car: dict[str, Any], car_pkg: Path) -> tuple[Path, dict | None] | None:
+    """The car model the fleet runs after this run, and its closed-loop drives alone."""
+    if car["gate"]["passed"]:
+        return car_pkg, car["candidate"].get("closed_loop")
+    if car["current"] is not None:
+        return registry.package_path("car", registry.current("car")), car["current"].get("closed_loop")
+    return None
+
+
+def offload_check(
+    car: Autopilot, edge: Autopilot, frames: list, labels: np.ndarray, cfg: RetrainConfig
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Open loop: the held-out frames ``car`` would offload (no exit sure enough), the
+    edge's answer against the car's own there: (the check, or None when fewer than
+    ``edge_offload_min_frames`` were hard: too few to judge; what was measured)."""
+    local = [d for i in range(0, len(frames), 64) for d in car.infer_batch(frames[i : i + 64])]
+    hard = np.flatnonzero([d.hard for d in local])
+    info: dict[str, Any] = {"frames": int(len(hard)), "of": len(frames)}
+    if len(hard) < cfg.edge_offload_min_frames:
+        return None, info
+    sent = [frames[i] for i in hard]
+    answers = [d.steering for i in range(0, len(sent), 64) for d in edge.infer_batch(sent[i : i + 64])]
+    car_mae = float(np.abs(np.array([local[i].steering for i in hard]) - labels[hard]).mean())
+    edge_mae = float(np.abs(np.array(answers) - labels[hard]).mean())
+    ratio = round(edge_mae / max(car_mae, 1e-6), 3)
+    info.update(car_mae=round(car_mae, 5), edge_mae=round(edge_mae, 5))
+    return _check("heldout_offload_mae_ratio", ratio <= cfg.edge_offload_ratio, ratio, cfg.edge_offload_ratio), info
 
 
 def _check(name: str, ok: bool, value: float, limit: float) -> dict[str, Any]:
@@ -314,7 +354,7 @@ def retrain(
         if edge.get("curve"):
             plots["curve-edge"] = Path(edge["curve"])
         results["targets"]["edge"] = judge(registry, "edge", candidates["edge"], *held, cfg, plots, work)
-        judge_pair(registry, results["targets"], car_pkg, candidates["edge"], cfg)
+        judge_pair(registry, results["targets"], car_pkg, candidates["edge"], held, cfg)
     report_key = write_report(registry.store, run_id, results, work, plots)
     promoted = [
         target

@@ -223,6 +223,11 @@ class RetrainConfig:
     margin_autonomy: float = 0.0
     margin_cte_m: float = 0.02
     latency_budget_ms: float = 10.0  # car model, p50 per frame, batch 1, one thread
+    # the edge candidate on the held-out frames the car would offload: its MAE at most this
+    # times the car's own answers' there, judged from at least this many frames. Coarse: every
+    # demo edge model measured 0.84-3.1x, the test's steers-left one 10x (docs/cloud.md)
+    edge_offload_ratio: float = 4.0
+    edge_offload_min_frames: int = 30
     train_edge: bool = True
     # distil the car model from the edge model trained first; off: both train side by side
     # (the early-exit recipe needs no teacher: docs/benchmarks.md#model)

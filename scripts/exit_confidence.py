@@ -69,6 +69,28 @@ def outputs(name: str, samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarra
     )
 
 
+def fitted_shares(p1: np.ndarray, e1: np.ndarray, ef: np.ndarray) -> dict[str, list[float]]:
+    """A confidence fitted on held-out frames: ridge regressions from exit 1's distribution
+    (its 21 bins, steering, |steering|, entropy, maximum, spread) to exit 1's excess error
+    over the final head, or to its own error; fitted on one contiguous half of the frames
+    and scored on the other (frames are sequential: random halves would share neighbours),
+    both ways. What calibration could use if it fitted the score on part of its frames."""
+    c = np.linspace(-1.0, 1.0, p1.shape[1])
+    s1 = p1 @ c
+    ent = -(p1 * np.log(p1 + 1e-12)).sum(1)
+    std = np.sqrt(np.maximum(p1 @ c**2 - s1**2, 0.0))
+    x = np.column_stack([p1, s1, np.abs(s1), s1**2, ent, p1.max(1), std, np.ones(len(p1))])
+    half = len(e1) // 2
+    folds = [np.arange(half), np.arange(half, len(e1))]
+    out: dict[str, list[float]] = {"entropy": [], "fitted to excess error": [], "fitted to own error": []}
+    for a, b in (folds, folds[::-1]):
+        for label, target in (("fitted to excess error", e1 - ef), ("fitted to own error", e1)):
+            w = np.linalg.solve(x[a].T @ x[a] + 1e-2 * np.eye(x.shape[1]), x[a].T @ target[a])
+            out[label].append(share(-(x[b] @ w), e1[b], ef[b]))
+        out["entropy"].append(share(-ent[b], e1[b], ef[b]))
+    return out
+
+
 def main(names: list[str]) -> None:
     samples = load_samples([WORK / "logs" / f"expert-{t}" for t in TRACKS]).samples
     if len(samples) > MAX_FRAMES:
@@ -96,6 +118,8 @@ def main(names: list[str]) -> None:
         for label, conf in measures.items():
             corr = "" if label == "oracle" else f", corr(conf, exit-1 error) {np.corrcoef(conf, e1)[0, 1]:+.2f}"
             print(f"  {label:24s} share within {BUDGET}x: {share(conf, e1, ef):.2f}{corr}")
+        for label, shares in fitted_shares(p1, e1, ef).items():
+            print(f"  2-fold, {label:24s} share within {BUDGET}x on the other half: {shares}")
 
 
 if __name__ == "__main__":

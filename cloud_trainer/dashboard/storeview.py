@@ -143,13 +143,16 @@ def figures(ev: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def with_car(pair: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An edge candidate's closed-loop check with the car (``retrain.judge_pair``): the car
-    alone and with this edge model answering its offloaded frames."""
+    """An edge candidate's checks with the car (``retrain.judge_pair``): the held-out frames
+    the car would offload, and the car alone and with this edge model answering them."""
     if not pair:
         return None
     keep = ("autonomy", "mean_abs_cte_m", "interventions")
-    alone, both = pair.get("alone") or {}, pair.get("with_edge") or {}
-    return {"car": pair.get("car"), "alone": {k: alone.get(k) for k in keep}, "with_edge": {k: both.get(k) for k in keep}}
+    out: dict[str, Any] = {"car": pair.get("car"), "offloaded": pair.get("offloaded")}
+    if pair.get("with_edge"):  # no closed-loop drives without evaluation tracks
+        alone, both = pair.get("alone") or {}, pair["with_edge"]
+        out.update(alone={k: alone.get(k) for k in keep}, with_edge={k: both.get(k) for k in keep})
+    return out
 
 
 def why(gate: dict[str, Any]) -> str:

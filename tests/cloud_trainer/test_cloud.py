@@ -212,25 +212,41 @@ def _steers_left(src: str, out: Path) -> Path:
 
 
 def test_an_edge_model_that_steers_the_car_off_fails_its_gate(tmp_path, tiny_model):
-    """The car-and-edge check (``judge_pair``): the edge candidate answers the hard frames
-    of the car the fleet will run; one that makes it drive worse than alone is not promoted."""
+    """The car-and-edge checks (``judge_pair``): the edge candidate answers the hard frames
+    of the car the fleet will run, open loop on held-out frames and in closed loop; one that
+    is further off there than the car's own answers, or makes it drive worse than alone, is
+    not promoted."""
     from cloud_trainer.registry import Registry
     from cloud_trainer.retrain import judge_pair
     from cloud_trainer.store import open_store
     from edgepilot.config import RetrainConfig
     from edgepilot.drive.slot import load_autopilot
+    from edgepilot.model.evaluate import load_frames
     from edgepilot.sim.drive import scored_drives
 
     reg = Registry(open_store(str(tmp_path / "store")))
+    from edgepilot.cli import main
+
     cfg = RetrainConfig(eval_tracks=["oval"], eval_seconds=4.0, margin_cte_m=0.01)
+    # held-out frames in a randomised look the tiny model is unsure of (the sample logs are
+    # 60 frames it trained on): about 40% of them are hard
+    rec = tmp_path / "held"
+    drive = ["sim", "drive", "--track", "oval", "--pilot", "expert", "--randomize", "--perturb", "0.3"]
+    assert main([*drive, "--record", str(rec), "--max-seconds", "10", "--headless"]) == 0
+    held = load_frames([str(rec)], 200)
     alone = scored_drives(load_autopilot(tiny_model), ["oval"], 4.0)
     for edge, ok in ((Path(tiny_model), True), (_steers_left(tiny_model, tmp_path / "left.eppkg"), False)):
         targets = {
             "car": {"gate": {"passed": True}, "candidate": {"closed_loop": alone}, "current": None},
             "edge": {"gate": {"passed": True, "checks": []}},
         }
-        judge_pair(reg, targets, Path(tiny_model), edge, cfg)
+        judge_pair(reg, targets, Path(tiny_model), edge, held, cfg)
         verdict = targets["edge"]["gate"]
-        assert [c["check"] for c in verdict["checks"]] == ["sim_autonomy_with_car", "sim_mean_abs_cte_m_with_car"]
+        names = ["heldout_offload_mae_ratio", "sim_autonomy_with_car", "sim_mean_abs_cte_m_with_car"]
+        assert [c["check"] for c in verdict["checks"]] == names
         assert verdict["passed"] is ok, verdict
+        assert verdict["checks"][0]["passed"] is ok, verdict  # open loop catches it without a drive
+        off = targets["edge"]["with_car"]["offloaded"]
+        ratio = off["edge_mae"] / off["car_mae"]
+        assert off["frames"] >= cfg.edge_offload_min_frames and (ratio > cfg.edge_offload_ratio) is not ok
         assert targets["edge"]["with_car"]["with_edge"]["tracks"]["oval"]["edge_used"] > 0.05

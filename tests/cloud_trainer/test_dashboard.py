@@ -432,14 +432,27 @@ def test_a_run_card_says_why_from_the_gates_own_verdict(tmp_path):
         "candidate": edge,
         "current": None,
         "gate": {"passed": False, "checks": checks, "against": None},
-        "with_car": {"car": "c2", "alone": alone, "with_edge": both},
+        "with_car": {
+            "car": "c2",
+            "offloaded": {"frames": 40, "of": 400, "car_mae": 0.03, "edge_mae": 0.09},
+            "alone": alone,
+            "with_edge": both,
+        },
     }
     e = run_card(res)["targets"]["edge"]
     assert e["why"] == (
         "kept the current model: sim_autonomy_with_car 0.66 < limit 1; sim_mean_abs_cte_m_with_car 0.2 > limit 0.05"
     )
     assert e["with_car"]["with_edge"]["autonomy"] == 0.66 and e["with_car"]["car"] == "c2"
-    assert "- with edge: autonomy 0.66" in markdown({**res, "targets": {"edge": res["targets"]["edge"]}})
+    assert e["with_car"]["offloaded"]["edge_mae"] == 0.09
+    md = markdown({**res, "targets": {"edge": res["targets"]["edge"]}})
+    assert "- with edge: autonomy 0.66" in md
+    assert "would offload: 40 of 400, MAE there: edge 0.09, car's own 0.03" in md
+    # without evaluation tracks there are no drives, only the open-loop frames
+    res["targets"]["edge"]["with_car"] = {"car": "c2", "offloaded": {"frames": 3, "of": 400}}
+    e = run_card(res)["targets"]["edge"]
+    assert "with_edge" not in e["with_car"] and e["with_car"]["offloaded"]["frames"] == 3
+    assert "would offload: 3 of 400\n" in markdown({**res, "targets": {"edge": res["targets"]["edge"]}}) + "\n"
     store = DirStore(tmp_path / "s")
     store.put("runs/run-1/summary.json", json.dumps(res).encode())
     store.put("runs/run-1/curve-car.png", b"\x89PNG")

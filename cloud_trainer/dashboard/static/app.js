@@ -457,10 +457,23 @@
       el("thead", {}, el("tr", {}, ...["", `candidate ${cand}`, `current ${g.against || "(none)"}`, "limit", "passed"].map((h) => el("th", {text: h})))),
       el("tbody", {}, ...rows),
     );
-    const pair = g.with_car
-      ? [el("p", {class: "muted with-car", text: `with car ${g.with_car.car}: autonomy ${fmt(g.with_car.with_edge.autonomy, 3)} (alone ${fmt(g.with_car.alone.autonomy, 3)}), mean |CTE| ${fmt(g.with_car.with_edge.mean_abs_cte_m, 3)} m (alone ${fmt(g.with_car.alone.mean_abs_cte_m, 3)} m)`})]
-      : [];
+    const pair = g.with_car ? withCar(g.with_car) : [];
     return el("div", {"data-target": target}, el("p", {class: `why ${g.passed ? "passed" : "failed"}`, text: `${target}: ${g.why}`}), el("div", {class: "scroll"}, table), ...pair);
+  }
+
+  // an edge candidate's checks with the fleet's car: open loop on the frames it would
+  // offload, and (with evaluation tracks) the car's drives alone and with this edge
+  function withCar(w) {
+    const out = [];
+    const o = w.offloaded;
+    if (o) {
+      const mae = o.edge_mae !== undefined ? `: MAE edge ${fmt(o.edge_mae, 4)}, car's own ${fmt(o.car_mae, 4)}` : "";
+      out.push(el("p", {class: "muted offloaded", text: `car ${w.car} would offload ${o.frames} of ${o.of} held-out frames${mae}`}));
+    }
+    if (w.with_edge) {
+      out.push(el("p", {class: "muted with-car", text: `with car ${w.car}: autonomy ${fmt(w.with_edge.autonomy, 3)} (alone ${fmt(w.alone.autonomy, 3)}), mean |CTE| ${fmt(w.with_edge.mean_abs_cte_m, 3)} m (alone ${fmt(w.alone.mean_abs_cte_m, 3)} m)`}));
+    }
+    return out;
   }
 
   function busRunCard(r) {
