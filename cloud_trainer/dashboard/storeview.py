@@ -160,7 +160,7 @@ def why(gate: dict[str, Any]) -> str:
     checks = gate.get("checks") or []
     if gate.get("passed"):
         base = f"promoted: all {len(checks)} checks passed"
-        return base + ("" if gate.get("against") else " (no current model: only the latency budget applies)")
+        return base + ("" if gate.get("against") else " (no current model: only the checks that need none)")
     failed = [c for c in checks if not c.get("passed")]
     if not failed:
         return "kept the current model"

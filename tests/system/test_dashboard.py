@@ -16,6 +16,7 @@ target, measured by ``edgepilot bench dashboard``, docs/benchmarks.md).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -214,6 +215,37 @@ def fleet_is_shown(drv, v1: str) -> None:
     shot(drv, "dashboard-fleet")
 
 
+def put_edge_run(store: DirStore) -> None:
+    """A retraining run whose edge candidate failed its checks with the car (what
+    ``retrain.judge_pair`` writes into the summary)."""
+    checks = [
+        {"check": "heldout_offload_mae_ratio", "passed": False, "value": 4.5, "limit": 4.0},
+        {"check": "sim_autonomy_with_car", "passed": False, "value": 0.6, "limit": 1.0},
+    ]
+    edge = {
+        "candidate": {"version": "e1", "steering_mae": 0.05, "latency_ms": {"p50": 1.0}},
+        "current": None,
+        "gate": {"passed": False, "checks": checks, "against": None},
+        "with_car": {
+            "car": "c1",
+            "offloaded": {"frames": 40, "of": 400, "car_mae": 0.02, "edge_mae": 0.09},
+            "alone": {"autonomy": 1.0, "mean_abs_cte_m": 0.02},
+            "with_edge": {"autonomy": 0.6, "mean_abs_cte_m": 0.05},
+        },
+    }
+    res = {"run": "run-edge", "train": ["logs/a/1"], "heldout": ["logs/a/2"], "targets": {"edge": edge}}
+    store.put("runs/run-edge/summary.json", json.dumps(res).encode())
+
+
+def edge_run_is_shown(drv) -> None:
+    """The run card says why the edge candidate was kept out, with the car's figures."""
+    card = "document.querySelector(\"div.run[data-run='run-edge'] [data-target='edge']\")"
+    text = until(drv, f"const c = {card}; return c && c.textContent", WAIT_S)
+    assert "heldout_offload_mae_ratio 4.5 > limit 4" in text, text
+    assert "car c1 would offload 40 of 400 held-out frames: MAE edge 0.0900, car's own 0.0200" in text, text
+    assert "with car c1: autonomy 0.600 (alone 1.000)" in text, text
+
+
 def refused_without_the_token(drv, reg: Registry, watch: Watch, v1: str, v2: str) -> None:
     # the registry table follows the store, not the cars: until it has read the promotion,
     # v1 is still current there and its Promote button disabled
@@ -251,6 +283,7 @@ def test_the_dashboard_follows_a_live_fleet_in_a_browser(broker, tiny_model, tmp
     v2 = second_version(tiny_model, tmp_path / "v2.eppkg")
     reg.add("car", tmp_path / "v2.eppkg")
     reg.promote("car", v1)
+    put_edge_run(reg.store)
     token_file = tmp_path / "dash" / "operator.token"
     prof = tmp_path / "dash.toml"
     prof.write_text(PROFILE.format(url=broker.url, store=store, pub=pub, token=token_file))
@@ -263,6 +296,7 @@ def test_the_dashboard_follows_a_live_fleet_in_a_browser(broker, tiny_model, tmp
             drv = chromium()
             drv.get(url)
             fleet_is_shown(drv, v1)  # both cars, driving on v1, and the edge node
+            edge_run_is_shown(drv)
             # the operator pushes v2 from the command line: the page shows it once the cars run it
             promote = ["models", "promote", v2, "--store", str(store), "--broker", broker.url, "--profile", str(prof)]
             sup.edgepilot("promote", *promote, expect_exit=True)
