@@ -217,7 +217,7 @@ def test_an_edge_model_that_steers_the_car_off_fails_its_gate(tmp_path, tiny_mod
     is further off there than the car's own answers, or makes it drive worse than alone, is
     not promoted."""
     from cloud_trainer.registry import Registry
-    from cloud_trainer.retrain import judge_pair
+    from cloud_trainer.retrain import judge_pair, offload_check
     from cloud_trainer.store import open_store
     from edgepilot.config import RetrainConfig
     from edgepilot.drive.slot import load_autopilot
@@ -250,3 +250,7 @@ def test_an_edge_model_that_steers_the_car_off_fails_its_gate(tmp_path, tiny_mod
         ratio = off["edge_mae"] / off["car_mae"]
         assert off["frames"] >= cfg.edge_offload_min_frames and (ratio > cfg.edge_offload_ratio) is not ok
         assert targets["edge"]["with_car"]["with_edge"]["tracks"]["oval"]["edge_used"] > 0.05
+    # fewer hard frames than the minimum: measured, shown, not judged
+    car, left = load_autopilot(tiny_model), load_autopilot(str(edge))
+    few = RetrainConfig(edge_offload_min_frames=off["frames"] + 1)
+    assert offload_check(car, left, *held, few) == (None, {"frames": off["frames"], "of": len(held[0])})
