@@ -6,13 +6,16 @@ One run (``edgepilot fl server``):
 1. the global model starts from an fp32 car package (``--init``, else the fp32 source of
    the registry's current car model);
 2. the first round waits (up to ``wait_s``) for the cars it expects, every round goes on
-   with at least ``min_cars``; it sends every connected car the global weights and the
-   round's settings (local epochs, learning rate, FedProx ``mu``, update compression);
+   with at least ``min_cars``; with client keys (``ServerLink.trust``) every connection is
+   first challenged (``_admit``: it signs this round's nonce as the car it names), and only
+   the connections that verify count towards that wait and take part; it sends every
+   (verified) car the global weights and the round's settings (local epochs, learning rate,
+   FedProx ``mu``, update compression);
 3. cars that do not answer within ``round_timeout_s`` (stragglers) or whose connection
    breaks (a car that drops out mid-round) are failures: counted and logged, not waited
-   for; with client keys (``ServerLink.trust``) every answer must be signed by the car it
-   names (or an edge node listed for it) over the nonce its connection got this round
-   (``edgepilot.fl.auth``), else it is refused unread; one update per car per round;
+   for; with client keys every answer must be signed by the car its connection answered
+   the challenge as (or an edge node listed for it) over the nonce its connection got this
+   round (``edgepilot.fl.auth``), else it is refused unread; one update per car per round;
    every answer left is decoded and checked (``edgepilot.fl.check``), garbage refused
    with its reason; with fewer than ``min_cars`` usable updates the global model stays
    as it was for that round;
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,11 @@ from edgepilot.model.nets import StagedNet
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("fedavg", "fedprox")
+# answering the challenge is one signature: a connection silent this long gets no model (and
+# Flower drops it: a request past its timeout aborts the stream); it also bounds how long a
+# silent connection can hold up the start of a round
+HELLO_TIMEOUT_S = 10.0
+CHALLENGE_WORKERS = 32  # connections challenged at once (Flower's own pool is as wide)
 
 
 @dataclass
@@ -123,6 +132,7 @@ def _strategy_class() -> type:
             self.global_arrays = [a.copy() for a in start]
             self.rounds: list[RoundLog] = []
             self.nonces: dict[str, str] = {}  # connection (Flower's cid) -> its nonce this round
+            self.hellos: dict[str, str] = {}  # connection -> the car it answered the challenge as
             self._arch = json.dumps(tpl.arch.to_dict())
             self._spec = json.dumps(tpl.spec.to_dict())
             self._t0 = 0.0
@@ -138,10 +148,15 @@ def _strategy_class() -> type:
             # the first round waits for the whole expected fleet; later ones go on with
             # whoever is still connected (a car that dropped out is not waited for again)
             want = self.cfg.cars if server_round == 1 else self.cfg.min_cars
-            client_manager.wait_for(want, timeout=int(self.cfg.wait_s))
-            cars = list(client_manager.all().values())
             rl = RoundLog(server_round)
             self.rounds.append(rl)
+            if self.trust is None:
+                client_manager.wait_for(want, timeout=int(self.cfg.wait_s))
+                cars = list(client_manager.all().values())
+            else:  # only connections that prove a trusted car count, and only they get the model
+                cars, self.nonces, self.hellos = _admit(
+                    self.trust, server_round, client_manager, want, self.cfg.wait_s, rl
+                )
             if len(cars) < self.cfg.min_cars:
                 log.warning(
                     "round %d: %d car(s) connected, %d needed: skipped",
@@ -152,15 +167,18 @@ def _strategy_class() -> type:
                 return []
             base = self.cfg.fit_config(server_round, self._arch, self._spec)
             base["signed"] = self.trust is not None
-            # a nonce per connection and round: a signed update is good for that one answer
-            self.nonces = {c.cid: new_nonce() for c in cars}
+            if self.trust is None:  # (with trust, the nonce of the challenge: signs the update too)
+                # a nonce per connection and round: a signed update is good for that one answer
+                self.nonces = {c.cid: new_nonce() for c in cars}
             rl.bytes_down = len(cars) * sum(len(t) for t in parameters.tensors)
             return [(c, FitIns(parameters, {**base, "nonce": self.nonces[c.cid]})) for c in cars]
 
         def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
             rl = self.rounds[-1]
             updates = [_update(proxy, res, parameters_to_ndarrays) for proxy, res in results]
-            rl.unauthenticated = _identify(updates, results, self.trust, server_round, self.nonces)
+            rl.unauthenticated += _identify(
+                updates, results, self.trust, server_round, (self.nonces, self.hellos), set(rl.refused)
+            )
             ok = _screen_round(rl, updates, results, failures, self.tpl, self.cfg.limits)
             rl.seconds = round(time.monotonic() - self._t0, 2)
             metrics = {"accepted": len(ok), "refused": len(rl.refused), "failures": len(failures)}
@@ -204,8 +222,9 @@ def _screen_round(
     rl.failures = [_failure(f) for f in failures]
     ok = screen([u for u in updates if u.error is None], tpl.shapes, limits)
     rl.accepted = [u.car for u in ok]
-    rl.refused = {u.car: str(u.error) for u in updates if u.error}
-    for car, why in rl.refused.items():
+    refused = {u.car: str(u.error) for u in updates if u.error}
+    rl.refused.update(refused)  # beside the connections refused at the challenge
+    for car, why in refused.items():
         log.warning("round %d: refused the update of %s: %s", rl.round, car, why)
     for why in rl.failures:
         log.warning("round %d: a car failed: %s", rl.round, why)
@@ -213,17 +232,27 @@ def _screen_round(
 
 
 def _identify(
-    updates: list[Update], results: list, trust: Trust | None, rnd: int, nonces: dict[str, str]
+    updates: list[Update],
+    results: list,
+    trust: Trust | None,
+    rnd: int,
+    given: tuple[dict[str, str], dict[str, str]],
+    taken: set[str],
 ) -> list[str]:
     """Who sent each update: with ``trust``, an update whose signature does not check out
-    (unsigned, another key, an unknown car or node, another round's nonce) is refused before
-    a byte of it is decoded; a car's second update in a round is refused either way. Then
-    every update gets a name unique in the round (the car's; ``car#2`` for a second claim,
-    the verified update keeping the bare name) for the round log. The refused names."""
+    (unsigned, another key, an unknown car or node, another round's nonce, another car than
+    its connection answered the challenge as; ``given``: the nonce and car of each
+    connection) is refused before a byte of it is decoded; a car's second update in a round
+    is refused either way. Then every update gets a name unique in the round (the car's;
+    ``car#2`` for a second claim, the verified update keeping the bare name; none of
+    ``taken``) for the round log. The refused names."""
+    nonces, hellos = given
     for u, (proxy, res) in zip(updates, results, strict=True):
         if trust is not None:
             try:
-                trust.verify(res.metrics or {}, rnd, nonces.get(proxy.cid), u.payload, u.samples)
+                car = trust.verify(res.metrics or {}, rnd, nonces.get(proxy.cid), u.payload, u.samples)
+                if car != hellos.get(proxy.cid):
+                    raise AuthError(f"an update for {car} on the connection of {hellos.get(proxy.cid)}")
             except AuthError as e:
                 u.error = f"not authenticated: {e}"
     seen: set[str] = set()
@@ -232,15 +261,92 @@ def _identify(
             u.error = f"duplicate: {u.car} already sent an update this round"
         elif u.error is None:
             seen.add(u.car)
-    taken: set[str] = set()
+    taken = set(taken)
     for u in sorted(updates, key=lambda u: u.error is not None):  # stable: arrival order otherwise
-        name, n = u.car, 1
-        while name in taken:
-            n += 1
-            name = f"{u.car}#{n}"
-        u.car = name
-        taken.add(name)
+        u.car = _unique(u.car, taken)
     return [u.car for u in updates if u.error]
+
+
+def _unique(car: str, taken: set[str]) -> str:
+    """``car``, or ``car#2``, ``car#3``... if taken in the round's log; now taken."""
+    name, n = car, 1
+    while name in taken:
+        n += 1
+        name = f"{car}#{n}"
+    taken.add(name)
+    return name
+
+
+def _admit(
+    trust: Trust, rnd: int, client_manager: Any, want: int, wait_s: float, rl: RoundLog
+) -> tuple[list, dict[str, str], dict[str, str]]:
+    """Challenge every connection (as it comes) until ``want`` of them verified as distinct
+    trusted cars, or ``wait_s``: a connection that cannot sign for a car, or names a car
+    another connection already proved this round, is refused (booked in ``rl``) and gets
+    no model. (the admitted connections, their nonces, their cars)"""
+    deadline = time.monotonic() + wait_s
+    nonces: dict[str, str] = {}  # every connection challenged this round -> its nonce
+    cars: dict[str, str] = {}  # the admitted ones -> their car
+    proxies: dict[str, Any] = {}
+    refused: list[tuple[str, str]] = []  # (the name it claimed, why)
+    while True:
+        fresh = [p for cid, p in list(client_manager.all().items()) if cid not in nonces]
+        nonces.update({p.cid: new_nonce() for p in fresh})
+        for proxy, car, why in _challenge(trust, rnd, fresh, nonces):
+            if why is None and car in cars.values():
+                why = f"duplicate: {car} already answered the challenge on another connection"
+            if why is None:
+                cars[proxy.cid], proxies[proxy.cid] = car, proxy
+            else:
+                refused.append((car, why))
+        left = deadline - time.monotonic()
+        if len(cars) >= want or left <= 0:
+            break
+        # the wait counts verified cars, not connections: look again at each new connection
+        client_manager.wait_for(len(client_manager.all()) + 1, timeout=min(left, 1.0))
+    _book_refusals(rl, refused, set(cars.values()))
+    return list(proxies.values()), {cid: nonces[cid] for cid in cars}, cars
+
+
+def _challenge(
+    trust: Trust, rnd: int, proxies: list, nonces: dict[str, str]
+) -> list[tuple[Any, str, str | None]]:
+    """Challenge ``proxies`` side by side (a silent one holds up nobody), in their order:
+    (proxy, the car it claims, why it is refused or None)."""
+    if not proxies:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(proxies), CHALLENGE_WORKERS)) as pool:
+        return list(pool.map(lambda p: _hello(trust, rnd, p, nonces[p.cid]), proxies))
+
+
+def _hello(trust: Trust, rnd: int, proxy: Any, nonce: str) -> tuple[Any, str, str | None]:
+    """One connection's answer to the challenge: (proxy, the car it claims, why refused)."""
+    from flwr.common import Code, GetPropertiesIns
+
+    ins = GetPropertiesIns({"challenge": nonce, "round": rnd, "signed": True})
+    try:
+        res = proxy.get_properties(ins, timeout=HELLO_TIMEOUT_S, group_id=rnd)
+    except Exception as e:  # noqa: BLE001 - the connection broke or went silent: it gets nothing
+        return proxy, proxy.cid, f"no answer to the challenge ({type(e).__name__})"
+    props = dict(res.properties or {})
+    claimed = str(props.get("car") or proxy.cid)[:64]  # only a name in the log: bounded
+    if res.status.code != Code.OK:
+        return proxy, claimed, f"the client failed the challenge: {res.status.message}"[:200]
+    try:
+        return proxy, trust.verify_hello(props, rnd, nonce), None
+    except AuthError as e:
+        return proxy, claimed, str(e)
+
+
+def _book_refusals(rl: RoundLog, refused: list[tuple[str, str]], admitted: set[str]) -> None:
+    """Log the connections refused at the challenge: unauthenticated, no model sent; the
+    admitted cars keep their bare names."""
+    taken = set(admitted)
+    for car, why in refused:
+        name = _unique(car, taken)
+        rl.refused[name] = f"not authenticated, sent no model: {why}"
+        rl.unauthenticated.append(name)
+        log.warning("round %d: refused %s at the challenge (no model sent): %s", rl.round, name, why)
 
 
 def _update(proxy: Any, res: Any, to_arrays: Any) -> Update:
@@ -283,7 +389,7 @@ def run_rounds(
         "federated server on %s (%s, %s): %d rounds, %s, %s updates",
         link.address,
         "TLS" if link.certificates else "plaintext",
-        "signed updates only" if link.trust else "cars not authenticated",
+        "challenged cars, signed updates only" if link.trust else "cars not authenticated",
         cfg.rounds,
         cfg.strategy,
         cfg.compress,

@@ -17,7 +17,17 @@ byte of the update:
 
 A car signs only for itself; a node only for the cars it is listed for. An update replayed
 in a later round, or on another connection, was signed over another nonce and does not
-verify. The keys are made by ``edgepilot keys --car ID`` / ``--node ID`` (``edgepilot.keys``).
+verify.
+
+Before it sends a connection the global model, a server with client keys challenges it
+(``GetPropertiesIns`` with ``challenge``: the connection's nonce for the round): the client
+answers with its car and signer and a signature over ``hello_message`` (signer, car, round,
+nonce, under its own domain ``HELLO_DOMAIN``), checked by ``Trust.verify_hello`` with the
+same keys and rules as an update. The update of that round is then signed over the same
+nonce: the two domains keep a hello from passing for an update and back, and both are bound
+to the one connection and round, so a second nonce would prove nothing more.
+
+The keys are made by ``edgepilot keys --car ID`` / ``--node ID`` (``edgepilot.keys``).
 
 No torch, no Flower here: both ends, and their tests, use it as plain functions.
 """
@@ -42,6 +52,7 @@ from edgepilot.keys import CLIENT_DIRS, check_client_id, default_key_dir, load_p
 log = logging.getLogger(__name__)
 
 DOMAIN = "edgepilot-fl-update/1"  # a car's key signs nothing else that could pass for this
+HELLO_DOMAIN = "edgepilot-fl-hello/1"  # the challenge's answer: never mistaken for an update
 KINDS = CLIENT_DIRS  # "car" -> "cars", "node" -> "nodes"
 CARS, NODES = KINDS["car"], KINDS["node"]
 check_id = check_client_id
@@ -61,6 +72,11 @@ def signed_message(signer: str, car: str, rnd: int, nonce: str, payload: bytes, 
     return "\n".join([DOMAIN, signer, car, str(int(rnd)), nonce, digest, str(int(samples))]).encode()
 
 
+def hello_message(signer: str, car: str, rnd: int, nonce: str) -> bytes:
+    """What a client signs to answer the server's challenge (no update yet: nothing to hash)."""
+    return "\n".join([HELLO_DOMAIN, signer, car, str(int(rnd)), nonce]).encode()
+
+
 @dataclass(frozen=True)
 class Identity:
     """A client's signing identity: ``car:<id>`` or ``node:<id>`` and its private key."""
@@ -71,6 +87,11 @@ class Identity:
     def sign(self, car: str, rnd: int, nonce: str, payload: bytes, samples: int) -> dict[str, str]:
         """The metrics that carry the signature of one update."""
         sig = self.key.sign(signed_message(self.signer, car, rnd, nonce, payload, samples))
+        return {"signer": self.signer, "sig": base64.b64encode(sig).decode()}
+
+    def hello(self, car: str, rnd: int, nonce: str) -> dict[str, str]:
+        """The properties that answer the server's challenge for round ``rnd``."""
+        sig = self.key.sign(hello_message(self.signer, car, rnd, nonce))
         return {"signer": self.signer, "sig": base64.b64encode(sig).decode()}
 
 
@@ -117,14 +138,7 @@ class Trust:
     ) -> str:
         """The car an update is for, once its signature checks out against the nonce this
         server gave its connection for round ``rnd``; ``AuthError`` says why not."""
-        car, signer, sig = (metrics.get(k) for k in ("car", "signer", "sig"))
-        if not sig or not signer:
-            raise AuthError("unsigned update (this server takes signed updates only)")
-        try:
-            check_id(car, "car")
-        except EdgepilotError:
-            raise AuthError(f"names no valid car ({car!r})") from None
-        pub = self._key_for(str(signer), car)
+        car, signer, pub = self._claim(metrics, "unsigned update (this server takes signed updates only)")
         if nonce is None:
             raise AuthError("no nonce was given to this connection this round")
         if metrics.get("nonce") != nonce or metrics.get("round") != rnd:
@@ -133,14 +147,41 @@ class Trust:
                 f"connection was given for round {rnd} (a replayed update?)"
             )
         try:
-            raw = base64.b64decode(str(sig), validate=True)
-            pub.verify(raw, signed_message(str(signer), car, rnd, nonce, payload, samples))
+            raw = base64.b64decode(str(metrics["sig"]), validate=True)
+            pub.verify(raw, signed_message(signer, car, rnd, nonce, payload, samples))
         except (InvalidSignature, binascii.Error, ValueError):
             raise AuthError(
                 f"the signature does not verify with {signer}'s key (signed with another key, "
                 "or the update was altered)"
             ) from None
         return car
+
+    def verify_hello(self, props: dict[str, Any], rnd: int, nonce: str) -> str:
+        """The car a connection answers the challenge for, once its signature over this
+        round's ``nonce`` checks out; ``AuthError`` says why not."""
+        car, signer, pub = self._claim(
+            props, "unsigned answer to the challenge (this server sends its model to signed cars only)"
+        )
+        if props.get("nonce") != nonce or props.get("round") != rnd:
+            raise AuthError(f"the answer is for another challenge than round {rnd}'s on this connection")
+        try:
+            raw = base64.b64decode(str(props["sig"]), validate=True)
+            pub.verify(raw, hello_message(signer, car, rnd, nonce))
+        except (InvalidSignature, binascii.Error, ValueError):
+            raise AuthError(f"the answer to the challenge does not verify with {signer}'s key") from None
+        return car
+
+    def _claim(self, fields: dict[str, Any], unsigned: str) -> tuple[str, str, Ed25519PublicKey]:
+        """(car, signer, the signer's key) that signed ``fields`` claim, if this server
+        trusts that signer for that car; ``unsigned``: what to say when nothing is signed."""
+        car, signer, sig = (fields.get(k) for k in ("car", "signer", "sig"))
+        if not sig or not signer:
+            raise AuthError(unsigned)
+        try:
+            check_id(car, "car")
+        except EdgepilotError:
+            raise AuthError(f"names no valid car ({car!r})") from None
+        return str(car), str(signer), self._key_for(str(signer), str(car))
 
     def _key_for(self, signer: str, car: str) -> Ed25519PublicKey:
         kind, _, name = signer.partition(":")

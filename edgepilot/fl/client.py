@@ -11,7 +11,10 @@ certificate, checked with one handshake before Flower connects; plaintext only t
 on this machine unless ``insecure``. Every update is signed (``edgepilot.fl.auth``) with
 the car's key, or for ``fl proxy`` the edge node's, over the nonce the server gave this
 connection for the round; a server with client keys refuses anything else, and a client
-without a key is told so before it trains.
+without a key is told so before it trains. Such a server also challenges the connection
+before it sends the model (``get_properties`` with ``challenge``): the client answers with
+its car and a signature over the nonce (``Identity.hello``), and gets the model only if
+that verifies.
 
 Faults (``fault``) are a testing aid for the benchmark and the tests, never set in a
 fleet: ``nan`` (a NaN in the update), ``huge`` (the update times 1e6), ``shape`` (one
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ClientStats:
     rounds: int = 0
+    challenges: int = 0  # challenges answered (a server with client keys: one a round)
+    models_received: int = 0  # fit calls: the rounds the server sent this client the global model
     bytes_sent: int = 0
     bytes_received: int = 0
     train_s: float = 0.0
@@ -100,14 +105,11 @@ class CarTrainer:
         import torch
 
         torch.set_num_threads(self.opts.threads)
+        self.stats.models_received += 1
         rnd = int(config.get("round", self.stats.rounds + 1))
         fault = self._fault(rnd)
         if config.get("signed") and self.identity is None and fault != "unsigned":
-            kind, name = self.opts.signer
-            raise EdgepilotError(
-                f"the federated server takes signed updates only and this {kind} has no key: make one "
-                f"with `edgepilot keys --{kind} {name}` (or pass --key) and give the server its .pub"
-            )
+            raise self._no_key()
         if fault == "replay" and self._last is not None:
             log.warning("fault: replaying round %d's answer in round %d", self._last[2]["round"], rnd)
             return self._last
@@ -147,6 +149,26 @@ class CarTrainer:
         )
         return blob, res.samples, metrics
 
+    def hello(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Answer the server's challenge (its nonce for this connection and round) with this
+        car's name, signed: the server sends the model only to a connection that verifies."""
+        self.stats.challenges += 1
+        rnd, nonce = int(config.get("round", 0)), str(config["challenge"])
+        fault = self._fault(rnd)
+        if self.identity is None and fault != "unsigned":
+            raise self._no_key()  # one clear line here, rather than a silent wait for a model
+        props: dict[str, Any] = {"car": self.opts.car, "role": self.opts.role, "round": rnd, "nonce": nonce}
+        if self.identity is not None and fault != "unsigned":
+            props.update(self.identity.hello(self.opts.car, rnd, nonce))
+        return props
+
+    def _no_key(self) -> EdgepilotError:
+        kind, name = self.opts.signer
+        return EdgepilotError(
+            f"the federated server takes signed updates only and this {kind} has no key: make one "
+            f"with `edgepilot keys --{kind} {name}` (or pass --key) and give the server its .pub"
+        )
+
     def _fault(self, rnd: int) -> str | None:
         return self.opts.fault if self.opts.fault_round in (0, rnd) else None
 
@@ -172,6 +194,8 @@ class CarTrainer:
             "signer": self.identity.signer if self.identity else None,
             "frames": len(self.samples),
             "rounds": self.stats.rounds,
+            "challenges": self.stats.challenges,
+            "models_received": self.stats.models_received,
             "bytes_sent": self.stats.bytes_sent,
             "bytes_received": self.stats.bytes_received,
             "train_s": round(self.stats.train_s, 2),
@@ -212,6 +236,10 @@ def run_client(opts: ClientOptions) -> dict[str, Any]:
     class _Client(NumPyClient):  # type: ignore[misc]
         def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
             raise EdgepilotError("the server holds the global model; a car never seeds it")
+
+        def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+            # the server's challenge before it sends the model; nothing else is asked here
+            return trainer.hello(config) if "challenge" in config else {}
 
         def fit(
             self, parameters: list[np.ndarray], config: dict[str, Any]

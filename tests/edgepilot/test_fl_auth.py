@@ -1,6 +1,6 @@
 """The federated link without Flower: car and node keys (``edgepilot keys --car/--node``),
-signed updates and what the server's check refuses (``edgepilot.fl.auth``), and the TLS
-settings each end accepts (``edgepilot.fl.link``)."""
+signed answers to the server's challenge and signed updates and what the server's checks
+refuse (``edgepilot.fl.auth``), and the TLS settings each end accepts (``edgepilot.fl.link``)."""
 
 from __future__ import annotations
 
@@ -97,6 +97,78 @@ def test_the_server_refuses_an_update_it_cannot_attribute(fleet, tmp_path, case,
         m["sig"] = base64.b64encode(b"x" * 64).decode()
     with pytest.raises(AuthError, match=why):
         trust.verify(m, 3, nonce, payload, samples)
+
+
+def _hello(ident, car: str, rnd: int, nonce: str) -> dict:
+    return {"car": car, "round": rnd, "nonce": nonce, **ident.hello(car, rnd, nonce)}
+
+
+def test_a_car_and_a_node_answer_the_challenge_the_server_verifies(fleet):
+    trust = load_trust(fleet)
+    nonce = new_nonce()
+    car_a, node = _ident(fleet, "car", "car-a"), _ident(fleet, "node", "edge-1")
+    assert trust.verify_hello(_hello(car_a, "car-a", 1, nonce), 1, nonce) == "car-a"
+    assert trust.verify_hello(_hello(node, "car-b", 4, nonce), 4, nonce) == "car-b"
+
+
+def test_a_hello_and_an_update_signature_never_pass_for_each_other(fleet):
+    """Same key, same round, same nonce: the two domains keep them apart."""
+    trust = load_trust(fleet)
+    nonce = new_nonce()
+    car_a = _ident(fleet, "car", "car-a")
+    hello = _hello(car_a, "car-a", 3, nonce)
+    with pytest.raises(AuthError, match="does not verify"):
+        trust.verify(hello, 3, nonce, PAYLOAD, 30)
+    with pytest.raises(AuthError, match="does not verify"):
+        trust.verify(hello, 3, nonce, b"", 0)  # not even over an empty update
+    update = _metrics(car_a, "car-a", 3, nonce)
+    with pytest.raises(AuthError, match="the answer to the challenge does not verify"):
+        trust.verify_hello(update, 3, nonce)
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("unsigned", "unsigned answer to the challenge"),
+        ("another car's key", "does not verify with car:car-a's key"),
+        ("a car answering for another", "car car-c signs for car car-a"),
+        ("unknown car", "unknown car mallory"),
+        ("node not listed for the car", "node edge-1 may not train for car car-a"),
+        ("no car", "names no valid car"),
+        ("another connection's nonce", "for another challenge than round 3's"),
+        ("an earlier round's answer", "for another challenge than round 3's"),
+        ("round forged to this one", "does not verify"),
+        ("garbage signature", "does not verify"),
+    ],
+)
+def test_the_server_refuses_an_answer_to_the_challenge_it_cannot_attribute(fleet, tmp_path, case, why):
+    trust = load_trust(fleet)
+    other, nonce = new_nonce(), new_nonce()
+    car_a, car_c = _ident(fleet, "car", "car-a"), _ident(fleet, "car", "car-c")
+    props = _hello(car_a, "car-a", 3, nonce)
+    if case == "unsigned":
+        props = {"car": "car-a", "round": 3, "nonce": nonce}
+    elif case == "another car's key":
+        props = _hello(load_identity("car", "car-a", str(fleet / "cars" / "car-c.key")), "car-a", 3, nonce)
+    elif case == "a car answering for another":
+        props = _hello(car_c, "car-a", 3, nonce)
+    elif case == "unknown car":
+        stranger = _ident(fleet, "car", "mallory", tmp_path / "elsewhere/cars/mallory.key")
+        props = _hello(stranger, "mallory", 3, nonce)
+    elif case == "node not listed for the car":
+        props = _hello(_ident(fleet, "node", "edge-1"), "car-a", 3, nonce)
+    elif case == "no car":
+        props.pop("car")
+    elif case == "another connection's nonce":
+        props = _hello(car_a, "car-a", 3, other)
+    elif case == "an earlier round's answer":
+        props = _hello(car_a, "car-a", 2, nonce)
+    elif case == "round forged to this one":
+        props = {**_hello(car_a, "car-a", 2, nonce), "round": 3}
+    elif case == "garbage signature":
+        props["sig"] = base64.b64encode(b"x" * 64).decode()
+    with pytest.raises(AuthError, match=why):
+        trust.verify_hello(props, 3, nonce)
 
 
 def test_client_keys_and_identities_fail_clearly(fleet, tmp_path):
