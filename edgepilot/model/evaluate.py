@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepilot.imaging import backend
 from edgepilot.model.data import decode, load_samples
 from edgepilot.model.runtime import Autopilot
 from edgepilot.progress import bar
@@ -72,6 +73,7 @@ def bench(
     times: dict[str, list[float]] = {n: [] for n in models}
     steer: dict[str, list[float]] = {n: [] for n in models}
     exits: dict[str, list[int]] = {n: [] for n in models}
+    prep: dict[str, list[float]] = {n: [] for n in models}  # of the time: what preprocessing took
     for i in bar(range(0, len(frames), block), desc="bench", unit="block"):
         chunk = frames[i : i + block]
         for name, ap in models.items():
@@ -81,11 +83,13 @@ def bench(
                 times[name].append(time.perf_counter() - t0)
                 steer[name].append(d.steering)
                 exits[name].append(d.exit)
+                prep[name].append(d.stage_ms.get("preprocess", 0.0))
     out: dict = {}
     for name, ap in models.items():
         t = np.array(times[name]) * 1e3
         out[f"{name}_ms"] = float(t.mean())
         out[f"{name}_ms_p50"] = float(np.median(t))
+        out[f"{name}_preprocess_ms"] = float(np.mean(prep[name]))
         out[f"{name}_mae"] = float(np.abs(np.array(steer[name]) - labels).mean())
         out[f"{name}_runtime"] = ap.runtime
         out[f"{name}_version"] = ap.version
@@ -105,4 +109,5 @@ def bench(
         out["onnx_vs_torch_ms_p50"] = out["model_ms_p50"] / out["torch_model_ms_p50"]
         out["torch_mae_ratio"] = out["torch_model_mae"] / max(out["baseline_mae"], 1e-9)
     out["frames"] = len(frames)
+    out["preprocess_backend"] = backend()  # numpy on the car's install: docs/model.md
     return out

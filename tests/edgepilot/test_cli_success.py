@@ -90,6 +90,9 @@ def test_bench_loop_and_bench_model(capsys, tiny_model, tiny_int8, sample_logs):
     assert rc == 0 and res["model_ms"] > 0 and res["baseline_ms"] > 0
     assert res["speedup"] == pytest.approx(res["baseline_ms"] / res["model_ms"], rel=0.02)
     assert 0 <= res["model_mae"] < 1 and 0 <= res["baseline_mae"] < 1
+    # of each model's time per frame, what preprocessing took (the same work for both)
+    assert 0 < res["model_preprocess_ms"] < res["model_ms"] and 0 < res["baseline_preprocess_ms"] < res["baseline_ms"]
+    assert res["preprocess_backend"] == "opencv"  # this venv has OpenCV; a car's install: numpy
 
 
 def test_models_list_promote_rollback(broker, capsys, tmp_path):
