@@ -14,7 +14,7 @@ numpy path (to measure what a car without OpenCV spends per frame).
 
 ``resize_planar`` is preprocess's call: resize, colour and the channel-first layout in one,
 with the same bytes. Without OpenCV it is the per-frame cost that sets the car's speed-up
-over PilotNet (docs/benchmarks.md#model), so it avoids numpy's gathers and lookup tables:
+over PilotNet (docs/benchmarks.md#model), so it avoids numpy's gathers:
 the horizontal taps, periodic in blocks (160 -> 200 is 5 targets from 4 sources), become
 one small float32 matrix product; the vertical taps are whole-row copies.
 """
@@ -44,14 +44,10 @@ def _load_cv2() -> ModuleType | None:
 _cv2 = _load_cv2()
 JPEG_QUALITY = 90
 
-# cv2.COLOR_BGR2YUV's fixed-point coefficients (14 bits) as lookup tables: Y from R, G, B
-# (with the rounding term folded into G's table); U from B - Y, V from R - Y (index + 255)
-_R2Y = np.arange(256, dtype=np.int32) * 4899
-_G2Y = np.arange(256, dtype=np.int32) * 9617 + (1 << 13)
-_B2Y = np.arange(256, dtype=np.int32) * 1868
-_DIFF = np.arange(-255, 256, dtype=np.int64)
-_B2U = np.clip((_DIFF * 8061 + (128 << 14) + (1 << 13)) >> 14, 0, 255).astype(np.uint8)
-_R2V = np.clip((_DIFF * 14369 + (128 << 14) + (1 << 13)) >> 14, 0, 255).astype(np.uint8)
+# cv2.COLOR_BGR2YUV's fixed-point coefficients (14 bits): Y from R, G, B; U from B - Y and
+# V from R - Y, each rounded (+ 2**13) before the shift, U and V around 128
+_YR, _YG, _YB, _U, _V = 4899, 9617, 1868, 8061, 14369
+_ROUND, _CHROMA = 1 << 13, (128 << 14) + (1 << 13)
 
 
 def backend() -> str:
@@ -82,48 +78,46 @@ def bgr_to_yuv(img_bgr: np.ndarray) -> np.ndarray:
     """BGR uint8 HxWx3 -> YUV uint8, bit for bit ``cv2.cvtColor(img, cv2.COLOR_BGR2YUV)``."""
     if _cv2 is not None:
         return _cv2.cvtColor(img_bgr, _cv2.COLOR_BGR2YUV)
-    b, g, r = img_bgr[..., 0], img_bgr[..., 1], img_bgr[..., 2]
-    y = _R2Y[r]
-    y += _G2Y[g]
-    y += _B2Y[b]
-    y >>= 14
+    c = img_bgr.astype(np.int32)
     out = np.empty(img_bgr.shape, np.uint8)
-    out[..., 0] = y
-    out[..., 1] = _B2U[b.astype(np.int32) - y + 255]
-    out[..., 2] = _R2V[r.astype(np.int32) - y + 255]
+    _yuv_into(c[..., 0], c[..., 1], c[..., 2], out[..., 0], out[..., 1], out[..., 2])
     return out
+
+
+def _yuv_into(b: np.ndarray, g: np.ndarray, r: np.ndarray, *out: np.ndarray) -> None:
+    """OpenCV's fixed-point BGR -> YUV of int32 channels into three uint8 arrays (any views)."""
+    y = r * _YR
+    tmp = g * _YG
+    y += tmp
+    np.multiply(b, _YB, out=tmp)
+    y += tmp
+    y += _ROUND
+    y >>= 14
+    out[0][...] = y
+    for dst, src, coef in ((out[1], b, _U), (out[2], r, _V)):
+        np.subtract(src, y, out=tmp)
+        tmp *= coef
+        tmp += _CHROMA
+        tmp >>= 14
+        np.clip(tmp, 0, 255, out=tmp)
+        dst[...] = tmp
 
 
 def resize_planar(img: np.ndarray, width: int, height: int, yuv: bool) -> np.ndarray:
     """uint8 HxWx3 BGR -> uint8 3 x ``height`` x ``width`` (YUV when ``yuv``): bit for bit
     ``cv2.resize(..., INTER_AREA)``, then ``cv2.COLOR_BGR2YUV``, then channels first."""
     h, w, c = img.shape
-    fast = _cv2 is None and c == 3 and not (w >= width and h >= height) and _blocks(h, w, height, width)
-    if not fast:
+    fast = _cv2 is None and c == 3 and not (w >= width and h >= height)
+    blocks = _blocks(h, w, height, width) if fast else None
+    if blocks is None:
         out = resize_area(img, width, height)
         out = bgr_to_yuv(out) if yuv else out
         return np.ascontiguousarray(out.transpose(2, 0, 1))
-    planes = _two_tap_planar(np.ascontiguousarray(img), _blocks(h, w, height, width))
+    planes = _two_tap_planar(np.ascontiguousarray(img), blocks)
     if not yuv:
         return planes.astype(np.uint8)
-    b, g, r = planes
     out = np.empty((3, height, width), np.uint8)
-    # cv2.COLOR_BGR2YUV in int32 (14-bit coefficients, rounding as _R2Y/_B2U/_R2V state)
-    y = r * 4899
-    tmp = g * 9617
-    y += tmp
-    np.multiply(b, 1868, out=tmp)
-    y += tmp
-    y += 1 << 13
-    y >>= 14
-    out[0] = y
-    for k, src, coef in ((1, b, 8061), (2, r, 14369)):
-        np.subtract(src, y, out=tmp)
-        tmp *= coef
-        tmp += (128 << 14) + (1 << 13)
-        tmp >>= 14
-        np.clip(tmp, 0, 255, out=tmp)
-        out[k] = tmp
+    _yuv_into(*planes, *out)
     return out
 
 

@@ -2,8 +2,10 @@
 
 Alternating blocks of 50 frames, in one process: the numpy path ``preprocess_u8`` takes
 without OpenCV (``imaging.resize_planar``'s block-matrix path), the numpy path before it
-(``resize_area``'s gathers, then ``bgr_to_yuv``'s lookup tables), and OpenCV; every frame's
-bytes are checked equal across the three::
+(``resize_area``'s gathers, then ``bgr_to_yuv``; its lookup tables have since given way to
+the arithmetic ``resize_planar`` uses, so this row is now faster than when
+docs/benchmarks.md's figures were taken), and OpenCV; every frame's bytes are checked
+equal across the three::
 
     python scripts/preprocess_speed.py datasets/recordings/test/*
 
