@@ -251,18 +251,23 @@ def offload_check(
     """Open loop: the held-out frames ``car`` would offload (no exit sure enough), the
     edge's answer against the car's own there: (the check, or None when fewer than
     ``edge_offload_min_frames`` were hard: too few to judge; what was measured)."""
-    local = [d for i in range(0, len(frames), 64) for d in car.infer_batch(frames[i : i + 64])]
+    local = _decisions(car, frames)
     hard = np.flatnonzero([d.hard for d in local])
     info: dict[str, Any] = {"frames": int(len(hard)), "of": len(frames)}
     if len(hard) < cfg.edge_offload_min_frames:
         return None, info
     sent = [frames[i] for i in hard]
-    answers = [d.steering for i in range(0, len(sent), 64) for d in edge.infer_batch(sent[i : i + 64])]
+    answers = [d.steering for d in _decisions(edge, sent)]
     car_mae = float(np.abs(np.array([local[i].steering for i in hard]) - labels[hard]).mean())
     edge_mae = float(np.abs(np.array(answers) - labels[hard]).mean())
     ratio = round(edge_mae / max(car_mae, 1e-6), 3)
     info.update(car_mae=round(car_mae, 5), edge_mae=round(edge_mae, 5))
     return _check("heldout_offload_mae_ratio", ratio <= cfg.edge_offload_ratio, ratio, cfg.edge_offload_ratio), info
+
+
+def _decisions(ap: Autopilot, frames: list, batch: int = 64) -> list:
+    """What ``ap`` answers on each frame, early exits on, a batch at a time."""
+    return [d for i in range(0, len(frames), batch) for d in ap.infer_batch(frames[i : i + batch])]
 
 
 def _check(name: str, ok: bool, value: float, limit: float) -> dict[str, Any]:

@@ -86,13 +86,14 @@ class Identity:
 
     def sign(self, car: str, rnd: int, nonce: str, payload: bytes, samples: int) -> dict[str, str]:
         """The metrics that carry the signature of one update."""
-        sig = self.key.sign(signed_message(self.signer, car, rnd, nonce, payload, samples))
-        return {"signer": self.signer, "sig": base64.b64encode(sig).decode()}
+        return self._signed(signed_message(self.signer, car, rnd, nonce, payload, samples))
 
     def hello(self, car: str, rnd: int, nonce: str) -> dict[str, str]:
         """The properties that answer the server's challenge for round ``rnd``."""
-        sig = self.key.sign(hello_message(self.signer, car, rnd, nonce))
-        return {"signer": self.signer, "sig": base64.b64encode(sig).decode()}
+        return self._signed(hello_message(self.signer, car, rnd, nonce))
+
+    def _signed(self, message: bytes) -> dict[str, str]:
+        return {"signer": self.signer, "sig": base64.b64encode(self.key.sign(message)).decode()}
 
 
 def key_path(kind: str, name: str) -> Path:
@@ -146,14 +147,13 @@ class Trust:
                 f"stale nonce: signed for round {metrics.get('round')!r} under another nonce than this "
                 f"connection was given for round {rnd} (a replayed update?)"
             )
-        try:
-            raw = base64.b64decode(str(metrics["sig"]), validate=True)
-            pub.verify(raw, signed_message(signer, car, rnd, nonce, payload, samples))
-        except (InvalidSignature, binascii.Error, ValueError):
-            raise AuthError(
-                f"the signature does not verify with {signer}'s key (signed with another key, "
-                "or the update was altered)"
-            ) from None
+        _verify(
+            pub,
+            metrics["sig"],
+            signed_message(signer, car, rnd, nonce, payload, samples),
+            f"the signature does not verify with {signer}'s key (signed with another key, "
+            "or the update was altered)",
+        )
         return car
 
     def verify_hello(self, props: dict[str, Any], rnd: int, nonce: str) -> str:
@@ -164,11 +164,12 @@ class Trust:
         )
         if props.get("nonce") != nonce or props.get("round") != rnd:
             raise AuthError(f"the answer is for another challenge than round {rnd}'s on this connection")
-        try:
-            raw = base64.b64decode(str(props["sig"]), validate=True)
-            pub.verify(raw, hello_message(signer, car, rnd, nonce))
-        except (InvalidSignature, binascii.Error, ValueError):
-            raise AuthError(f"the answer to the challenge does not verify with {signer}'s key") from None
+        _verify(
+            pub,
+            props["sig"],
+            hello_message(signer, car, rnd, nonce),
+            f"the answer to the challenge does not verify with {signer}'s key",
+        )
         return car
 
     def _claim(self, fields: dict[str, Any], unsigned: str) -> tuple[str, str, Ed25519PublicKey]:
@@ -198,6 +199,14 @@ class Trust:
                 raise AuthError(f"node {name} may not train for car {car} (not in {NODES}/{name}.cars)")
             return self.nodes[name]
         raise AuthError(f"signer {signer!r} is neither car:<id> nor node:<id>")
+
+
+def _verify(pub: Ed25519PublicKey, sig: Any, message: bytes, failure: str) -> None:
+    """``sig`` (base64) is ``pub``'s signature of ``message``; else ``AuthError(failure)``."""
+    try:
+        pub.verify(base64.b64decode(str(sig), validate=True), message)
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise AuthError(failure) from None
 
 
 def load_trust(directory: str | Path) -> Trust:
