@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import mul
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,6 +95,36 @@ def decode_np(out: np.ndarray, learned: bool = False) -> tuple[np.ndarray, np.nd
     else:
         conf = 1.0 - (np.log(z) - (e * logits).sum(1) / z) / math.log(n)
     return np.clip(steering, -1.0, 1.0), np.clip(out[:, n], -1.0, 1.0), conf
+
+
+def decode_one(row: np.ndarray, learned: bool = False) -> tuple[float, float, float]:
+    """One frame's exit output -> (steering, throttle, confidence), as ``decode_np`` but in
+    plain Python floats: at batch 1 its dozen numpy calls on a 21-vector cost ~45 us a
+    segment, a tenth of the car's whole network (docs/benchmarks.md#model); this, ~10."""
+    v = row.tolist()
+    n = len(v) - (2 if learned else 1)
+    logits = v[:n]
+    top = max(logits)
+    if top != top:  # NaN: max() is order-dependent then; the answer is NaN either way
+        top = 0.0
+    e = [math.exp(x - top) for x in logits]
+    z = sum(e)
+    steering = sum(map(mul, e, _centers_list(n))) / z
+    if learned:
+        conf = 1.0 - _clip(v[n + 1], 0.0, 1.0)
+    else:
+        ent = math.log(z) - (sum(map(mul, e, logits)) - top * z) / z
+        conf = 1.0 - ent / math.log(n)
+    return _clip(steering, -1.0, 1.0), _clip(v[n], -1.0, 1.0), conf
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return x if x != x else (lo if x < lo else hi if x > hi else x)  # NaN stays NaN
+
+
+@lru_cache(maxsize=8)
+def _centers_list(bins: int) -> list[float]:
+    return _centers(bins).tolist()
 
 
 _CENTERS: dict[int, np.ndarray] = {}
@@ -227,14 +259,13 @@ class Autopilot:
             t = time.perf_counter()
             x, out = self.segs.run(j, x)
             outs[k] = x
-            s, th, c = decode_np(out, self.learned)
+            s, th, conf = decode_one(out[0], self.learned)
             ms[self._names[j]] = (time.perf_counter() - t) * 1e3
             for i in seg:
                 self.stage_calls[i] += 1
-            conf = float(c[0])
             if j == last or (not force_final and conf >= self.exit_thresholds[k]):
                 hard = not conf >= self.offload_thresholds[k]  # a NaN answer is hard
-                return Decision(float(s[0]), float(th[0]), k, conf, hard, ms, outs)
+                return Decision(s, th, k, conf, hard, ms, outs)
         raise AssertionError("unreachable")
 
     def infer_batch(self, frames: list[np.ndarray], *, force_final: bool = False) -> list[Decision]:
@@ -254,7 +285,8 @@ class Autopilot:
             k = seg[-1]
             t = time.perf_counter()
             x, out = self.segs.run(j, x)
-            s, th, c = decode_np(out, self.learned)
+            # per row, as ``infer`` decodes: a batch and single frames then decide alike
+            s, th, c = (np.array(v) for v in zip(*(decode_one(r, self.learned) for r in out), strict=True))
             per = (time.perf_counter() - t) * 1e3 / len(idx)
             for i in seg:
                 self.stage_calls[i] += len(idx)
