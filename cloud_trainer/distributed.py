@@ -32,7 +32,7 @@ from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.data import FrameDataset, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, StagedNet, build_net
 from edgepilot.model.package import load_private_key
-from edgepilot.model.preprocess import DEFAULT_SPEC
+from edgepilot.model.preprocess import spec_for
 from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, save_calibrated, soft_targets, stage_weights
 
 
@@ -62,8 +62,9 @@ def train_ddp(
     if max_frames and len(samples) > max_frames:
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
     train_s, val_s = split_by_session(samples, 0.2, seed)
-    net = build_net(ArchSpec(arch), DEFAULT_SPEC)  # same seed -> same initial weights on every rank
-    ds = FrameDataset(train_s, DEFAULT_SPEC, AugmentConfig(), seed)
+    spec = spec_for(arch)
+    net = build_net(ArchSpec(arch), spec)  # same seed -> same initial weights on every rank
+    ds = FrameDataset(train_s, spec, AugmentConfig(), seed)
     _fit(net, ds, world, rank, epochs=epochs, batch=batch, lr=lr, seed=seed)
     if world > 1:
         dist.barrier()
@@ -71,7 +72,7 @@ def train_ddp(
         return None
     path, manifest, cal = save_calibrated(
         net,
-        DEFAULT_SPEC,
+        spec,
         val_s,
         out,
         signing_key,

@@ -78,6 +78,14 @@ def decode_jpeg(data: bytes | bytearray | memoryview) -> np.ndarray | None:
         return None
 
 
+def yuv_matrix() -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.COLOR_BGR2YUV`` as real numbers: (3x3 matrix, rows Y U V, columns B G R;
+    offsets), for float work such as a teacher's input made from a BGR batch."""
+    y = np.array([_YB, _YG, _YR]) / (1 << 14)
+    m = np.stack([y, (np.eye(3)[0] - y) * _U / (1 << 14), (np.eye(3)[2] - y) * _V / (1 << 14)])
+    return m.astype(np.float32), np.array([0.0, 128.0, 128.0], np.float32)
+
+
 def bgr_to_yuv(img_bgr: np.ndarray) -> np.ndarray:
     """BGR uint8 HxWx3 -> YUV uint8, bit for bit ``cv2.cvtColor(img, cv2.COLOR_BGR2YUV)``."""
     if _cv2 is not None:

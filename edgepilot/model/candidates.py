@@ -24,19 +24,19 @@ import warnings
 import torch
 
 from edgepilot.model.nets import ArchSpec, build_net
-from edgepilot.model.preprocess import quantized_input
+from edgepilot.model.preprocess import quantized_input, spec_for
 from edgepilot.model.quantize import float_stages, freeze, int8_state, quantize_stages
 
 warnings.filterwarnings("ignore")
 
 
-def interleaved(cands: dict[str, list], n: int) -> dict[str, list[float]]:
+def interleaved(cands: dict[str, list], n: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, list[float]]:
     """Per-stage ms of every candidate, timed round-robin (one call of each in turn), so
     that load from other processes hits every candidate alike: ratios stay honest."""
     inputs: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
         for name, stages in cands.items():
-            x, xs = torch.rand(1, 3, 66, 200, generator=torch.Generator().manual_seed(0)) * 2 - 1, []
+            x, xs = torch.rand(1, *shapes[name], generator=torch.Generator().manual_seed(0)) * 2 - 1, []
             if "int8_fx" in name:
                 x = quantized_input(x)
             for s in stages:
@@ -62,9 +62,10 @@ def size(state: dict) -> int:
 
 def candidates(arch: ArchSpec) -> tuple[dict[str, list], dict[str, int]]:
     torch.manual_seed(0)
-    net = build_net(arch).eval()
-    calib = [torch.randn(8, 3, 66, 200) for _ in range(4)]
-    q = quantize_stages(net, calib)
+    spec = spec_for(arch.name)
+    net = build_net(arch, spec).eval()
+    calib = [torch.randn(8, 3, spec.height, spec.width) for _ in range(4)]
+    q = quantize_stages(net, calib, spec)
     fp = float_stages(net)
     dyn = [
         torch.ao.quantization.quantize_dynamic(copy.deepcopy(s), {torch.nn.Linear}, dtype=torch.qint8)
@@ -72,10 +73,10 @@ def candidates(arch: ArchSpec) -> tuple[dict[str, list], dict[str, int]]:
     ]
     stages = {
         "fp32_eager": fp,
-        "fp32_frozen": freeze(fp),
+        "fp32_frozen": freeze(fp, spec),
         "dynamic_int8": dyn,
         "int8_fx_eager": q,
-        "int8_fx_frozen": freeze(q, int8=True),
+        "int8_fx_frozen": freeze(q, spec, int8=True),
     }
     sizes = {"fp32_weights_bytes": size(net.state_dict()), "int8_weights_bytes": size(int8_state(q))}
     return stages, sizes
@@ -92,12 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         "early-exit-pruned-50pct-stages-1-2": ArchSpec("early-exit", widths=w[:2] + [c // 2 for c in w[2:]]),
         "pilotnet": ArchSpec("pilotnet"),
     }
-    cands, out = {}, {"torch": torch.__version__, "frames": a.frames, "ms_per_stage": {}, "bytes": {}}
+    cands, shapes, out = {}, {}, {"torch": torch.__version__, "frames": a.frames, "ms_per_stage": {}, "bytes": {}}
     for name, arch in archs.items():
         stages, sizes = candidates(arch)
         cands.update({f"{name}/{k}": v for k, v in stages.items()})
+        spec = spec_for(arch.name)
+        shapes.update({f"{name}/{k}": (3, spec.height, spec.width) for k in stages})
         out["bytes"][name] = sizes
-    out["ms_per_stage"] = interleaved(cands, a.frames)
+    out["ms_per_stage"] = interleaved(cands, a.frames, shapes)
     print(json.dumps(out))
 
 

@@ -92,6 +92,8 @@ def bench(
         out[f"{name}_preprocess_ms"] = float(np.mean(prep[name]))
         out[f"{name}_mae"] = float(np.abs(np.array(steer[name]) - labels).mean())
         out[f"{name}_runtime"] = ap.runtime
+        sp = ap.spec  # the car's net takes the camera's crop as it is, PilotNet 66x200 YUV
+        out[f"{name}_input"] = f"{sp.width}x{sp.height} {sp.colour}"
         out[f"{name}_version"] = ap.version
         out[f"{name}_bytes"] = Path(ap.path).stat().st_size if ap.path else None
         ex = np.array(exits[name])

@@ -20,7 +20,8 @@ budget (docs/benchmarks.md#model has the runs that chose this).
 
 Distillation (``teacher``): the target distribution becomes ``(1 - alpha) * soft label +
 alpha * teacher's distribution`` and the throttle target mixes likewise. The teacher sees
-the same augmented batch, so it also teaches on shifted, flipped and shadowed frames.
+the same augmented batch, so it also teaches on shifted, flipped and shadowed frames (made
+into its own input when it takes another one: ``preprocess.adapt_input``).
 
 Determinism: torch, numpy and every augmentation draw are seeded, the loader runs in the
 main process, so one seed gives the same weights on the same machine and thread count.
@@ -46,8 +47,8 @@ from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
 from edgepilot.model.data import FrameDataset, Loaded, Sample, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, split_out, stage_macs
-from edgepilot.model.package import load_package, load_private_key, save_package
-from edgepilot.model.preprocess import DEFAULT_SPEC, InputSpec
+from edgepilot.model.package import load_package, load_private_key, save_package, verify_package
+from edgepilot.model.preprocess import InputSpec, adapt_input, check_adaptable, spec_for
 from edgepilot.progress import bar
 from edgepilot.schema.log import TRAINING_LABELS
 
@@ -191,10 +192,16 @@ def load_teacher(path: str | Path, bins: int, trusted: list[str] | None = None) 
     arch = ArchSpec.from_dict(pkg.manifest["arch"])
     if arch.bins != bins:
         raise EdgepilotError(f"{path}: teacher has {arch.bins} steering bins, the student {bins}")
-    net = build_net(arch, InputSpec.from_dict(pkg.manifest.get("input", {})))
+    spec = InputSpec.from_dict(pkg.manifest.get("input", {}))
+    net = build_net(arch, spec)
     net.load_state_dict(pkg.state)
     net.teacher_version = pkg.manifest.get("version")  # type: ignore[attr-defined]
+    net.input_spec = spec  # type: ignore[attr-defined]
     return net.eval()
+
+
+def _input_of(path: str | Path, trusted: list[str] | None) -> InputSpec:
+    return InputSpec.from_dict(verify_package(path, trusted).manifest.get("input", {}))
 
 
 @dataclass(frozen=True)
@@ -231,14 +238,15 @@ def train(
     teacher: str | Path | None = None,
     init: str | Path | None = None,
     key: str | None = None,
-    spec: InputSpec = DEFAULT_SPEC,
+    spec: InputSpec | None = None,
     trusted: list[str] | None = None,
 ) -> dict:
     """Train, calibrate, sign and write a package. Returns the CLI's result dict.
 
     ``init``: an fp32 package of the same architecture to start from (a warm start, as the
     cloud's retraining does with its current models): the sessions it learned from stay out
-    of validation. Both are verified against ``trusted`` (default: keys/*.pub)."""
+    of validation. Both are verified against ``trusted`` (default: keys/*.pub).
+    ``spec``: the input; default: ``init``'s, else ``spec_for(cfg.arch)``."""
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -246,10 +254,14 @@ def train(
     signing_key = load_private_key(key, create=True)  # fail before an hour of training
     confidence = cfg.confidence if cfg.arch == "early-exit" else "entropy"
     arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1), confidence=confidence)
+    if spec is None:  # a warm start keeps its model's input (a package from before CAR_SPEC too)
+        spec = _input_of(init, trusted) if init else spec_for(arch.name)
     net = build_net(arch, spec)
     start = load_init(init, net, spec, trusted) if init else None
     data = _load_data(logs, cfg, start.seen if start else ())
     teacher_net = load_teacher(teacher, arch.bins, trusted) if teacher else None
+    if teacher_net is not None:
+        check_adaptable(spec, teacher_net.input_spec)  # type: ignore[arg-type]
     ds = FrameDataset(data.train, spec, cfg.augment, cfg.seed)
     val_loader = DataLoader(FrameDataset(data.val, spec, None), batch_size=256)
     history, best_epoch = _fit(net, ds, val_loader, cfg, teacher_net)
@@ -361,7 +373,8 @@ def _train_epoch(
         s, th = s.float(), th.float()
         target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
         if teacher_net is not None:
-            target, th = _distill(teacher_net, x, target, th, cfg.distill_alpha)
+            xt = adapt_input(x, loader.dataset.spec, teacher_net.input_spec)  # type: ignore[attr-defined]
+            target, th = _distill(teacher_net, xt, target, th, cfg.distill_alpha)
         loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill, net.arch.learned)
         opt.zero_grad()
         loss.backward()
@@ -375,7 +388,8 @@ def _distill(
     teacher_net: StagedNet, x: torch.Tensor, target: torch.Tensor, th: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's steering distribution and throttle targets mixed with the teacher's final
-    head by share ``alpha`` (the teacher sees the same augmented frames)."""
+    head by share ``alpha`` (the teacher sees the same augmented frames, ``x`` in its own
+    input: ``preprocess.adapt_input``)."""
     with torch.no_grad():
         t_logits, t_thr, _ = split_out(teacher_net(x)[-1], teacher_net.arch.learned)
     target = (1 - alpha) * target + alpha * torch.softmax(t_logits, 1)

@@ -90,8 +90,9 @@ def test_bench_loop_and_bench_model(capsys, tiny_model, tiny_int8, sample_logs):
     assert rc == 0 and res["model_ms"] > 0 and res["baseline_ms"] > 0
     assert res["speedup"] == pytest.approx(res["baseline_ms"] / res["model_ms"], rel=0.02)
     assert 0 <= res["model_mae"] < 1 and 0 <= res["baseline_mae"] < 1
-    # of each model's time per frame, what preprocessing took (the same work for both)
+    # of each model's time per frame, what preprocessing took, and the input it made
     assert 0 < res["model_preprocess_ms"] < res["model_ms"] and 0 < res["baseline_preprocess_ms"] < res["baseline_ms"]
+    assert res["model_input"] == res["baseline_input"] == "160x84 yuv"  # both car nets, CAR_SPEC
     assert res["preprocess_backend"] == "opencv"  # this venv has OpenCV; a car's install: numpy
 
 

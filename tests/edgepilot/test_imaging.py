@@ -10,10 +10,17 @@ import cv2
 import numpy as np
 import pytest
 
-from edgepilot import imaging
+from edgepilot import EdgepilotError, imaging
 from edgepilot.drivelog import LogReader
 from edgepilot.model.data import decode
-from edgepilot.model.preprocess import DEFAULT_SPEC, preprocess_u8
+from edgepilot.model.preprocess import (
+    CAR_SPEC,
+    DEFAULT_SPEC,
+    InputSpec,
+    adapt_input,
+    preprocess,
+    preprocess_u8,
+)
 
 
 @pytest.fixture
@@ -145,3 +152,51 @@ def test_planar_resize_and_colour_is_opencvs_bit_for_bit(no_opencv, frames, size
 def test_the_block_path_is_taken_where_the_taps_repeat():
     assert imaging._blocks(84, 160, 66, 200) is not None  # preprocess's default: 4 -> 5 per block
     assert imaging._blocks(84, 161, 66, 200) is None  # gcd 1: one block is the whole row, taps cross
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_the_cars_input_is_the_cropped_frame_not_resized(frames, monkeypatch, opencv):
+    """CAR_SPEC takes a 160x120 frame's crop at its own size, only converted to YUV (the
+    car's install spends ~0.1 ms on it instead of ~0.4 ms resizing to 66x200 without
+    OpenCV), with OpenCV's bytes either way."""
+    if not opencv:
+        monkeypatch.setattr(imaging, "_cv2", None)
+    top = round(120 * CAR_SPEC.crop_top)
+    for f in frames:
+        x = preprocess_u8(f, CAR_SPEC)
+        assert x.shape == (3, 84, 160) and x.flags.c_contiguous
+        assert np.array_equal(x, cv2.cvtColor(f[top:], cv2.COLOR_BGR2YUV).transpose(2, 0, 1))
+    # a larger camera frame is shrunk to the same input
+    assert preprocess_u8(cv2.resize(frames[0], (320, 240)), CAR_SPEC).shape == (3, 84, 160)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"colour": "rgb"}, {"height": 0}, {"width": 1}, {"crop_top": 1.0}, {"crop_top": -0.1}]
+)
+def test_an_input_spec_that_is_no_image_is_refused(bad):
+    with pytest.raises(EdgepilotError, match="input"):
+        InputSpec(**{**CAR_SPEC.to_dict(), **bad})
+
+
+def test_a_teachers_input_made_from_the_students_is_close_to_its_own(frames):
+    """The edge model (66x200 YUV) teaching the car's net (160x84 YUV) sees the student's
+    augmented batch made into its own input: within a grey level on average of what
+    ``preprocess`` gives it, a few at edges (bilinear, not OpenCV's fixed point). And from
+    a BGR student (an ``InputSpec`` option) the colours are converted too."""
+    import torch
+
+    x = torch.from_numpy(np.stack([preprocess(f, CAR_SPEC) for f in frames]))
+    want = np.stack([preprocess(f, DEFAULT_SPEC) for f in frames])
+    got = adapt_input(x, CAR_SPEC, DEFAULT_SPEC).numpy()
+    levels = np.abs(got - want) * 127.5
+    assert got.shape == want.shape
+    assert levels.mean() < 1.0 and np.percentile(levels, 99) < 6.0
+    assert adapt_input(x, CAR_SPEC, CAR_SPEC) is x
+    bgr = InputSpec(**{**CAR_SPEC.to_dict(), "colour": "bgr"})
+    xb = torch.from_numpy(np.stack([preprocess(f, bgr) for f in frames]))
+    levels = np.abs(adapt_input(xb, bgr, DEFAULT_SPEC).numpy() - want) * 127.5
+    assert levels.mean() < 1.5 and np.percentile(levels, 99) < 8.0
+    # BGR taken for YUV (no colour step) is far off: the bound above can fail
+    assert (np.abs(adapt_input(xb, CAR_SPEC, DEFAULT_SPEC).numpy() - want) * 127.5).mean() > 10
+    with pytest.raises(EdgepilotError, match="cannot be fed"):
+        adapt_input(torch.from_numpy(want), DEFAULT_SPEC, bgr)

@@ -15,6 +15,7 @@ from edgepilot.model.augment import AugmentConfig, flip, lateral_shift
 from edgepilot.model.data import Sample, load_samples, split_by_session
 from edgepilot.model.evaluate import evaluate, load_frames
 from edgepilot.model.package import load_package, make_keys, read_manifest
+from edgepilot.model.preprocess import CAR_SPEC, DEFAULT_SPEC
 from edgepilot.model.runtime import Autopilot
 from edgepilot.model.synthetic import road_frame, write_synthetic_log
 from edgepilot.model.train import TrainConfig, train
@@ -109,6 +110,21 @@ def test_distillation_from_a_teacher(tmp_path, keys, synthetic_logs):
     m = read_manifest(tmp_path / "student.eppkg")
     assert m["training"]["teacher"] == read_manifest(teacher)["version"]
     assert np.isfinite(r["val_steering_mae"])
+    # the teacher took PilotNet's 66x200 YUV, the student the car's 160x84
+    assert read_manifest(teacher)["input"] == DEFAULT_SPEC.to_dict() and m["input"] == CAR_SPEC.to_dict()
+
+
+def test_a_new_car_model_takes_the_cars_input_a_warm_start_keeps_its_own(tmp_path, keys, synthetic_logs):
+    priv, pub = keys
+    cfg = TrainConfig(epochs=1, batch=32, max_frames=100)
+    new = train(synthetic_logs, tmp_path / "new.eppkg", cfg, key=str(priv))
+    assert read_manifest(new["package"])["input"] == CAR_SPEC.to_dict()
+    # a car model from before CAR_SPEC (PilotNet's input) retrains on PilotNet's input
+    old = train(synthetic_logs[:3], tmp_path / "old.eppkg", cfg, key=str(priv), spec=DEFAULT_SPEC)
+    warm = train(synthetic_logs, tmp_path / "warm.eppkg", cfg, init=old["package"], key=str(priv), trusted=[str(pub)])
+    assert read_manifest(warm["package"])["input"] == DEFAULT_SPEC.to_dict()
+    ap = Autopilot.load(warm["package"], [str(pub)])
+    assert ap.spec == DEFAULT_SPEC and np.isfinite(ap.infer(road_frame(0.3, np.random.default_rng(0))).steering)
 
 
 def test_a_warm_start_keeps_what_its_start_learned_out_of_validation(tmp_path, keys, synthetic_logs):
