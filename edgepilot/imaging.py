@@ -103,7 +103,10 @@ def _yuv_planes(bgr: np.ndarray) -> np.ndarray:
     y += _ROUND
     y *= _SHIFT14
     np.floor(y, out=y)
-    uv = bgr[::2] - y  # B - Y, R - Y
+    uv = np.empty((2, bgr.shape[1]), np.float32)
+    # row by row: numpy's loop over the strided view bgr[::2] took ~20x as long
+    np.subtract(bgr[0], y[0], out=uv[0])  # B - Y
+    np.subtract(bgr[2], y[0], out=uv[1])  # R - Y
     uv *= _UV
     uv += _CHROMA
     uv *= _SHIFT14
