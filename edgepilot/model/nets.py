@@ -9,10 +9,12 @@ every runtime, metric, loss and compression path treats them alike.
 The early-exit net is shaped so that exiting early saves most of the compute (PilotNet
 spends 73% of its MACs in conv1-2, so exits bolted onto it save little):
 
-    stage 0  conv 5x5 stride 4 + conv 3x3 stride 2 on the 66x200 input  -> 9x25 features
-             (a cheap low-resolution look: ~1.4M MACs), exit 0
-    stage 1  two 3x3 convs, more channels (~3.7M MACs)                   -> 5x13, exit 1
-    stage 2  two 3x3 convs, most channels (~2.7M MACs, smaller maps)     -> 3x7,  final head
+    stage 0  conv 5x5 stride 4 + conv 3x3 stride 2 on the 84x160 input  -> 11x20 features
+             (a cheap low-resolution look: ~1.3M MACs), exit 0
+    stage 1  two 3x3 convs, more channels (~3.5M MACs)                   -> 6x10, exit 1
+    stage 2  two 3x3 convs, most channels (~2.3M MACs, smaller maps)     -> 3x5,  final head
+
+(on ``preprocess.CAR_SPEC``; a package trained on PilotNet's 66x200: 9x25, 5x13, 3x7)
 
 Stage boundaries are the split points of split offload: the car sends the features of its last
 evaluated stage and the edge continues with ``stages[k+1:]`` of the same model.
