@@ -90,15 +90,16 @@ def bgr_to_yuv(img_bgr: np.ndarray) -> np.ndarray:
     """BGR uint8 HxWx3 -> YUV uint8, bit for bit ``cv2.cvtColor(img, cv2.COLOR_BGR2YUV)``."""
     if _cv2 is not None:
         return _cv2.cvtColor(img_bgr, _cv2.COLOR_BGR2YUV)
-    planes = img_bgr.reshape(-1, 3).T.astype(np.float32)  # off the car's path (the edge without OpenCV)
-    return np.ascontiguousarray(_yuv_planes(planes).T).reshape(img_bgr.shape)
+    return np.ascontiguousarray(_yuv_planes(img_bgr.transpose(2, 0, 1)).transpose(1, 2, 0))
 
 
-def _yuv_planes(bgr: np.ndarray) -> np.ndarray:
-    """OpenCV's fixed-point BGR -> YUV on float32 planes (3, N) of whole numbers 0..255 ->
-    uint8 planes (3, N). Each sum of products is a whole number below 2**23, so float32 is
-    exact and floor(x * 2**-14) is OpenCV's >> 14: the same bytes, in a third of the numpy
-    calls the int32 version needed (at ~13,000 pixels each call's overhead is the cost)."""
+def _yuv_planes(planes: np.ndarray) -> np.ndarray:
+    """OpenCV's fixed-point BGR -> YUV on channel planes (3, H, W) of whole numbers 0..255
+    (any dtype, any strides) -> uint8 planes (3, H, W). Each sum of products is a whole
+    number below 2**23, so float32 is exact and floor(x * 2**-14) is OpenCV's >> 14: the
+    same bytes, in a third of the numpy calls the int32 version needed (at ~13,000 pixels
+    each call's overhead is the cost)."""
+    bgr = planes.reshape(3, -1).astype(np.float32)
     y = _Y_BGR @ bgr
     y += _ROUND
     y *= _SHIFT14
@@ -115,7 +116,7 @@ def _yuv_planes(bgr: np.ndarray) -> np.ndarray:
     out = np.empty(bgr.shape, np.uint8)
     out[0] = y[0]
     out[1:] = uv
-    return out
+    return out.reshape(planes.shape)
 
 
 def resize_planar(img: np.ndarray, width: int, height: int, yuv: bool) -> np.ndarray:
@@ -129,13 +130,12 @@ def resize_planar(img: np.ndarray, width: int, height: int, yuv: bool) -> np.nda
         if yuv and _cv2 is not None:
             out = _cv2.cvtColor(out, _cv2.COLOR_BGR2YUV)
         elif yuv:
-            planes = out.transpose(2, 0, 1).reshape(3, -1).astype(np.float32)
-            return _yuv_planes(planes).reshape(3, height, width)
+            return _yuv_planes(out.transpose(2, 0, 1))
         return np.ascontiguousarray(out.transpose(2, 0, 1))
     planes = _two_tap_planar(np.ascontiguousarray(img), blocks)
     if not yuv:
         return planes.astype(np.uint8)
-    return _yuv_planes(planes.reshape(3, -1).astype(np.float32)).reshape(3, height, width)
+    return _yuv_planes(planes)
 
 
 @dataclass(frozen=True)

@@ -127,14 +127,9 @@ def _centers_list(bins: int) -> list[float]:
     return _centers(bins).tolist()
 
 
-_CENTERS: dict[int, np.ndarray] = {}
-
-
+@lru_cache(maxsize=8)
 def _centers(bins: int) -> np.ndarray:
-    c = _CENTERS.get(bins)
-    if c is None:
-        c = _CENTERS[bins] = np.linspace(-1.0, 1.0, bins, dtype=np.float32)
-    return c
+    return np.linspace(-1.0, 1.0, bins, dtype=np.float32)
 
 
 def segment_names(segments: list[list[int]]) -> list[str]:
