@@ -1,0 +1,116 @@
+"""Why the demo's exit share swings: its car recipe, offline, on a demo's own logs.
+
+``train`` trains the car's net as the demo's first cloud run does (6 epochs, at most 8000
+frames; the cloud holds out random_7) on the expert logs of a finished demo (or any
+directory of ``expert-*`` logs), then reports exit 1's validation share and, on held-out
+logs, the package's share and MAE against its full network. ``--val-tracks`` validates on
+the named tracks instead of the seeded pick of whole sessions (which tracks validate
+depends on the sessions' random ids, so on every demo run)::
+
+    python scripts/demo_recipe_sweep.py train /tmp/demo10/var/demo/logs --seed 0 \\
+        --test datasets/recordings/test/* [--epochs 12] [--val-tracks s_bends triangle]
+
+``curve PKG`` walks calibration's threshold path on that package's validation frames and
+prints, per point, the share sent early, the mean of z (package error - 1.03 x final
+head error, in units of the final head's MAE) and its 95% upper bound: what the test
+accepts and how much room its bound leaves. docs/benchmarks.md#model has the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+import edgepilot.model.train as T
+from edgepilot.model import calibrate as C
+from edgepilot.model.data import FrameDataset, load_samples
+from edgepilot.model.evaluate import evaluate, load_frames
+from edgepilot.model.package import read_manifest
+from edgepilot.model.runtime import Autopilot
+
+
+def expert_logs(root: str, held: str) -> list[str]:
+    return sorted(str(p) for p in Path(root).glob("expert-*") if not p.name.endswith(held))
+
+
+def track_of(log: str) -> dict[str, str]:
+    meta = json.loads((Path(log) / "meta.json").read_text())
+    return {meta["session"]: Path(log).name.removeprefix("expert-")}
+
+
+def force_val(logs: list[str], tracks: list[str]) -> None:
+    """Make training validate on ``tracks`` (this experiment only: the library picks
+    validation sessions by seed)."""
+    names = {k: v for log in logs for k, v in track_of(log).items()}
+
+    def split(samples, frac, seed, seen=()):  # noqa: ANN001, ANN202 - split_by_session's signature
+        val = [s for s in samples if names[s.session] in tracks]
+        return [s for s in samples if names[s.session] not in tracks], val
+
+    T.split_by_session = split  # type: ignore[assignment]
+
+
+def train(a: argparse.Namespace) -> None:
+    logs = expert_logs(a.logs, a.held)
+    if a.val_tracks:
+        force_val(logs, a.val_tracks)
+    cfg = T.TrainConfig(epochs=a.epochs, max_frames=8000, seed=a.seed)
+    T.train(logs, a.out, cfg)
+    m = read_manifest(a.out)
+    tracks = {k: v for log in logs for k, v in track_of(log).items()}
+    res = {
+        "val_tracks": sorted(tracks[s] for s in m["training"]["val_sessions"]),
+        "val_mae_per_exit": [round(x, 4) for x in m["training"]["history"][-1]["val_mae"]],
+        "val_exit_rate": {k: round(v, 3) for k, v in m["calibration"]["val_exit_rate"].items()},
+        "test": m["calibration"]["test"],
+    }
+    if a.test:
+        ev = evaluate(Autopilot.load(a.out), *load_frames(a.test))
+        res["held_out"] = {k: round(ev[k], 4) for k in ("early_exit_rate", "mae_vs_final_head", "steering_mae")}
+    print(json.dumps(res, indent=1))
+
+
+def curve(a: argparse.Namespace) -> None:
+    m = read_manifest(a.package)
+    net = T.load_teacher(a.package, m["arch"]["bins"])
+    t = m["training"]
+    s = load_samples(t["logs"]).samples
+    s = [s[i] for i in np.linspace(0, len(s) - 1, min(8000, len(s))).astype(int)]  # the run's cap
+    val = [x for x in s if x.session in set(t["val_sessions"])]
+    train_s = [x for x in s if x.session not in set(t["val_sessions"])]
+    steer, conf, lab = T.predict_exits(net, DataLoader(FrameDataset(val, net.input_spec, None), batch_size=256))
+    path = C.pareto_path(*T.path_frames(net, train_s, net.input_spec), off=tuple(m["calibration"]["test"]["off"]))
+    err = [np.abs(x - lab) for x in steer]
+    blocks, target, unit = np.arange(len(lab)) // 20, C.CalibrationTarget(), float(err[-1].mean())
+    print("share early, mean z, 95% bound of z (units of the final head's MAE)")
+    for th in path[:: a.every]:
+        taken = C.answering_exit(conf, th)
+        z = np.choose(taken, err) - target.budget * err[-1]
+        ucb, _ = C.block_ucb(z, blocks, target.delta)
+        print(f"{np.mean(taken < len(steer) - 1):.3f} {z.mean() / unit:+.4f} {ucb / unit:+.4f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train the demo's car recipe on a demo's logs")
+    tr.add_argument("logs", help="a directory of expert-* logs (a demo's var/demo/logs)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--epochs", type=int, default=6, help="the demo's first run: 6")
+    tr.add_argument("--held", default="random_7", help="the track the cloud holds out")
+    tr.add_argument("--val-tracks", nargs="*", help="validate on these tracks (default: the seeded pick)")
+    tr.add_argument("--test", nargs="*", help="held-out logs to evaluate the package on")
+    tr.add_argument("--out", default="var/sweep.eppkg")
+    cu = sub.add_parser("curve", help="calibration's test along the threshold path of a package")
+    cu.add_argument("package")
+    cu.add_argument("--every", type=int, default=2, help="print every Nth point")
+    a = p.parse_args()
+    train(a) if a.cmd == "train" else curve(a)
+
+
+if __name__ == "__main__":
+    main()
