@@ -13,7 +13,10 @@ depends on the sessions' random ids, so on every demo run)::
 ``curve PKG`` walks calibration's threshold path on that package's validation frames and
 prints, per point, the share sent early, the mean of z (package error - 1.03 x final
 head error, in units of the final head's MAE) and its 95% upper bound: what the test
-accepts and how much room its bound leaves. docs/benchmarks.md#model has the figures.
+accepts and how much room its bound leaves; then the largest share the same test accepts
+(walking up in 2% steps) when exit 1 answers its most confident frames first, and when it
+answers first the frames where it agrees with the final head (an oracle: the car cannot
+know the final head's answer). docs/benchmarks.md#model has the figures.
 """
 
 from __future__ import annotations
@@ -92,6 +95,22 @@ def curve(a: argparse.Namespace) -> None:
         z = np.choose(taken, err) - target.budget * err[-1]
         ucb, _ = C.block_ucb(z, blocks, target.delta)
         print(f"{np.mean(taken < len(steer) - 1):.3f} {z.mean() / unit:+.4f} {ucb / unit:+.4f}")
+    for name, rank in (("exit 1's confidence", -conf[1]), ("oracle: agrees with the final head", np.abs(steer[1] - steer[-1]))):
+        print(f"{name}: the test accepts up to {walk(np.argsort(rank), err, blocks, target):.0%}")
+
+
+def walk(order: np.ndarray, err: list[np.ndarray], blocks: np.ndarray, target: C.CalibrationTarget) -> float:
+    """The largest share of frames exit 1 may answer, ``order`` first, before the first
+    2% step whose test fails (fixed-sequence, as calibration walks)."""
+    n, accepted = len(order), 0.0
+    for share in np.arange(C.GRID_STEP, 1.0 + 1e-9, C.GRID_STEP):
+        taken = np.full(n, len(err) - 1)
+        taken[order[: int(round(share * n))]] = 1
+        z = np.choose(taken, err) - target.budget * err[-1]
+        if not C.block_ucb(z, blocks, target.delta)[0] < 0:
+            break
+        accepted = float(share)
+    return accepted
 
 
 def main() -> None:
