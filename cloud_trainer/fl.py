@@ -154,6 +154,7 @@ def _strategy_class() -> type:
                 client_manager.wait_for(want, timeout=int(self.cfg.wait_s))
                 cars = list(client_manager.all().values())
             else:  # only connections that prove a trusted car count, and only they get the model
+                self.trust = _keys_now(self.trust, server_round)
                 cars, self.nonces, self.hellos = _admit(
                     self.trust, server_round, client_manager, want, self.cfg.wait_s, rl
                 )
@@ -275,6 +276,16 @@ def _unique(car: str, taken: set[str]) -> str:
         name = f"{car}#{n}"
     taken.add(name)
     return name
+
+
+def _keys_now(trust: Trust, rnd: int) -> Trust:
+    """The client keys read again for round ``rnd``: a car whose key was removed is
+    refused from this round on (a round under way keeps the keys it started with)."""
+    now = trust.reloaded()
+    who = [(t.broken, sorted(t.cars), sorted(t.nodes), sorted(t.acts_for.items())) for t in (trust, now)]
+    if who[0] != who[1]:
+        (log.error if now.broken else log.warning)("round %d: client keys changed: %s", rnd, now.describe())
+    return now
 
 
 def _admit(

@@ -130,9 +130,22 @@ class Trust:
     nodes: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     acts_for: dict[str, frozenset[str]] = field(default_factory=dict)  # node -> cars it may train for
     where: str = ""
+    broken: str = ""  # why the keys in ``where`` no longer load: nobody is trusted until they do
 
     def describe(self) -> str:
+        if self.broken:
+            return f"no keys trusted: {self.broken}"
         return f"{len(self.cars)} car key(s), {len(self.nodes)} node key(s) from {self.where}"
+
+    def reloaded(self) -> Trust:
+        """The keys in ``where`` as they are now, so that removing a car's ``.pub`` revokes it
+        without restarting the server. Keys that no longer load trust nobody (fail closed)."""
+        if not self.where:
+            return self
+        try:
+            return load_trust(self.where)
+        except (EdgepilotError, OSError, ValueError) as e:
+            return Trust(where=self.where, broken=str(e)[:300])
 
     def verify(
         self, metrics: dict[str, Any], rnd: int, nonce: str | None, payload: bytes, samples: int
@@ -175,6 +188,8 @@ class Trust:
     def _claim(self, fields: dict[str, Any], unsigned: str) -> tuple[str, str, Ed25519PublicKey]:
         """(car, signer, the signer's key) that signed ``fields`` claim, if this server
         trusts that signer for that car; ``unsigned``: what to say when nothing is signed."""
+        if self.broken:
+            raise AuthError(f"the server's client keys do not load ({self.broken})")
         car, signer, sig = (fields.get(k) for k in ("car", "signer", "sig"))
         if not sig or not signer:
             raise AuthError(unsigned)

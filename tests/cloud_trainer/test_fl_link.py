@@ -225,6 +225,37 @@ def test_the_cars_wait_counts_only_connections_that_answer_the_challenge(fleet, 
     assert len({i.config["nonce"] for _, i in ins}) == 2 and all(i.config["signed"] for _, i in ins)
 
 
+def test_a_removed_key_is_refused_from_the_next_round_and_unreadable_keys_trust_nobody(fleet, caplog):
+    """Revocation without a restart: the server reads its client keys again each round. Round
+    1 admits car-a and car-c; car-c's .pub is removed; round 2 refuses car-c and still admits
+    car-a. A key directory that no longer loads (a malformed .pub) refuses everyone (fail
+    closed) until it is mended."""
+    from flwr.common import ndarrays_to_parameters
+
+    car_a = load_identity("car", "car-a", str(fleet / "cars/car-a.key"))
+    car_c = load_identity("car", "car-c", str(fleet / "cars/car-c.key"))
+    strategy, _, start = _trusting_strategy(fleet, cars=2, wait_s=0.5)
+    cm = _Fleet(_Conn("p0", "car-a", car_a), _Conn("p1", "car-c", car_c))
+    params = ndarrays_to_parameters(start)
+
+    def admitted(rnd: int) -> list[str]:
+        return sorted(p.cid for p, _ in strategy.configure_fit(rnd, params, cm))
+
+    assert admitted(1) == ["p0", "p1"]
+    (fleet / "cars/car-c.pub").unlink()
+    assert admitted(2) == ["p0"]
+    assert "unknown car car-c" in strategy.rounds[-1].refused["car-c"]
+    assert "round 2: client keys changed: 2 car key(s)" in caplog.text
+    good = (fleet / "cars/car-a.pub").read_bytes()
+    (fleet / "cars/car-a.pub").write_text("not a key\n")
+    assert admitted(3) == []
+    refused = strategy.rounds[-1].refused
+    assert sorted(refused) == ["car-a", "car-c"]
+    assert all("the server's client keys do not load" in why for why in refused.values())
+    (fleet / "cars/car-a.pub").write_bytes(good)
+    assert admitted(4) == ["p0"]
+
+
 def test_a_duplicate_car_in_a_round_is_refused(fleet):
     """Two connections, both signing validly as car-a (its key copied to a second machine):
     the first to answer the challenge gets the model, the second nothing. An admitted
