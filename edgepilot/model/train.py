@@ -287,6 +287,9 @@ def train(
         "exit_rate": cal["val_exit_rate"],
         "offload_rate": cal["val_offload_rate"],
         "thresholds": manifest["thresholds"],
+        # what calibration's test had to go on: few blocks can certify little (docs/training.md)
+        "val_frames": len(data.val),
+        "calibration_test": cal["test"],
         "curve": str(curve),
         "elapsed_s": round(time.time() - t_start, 1),
     }

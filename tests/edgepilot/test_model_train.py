@@ -47,6 +47,8 @@ def test_tiny_end_to_end_on_the_sample_logs(tmp_path, keys):
     assert m["arch"]["name"] == "early-exit" and m["quant"] == "fp32"
     assert sorted(m["training"]["sessions"]) == sorted(load_samples(SIM_SAMPLES).sessions)
     assert len(m["thresholds"]["exits"]) == 2
+    assert r["calibration_test"] == m["calibration"]["test"] and r["val_frames"] == m["metrics"]["val_frames"]
+    assert r["calibration_test"]["test_frames"] == r["val_frames"] > 0 and r["calibration_test"]["test_blocks"] >= 2
     ap = Autopilot.load(out, [str(pub)])
     frames, labels = load_frames(SIM_SAMPLES)
     ev = evaluate(ap, frames, labels)
