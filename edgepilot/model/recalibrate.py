@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from edgepilot import EdgepilotError
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
-from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.data import FrameDataset, Sample, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, build_net
 from edgepilot.model.package import load_package, load_private_key, save_package
 from edgepilot.model.preprocess import InputSpec
@@ -53,8 +53,7 @@ def recalibrate(
     seed = int((m.get("training") or {}).get("seed", 0))
     # packages from before exit weights were recorded trained every exit
     off = untrained_exits((m.get("training") or {}).get("exit_weights") or [1.0] * len(net.stages))
-    seen = ((m.get("training") or {}).get("init") or {}).get("seen_sessions") or ()
-    train_s, val = split_by_session(load_samples(logs).samples, TrainConfig().val_fraction, seed, seen=seen)
+    train_s, val = _split(load_samples(logs).samples, m.get("training") or {}, seed)
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(val, spec, None), batch_size=256))
     cal = calibrate(steer, conf, labels, target, path_frames(net, train_s, spec), off)
     m.update(
@@ -82,3 +81,14 @@ def recalibrate(
         "val_steering_mae": cal["val_steering_mae_exits"],
         "val_steering_mae_before": (pkg.manifest.get("calibration") or {}).get("val_steering_mae_exits"),
     }
+
+
+def _split(samples: list[Sample], training: dict, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """The sessions training validated on, when the logs hold them (they are still new to
+    the model: a package whose validation logs were given apart, by the cloud, could not
+    find them by seed); else training's seeded split."""
+    recorded = set(training.get("val_sessions") or ())
+    if recorded & {s.session for s in samples}:
+        return [s for s in samples if s.session not in recorded], [s for s in samples if s.session in recorded]
+    seen = (training.get("init") or {}).get("seen_sessions") or ()
+    return split_by_session(samples, TrainConfig().val_fraction, seed, seen=seen)

@@ -240,13 +240,16 @@ def train(
     key: str | None = None,
     spec: InputSpec | None = None,
     trusted: list[str] | None = None,
+    val_logs: list[str] | None = None,
 ) -> dict:
     """Train, calibrate, sign and write a package. Returns the CLI's result dict.
 
     ``init``: an fp32 package of the same architecture to start from (a warm start, as the
     cloud's retraining does with its current models): the sessions it learned from stay out
     of validation. Both are verified against ``trusted`` (default: keys/*.pub).
-    ``spec``: the input; default: ``init``'s, else ``spec_for(cfg.arch)``."""
+    ``spec``: the input; default: ``init``'s, else ``spec_for(cfg.arch)``.
+    ``val_logs``: validate and calibrate on these sessions, and train on every session of
+    ``logs`` (the cloud: its held-out sessions); default: a seeded pick of ``logs``'."""
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -258,7 +261,7 @@ def train(
         spec = _input_of(init, trusted) if init else spec_for(arch.name)
     net = build_net(arch, spec)
     start = load_init(init, net, spec, trusted) if init else None
-    data = _load_data(logs, cfg, start.seen if start else ())
+    data = _load_data(logs, cfg, start.seen if start else (), val_logs or [])
     teacher_net = load_teacher(teacher, arch.bins, trusted) if teacher else None
     if teacher_net is not None:
         check_adaptable(spec, teacher_net.input_spec)  # type: ignore[arg-type]
@@ -270,7 +273,7 @@ def train(
     cal = calibrate(steer, conf, labels, cfg.target, path_frames(net, data.train, spec), off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
-    manifest.update(_trained_manifest(cal, data, history, best_epoch, logs, cfg, teacher_net, start))
+    manifest.update(_trained_manifest(cal, data, history, best_epoch, logs, cfg, teacher_net, start, val_logs))
     out = save_package(out, manifest, state, signing_key)
     curve = plot_curve(history, out.with_suffix(".png"), arch.name, off)
     return {
@@ -306,14 +309,34 @@ class _Data:
     val: list[Sample]
 
 
-def _load_data(logs: list[str], cfg: TrainConfig, seen: Collection[str] = ()) -> _Data:
+def _load_data(
+    logs: list[str], cfg: TrainConfig, seen: Collection[str] = (), val_logs: Collection[str] = ()
+) -> _Data:
     """Load the labelled frames, cap them at ``cfg.max_frames`` (evenly spaced, so a quick
-    run still sees every session) and split them by session (``seen`` ones train only)."""
+    run still sees every session) and split them by session (``seen`` ones train only;
+    with ``val_logs``, theirs validate and every other one trains)."""
     loaded = load_samples(logs, cfg.labels)
+    if val_logs:
+        held = load_samples(val_logs, cfg.labels)
+        if overlap := set(held.sessions) & (set(seen) | set(loaded.sessions)):
+            raise EdgepilotError(
+                f"validation session(s) {', '.join(sorted(overlap))} also train or were learned by the "
+                "starting weights: calibration's test needs frames new to the model"
+            )
+        loaded = Loaded(
+            loaded.samples + held.samples,
+            loaded.sessions + held.sessions,
+            loaded.skipped + held.skipped,
+            loaded.unlabelled + held.unlabelled,
+        )
     samples = loaded.samples
     if cfg.max_frames and len(samples) > cfg.max_frames:
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
         samples = [samples[i] for i in keep]
+    if val_logs:
+        val_ids = set(held.sessions)
+        train_s = [s for s in samples if s.session not in val_ids]
+        return _Data(loaded, samples, train_s, [s for s in samples if s.session in val_ids])
     train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed, seen=seen)
     return _Data(loaded, samples, train_s, val_s)
 
@@ -409,6 +432,7 @@ def _trained_manifest(
     cfg: TrainConfig,
     teacher_net: StagedNet | None,
     start: Start | None = None,
+    val_logs: list[str] | None = None,
 ) -> dict:
     """What a trained fp32 package's manifest adds to ``base_manifest``: its calibrated
     thresholds, validation metrics and how it was trained (in the manifest's key order)."""
@@ -433,6 +457,7 @@ def _trained_manifest(
             "val_sessions": sorted({s.session for s in data.val} - {s.session for s in data.train}),
             "init": start and {"version": start.version, "seen_sessions": sorted(start.seen)},
             "logs": [str(p) for p in logs],
+            "val_logs": [str(p) for p in val_logs or []],
             "seed": cfg.seed,
             "exit_weights": list(cfg.exit_weights),
             "teacher": getattr(teacher_net, "teacher_version", None),

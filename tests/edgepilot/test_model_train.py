@@ -164,6 +164,47 @@ def test_a_warm_start_keeps_what_its_start_learned_out_of_validation(tmp_path, k
         )
 
 
+def test_validation_logs_given_apart_validate_and_every_other_session_trains(tmp_path, keys, synthetic_logs):
+    """The cloud's way: its held-out sessions validate (and calibrate), all the others
+    train. A validation session that also trains, or that the starting weights learned, is
+    refused. Recalibration finds the recorded validation session again in the same logs."""
+    from edgepilot.model.calibrate import CalibrationTarget
+    from edgepilot.model.recalibrate import recalibrate
+
+    priv, pub = keys
+    sid = {g: load_samples([g]).sessions[0] for g in synthetic_logs}
+    cfg = TrainConfig(epochs=1, batch=32)
+    r = train(synthetic_logs[:3], tmp_path / "a.eppkg", cfg, key=str(priv), val_logs=synthetic_logs[3:])
+    m = read_manifest(r["package"])
+    t = m["training"]
+    assert t["val_sessions"] == [sid[synthetic_logs[3]]] and t["val_logs"] == synthetic_logs[3:]
+    assert sorted(t["sessions"]) == sorted(sid.values())  # every session: three train, one validates
+    assert m["metrics"]["train_frames"] == 240 and m["metrics"]["val_frames"] == 80
+    assert r["calibration_test"]["test_frames"] == 80
+    with pytest.raises(EdgepilotError, match="also train"):
+        train(synthetic_logs, tmp_path / "b.eppkg", cfg, key=str(priv), val_logs=synthetic_logs[3:])
+    # by seed, these logs would validate on another session than the one the cloud gave
+    by_seed = split_by_session(load_samples(synthetic_logs).samples, cfg.val_fraction, cfg.seed)[1]
+    assert {s.session for s in by_seed} != {sid[synthetic_logs[3]]}
+    out = recalibrate(
+        r["package"], tmp_path / "c.eppkg", synthetic_logs, CalibrationTarget(), key=str(priv), trusted=[str(pub)]
+    )
+    again = read_manifest(out["package"])["calibration"]
+    assert again["val_steering_mae_final"] == m["calibration"]["val_steering_mae_final"]  # the same frames
+    assert again["exits"] == m["calibration"]["exits"]
+    # a warm start validates again on what its start only validated on (the cloud's held-out sessions)
+    warm = train(
+        synthetic_logs[:3], tmp_path / "d.eppkg", cfg, key=str(priv), init=r["package"], trusted=[str(pub)],
+        val_logs=synthetic_logs[3:],
+    )
+    assert read_manifest(warm["package"])["training"]["val_sessions"] == [sid[synthetic_logs[3]]]
+    with pytest.raises(EdgepilotError, match="learned by the starting weights"):
+        train(
+            synthetic_logs[3:], tmp_path / "e.eppkg", cfg, key=str(priv), init=r["package"], trusted=[str(pub)],
+            val_logs=synthetic_logs[:1],
+        )
+
+
 def test_split_is_by_session_never_by_frame():
     samples = [Sample(b"", 0.0, 0.0, f"sess{i % 5}") for i in range(500)]
     train_s, val_s = split_by_session(samples, 0.2, seed=1)

@@ -146,6 +146,13 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
         v1 = svc.registry.current("car")
         assert v1 != v0["version"] and svc.registry.get("car", v1)["gate"]["passed"]
         assert "logs/car-e2e/drive-1" in svc.registry.get("car", v1)["data"]  # trained on the upload
+        # the car model validated (calibrated its exits) on the run's held-out sessions, and
+        # trained on every other one
+        from edgepilot.model.package import read_manifest
+
+        src = read_manifest(svc.registry.source_path(v1))["training"]
+        assert sorted(src["val_logs"]) == sorted(str(store.local_dir(k)) for k in run["heldout"])
+        assert len(src["logs"]) == len(run["train"]) and src["val_sessions"]
         assert updater.wait_for(v1, 120).state == "running"
         n_at_swap = loop2.stats.frames
         while loop2.stats.frames < n_at_swap + 20 and th.is_alive():
