@@ -428,16 +428,17 @@ def _car_candidate(
     """Train the car model on ``dirs`` (training, held-out sessions: from ``teacher`` when
     distilling; starting from ``init`` when warm) and compress it to int8: (the candidate
     package, the fp32 package it came from); its figures into ``results``, its training
-    curve into ``plots``. The held-out sessions are its validation ones too: its exit
-    thresholds are calibrated on them, and every other session trains (a third split would
-    leave a small fleet's car model four tracks of seven to learn from)."""
+    curve into ``plots``. With ``car_val_heldout`` the held-out sessions are its validation
+    ones too: its exit thresholds are calibrated on them, and every other session trains (a
+    third split leaves a small fleet's car model four tracks of seven to learn from)."""
     from edgepilot.model.train import train
 
     tcfg = _train_config(cfg, "car", warm=init is not None)
     trusted = registry.trusted_keys
     train_dirs, held_dirs = dirs
     out = work / "car-fp32.eppkg"
-    car = train(train_dirs, out, tcfg, teacher=teacher, init=init, key=key, trusted=trusted, val_logs=held_dirs)
+    val = held_dirs if cfg.car_val_heldout else None
+    car = train(train_dirs, out, tcfg, teacher=teacher, init=init, key=key, trusted=trusted, val_logs=val)
     results["car_train"] = _trained(car)
     if car.get("curve"):
         plots["curve-car"] = Path(car["curve"])

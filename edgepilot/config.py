@@ -213,6 +213,10 @@ class RetrainConfig:
     edge_max_frames: int | None = None  # default: max_frames
     max_frames: int | None = None  # cap training frames (tests, quick runs)
     heldout_every: int = 5  # about every 5th session (at least one) is held out, stably
+    # the car model calibrates its exits on the held-out sessions and trains on every other
+    # one; false: it picks its own validation sessions among the training ones (a third
+    # split: fewer sessions to learn from, a quicker run on a small store)
+    car_val_heldout: bool = True
     eval_frames: int = 2000
     eval_tracks: list[str] = field(default_factory=lambda: ["oval"])
     eval_seconds: float = 30.0  # simulated seconds per track

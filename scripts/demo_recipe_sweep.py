@@ -61,7 +61,7 @@ def train(a: argparse.Namespace) -> None:
     logs = expert_logs(a.logs, a.held)
     if a.val_tracks:
         force_val(logs, a.val_tracks)
-    cfg = T.TrainConfig(epochs=a.epochs, max_frames=8000, seed=a.seed)
+    cfg = T.TrainConfig(epochs=a.epochs, max_frames=a.max_frames, seed=a.seed)
     T.train(logs, a.out, cfg)
     m = read_manifest(a.out)
     tracks = {k: v for log in logs for k, v in track_of(log).items()}
@@ -120,6 +120,7 @@ def main() -> None:
     tr.add_argument("logs", help="a directory of expert-* logs (a demo's var/demo/logs)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--epochs", type=int, default=6, help="the demo's first run: 6")
+    tr.add_argument("--max-frames", type=int, default=8000, help="the demo's cap on a run's frames")
     tr.add_argument("--held", default="random_7", help="the track the cloud holds out")
     tr.add_argument("--val-tracks", nargs="*", help="validate on these tracks (default: the seeded pick)")
     tr.add_argument("--test", nargs="*", help="held-out logs to evaluate the package on")
