@@ -315,30 +315,35 @@ def _load_data(
     """Load the labelled frames, cap them at ``cfg.max_frames`` (evenly spaced, so a quick
     run still sees every session) and split them by session (``seen`` ones train only;
     with ``val_logs``, theirs validate and every other one trains)."""
-    loaded = load_samples(logs, cfg.labels)
+    loaded, val_ids = load_samples(logs, cfg.labels), set[str]()
     if val_logs:
-        held = load_samples(val_logs, cfg.labels)
-        if overlap := set(held.sessions) & (set(seen) | set(loaded.sessions)):
-            raise EdgepilotError(
-                f"validation session(s) {', '.join(sorted(overlap))} also train or were learned by the "
-                "starting weights: calibration's test needs frames new to the model"
-            )
-        loaded = Loaded(
-            loaded.samples + held.samples,
-            loaded.sessions + held.sessions,
-            loaded.skipped + held.skipped,
-            loaded.unlabelled + held.unlabelled,
-        )
+        loaded, val_ids = _with_validation(loaded, load_samples(val_logs, cfg.labels), seen)
     samples = loaded.samples
     if cfg.max_frames and len(samples) > cfg.max_frames:
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
         samples = [samples[i] for i in keep]
-    if val_logs:
-        val_ids = set(held.sessions)
+    if val_ids:
         train_s = [s for s in samples if s.session not in val_ids]
         return _Data(loaded, samples, train_s, [s for s in samples if s.session in val_ids])
     train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed, seen=seen)
     return _Data(loaded, samples, train_s, val_s)
+
+
+def _with_validation(loaded: Loaded, held: Loaded, seen: Collection[str]) -> tuple[Loaded, set[str]]:
+    """The training frames and the given validation ones together, and the validation
+    sessions; refused when one of those also trains or was learned by the starting weights."""
+    if overlap := set(held.sessions) & (set(seen) | set(loaded.sessions)):
+        raise EdgepilotError(
+            f"validation session(s) {', '.join(sorted(overlap))} also train or were learned by the "
+            "starting weights: calibration's test needs frames new to the model"
+        )
+    both = Loaded(
+        loaded.samples + held.samples,
+        loaded.sessions + held.sessions,
+        loaded.skipped + held.skipped,
+        loaded.unlabelled + held.unlabelled,
+    )
+    return both, set(held.sessions)
 
 
 def _fit(
