@@ -73,10 +73,6 @@ tails = false
 # training track with the 1.5 m hairpins the evaluation track has, and the demo's edge
 # models then drove that track off (docs/benchmarks.md#demo)
 heldout_every = 4
-# the car model validates on two of the six training sessions instead of the held-out one:
-# training on all six (the default) sent more frames through exit 1 but took the demo to
-# 662 s of its 600 (docs/benchmarks.md#model, eighth round)
-car_val_heldout = false
 eval_tracks = {gate_tracks}
 eval_seconds = 20.0
 margin_mae = {margin_mae}
