@@ -344,7 +344,7 @@ def retrain(
     results["warm_start"] = {t: Path(p).name for t, p in init.items()}
     with EdgeJob(train_dirs, work, cfg, key, init.get("edge"), registry.trusted_keys) as edge_job:
         car_pkg, car_src = _car_candidate(
-            registry, (train_dirs, held_dirs), work, cfg, key, edge_job.teacher(), results, plots, init.get("car")
+            registry, train_dirs, work, cfg, key, edge_job.teacher(), results, plots, init.get("car"), held_dirs
         )
         results["targets"]["car"] = judge(registry, "car", car_pkg, *held, cfg, plots, work)
         tails = None
@@ -416,7 +416,7 @@ def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
 
 def _car_candidate(
     registry: Registry,
-    dirs: tuple[list[str], list[str]],
+    train_dirs: list[str],
     work: Path,
     cfg: RetrainConfig,
     key: str | None,
@@ -424,20 +424,19 @@ def _car_candidate(
     results: dict,
     plots: dict[str, Path],
     init: Path | None = None,
+    held_dirs: list[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Train the car model on ``dirs`` (training, held-out sessions: from ``teacher`` when
-    distilling; starting from ``init`` when warm) and compress it to int8: (the candidate
-    package, the fp32 package it came from); its figures into ``results``, its training
-    curve into ``plots``. With ``car_val_heldout`` the held-out sessions are its validation
-    ones too: its exit thresholds are calibrated on them, and every other session trains (a
+    """Train the car model (from ``teacher`` when distilling; starting from ``init`` when
+    warm) and compress it to int8: (the candidate package, the fp32 package it came from);
+    its figures into ``results``, its training curve into ``plots``. With
+    ``car_val_heldout``, ``held_dirs`` (the held-out sessions) are its validation ones too: its exit thresholds are calibrated on them, and every other session trains (a
     third split leaves a small fleet's car model four tracks of seven to learn from)."""
     from edgepilot.model.train import train
 
     tcfg = _train_config(cfg, "car", warm=init is not None)
     trusted = registry.trusted_keys
-    train_dirs, held_dirs = dirs
-    out = work / "car-fp32.eppkg"
     val = held_dirs if cfg.car_val_heldout else None
+    out = work / "car-fp32.eppkg"
     car = train(train_dirs, out, tcfg, teacher=teacher, init=init, key=key, trusted=trusted, val_logs=val)
     results["car_train"] = _trained(car)
     if car.get("curve"):

@@ -79,6 +79,12 @@ def load_samples(paths: Iterable[str | Path], labels: tuple[str, ...] = TRAINING
     return out
 
 
+def split_by_ids(samples: list[Sample], val_ids: Collection[str]) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): the frames of the sessions ``val_ids`` validate, every other one trains."""
+    ids = set(val_ids)
+    return [s for s in samples if s.session not in ids], [s for s in samples if s.session in ids]
+
+
 def split_by_session(
     samples: list[Sample],
     val_fraction: float = 0.2,

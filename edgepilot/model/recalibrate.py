@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from edgepilot import EdgepilotError
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
-from edgepilot.model.data import FrameDataset, Sample, load_samples, split_by_session
+from edgepilot.model.data import FrameDataset, Sample, load_samples, split_by_ids, split_by_session
 from edgepilot.model.nets import ArchSpec, build_net
 from edgepilot.model.package import load_package, load_private_key, save_package
 from edgepilot.model.preprocess import InputSpec
@@ -89,6 +89,6 @@ def _split(samples: list[Sample], training: dict, seed: int) -> tuple[list[Sampl
     find them by seed); else training's seeded split."""
     recorded = set(training.get("val_sessions") or ())
     if recorded & {s.session for s in samples}:
-        return [s for s in samples if s.session not in recorded], [s for s in samples if s.session in recorded]
+        return split_by_ids(samples, recorded)
     seen = (training.get("init") or {}).get("seen_sessions") or ()
     return split_by_session(samples, TrainConfig().val_fraction, seed, seen=seen)

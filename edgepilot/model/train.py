@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from edgepilot import EdgepilotError, __version__
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
-from edgepilot.model.data import FrameDataset, Loaded, Sample, load_samples, split_by_session
+from edgepilot.model.data import FrameDataset, Loaded, Sample, load_samples, split_by_ids, split_by_session
 from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, split_out, stage_macs
 from edgepilot.model.package import load_package, load_private_key, save_package, verify_package
 from edgepilot.model.preprocess import InputSpec, adapt_input, check_adaptable, spec_for
@@ -323,8 +323,7 @@ def _load_data(
         keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
         samples = [samples[i] for i in keep]
     if val_ids:
-        train_s = [s for s in samples if s.session not in val_ids]
-        return _Data(loaded, samples, train_s, [s for s in samples if s.session in val_ids])
+        return _Data(loaded, samples, *split_by_ids(samples, val_ids))
     train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed, seen=seen)
     return _Data(loaded, samples, train_s, val_s)
 
