@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgepilot import EdgepilotError
-from edgepilot.model.augment import AugmentConfig, flip, lateral_shift
+from edgepilot.model.augment import AugmentConfig, flip, lateral_shift, light, noise, shadow
 from edgepilot.model.data import Sample, load_samples, split_by_session
 from edgepilot.model.evaluate import evaluate, load_frames
 from edgepilot.model.package import load_package, make_keys, read_manifest
@@ -235,6 +235,37 @@ def test_flip_and_shift_correct_the_steering():
     assert not np.array_equal(shifted[-1], f[-1])  # the bottom row moved
     _, s3 = lateral_shift(f, 0.0, -16.0, cfg)
     assert s3 == pytest.approx(-s2)
+
+
+def test_light_and_shadow_by_lookup_give_the_bytes_of_their_float_arithmetic():
+    """The lookup tables are a speed-up only: the same draws give the bytes the formulas give."""
+    cfg, f = AugmentConfig(), road_frame(0.2, np.random.default_rng(1))
+    for seed in range(20):
+        r = np.random.default_rng(seed)
+        gain, cast = r.uniform(*cfg.brightness), r.uniform(-cfg.cast, cfg.cast, size=3)
+        want = np.clip(f.astype(np.float32) * gain + cast, 0, 255).astype(np.uint8)
+        assert np.array_equal(light(f, np.random.default_rng(seed), cfg), want)
+        dark = shadow(f, np.random.default_rng(seed), cfg)
+        changed = (dark != f).any(2)
+        r = np.random.default_rng(seed)
+        r.uniform(size=2), r.uniform(), r.uniform(size=4)  # the quadrilateral's draws
+        factor = r.uniform(*cfg.shadow)
+        assert changed.any()
+        assert np.array_equal(dark[changed], (f[changed].astype(np.float32) * factor).astype(np.uint8))
+
+
+def test_noise_draws_its_sigma_on_every_channel_and_repeats_under_a_seed():
+    cfg, flat = AugmentConfig(), np.full((120, 160, 3), 128, np.uint8)
+    for seed in range(10):
+        sigma = np.random.default_rng(seed).uniform(0, cfg.noise_sigma)
+        n = noise(flat, np.random.default_rng(seed), cfg).astype(np.float64) - 128
+        assert np.array_equal(n, noise(flat, np.random.default_rng(seed), cfg).astype(np.float64) - 128)
+        if sigma > 2:  # truncation to uint8 biases the mean by about -0.5
+            for c in range(3):
+                assert n[..., c].std() == pytest.approx(sigma, rel=0.06)
+                assert abs(n[..., c].mean() + 0.5) < 0.1
+    a, b = (noise(flat, np.random.default_rng(s), cfg) for s in (0, 1))
+    assert not np.array_equal(a, b)
 
 
 def test_damaged_log_is_counted_not_fatal(tmp_path):
