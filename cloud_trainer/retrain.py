@@ -342,7 +342,7 @@ def retrain(
     held = load_frames(held_dirs, cfg.eval_frames)
     init = warm_starts(registry) if cfg.warm_start else {}
     results["warm_start"] = {t: Path(p).name for t, p in init.items()}
-    with EdgeJob(train_dirs, work, cfg, key, init.get("edge"), registry.trusted_keys) as edge_job:
+    with EdgeJob(train_dirs, work, cfg, key, init.get("edge"), registry.trusted_keys, held_dirs) as edge_job:
         car_pkg, car_src = _car_candidate(
             registry, train_dirs, work, cfg, key, edge_job.teacher(), results, plots, init.get("car"), held_dirs
         )
@@ -409,7 +409,8 @@ def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
     if target == "edge":
         frames = cfg.edge_max_frames or cfg.max_frames
         epochs = cfg.warm_edge_epochs if warm else cfg.edge_epochs or cfg.epochs
-        return TrainConfig(arch="edge", epochs=epochs, max_frames=frames, **base)
+        keep_last = True if cfg.edge_val_heldout else None
+        return TrainConfig(arch="edge", epochs=epochs, max_frames=frames, keep_last=keep_last, **base)
     epochs = cfg.warm_epochs if warm else cfg.epochs
     return TrainConfig(arch="early-exit", epochs=epochs, max_frames=cfg.max_frames, **base)
 
@@ -452,7 +453,8 @@ class EdgeJob:
     trains, compresses and judges the car model and trains its tails; training uses one
     thread, so on two cores the run takes about the longer of the two instead of their
     sum. Distilled (``cfg.distill``): the car learns from the edge model, so the edge
-    model is trained first, here, and ``teacher()`` is its package."""
+    model is trained first, here, and ``teacher()`` is its package. With
+    ``edge_val_heldout``, ``held_dirs`` are its validation sessions (``_car_candidate``)."""
 
     def __init__(
         self,
@@ -462,10 +464,12 @@ class EdgeJob:
         key: str | None,
         init: Path | None = None,
         trusted: list[str] | None = None,
+        held_dirs: list[str] | None = None,
     ) -> None:
         self.args = (train_dirs, work / "edge.eppkg", _train_config(cfg, "edge", warm=init is not None))
         self.enabled, self.distill = cfg.train_edge, cfg.distill
-        self.kwargs = {"key": key, "init": init, "trusted": trusted}
+        val = held_dirs if cfg.edge_val_heldout else None
+        self.kwargs = {"key": key, "init": init, "trusted": trusted, "val_logs": val}
         self._done: dict | None = None
         self._pool: Any = None
         self._pending: Any = None

@@ -217,6 +217,10 @@ class RetrainConfig:
     # one; false: it picks its own validation sessions among the training ones (a third
     # split: fewer sessions to learn from, a quicker run on a small store)
     car_val_heldout: bool = True
+    # the same for the edge model, which then also keeps its last epoch (none is picked by
+    # the frames the gate judges it on); false: its own pick, which left switchback, the
+    # demo's one hairpin track, out of some demo edge models' training (docs/cloud.md)
+    edge_val_heldout: bool = True
     eval_frames: int = 2000
     eval_tracks: list[str] = field(default_factory=lambda: ["oval"])
     eval_seconds: float = 30.0  # simulated seconds per track

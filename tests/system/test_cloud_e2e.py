@@ -150,9 +150,13 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
         # trained on every other one
         from edgepilot.model.package import read_manifest
 
+        held = sorted(str(store.local_dir(k)) for k in run["heldout"])
         src = read_manifest(svc.registry.source_path(v1))["training"]
-        assert sorted(src["val_logs"]) == sorted(str(store.local_dir(k)) for k in run["heldout"])
+        assert sorted(src["val_logs"]) == held
         assert len(src["logs"]) == len(run["train"]) and src["val_sessions"]
+        # and so did the edge model (edge_val_heldout)
+        edge = read_manifest(svc.registry.package_path("edge", run["edge_train"]["version"]))["training"]
+        assert sorted(edge["val_logs"]) == held and len(edge["logs"]) == len(run["train"])
         assert updater.wait_for(v1, 120).state == "running"
         n_at_swap = loop2.stats.frames
         while loop2.stats.frames < n_at_swap + 20 and th.is_alive():
