@@ -81,7 +81,7 @@ def curve(a: argparse.Namespace) -> None:
     m = read_manifest(a.package)
     net = T.load_teacher(a.package, m["arch"]["bins"])
     t = m["training"]
-    s = load_samples(t["logs"]).samples
+    s = load_samples(t["logs"] + t.get("val_logs", [])).samples  # the validation logs given apart too
     s = [s[i] for i in np.linspace(0, len(s) - 1, min(8000, len(s))).astype(int)]  # the run's cap
     val = [x for x in s if x.session in set(t["val_sessions"])]
     train_s = [x for x in s if x.session not in set(t["val_sessions"])]
