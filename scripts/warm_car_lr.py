@@ -26,6 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("demo", type=Path, help="a finished demo's clone")
     p.add_argument("lr", type=float)
+    p.add_argument("--epochs", type=int, default=3, help="the demo's warm run: 3")
     p.add_argument("--first", help="the first car model's version (default: the oldest in the store)")
     a = p.parse_args()
     demo = a.demo.resolve()
@@ -36,11 +37,11 @@ def main() -> None:
     logs = sorted([str(x) for x in logs_dir.glob("expert-*")] + [str(logs_dir / "car-drive-1")])
     held = [x for x in logs if x.endswith("random_7")]
     models = sorted((demo / "var/demo/store/models/car").glob(f"*{a.first or ''}*/fp32.eppkg"))
-    out = Path(f"/tmp/warm-{demo.name}-{a.lr}.eppkg")
-    cfg = TrainConfig(epochs=3, max_frames=8000, lr=a.lr)
+    out = Path(f"/tmp/warm-{demo.name}-{a.lr}-{a.epochs}.eppkg")
+    cfg = TrainConfig(epochs=a.epochs, max_frames=8000, lr=a.lr)
     r = train([x for x in logs if x not in held], out, cfg, init=str(models[0]), val_logs=held)
     keep = ("exit_rate", "val_steering_mae", "val_steering_mae_exits", "elapsed_s")
-    print(json.dumps({"demo": str(demo), "lr": a.lr, "init": models[0].parent.name, **{k: r[k] for k in keep}}))
+    print(json.dumps({"demo": str(demo), "lr": a.lr, "epochs": a.epochs, "init": models[0].parent.name, **{k: r[k] for k in keep}}))
 
 
 if __name__ == "__main__":
