@@ -409,10 +409,17 @@ def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
     if target == "edge":
         frames = cfg.edge_max_frames or cfg.max_frames
         epochs = cfg.warm_edge_epochs if warm else cfg.edge_epochs or cfg.epochs
-        keep_last = True if cfg.edge_val_heldout else None
+        keep_last = True if cfg.edge_val_heldout else None  # no epoch picked by the gate's frames
         return TrainConfig(arch="edge", epochs=epochs, max_frames=frames, keep_last=keep_last, **base)
     epochs = cfg.warm_epochs if warm else cfg.epochs
     return TrainConfig(arch="early-exit", epochs=epochs, max_frames=cfg.max_frames, **base)
+
+
+def _val_logs(cfg: RetrainConfig, target: str, held_dirs: list[str] | None) -> list[str] | None:
+    """The sessions ``target``'s model validates on: the run's held-out ones with
+    ``car_val_heldout`` / ``edge_val_heldout``; None: its own seeded pick."""
+    use = cfg.car_val_heldout if target == "car" else cfg.edge_val_heldout
+    return held_dirs if use and held_dirs else None
 
 
 def _car_candidate(
@@ -430,13 +437,14 @@ def _car_candidate(
     """Train the car model (from ``teacher`` when distilling; starting from ``init`` when
     warm) and compress it to int8: (the candidate package, the fp32 package it came from);
     its figures into ``results``, its training curve into ``plots``. With
-    ``car_val_heldout``, ``held_dirs`` (the held-out sessions) are its validation ones too: its exit thresholds are calibrated on them, and every other session trains (a
+    ``car_val_heldout``, ``held_dirs`` (the held-out sessions) are its validation ones
+    too: its exit thresholds are calibrated on them, and every other session trains (a
     third split leaves a small fleet's car model four tracks of seven to learn from)."""
     from edgepilot.model.train import train
 
     tcfg = _train_config(cfg, "car", warm=init is not None)
     trusted = registry.trusted_keys
-    val = held_dirs if cfg.car_val_heldout else None
+    val = _val_logs(cfg, "car", held_dirs)
     out = work / "car-fp32.eppkg"
     car = train(train_dirs, out, tcfg, teacher=teacher, init=init, key=key, trusted=trusted, val_logs=val)
     results["car_train"] = _trained(car)
@@ -468,8 +476,7 @@ class EdgeJob:
     ) -> None:
         self.args = (train_dirs, work / "edge.eppkg", _train_config(cfg, "edge", warm=init is not None))
         self.enabled, self.distill = cfg.train_edge, cfg.distill
-        val = held_dirs if cfg.edge_val_heldout else None
-        self.kwargs = {"key": key, "init": init, "trusted": trusted, "val_logs": val}
+        self.kwargs = {"key": key, "init": init, "trusted": trusted, "val_logs": _val_logs(cfg, "edge", held_dirs)}
         self._done: dict | None = None
         self._pool: Any = None
         self._pending: Any = None

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 import edgepilot.model.train as T
 from edgepilot.model import calibrate as C
-from edgepilot.model.data import FrameDataset, load_samples
+from edgepilot.model.data import FrameDataset, load_samples, split_by_ids
 from edgepilot.model.evaluate import evaluate, load_frames
 from edgepilot.model.package import read_manifest
 from edgepilot.model.runtime import Autopilot
@@ -83,8 +83,7 @@ def curve(a: argparse.Namespace) -> None:
     t = m["training"]
     s = load_samples(t["logs"] + t.get("val_logs", [])).samples  # the validation logs given apart too
     s = [s[i] for i in np.linspace(0, len(s) - 1, min(8000, len(s))).astype(int)]  # the run's cap
-    val = [x for x in s if x.session in set(t["val_sessions"])]
-    train_s = [x for x in s if x.session not in set(t["val_sessions"])]
+    train_s, val = split_by_ids(s, t["val_sessions"])
     steer, conf, lab = T.predict_exits(net, DataLoader(FrameDataset(val, net.input_spec, None), batch_size=256))
     path = C.pareto_path(*T.path_frames(net, train_s, net.input_spec), off=tuple(m["calibration"]["test"]["off"]))
     err = [np.abs(x - lab) for x in steer]

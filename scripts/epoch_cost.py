@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 import edgepilot.model.train as T
 from edgepilot.model.data import FrameDataset
-from edgepilot.model.nets import ArchSpec, build_net
+from edgepilot.model.nets import build_net
 from edgepilot.model.preprocess import spec_for
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = T.TrainConfig(max_frames=a.max_frames, epochs=1)
     data = T._load_data(sorted(str(x) for x in a.logs.glob("expert-*")), cfg)
-    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1))
+    arch = T.arch_of(cfg)
     spec = spec_for(arch.name)
     ds = FrameDataset(data.train, spec, cfg.augment, cfg.seed)
     t0 = time.perf_counter()

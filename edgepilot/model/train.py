@@ -230,6 +230,12 @@ def load_init(path: str | Path, net: StagedNet, spec: InputSpec, trusted: list[s
     return Start(m.get("version"), frozenset(seen))
 
 
+def arch_of(cfg: TrainConfig) -> ArchSpec:
+    """The net a training config builds (a learned confidence only where there are exits)."""
+    confidence = cfg.confidence if cfg.arch == "early-exit" else "entropy"
+    return ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1), confidence=confidence)
+
+
 def train(
     logs: list[str],
     out: str | Path,
@@ -255,8 +261,7 @@ def train(
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     signing_key = load_private_key(key, create=True)  # fail before an hour of training
-    confidence = cfg.confidence if cfg.arch == "early-exit" else "entropy"
-    arch = ArchSpec(cfg.arch, list(cfg.widths), head0=list(cfg.head0), head1=list(cfg.head1), confidence=confidence)
+    arch = arch_of(cfg)
     if spec is None:  # a warm start keeps its model's input (a package from before CAR_SPEC too)
         spec = _input_of(init, trusted) if init else spec_for(arch.name)
     net = build_net(arch, spec)
