@@ -27,6 +27,13 @@ def _train(p: argparse.ArgumentParser) -> None:
         help="what an early exit's confidence is: its steering distribution's entropy, or an output "
         "trained to predict its own error (docs/model.md)",
     )
+    p.add_argument(
+        "--mutual",
+        type=float,
+        metavar="GAMMA",
+        help="share the final head learns from exit 1's answers (default: 0.5 with --init, as the cloud's "
+        "warm starts, which otherwise pull the two heads apart; 0 otherwise; docs/model.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--widths",

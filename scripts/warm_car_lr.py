@@ -1,15 +1,18 @@
-"""The demo's second car model again, offline, at a given learning rate.
+"""The demo's second car model again, offline: a warm recipe on a finished demo's store.
 
 Trains the car model as the demo's second cloud run does (3 epochs warm from the first
 run's fp32 package, the expert logs and the car's first drive, at most 8000 frames,
 validated on the held-out random_7) from a finished demo's store, and prints its
-calibrated exit share on validation and its validation MAEs (final head, package)::
+calibrated exit share on validation, its validation MAEs (final head, package) and each
+epoch's validation MAE per exit. The learning rate is given; the other knobs default to
+the cloud's (``--mutual``: ``RetrainConfig.warm_mutual``)::
 
-    python scripts/warm_car_lr.py /tmp/demo16 2e-3      # the default: the demo's own model
-    python scripts/warm_car_lr.py /tmp/demo16 5e-4
+    python scripts/warm_car_lr.py /tmp/demo16 2e-3                  # the demo's own recipe
+    python scripts/warm_car_lr.py /tmp/demo16 2e-3 --mutual 0       # as before the tenth round
+    python scripts/warm_car_lr.py /tmp/demo16 2e-3 --self-distill 0.2 --mutual 0
 
 Run from anywhere; it works in the demo's clone (its keys verify the packages).
-docs/benchmarks.md#demo (ninth round) has the figures.
+docs/benchmarks.md#demo (ninth and tenth rounds) has the figures.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import json
 import os
 from pathlib import Path
 
+from edgepilot.config import RetrainConfig
+from edgepilot.model.package import verify_package
 from edgepilot.model.train import TrainConfig, train
 
 
@@ -27,6 +32,9 @@ def main() -> None:
     p.add_argument("demo", type=Path, help="a finished demo's clone")
     p.add_argument("lr", type=float)
     p.add_argument("--epochs", type=int, default=3, help="the demo's warm run: 3")
+    p.add_argument("--self-distill", type=float, default=0.5, help="beta (TrainConfig.self_distill)")
+    p.add_argument("--mutual", type=float, default=RetrainConfig().warm_mutual, help="gamma (TrainConfig.mutual)")
+    p.add_argument("--exit-weights", default="0,4,1", help="TrainConfig.exit_weights, comma-separated")
     p.add_argument("--first", help="the first car model's version (default: the oldest in the store)")
     a = p.parse_args()
     demo = a.demo.resolve()
@@ -37,11 +45,15 @@ def main() -> None:
     logs = sorted([str(x) for x in logs_dir.glob("expert-*")] + [str(logs_dir / "car-drive-1")])
     held = [x for x in logs if x.endswith("random_7")]
     models = sorted((demo / "var/demo/store/models/car").glob(f"*{a.first or ''}*/fp32.eppkg"))
-    out = Path(f"/tmp/warm-{demo.name}-{a.lr}-{a.epochs}.eppkg")
-    cfg = TrainConfig(epochs=a.epochs, max_frames=8000, lr=a.lr)
+    tag = f"{a.lr}-{a.epochs}-{a.self_distill}-{a.exit_weights.replace(',', '_')}-m{a.mutual}"
+    out = Path(f"/tmp/warm-{demo.name}-{tag}.eppkg")
+    weights = [float(w) for w in a.exit_weights.split(",")]
+    cfg = TrainConfig(epochs=a.epochs, max_frames=8000, lr=a.lr, self_distill=a.self_distill, mutual=a.mutual, exit_weights=weights)
     r = train([x for x in logs if x not in held], out, cfg, init=str(models[0]), val_logs=held)
+    hist = verify_package(r["package"]).manifest["training"]["history"]
+    curve = [[round(m, 4) for m in h["val_mae"]] for h in hist]  # per epoch: each exit's val MAE
     keep = ("exit_rate", "val_steering_mae", "val_steering_mae_exits", "elapsed_s")
-    print(json.dumps({"demo": str(demo), "lr": a.lr, "epochs": a.epochs, "init": models[0].parent.name, **{k: r[k] for k in keep}}))
+    print(json.dumps({"demo": str(demo), "lr": a.lr, "epochs": a.epochs, "self_distill": a.self_distill, "mutual": a.mutual, "exit_weights": weights, "init": models[0].parent.name, **{k: r[k] for k in keep}, "val_mae_per_epoch": curve}))
 
 
 if __name__ == "__main__":

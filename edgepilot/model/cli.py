@@ -58,6 +58,17 @@ def _labels(args: argparse.Namespace) -> tuple[str, ...]:
     return got
 
 
+def _mutual(args: argparse.Namespace) -> float:
+    from edgepilot.config import RetrainConfig
+
+    gamma = getattr(args, "mutual", None)
+    if gamma is None:
+        return RetrainConfig().warm_mutual if args.init else 0.0
+    if not 0.0 <= gamma <= 1.0:
+        raise EdgepilotError(f"--mutual is a share in [0, 1], got {gamma}")
+    return gamma
+
+
 def train(args: argparse.Namespace) -> dict:
     from edgepilot.model.train import TrainConfig
     from edgepilot.model.train import train as run
@@ -75,6 +86,7 @@ def train(args: argparse.Namespace) -> dict:
         head0=head0,
         labels=_labels(args),
         confidence=getattr(args, "confidence", "entropy"),
+        mutual=_mutual(args),
     )
     return run(args.logs, args.out, cfg, teacher=args.teacher, init=args.init, key=args.key)
 

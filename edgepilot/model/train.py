@@ -18,6 +18,14 @@ answer like the network it stands in for on the frames where it can, and its con
 drops where it cannot: what calibration needs to let it answer often within the error
 budget (docs/benchmarks.md#model has the runs that chose this).
 
+Mutual distillation (``mutual``, off by default; the cloud's warm starts turn it on,
+``RetrainConfig.warm_mutual``): the final head's target is likewise ``(1 - gamma) * soft
+label + gamma * exit 1's distribution`` (detached). A few warm epochs from a converged pair
+otherwise pull the two heads apart on unseen frames (their disagreement grew to ~0.5x the
+final head's MAE in demo warm runs), and calibration's test, which pays for every block
+where they differ, then certified as little as 4% of frames early; learning from each other
+kept them within ~0.3x (docs/benchmarks.md#demo, tenth round).
+
 Distillation (``teacher``): the target distribution becomes ``(1 - alpha) * soft label +
 alpha * teacher's distribution`` and the throttle target mixes likewise. The teacher sees
 the same augmented batch, so it also teaches on shifted, flipped and shadowed frames (made
@@ -89,6 +97,7 @@ class TrainConfig:
     label_sigma_bins: float = 1.0
     distill_alpha: float = 0.5
     self_distill: float = 0.5  # beta: early exits learn this share from the final head
+    mutual: float = 0.0  # gamma: the final head learns this share from exit 1 (module docstring)
     # early-exit: "entropy" of each exit's distribution, or "learned" (nets.ArchSpec)
     confidence: str = "entropy"
     exit_weights: list[float] = field(default_factory=lambda: list(EXIT_WEIGHTS))
@@ -96,6 +105,11 @@ class TrainConfig:
     labels: tuple[str, ...] = TRAINING_LABELS  # label sources to learn from (schema.log)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     target: CalibrationTarget = field(default_factory=CalibrationTarget)
+
+    def __post_init__(self) -> None:
+        for name in ("self_distill", "mutual", "distill_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise EdgepilotError(f"{name} is a share in [0, 1], got {getattr(self, name)!r}")
 
 
 def soft_targets(steering: torch.Tensor, bins: int, sigma_bins: float) -> torch.Tensor:
@@ -135,21 +149,36 @@ def joint_loss(
     weights: list[float],
     beta: float,
     learned: bool = False,
+    gamma: float = 0.0,
 ) -> torch.Tensor:
     """Weighted sum of every exit's loss; early exits also learn from the final head: its
-    distribution, its expected steering (the L1 term) and its throttle, by share ``beta``
-    (a learned confidence still predicts the error against the label)."""
-    final_logits, final_thr, _ = split_out(outs[-1].detach(), learned)
-    final_p = torch.softmax(final_logits, 1)
-    label = steer
-    loss = weights[-1] * exit_loss(outs[-1], target, steer, thr, learned=learned)
-    if beta:
-        target = (1 - beta) * target + beta * final_p
-        steer = (1 - beta) * steer + beta * (final_p * torch.linspace(-1.0, 1.0, final_p.shape[1])).sum(1)
-        thr = (1 - beta) * thr + beta * final_thr
+    distribution, its expected steering (the L1 term) and its throttle, by share ``beta``;
+    the final head from exit 1 by share ``gamma`` (a learned confidence still predicts the
+    error against the label)."""
+    label = (target, steer, thr)
+    last_early = outs[-2] if len(outs) > 1 else None
+    loss = weights[-1] * exit_loss(outs[-1], *_mixed(label, last_early, gamma, learned), steer, learned)
+    early = _mixed(label, outs[-1], beta, learned)
     for w, o in zip(weights[:-1], outs[:-1], strict=False):
-        loss = loss + w * exit_loss(o, target, steer, thr, label, learned)
+        loss = loss + w * exit_loss(o, *early, steer, learned)
     return loss
+
+
+def _mixed(
+    label: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    teacher: torch.Tensor | None,
+    share: float,
+    learned: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (distribution, steering, throttle) targets: the label's, mixed with another
+    head's detached output by ``share``."""
+    if not share or teacher is None:
+        return label
+    logits, t_thr, _ = split_out(teacher.detach(), learned)
+    p = torch.softmax(logits, 1)
+    t_steer = (p * torch.linspace(-1.0, 1.0, p.shape[1])).sum(1)
+    target, steer, thr = label
+    return (1 - share) * target + share * p, (1 - share) * steer + share * t_steer, (1 - share) * thr + share * t_thr
 
 
 PATH_FRAMES = 3000
@@ -410,7 +439,7 @@ def _train_epoch(
         if teacher_net is not None:
             xt = adapt_input(x, loader.dataset.spec, teacher_net.input_spec)  # type: ignore[attr-defined]
             target, th = _distill(teacher_net, xt, target, th, cfg.distill_alpha)
-        loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill, net.arch.learned)
+        loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill, net.arch.learned, cfg.mutual)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -469,6 +498,8 @@ def _trained_manifest(
             "val_logs": [str(p) for p in val_logs or []],
             "seed": cfg.seed,
             "exit_weights": list(cfg.exit_weights),
+            "self_distill": cfg.self_distill,
+            "mutual": cfg.mutual,
             "teacher": getattr(teacher_net, "teacher_version", None),
             "history": history,
         },

@@ -151,7 +151,7 @@ def test_a_warm_retraining_starts_both_models_from_the_current_ones(tmp_path, sa
     """``warm_start``: the car model from the fp32 source of the current int8 one, the edge
     model from the current edge model, each for its own (short) number of epochs."""
     from cloud_trainer.registry import Registry
-    from cloud_trainer.retrain import EdgeJob, warm_starts
+    from cloud_trainer.retrain import EdgeJob, _train_config, warm_starts
     from cloud_trainer.store import open_store
     from edgepilot.config import RetrainConfig
     from edgepilot.model.package import read_manifest
@@ -173,6 +173,9 @@ def test_a_warm_retraining_starts_both_models_from_the_current_ones(tmp_path, sa
         edge = job.result()
     assert edge is not None and edge["epochs"] == 1
     assert read_manifest(edge["package"])["training"]["init"]["version"] == edge0["version"]
+    # the warm car model's final head learns from exit 1 (TrainConfig.mutual); a cold one does not
+    assert _train_config(cfg, "car", warm=True).mutual == cfg.warm_mutual > 0
+    assert _train_config(cfg, "car").mutual == 0.0
 
 
 def test_a_failing_car_pipeline_stops_the_edge_models_training(tmp_path, sample_logs):

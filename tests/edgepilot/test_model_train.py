@@ -339,3 +339,45 @@ def test_a_learned_confidence_predicts_each_exits_own_error(tmp_path, keys, synt
     car = Autopilot.load(int8["package"], [str(pub)])
     conf8 = np.array([car.infer(f, force_final=True).confidence for f in frames])
     assert np.abs(conf8 - conf).mean() < 0.05
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_the_final_head_learns_from_exit_1_by_the_mutual_share(gamma):
+    """``mutual`` (gamma): the final head's target is the label's mixed with exit 1's
+    detached answer. Fitting the final head's outputs alone, they go to the label at 0 and
+    to exit 1's answer at 1, and no gradient reaches exit 1 through the final head's loss."""
+    import torch
+
+    from edgepilot.model.nets import decode
+    from edgepilot.model.train import joint_loss, soft_targets
+
+    torch.manual_seed(0)
+    steer, thr = torch.rand(16) * 1.6 - 0.8, torch.rand(16)
+    exit1 = torch.randn(16, 22, requires_grad=True)  # 21 steering bins and the throttle
+    final = torch.zeros(16, 22, requires_grad=True)
+    opt = torch.optim.Adam([final], lr=0.05)
+    for _ in range(400):
+        loss = joint_loss([torch.zeros(16, 22), exit1, final], soft_targets(steer, 21, 1.0), steer, thr,
+                          [0.0, 0.0, 1.0], 0.5, gamma=gamma)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert exit1.grad is None or not exit1.grad.any()
+    got, want_exit1 = decode(final.detach())[0], decode(exit1.detach())[0]
+    towards, away = (steer, want_exit1) if gamma == 0 else (want_exit1, steer)
+    assert (got - towards).abs().mean() < 0.02 < (got - away).abs().mean(), ((got - towards).abs().mean(), (got - away).abs().mean())
+
+
+def test_a_warm_start_by_hand_learns_mutually_as_the_clouds_do(tmp_path, synthetic_logs):
+    """``edgepilot train --init`` (like the cloud's warm runs) trains with the cloud's
+    ``warm_mutual``, a cold run without; the manifest says which; a share outside [0, 1] is refused."""
+    from edgepilot.cli import main
+    from edgepilot.config import RetrainConfig
+
+    cold, warm = tmp_path / "cold.eppkg", tmp_path / "warm.eppkg"
+    base = [*synthetic_logs, "--epochs", "1"]  # the repo's key, which --init trusts
+    assert main(["train", *base, "--out", str(cold)]) == 0
+    assert main(["train", *base, "--out", str(warm), "--init", str(cold)]) == 0
+    assert read_manifest(cold)["training"]["mutual"] == 0.0
+    assert read_manifest(warm)["training"]["mutual"] == RetrainConfig().warm_mutual > 0
+    assert main(["train", *base, "--out", str(tmp_path / "x.eppkg"), "--mutual", "1.5"]) != 0
