@@ -10,6 +10,7 @@ the cloud's (``--mutual``: ``RetrainConfig.warm_mutual``)::
     python scripts/warm_car_lr.py /tmp/demo16 2e-3                  # the demo's own recipe
     python scripts/warm_car_lr.py /tmp/demo16 2e-3 --mutual 0       # as before the tenth round
     python scripts/warm_car_lr.py /tmp/demo16 2e-3 --self-distill 0.2 --mutual 0
+    python scripts/warm_car_lr.py /tmp/demo16 2e-3 --first-run --epochs 6 --mutual 0  # the first model
 
 Run from anywhere; it works in the demo's clone (its keys verify the packages).
 docs/benchmarks.md#demo (ninth and tenth rounds) has the figures.
@@ -36,24 +37,31 @@ def main() -> None:
     p.add_argument("--mutual", type=float, default=RetrainConfig().warm_mutual, help="gamma (TrainConfig.mutual)")
     p.add_argument("--exit-weights", default="0,4,1", help="TrainConfig.exit_weights, comma-separated")
     p.add_argument("--first", help="the first car model's version (default: the oldest in the store)")
+    p.add_argument(
+        "--first-run",
+        action="store_true",
+        help="train as the demo's first run does instead: from scratch, on the expert logs alone "
+        "(give --epochs 6 and --mutual as wanted)",
+    )
     a = p.parse_args()
     demo = a.demo.resolve()
     os.chdir(demo)
     logs_dir = demo / "var/demo/store/logs/sim-1"
     # in the cloud's order (its store keys, sorted): the order moves the shuffle, and the
     # share with it (car-drive-1 last instead of first: 6% instead of 13% on demo16's store)
-    logs = sorted([str(x) for x in logs_dir.glob("expert-*")] + [str(logs_dir / "car-drive-1")])
+    logs = sorted([str(x) for x in logs_dir.glob("expert-*")] + ([] if a.first_run else [str(logs_dir / "car-drive-1")]))
     held = [x for x in logs if x.endswith("random_7")]
     models = sorted((demo / "var/demo/store/models/car").glob(f"*{a.first or ''}*/fp32.eppkg"))
     tag = f"{a.lr}-{a.epochs}-{a.self_distill}-{a.exit_weights.replace(',', '_')}-m{a.mutual}"
-    out = Path(f"/tmp/warm-{demo.name}-{tag}.eppkg")
+    out = Path(f"/tmp/{'cold' if a.first_run else 'warm'}-{demo.name}-{tag}.eppkg")
+    init = None if a.first_run else str(models[0])
     weights = [float(w) for w in a.exit_weights.split(",")]
     cfg = TrainConfig(epochs=a.epochs, max_frames=8000, lr=a.lr, self_distill=a.self_distill, mutual=a.mutual, exit_weights=weights)
-    r = train([x for x in logs if x not in held], out, cfg, init=str(models[0]), val_logs=held)
+    r = train([x for x in logs if x not in held], out, cfg, init=init, val_logs=held)
     hist = verify_package(r["package"]).manifest["training"]["history"]
     curve = [[round(m, 4) for m in h["val_mae"]] for h in hist]  # per epoch: each exit's val MAE
     keep = ("exit_rate", "val_steering_mae", "val_steering_mae_exits", "elapsed_s")
-    print(json.dumps({"demo": str(demo), "lr": a.lr, "epochs": a.epochs, "self_distill": a.self_distill, "mutual": a.mutual, "exit_weights": weights, "init": models[0].parent.name, **{k: r[k] for k in keep}, "val_mae_per_epoch": curve}))
+    print(json.dumps({"demo": str(demo), "lr": a.lr, "epochs": a.epochs, "self_distill": a.self_distill, "mutual": a.mutual, "exit_weights": weights, "init": init and models[0].parent.name, **{k: r[k] for k in keep}, "val_mae_per_epoch": curve}))
 
 
 if __name__ == "__main__":
