@@ -16,7 +16,10 @@ head error, in units of the final head's MAE) and its 95% upper bound: what the 
 accepts and how much room its bound leaves; then the largest share the same test accepts
 (walking up in 2% steps) when exit 1 answers its most confident frames first, and when it
 answers first the frames where it agrees with the final head (an oracle: the car cannot
-know the final head's answer). docs/benchmarks.md#model has the figures.
+know the final head's answer); and how far exit 1 and the final head disagree (mean
+|difference|, mean error gap, and the spread of the gap over the test's one-second blocks,
+which sets how far calibration's bound sits above the mean). docs/benchmarks.md#model
+and #demo (tenth round) have the figures.
 """
 
 from __future__ import annotations
@@ -94,6 +97,12 @@ def curve(a: argparse.Namespace) -> None:
         z = np.choose(taken, err) - target.budget * err[-1]
         ucb, _ = C.block_ucb(z, blocks, target.delta)
         print(f"{np.mean(taken < len(steer) - 1):.3f} {z.mean() / unit:+.4f} {ucb / unit:+.4f}")
+    gap = np.bincount(blocks, weights=err[1] - err[-1]) / np.bincount(blocks)
+    print(
+        f"exit 1 against the final head (units of its MAE): mean |difference| "
+        f"{np.abs(steer[1] - steer[-1]).mean() / unit:.3f}, mean error gap {(err[1] - err[-1]).mean() / unit:+.3f}, "
+        f"spread of the gap over {len(gap)} blocks {gap.std(ddof=1) / unit:.3f}"
+    )
     for name, rank in (("exit 1's confidence", -conf[1]), ("oracle: agrees with the final head", np.abs(steer[1] - steer[-1]))):
         print(f"{name}: the test accepts up to {walk(np.argsort(rank), err, blocks, target):.0%}")
 

@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--self-distill", type=float, default=0.5, help="beta (TrainConfig.self_distill)")
     p.add_argument("--mutual", type=float, default=RetrainConfig().warm_mutual, help="gamma (TrainConfig.mutual)")
     p.add_argument("--exit-weights", default="0,4,1", help="TrainConfig.exit_weights, comma-separated")
+    p.add_argument("--seed", type=int, default=0, help="the training seed (the cloud's: 0)")
     p.add_argument("--first", help="the first car model's version (default: the oldest in the store)")
     p.add_argument(
         "--first-run",
@@ -52,16 +53,16 @@ def main() -> None:
     logs = sorted([str(x) for x in logs_dir.glob("expert-*")] + ([] if a.first_run else [str(logs_dir / "car-drive-1")]))
     held = [x for x in logs if x.endswith("random_7")]
     models = sorted((demo / "var/demo/store/models/car").glob(f"*{a.first or ''}*/fp32.eppkg"))
-    tag = f"{a.lr}-{a.epochs}-{a.self_distill}-{a.exit_weights.replace(',', '_')}-m{a.mutual}"
+    tag = f"{a.lr}-{a.epochs}-{a.self_distill}-{a.exit_weights.replace(',', '_')}-m{a.mutual}-s{a.seed}"
     out = Path(f"/tmp/{'cold' if a.first_run else 'warm'}-{demo.name}-{tag}.eppkg")
     init = None if a.first_run else str(models[0])
     weights = [float(w) for w in a.exit_weights.split(",")]
-    cfg = TrainConfig(epochs=a.epochs, max_frames=8000, lr=a.lr, self_distill=a.self_distill, mutual=a.mutual, exit_weights=weights)
+    cfg = TrainConfig(epochs=a.epochs, max_frames=8000, lr=a.lr, seed=a.seed, self_distill=a.self_distill, mutual=a.mutual, exit_weights=weights)
     r = train([x for x in logs if x not in held], out, cfg, init=init, val_logs=held)
     hist = verify_package(r["package"]).manifest["training"]["history"]
     curve = [[round(m, 4) for m in h["val_mae"]] for h in hist]  # per epoch: each exit's val MAE
     keep = ("exit_rate", "val_steering_mae", "val_steering_mae_exits", "elapsed_s")
-    print(json.dumps({"demo": str(demo), "lr": a.lr, "epochs": a.epochs, "self_distill": a.self_distill, "mutual": a.mutual, "exit_weights": weights, "init": init and models[0].parent.name, **{k: r[k] for k in keep}, "val_mae_per_epoch": curve}))
+    print(json.dumps({"demo": str(demo), "lr": a.lr, "epochs": a.epochs, "self_distill": a.self_distill, "mutual": a.mutual, "seed": a.seed, "exit_weights": weights, "init": init and models[0].parent.name, **{k: r[k] for k in keep}, "val_mae_per_epoch": curve}))
 
 
 if __name__ == "__main__":
