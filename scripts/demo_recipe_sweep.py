@@ -97,7 +97,7 @@ def curve(a: argparse.Namespace) -> None:
         z = np.choose(taken, err) - target.budget * err[-1]
         ucb, _ = C.block_ucb(z, blocks, target.delta)
         print(f"{np.mean(taken < len(steer) - 1):.3f} {z.mean() / unit:+.4f} {ucb / unit:+.4f}")
-    gap = np.bincount(blocks, weights=err[1] - err[-1]) / np.bincount(blocks)
+    gap = C.block_means(err[1] - err[-1], blocks)
     print(
         f"exit 1 against the final head (units of its MAE): mean |difference| "
         f"{np.abs(steer[1] - steer[-1]).mean() / unit:.3f}, mean error gap {(err[1] - err[-1]).mean() / unit:+.3f}, "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgepilot.config import RetrainConfig
 from edgepilot.model.package import verify_package
-from edgepilot.model.train import TrainConfig, train
+from edgepilot.model.train import EXIT_WEIGHTS, TrainConfig, train
 
 
 def main() -> None:
@@ -33,9 +33,9 @@ def main() -> None:
     p.add_argument("demo", type=Path, help="a finished demo's clone")
     p.add_argument("lr", type=float)
     p.add_argument("--epochs", type=int, default=3, help="the demo's warm run: 3")
-    p.add_argument("--self-distill", type=float, default=0.5, help="beta (TrainConfig.self_distill)")
+    p.add_argument("--self-distill", type=float, default=TrainConfig().self_distill, help="beta (TrainConfig.self_distill)")
     p.add_argument("--mutual", type=float, default=RetrainConfig().warm_mutual, help="gamma (TrainConfig.mutual)")
-    p.add_argument("--exit-weights", default="0,4,1", help="TrainConfig.exit_weights, comma-separated")
+    p.add_argument("--exit-weights", default=",".join(f"{w:g}" for w in EXIT_WEIGHTS), help="TrainConfig.exit_weights, comma-separated")
     p.add_argument("--seed", type=int, default=0, help="the training seed (the cloud's: 0)")
     p.add_argument("--first", help="the first car model's version (default: the oldest in the store)")
     p.add_argument(

@@ -121,12 +121,17 @@ def _normal_quantile(p: float) -> float:
     return (lo + hi) / 2
 
 
+def block_means(z: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """The mean of ``z`` over each block's frames, one per block id present."""
+    _, inv = np.unique(blocks, return_inverse=True)
+    return np.bincount(inv, weights=z) / np.bincount(inv)
+
+
 def block_ucb(z: np.ndarray, blocks: np.ndarray, delta: float) -> tuple[float, int]:
     """One-sided (1 - delta) upper confidence bound of the mean of ``z`` per frame, from
     its block means (t statistic), and the number of blocks."""
-    ids, inv = np.unique(blocks, return_inverse=True)
-    means = np.bincount(inv, weights=z) / np.bincount(inv)
-    n = len(ids)
+    means = block_means(z, blocks)
+    n = len(means)
     if n < 2:
         return math.inf, n
     sd = float(means.std(ddof=1))
