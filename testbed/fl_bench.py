@@ -208,6 +208,9 @@ def evaluate(pkg: str, frames: list, labels: Any, seconds: float) -> dict[str, A
     cl = r["closed_loop"]
     return {
         "mae": r["steering_mae"],
+        # the share of frames each exit answered (the last: the final head), and offloaded
+        "exit_rate": r["exit_rate"],
+        "offload_rate": r["offload_rate"],
         "autonomy": cl["autonomy"],
         "mean_abs_cte_m": cl["mean_abs_cte_m"],
         "per_track": {t: s["autonomy"] for t, s in cl["tracks"].items()},
