@@ -28,12 +28,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.data import FrameDataset, load_samples, split_by_session
-from edgepilot.model.nets import ArchSpec, StagedNet, build_net
+from edgepilot.model.nets import StagedNet, build_net
 from edgepilot.model.package import load_private_key
 from edgepilot.model.preprocess import spec_for
-from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, save_calibrated, soft_targets, stage_weights
+from edgepilot.model.train import (
+    TrainConfig,
+    arch_of,
+    joint_loss,
+    save_calibrated,
+    soft_targets,
+    stage_weights,
+)
 
 
 def train_ddp(
@@ -48,7 +54,10 @@ def train_ddp(
     max_frames: int | None = None,
     key: str | None = None,
 ) -> dict | None:
-    """Train on every rank; rank 0 returns the result dict (others None)."""
+    """Train on every rank; rank 0 returns the result dict (others None). The network and
+    its loss are ``edgepilot train``'s defaults (``TrainConfig``: exit heads, self- and
+    mutual distillation shares, exit weights)."""
+    cfg = TrainConfig(arch=arch, epochs=epochs, batch=batch, lr=lr, seed=seed, max_frames=max_frames)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
@@ -58,14 +67,14 @@ def train_ddp(
     np.random.seed(seed)
     t0 = time.time()
     signing_key = load_private_key(key, create=True) if rank == 0 else None
-    samples = load_samples(logs).samples
+    samples = load_samples(logs, cfg.labels).samples
     if max_frames and len(samples) > max_frames:
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
-    train_s, val_s = split_by_session(samples, 0.2, seed)
+    train_s, val_s = split_by_session(samples, cfg.val_fraction, seed)
     spec = spec_for(arch)
-    net = build_net(ArchSpec(arch), spec)  # same seed -> same initial weights on every rank
-    ds = FrameDataset(train_s, spec, AugmentConfig(), seed)
-    _fit(net, ds, world, rank, epochs=epochs, batch=batch, lr=lr, seed=seed)
+    net = build_net(arch_of(cfg), spec)  # same seed -> same initial weights on every rank
+    ds = FrameDataset(train_s, spec, cfg.augment, seed)
+    _fit(net, ds, world, rank, cfg)
     if world > 1:
         dist.barrier()
     if rank != 0:
@@ -78,7 +87,14 @@ def train_ddp(
         signing_key,
         parent=None,
         metrics={"epochs": epochs, "samples": len(samples)},
-        training={"logs": [str(p) for p in logs], "seed": seed, "workers": world, "backend": "gloo"},
+        training={
+            "logs": [str(p) for p in logs],
+            "seed": seed,
+            "workers": world,
+            "backend": "gloo",
+            "self_distill": cfg.self_distill,
+            "mutual": cfg.mutual,
+        },
     )
     return {
         "package": str(path),
@@ -90,37 +106,33 @@ def train_ddp(
     }
 
 
-def _fit(
-    net: StagedNet, ds: FrameDataset, world: int, rank: int, *, epochs: int, batch: int, lr: float, seed: int
-) -> None:
+def _fit(net: StagedNet, ds: FrameDataset, world: int, rank: int, cfg: TrainConfig) -> None:
     """The training epochs on this rank's shard; DDP (with ``world`` > 1) all-reduces the
     gradients every step, so every rank ends with the same weights."""
     model = DistributedDataParallel(net) if world > 1 else net
     sampler = (
-        DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed) if world > 1 else None
+        DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if world > 1 else None
     )
-    g = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         ds,
-        batch_size=max(1, batch // world),
+        batch_size=max(1, cfg.batch // world),
         sampler=sampler,
         shuffle=sampler is None,
-        generator=g,
+        generator=torch.Generator().manual_seed(cfg.seed),
         drop_last=True,
     )
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
-    weights = stage_weights(EXIT_WEIGHTS, len(net.stages))
-    for epoch in range(epochs):
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
+    weights = stage_weights(cfg.exit_weights, len(net.stages))
+    for epoch in range(cfg.epochs):
         ds.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()
         for x, s, th in loader:
             s, th = s.float(), th.float()
-            target = soft_targets(s, net.arch.bins, 1.0)
-            outs = model(x)
-            loss = sum(w * exit_loss(o, target, s, th, learned=net.arch.learned) for w, o in zip(weights, outs, strict=False))
+            target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
+            loss = joint_loss(model(x), target, s, th, weights, cfg.self_distill, net.arch.learned, cfg.mutual)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -48,6 +48,7 @@ from edgepilot.fl.codec import CodecConfig
 from edgepilot.fl.link import ServerLink
 from edgepilot.fl.weights import Template, get_arrays, load_net, sanitize, save_federated, set_arrays
 from edgepilot.model.nets import StagedNet
+from edgepilot.model.train import TrainConfig, check_share
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class FlConfig:
     compress: str = "topk-int8"
     ratio: float = 0.04
     seed: int = 0
+    # the cars' loss: a round is a warm fine-tune, so the same shares as the cloud's warm
+    # runs (edgepilot.model.train: exits learn from the final head, it from exit 1)
+    self_distill: float = TrainConfig.self_distill
+    mutual: float = RetrainConfig.warm_mutual
     limits: UpdateLimits = field(default_factory=UpdateLimits)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class FlConfig:
         if not 1 <= self.min_cars <= max(self.cars, 1):
             raise EdgepilotError(f"min_cars must be between 1 and cars ({self.cars}), got {self.min_cars}")
         CodecConfig(self.compress, self.ratio)  # refuse a bad mode before a car trains
+        check_share("self_distill", self.self_distill)
+        check_share("mutual", self.mutual)
 
     def fit_config(self, rnd: int, arch: str, spec: str) -> dict[str, Any]:
         """What every car is told for round ``rnd`` (Flower config: scalars only)."""
@@ -96,6 +103,8 @@ class FlConfig:
             "compress": self.compress,
             "ratio": self.ratio,
             "seed": self.seed,
+            "self_distill": self.self_distill,
+            "mutual": self.mutual,
             "deadline_s": self.round_timeout_s,
             "arch": arch,
             "input": spec,
@@ -603,6 +612,7 @@ def cli(args: Any) -> dict[str, Any]:
             insecure=True if args.insecure else None,
         )
     )
+    rcfg = prof.cloud.retrain()
     cfg = FlConfig(
         rounds=args.rounds,
         cars=args.cars,
@@ -615,9 +625,9 @@ def cli(args: Any) -> dict[str, Any]:
         lr=args.lr,
         compress=args.compress,
         ratio=args.topk,
+        mutual=rcfg.warm_mutual,
         limits=UpdateLimits(max_norm=args.max_norm),
     )
-    rcfg = prof.cloud.retrain()
     if args.eval_tracks is not None:
         rcfg.eval_tracks = [t for t in args.eval_tracks.split(",") if t]
     res = federated_run(

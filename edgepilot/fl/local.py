@@ -1,8 +1,10 @@
 """One car's local training step: a few epochs on its own frames, from the global model.
 
-The loss is the model's own (``edgepilot.model.train``: soft steering targets, every
-exit weighted, ``exit_loss``), so a federated model learns what ``edgepilot train``
-teaches. FedProx (``mu > 0``) adds ``mu / 2 * ||w - w_global||^2``: it keeps a car whose
+The loss is the model's own (``edgepilot.model.train.joint_loss``: soft steering
+targets, every exit weighted, the exits learning from the final head and it from exit 1),
+so a federated model learns what ``edgepilot train --init`` teaches: a round is a warm
+fine-tune, and without the mutual share the heads drift apart and calibration sends fewer
+frames out early (docs/model.md, "Mutual distillation"). FedProx (``mu > 0``) adds ``mu / 2 * ||w - w_global||^2``: it keeps a car whose
 frames all come from one track from walking the shared model too far towards that track.
 """
 
@@ -15,11 +17,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from edgepilot.config import RetrainConfig
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.data import FrameDataset, Sample, load_samples
 from edgepilot.model.nets import StagedNet
 from edgepilot.model.preprocess import InputSpec
-from edgepilot.model.train import EXIT_WEIGHTS, exit_loss, soft_targets, stage_weights
+from edgepilot.model.train import (
+    EXIT_WEIGHTS,
+    TrainConfig,
+    check_share,
+    joint_loss,
+    soft_targets,
+    stage_weights,
+)
 from edgepilot.schema.log import TRAINING_LABELS
 
 
@@ -33,6 +43,13 @@ class LocalConfig:
     mu: float = 0.0  # FedProx proximal strength; 0 is FedAvg
     seed: int = 0
     label_sigma_bins: float = 1.0
+    # a server that sends neither (older than these keys) gets edgepilot train --init's loss
+    self_distill: float = TrainConfig.self_distill
+    mutual: float = RetrainConfig.warm_mutual
+
+    def __post_init__(self) -> None:
+        check_share("self_distill", self.self_distill)
+        check_share("mutual", self.mutual)
 
     @classmethod
     def from_config(cls, cfg: dict) -> LocalConfig:
@@ -42,6 +59,8 @@ class LocalConfig:
             lr=float(cfg.get("lr", cls.lr)),
             mu=max(0.0, float(cfg.get("mu", cls.mu))),
             seed=int(cfg.get("seed", cls.seed)),
+            self_distill=float(cfg.get("self_distill", cls.self_distill)),
+            mutual=float(cfg.get("mutual", cls.mutual)),
         )
 
 
@@ -86,8 +105,7 @@ def local_train(
         for x, s, th in loader:
             s, th = s.float(), th.float()
             target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
-            outs = net(x)
-            loss = sum(w * exit_loss(o, target, s, th, learned=net.arch.learned) for w, o in zip(weights, outs, strict=False))
+            loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill, net.arch.learned, cfg.mutual)
             if anchor:
                 loss = loss + 0.5 * cfg.mu * sum(
                     ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True)

@@ -108,8 +108,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("self_distill", "mutual", "distill_alpha"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise EdgepilotError(f"{name} is a share in [0, 1], got {getattr(self, name)!r}")
+            check_share(name, getattr(self, name))
+
+
+def check_share(name: str, value: float) -> float:
+    """``value``, refused with a clear error unless it is a share in [0, 1] (NaN is not)."""
+    if not 0.0 <= value <= 1.0:
+        raise EdgepilotError(f"{name} is a share in [0, 1], got {value!r}")
+    return value
 
 
 def soft_targets(steering: torch.Tensor, bins: int, sigma_bins: float) -> torch.Tensor:

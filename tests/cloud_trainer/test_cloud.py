@@ -114,6 +114,32 @@ def test_two_ddp_workers_reach_the_single_process_quality(tmp_path):
     assert max(mae.values()) < 0.6 * constant, (mae, constant)
 
 
+def test_ddp_trains_the_network_and_loss_of_edgepilot_train(tmp_path, sample_logs, monkeypatch):
+    """DDP (here one process, as without ``torchrun``) builds ``edgepilot train``'s default
+    network (exit heads included) and trains it with its loss at its shares, and says so in
+    the package's training record."""
+    import cloud_trainer.distributed as ddp
+    from edgepilot.model.package import make_keys, read_manifest
+    from edgepilot.model.train import TrainConfig, arch_of
+
+    for var in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    seen, real = set(), ddp.joint_loss
+
+    def spy(outs, target, s, th, weights, beta, learned=False, gamma=0.0):
+        seen.add((tuple(weights), beta, gamma))
+        return real(outs, target, s, th, weights, beta, learned, gamma)
+
+    monkeypatch.setattr(ddp, "joint_loss", spy)
+    priv, _ = make_keys(tmp_path / "keys")
+    res = ddp.train_ddp(sample_logs, str(tmp_path / "w1.eppkg"), epochs=1, batch=16, key=str(priv))
+    want = TrainConfig()
+    assert seen == {((0.0, 4.0, 1.0), want.self_distill, want.mutual)}, seen
+    m = read_manifest(res["package"])
+    assert m["arch"] == arch_of(want).to_dict() and m["arch"]["head1"] == want.head1
+    assert (m["training"]["self_distill"], m["training"]["mutual"]) == (want.self_distill, want.mutual)
+
+
 @pytest.mark.parametrize("distill", [False, True])
 def test_the_edge_and_car_models_train_side_by_side_or_the_car_from_the_edge(
     tmp_path, sample_logs, distill, monkeypatch

@@ -136,3 +136,38 @@ def test_a_car_without_torch_is_told_to_use_an_edge_node(capsys, monkeypatch):
     assert main(["fl", "client", "--car", "c1"]) == 1
     err = capsys.readouterr().err
     assert "no torch" in err and "edgepilot fl proxy" in err
+
+
+def test_a_round_is_trained_with_the_warm_runs_distillation_shares(monkeypatch, sample_logs):
+    """The server tells the cars its loss shares (a round is a warm fine-tune: the cloud's
+    ``warm_mutual``); a car trains with ``joint_loss`` at the shares it is told, and at the
+    same defaults when an older server sends none; a share outside [0, 1] is refused on
+    either side before a car trains."""
+    import edgepilot.fl.local as local
+    from cloud_trainer.fl import FlConfig
+    from edgepilot.config import RetrainConfig
+    from edgepilot.model.nets import ArchSpec, build_net
+    from edgepilot.model.preprocess import DEFAULT_SPEC
+    from edgepilot.model.train import TrainConfig
+
+    seen, real = set(), local.joint_loss
+
+    def spy(outs, target, s, th, weights, beta, learned=False, gamma=0.0):
+        seen.add((beta, gamma))
+        return real(outs, target, s, th, weights, beta, learned, gamma)
+
+    monkeypatch.setattr(local, "joint_loss", spy)
+    sent = FlConfig().fit_config(1, "early-exit", "default")
+    warm = (TrainConfig().self_distill, RetrainConfig().warm_mutual)
+    assert (sent["self_distill"], sent["mutual"]) == warm and warm[1] > 0
+    samples = local.car_samples(sample_logs[:1])
+    for told, want in ((sent, warm), ({**sent, "self_distill": 0.2, "mutual": 0.0}, (0.2, 0.0)), ({}, warm)):
+        seen.clear()
+        net = build_net(ArchSpec("early-exit", [4, 4, 8, 8, 8, 8]), DEFAULT_SPEC)
+        local.local_train(net, DEFAULT_SPEC, samples, local.LocalConfig.from_config({**told, "epochs": 1}))
+        assert seen == {want}, (told, seen)
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(EdgepilotError, match="mutual is a share"):
+            local.LocalConfig.from_config({"mutual": bad})
+        with pytest.raises(EdgepilotError, match="self_distill is a share"):
+            FlConfig(self_distill=bad)
