@@ -127,6 +127,20 @@ def block_means(z: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     return np.bincount(inv, weights=z) / np.bincount(inv)
 
 
+def ratio_interval(
+    num: np.ndarray, den: np.ndarray, block: int, level: float = 0.95, draws: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A block-bootstrap ``level`` interval of ``sum(num) / sum(den)`` over frames in
+    order: blocks of ``block`` consecutive frames are redrawn with replacement, because
+    neighbouring frames are nearly the same picture (the test's unit, above)."""
+    ids = np.arange(len(num)) // max(block, 1)
+    n_num, n_den = np.bincount(ids, weights=num), np.bincount(ids, weights=den)
+    pick = np.random.default_rng(seed).integers(0, len(n_num), (draws, len(n_num)))
+    ratios = n_num[pick].sum(1) / np.maximum(n_den[pick].sum(1), 1e-12)
+    tail = (1 - level) / 2
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
+
+
 def block_ucb(z: np.ndarray, blocks: np.ndarray, delta: float) -> tuple[float, int]:
     """One-sided (1 - delta) upper confidence bound of the mean of ``z`` per frame, from
     its block means (t statistic), and the number of blocks."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepilot.imaging import backend
+from edgepilot.model.calibrate import CalibrationTarget, ratio_interval
 from edgepilot.model.data import decode, load_samples
 from edgepilot.model.runtime import Autopilot
 from edgepilot.progress import bar
@@ -31,13 +32,21 @@ def evaluate(ap: Autopilot, frames: list[np.ndarray], labels: np.ndarray, batch:
     steer = np.array([d.steering for d in decisions])
     exits = np.array([d.exit for d in decisions])
     err = steer - labels
-    final_mae = float(np.abs(np.array(full) - labels).mean()) if len(full) else 0.0
+    full_err = np.abs(np.array(full) - labels)
+    final_mae = float(full_err.mean()) if len(full) else 0.0
     macs = np.cumsum(ap.stage_macs)
     return {
         "steering_mae": float(np.abs(err).mean()),
         "steering_rmse": float(np.sqrt((err**2).mean())),
         "final_head_mae": final_mae,
         "mae_vs_final_head": float(np.abs(err).mean() / max(final_mae, 1e-9)),
+        # how far that ratio could move on other frames like these: one held-out track is
+        # a few dozen independent seconds, and a ratio near the budget is a draw
+        "mae_vs_final_head_ci95": dict(
+            zip(("low", "high"), ratio_interval(np.abs(err), full_err, CalibrationTarget.block), strict=True)
+        )
+        if len(full)
+        else None,
         "early_exit_rate": float(np.mean(exits < ap.n_exits - 1)) if len(exits) else 0.0,
         "exit_rate": {str(k): float(np.mean(exits == k)) for k in range(ap.n_exits)},
         "mean_macs": float(np.mean(macs[exits])) if len(exits) else 0.0,

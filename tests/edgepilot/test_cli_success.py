@@ -68,6 +68,8 @@ def test_eval_calibrate_and_keys(capsys, tmp_path, tiny_model, sample_logs):
     rc, res = run_json(capsys, ["eval", tiny_model, *sample_logs, "--json"])
     assert rc == 0 and res["frames"] == 60 and 0 <= res["steering_mae"] < 1
     assert abs(sum(res["exit_rate"].values()) - 1) < 1e-9 and res["mean_macs"] > 0
+    ci = res["mae_vs_final_head_ci95"]  # 60 frames are 3 blocks: a wide interval around the ratio
+    assert ci["low"] <= res["mae_vs_final_head"] <= ci["high"] and ci["low"] < ci["high"]
     out = tmp_path / "cal.eppkg"
     rc, res = run_json(capsys, ["calibrate", tiny_model, *sample_logs, "--out", str(out), "--json"])
     assert rc == 0 and out.exists() and "thresholds" in res
