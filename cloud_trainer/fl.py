@@ -76,10 +76,10 @@ class FlConfig:
     compress: str = "topk-int8"
     ratio: float = 0.04
     seed: int = 0
-    # the cars' loss: a round is a warm fine-tune, so the same shares as the cloud's warm
-    # runs (edgepilot.model.train: exits learn from the final head, it from exit 1)
+    # the cars' loss: the shares of edgepilot train (exits learn from the final head, it
+    # from exit 1); the server's command takes mutual from the profile's [cloud] mutual
     self_distill: float = TrainConfig.self_distill
-    mutual: float = RetrainConfig.warm_mutual
+    mutual: float = TrainConfig.mutual
     limits: UpdateLimits = field(default_factory=UpdateLimits)
 
     def __post_init__(self) -> None:
@@ -625,7 +625,7 @@ def cli(args: Any) -> dict[str, Any]:
         lr=args.lr,
         compress=args.compress,
         ratio=args.topk,
-        mutual=rcfg.warm_mutual,
+        mutual=rcfg.mutual,
         limits=UpdateLimits(max_norm=args.max_norm),
     )
     if args.eval_tracks is not None:

@@ -411,8 +411,8 @@ def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
         epochs = cfg.warm_edge_epochs if warm else cfg.edge_epochs or cfg.epochs
         keep_last = True if cfg.edge_val_heldout else None  # no epoch picked by the gate's frames
         return TrainConfig(arch="edge", epochs=epochs, max_frames=frames, keep_last=keep_last, **base)
-    epochs, mutual = (cfg.warm_epochs, cfg.warm_mutual) if warm else (cfg.epochs, 0.0)
-    return TrainConfig(arch="early-exit", epochs=epochs, max_frames=cfg.max_frames, mutual=mutual, **base)
+    epochs = cfg.warm_epochs if warm else cfg.epochs
+    return TrainConfig(arch="early-exit", epochs=epochs, max_frames=cfg.max_frames, mutual=cfg.mutual, **base)
 
 
 def _val_logs(cfg: RetrainConfig, target: str, held_dirs: list[str] | None) -> list[str] | None:

@@ -247,9 +247,10 @@ class RetrainConfig:
     warm_start: bool = False
     warm_epochs: int = 3
     warm_edge_epochs: int = 1
-    # the car model's final head learns this share from exit 1 in warm runs (TrainConfig.mutual):
-    # 3 warm epochs otherwise pull the heads apart and calibration certifies few frames early
-    warm_mutual: float = 0.5
+    # the car model's final head learns this share from exit 1, warm and cold runs alike
+    # (TrainConfig.mutual): the heads otherwise drift apart and calibration certifies few
+    # frames early
+    mutual: float = 0.5
     # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick
     tails: bool = True
     tail_epochs: int = 3

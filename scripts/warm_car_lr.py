@@ -5,12 +5,12 @@ run's fp32 package, the expert logs and the car's first drive, at most 8000 fram
 validated on the held-out random_7) from a finished demo's store, and prints its
 calibrated exit share on validation, its validation MAEs (final head, package) and each
 epoch's validation MAE per exit. The learning rate is given; the other knobs default to
-the cloud's (``--mutual``: ``RetrainConfig.warm_mutual``)::
+the cloud's (``--mutual``: ``RetrainConfig.mutual``)::
 
     python scripts/warm_car_lr.py /tmp/demo16 2e-3                  # the demo's own recipe
     python scripts/warm_car_lr.py /tmp/demo16 2e-3 --mutual 0       # as before the tenth round
     python scripts/warm_car_lr.py /tmp/demo16 2e-3 --self-distill 0.2 --mutual 0
-    python scripts/warm_car_lr.py /tmp/demo16 2e-3 --first-run --epochs 6 --mutual 0  # the first model
+    python scripts/warm_car_lr.py /tmp/demo16 2e-3 --first-run --epochs 6  # the first model
 
 Run from anywhere; it works in the demo's clone (its keys verify the packages).
 docs/benchmarks.md#demo (ninth and tenth rounds) has the figures.
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("lr", type=float)
     p.add_argument("--epochs", type=int, default=3, help="the demo's warm run: 3")
     p.add_argument("--self-distill", type=float, default=TrainConfig().self_distill, help="beta (TrainConfig.self_distill)")
-    p.add_argument("--mutual", type=float, default=RetrainConfig().warm_mutual, help="gamma (TrainConfig.mutual)")
+    p.add_argument("--mutual", type=float, default=RetrainConfig().mutual, help="gamma (TrainConfig.mutual)")
     p.add_argument("--exit-weights", default=",".join(f"{w:g}" for w in EXIT_WEIGHTS), help="TrainConfig.exit_weights, comma-separated")
     p.add_argument("--seed", type=int, default=0, help="the training seed (the cloud's: 0)")
     p.add_argument("--first", help="the first car model's version (default: the oldest in the store)")

@@ -2,9 +2,9 @@
 
 The loss is the model's own (``edgepilot.model.train.joint_loss``: soft steering
 targets, every exit weighted, the exits learning from the final head and it from exit 1),
-so a federated model learns what ``edgepilot train --init`` teaches: a round is a warm
-fine-tune, and without the mutual share the heads drift apart and calibration sends fewer
-frames out early (docs/model.md, "Mutual distillation"). FedProx (``mu > 0``) adds ``mu / 2 * ||w - w_global||^2``: it keeps a car whose
+so a federated model learns what ``edgepilot train`` teaches: without the mutual share a
+round's fine-tune pulls the heads apart and calibration sends fewer frames out early
+(docs/model.md, "Mutual distillation"). FedProx (``mu > 0``) adds ``mu / 2 * ||w - w_global||^2``: it keeps a car whose
 frames all come from one track from walking the shared model too far towards that track.
 """
 
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from edgepilot.config import RetrainConfig
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.data import FrameDataset, Sample, load_samples
 from edgepilot.model.nets import StagedNet
@@ -45,7 +44,7 @@ class LocalConfig:
     label_sigma_bins: float = 1.0
     # a server that sends neither (older than these keys) gets edgepilot train --init's loss
     self_distill: float = TrainConfig.self_distill
-    mutual: float = RetrainConfig.warm_mutual
+    mutual: float = TrainConfig.mutual
 
     def __post_init__(self) -> None:
         check_share("self_distill", self.self_distill)

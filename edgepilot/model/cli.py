@@ -59,14 +59,10 @@ def _labels(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _mutual(args: argparse.Namespace) -> float:
-    from edgepilot.config import RetrainConfig
+    from edgepilot.model.train import TrainConfig, check_share
 
     gamma = getattr(args, "mutual", None)
-    if gamma is None:
-        return RetrainConfig().warm_mutual if args.init else 0.0
-    if not 0.0 <= gamma <= 1.0:
-        raise EdgepilotError(f"--mutual is a share in [0, 1], got {gamma}")
-    return gamma
+    return TrainConfig.mutual if gamma is None else check_share("--mutual", gamma)
 
 
 def train(args: argparse.Namespace) -> dict:

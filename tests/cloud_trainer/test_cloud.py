@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -199,9 +200,11 @@ def test_a_warm_retraining_starts_both_models_from_the_current_ones(tmp_path, sa
         edge = job.result()
     assert edge is not None and edge["epochs"] == 1
     assert read_manifest(edge["package"])["training"]["init"]["version"] == edge0["version"]
-    # the warm car model's final head learns from exit 1 (TrainConfig.mutual); a cold one does not
-    assert _train_config(cfg, "car", warm=True).mutual == cfg.warm_mutual > 0
-    assert _train_config(cfg, "car").mutual == 0.0
+    # the car model's final head learns from exit 1 (TrainConfig.mutual), warm or cold, at
+    # the profile's share
+    for mutual in (cfg.mutual, 0.2):
+        assert cfg.mutual > 0 and _train_config(replace(cfg, mutual=mutual), "car", warm=True).mutual == mutual
+        assert _train_config(replace(cfg, mutual=mutual), "car").mutual == mutual
 
 
 def test_a_failing_car_pipeline_stops_the_edge_models_training(tmp_path, sample_logs):

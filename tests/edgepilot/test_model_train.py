@@ -368,16 +368,18 @@ def test_the_final_head_learns_from_exit_1_by_the_mutual_share(gamma):
     assert (got - towards).abs().mean() < 0.02 < (got - away).abs().mean(), ((got - towards).abs().mean(), (got - away).abs().mean())
 
 
-def test_a_warm_start_by_hand_learns_mutually_as_the_clouds_do(tmp_path, synthetic_logs):
-    """``edgepilot train --init`` (like the cloud's warm runs) trains with the cloud's
-    ``warm_mutual``, a cold run without; the manifest says which; a share outside [0, 1] is refused."""
+def test_edgepilot_train_learns_mutually_as_the_cloud_does(tmp_path, synthetic_logs):
+    """``edgepilot train``, cold or warm (``--init``), trains with the cloud's mutual share
+    unless told otherwise; the manifest says which; a share outside [0, 1] is refused."""
     from edgepilot.cli import main
     from edgepilot.config import RetrainConfig
 
-    cold, warm = tmp_path / "cold.eppkg", tmp_path / "warm.eppkg"
+    cold, warm, plain = tmp_path / "cold.eppkg", tmp_path / "warm.eppkg", tmp_path / "plain.eppkg"
     base = [*synthetic_logs, "--epochs", "1"]  # the repo's key, which --init trusts
     assert main(["train", *base, "--out", str(cold)]) == 0
     assert main(["train", *base, "--out", str(warm), "--init", str(cold)]) == 0
-    assert read_manifest(cold)["training"]["mutual"] == 0.0
-    assert read_manifest(warm)["training"]["mutual"] == RetrainConfig().warm_mutual > 0
+    assert main(["train", *base, "--out", str(plain), "--mutual", "0"]) == 0
+    for pkg in (cold, warm):
+        assert read_manifest(pkg)["training"]["mutual"] == RetrainConfig().mutual > 0
+    assert read_manifest(plain)["training"]["mutual"] == 0.0
     assert main(["train", *base, "--out", str(tmp_path / "x.eppkg"), "--mutual", "1.5"]) != 0
