@@ -42,7 +42,7 @@ class LocalConfig:
     mu: float = 0.0  # FedProx proximal strength; 0 is FedAvg
     seed: int = 0
     label_sigma_bins: float = 1.0
-    # a server that sends neither (older than these keys) gets edgepilot train --init's loss
+    # a server that sends neither (older than these keys) gets edgepilot train's loss
     self_distill: float = TrainConfig.self_distill
     mutual: float = TrainConfig.mutual
 
