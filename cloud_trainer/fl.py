@@ -502,7 +502,7 @@ def federated_run(
         log.error("federated run %s: %s", run_id, results["error"])
         return results
     set_arrays(net, tpl, final)
-    fp = _save_global(net, tpl, work, calib, key, manifest.get("version"), cars, cfg)
+    fp = _save_global(net, tpl, work, calib, key, manifest.get("version"), cars, cfg, rcfg.offload_tol)
     car_pkg, report = _gate(registry, results, work, fp["package"], calib, held, rcfg, key)
     results.update(
         report=report, package=str(car_pkg), fp32=fp["package"], elapsed_s=round(time.time() - t0, 1)
@@ -519,9 +519,11 @@ def _save_global(
     parent: str | None,
     cars: list[str],
     cfg: FlConfig,
+    ok_tol: float,
 ) -> dict[str, Any]:
     """The final global model as a signed fp32 car package in ``work``, its exits
-    calibrated on the server's ``calib`` logs; its training record names the parent, the
+    calibrated on the server's ``calib`` logs (offload tolerance ``ok_tol``, the profile's
+    ``offload_tol``, as a central run's); its training record names the parent, the
     cars whose updates were averaged and the run's settings (the limits are the server's
     own policy, not how the model was trained)."""
     training = {
@@ -537,6 +539,7 @@ def _save_global(
         key=key,
         parent=parent,
         training=training,
+        ok_tol=ok_tol,
     )
 
 

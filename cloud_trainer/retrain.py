@@ -403,6 +403,7 @@ def warm_starts(registry: Registry) -> dict[str, Path]:
 
 
 def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
+    from edgepilot.model.calibrate import CalibrationTarget
     from edgepilot.model.train import TrainConfig
 
     base = {"seed": cfg.seed, "threads": cfg.threads}
@@ -412,7 +413,14 @@ def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
         keep_last = True if cfg.edge_val_heldout else None  # no epoch picked by the gate's frames
         return TrainConfig(arch="edge", epochs=epochs, max_frames=frames, keep_last=keep_last, **base)
     epochs = cfg.warm_epochs if warm else cfg.epochs
-    return TrainConfig(arch="early-exit", epochs=epochs, max_frames=cfg.max_frames, mutual=cfg.mutual, **base)
+    return TrainConfig(
+        arch="early-exit",
+        epochs=epochs,
+        max_frames=cfg.max_frames,
+        mutual=cfg.mutual,
+        target=CalibrationTarget(ok_tol=cfg.offload_tol),
+        **base,
+    )
 
 
 def _val_logs(cfg: RetrainConfig, target: str, held_dirs: list[str] | None) -> list[str] | None:

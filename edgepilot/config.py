@@ -247,6 +247,10 @@ class RetrainConfig:
     warm_start: bool = False
     warm_epochs: int = 3
     warm_edge_epochs: int = 1
+    # a car's own answer is good enough within this of the label; calibration sends the
+    # frames where it is not (at most 15% of an exit's) to the edge (CalibrationTarget.ok_tol):
+    # smaller keeps a strong edge node busier
+    offload_tol: float = 0.05
     # the car model's final head learns this share from exit 1, warm and cold runs alike
     # (TrainConfig.mutual): the heads otherwise drift apart and calibration certifies few
     # frames early
@@ -256,6 +260,16 @@ class RetrainConfig:
     tail_epochs: int = 3
     tail_width: int = 96
     tail_max_frames: int | None = None  # default: max_frames
+
+    def __post_init__(self) -> None:
+        # refused when the profile is read, not when a retraining run fails hours later
+        if not self.offload_tol > 0:
+            raise EdgepilotError(f"offload_tol: must be > 0, got {self.offload_tol!r}")
+        if not 0 <= self.mutual <= 1:
+            raise EdgepilotError(f"mutual: must be a share in [0, 1], got {self.mutual!r}")
+        after = getattr(super(), "__post_init__", None)  # CloudConfig: UploadLimits' checks
+        if after is not None:
+            after()
 
 
 @dataclass

@@ -89,9 +89,12 @@ def save_federated(
     key: str | None,
     parent: str | None,
     training: dict[str, Any],
+    ok_tol: float | None = None,
 ) -> dict[str, Any]:
     """The federated model as a signed fp32 package, its exits calibrated on ``calib_logs``
-    (data the server holds: the cars' frames never left them), like ``edgepilot train``'s."""
+    (data the server holds: the cars' frames never left them), like ``edgepilot train``'s;
+    ``ok_tol``: the offload tolerance (``CalibrationTarget.ok_tol``; None: its default)."""
+    from edgepilot.model.calibrate import CalibrationTarget
     from edgepilot.model.data import load_samples
     from edgepilot.model.package import load_private_key
     from edgepilot.model.train import save_calibrated
@@ -111,6 +114,7 @@ def save_federated(
             "calib_logs": [str(p) for p in calib_logs],
             "at": time.time(),
         },
+        target=CalibrationTarget() if ok_tol is None else CalibrationTarget(ok_tol=ok_tol),
     )
     return {
         "package": str(path),

@@ -568,12 +568,14 @@ def save_calibrated(
     parent: str | None,
     metrics: dict,
     training: dict,
+    target: CalibrationTarget | None = None,
 ) -> tuple[Path, dict, dict]:
     """An fp32 package of trained weights that did not come out of ``train`` (distributed,
-    federated): exits calibrated on ``samples``, signed; (path, manifest, calibration)."""
+    federated): exits calibrated on ``samples`` (for ``target``, default
+    ``CalibrationTarget()``), signed; (path, manifest, calibration)."""
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(samples, spec, None), batch_size=256))
     off = untrained_exits(stage_weights(EXIT_WEIGHTS, len(net.stages)))
-    cal = calibrate(steer, conf, labels, CalibrationTarget(), None, off)
+    cal = calibrate(steer, conf, labels, target or CalibrationTarget(), None, off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
     manifest.update(

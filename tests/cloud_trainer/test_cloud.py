@@ -205,6 +205,9 @@ def test_a_warm_retraining_starts_both_models_from_the_current_ones(tmp_path, sa
     for mutual in (cfg.mutual, 0.2):
         assert cfg.mutual > 0 and _train_config(replace(cfg, mutual=mutual), "car", warm=True).mutual == mutual
         assert _train_config(replace(cfg, mutual=mutual), "car").mutual == mutual
+    # and calibrates its offload threshold to the profile's tolerance
+    for warm in (False, True):
+        assert _train_config(replace(cfg, offload_tol=0.03), "car", warm=warm).target.ok_tol == 0.03
 
 
 def test_a_failing_car_pipeline_stops_the_edge_models_training(tmp_path, sample_logs):

@@ -171,3 +171,26 @@ def test_a_round_is_trained_with_the_servers_distillation_shares(monkeypatch, sa
             local.LocalConfig.from_config({"mutual": bad})
         with pytest.raises(EdgepilotError, match="self_distill is a share"):
             FlConfig(self_distill=bad)
+
+
+def test_the_federated_model_is_calibrated_to_the_profiles_offload_tolerance(tmp_path, sample_logs):
+    """The server calibrates the averaged model for the profile's ``offload_tol`` as a
+    central run does: a tolerance every answer meets offloads nothing, one none meets
+    offloads frames, up to what calibration allows (``max_offload``)."""
+    from edgepilot.fl.weights import save_federated
+    from edgepilot.model.calibrate import CalibrationTarget
+    from edgepilot.model.nets import ArchSpec, build_net
+    from edgepilot.model.package import make_keys, read_manifest
+    from edgepilot.model.preprocess import DEFAULT_SPEC
+
+    priv, _ = make_keys(tmp_path / "keys")
+    net = build_net(ArchSpec("early-exit", [4, 4, 8, 8, 8, 8]), DEFAULT_SPEC)
+    rates = {}
+    for tol in (10.0, 1e-4):
+        res = save_federated(net, DEFAULT_SPEC, tmp_path / f"{tol}.eppkg", sample_logs, key=str(priv),
+                             parent=None, training={}, ok_tol=tol)
+        cal = read_manifest(res["package"])["calibration"]
+        assert cal["target"]["ok_tol"] == tol
+        rates[tol] = cal["val_offload_rate"]
+    # (an untrained net's confidences nearly tie, so the cap's quantile takes fewer frames)
+    assert rates[10.0] == 0 < rates[1e-4] <= CalibrationTarget().max_offload, rates
