@@ -95,6 +95,7 @@ def train_ddp(
             "self_distill": cfg.self_distill,
             "mutual": cfg.mutual,
         },
+        train_samples=train_s,
     )
     return {
         "package": str(path),

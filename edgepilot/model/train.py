@@ -569,13 +569,17 @@ def save_calibrated(
     metrics: dict,
     training: dict,
     target: CalibrationTarget | None = None,
+    train_samples: list[Sample] | None = None,
 ) -> tuple[Path, dict, dict]:
     """An fp32 package of trained weights that did not come out of ``train`` (distributed,
     federated): exits calibrated on ``samples`` (for ``target``, default
-    ``CalibrationTarget()``), signed; (path, manifest, calibration)."""
+    ``CalibrationTarget()``), signed; (path, manifest, calibration). ``train_samples``:
+    frames it trained on, to build the threshold path on as ``train`` does, so that every
+    validation block tests it (without them, half the blocks build it)."""
     steer, conf, labels = predict_exits(net, DataLoader(FrameDataset(samples, spec, None), batch_size=256))
     off = untrained_exits(stage_weights(EXIT_WEIGHTS, len(net.stages)))
-    cal = calibrate(steer, conf, labels, target or CalibrationTarget(), None, off)
+    path = path_frames(net, train_samples, spec) if train_samples else None
+    cal = calibrate(steer, conf, labels, target or CalibrationTarget(), path, off)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     manifest = base_manifest(net, spec, state, stage_macs(net, spec))
     manifest.update(

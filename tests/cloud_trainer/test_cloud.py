@@ -117,8 +117,9 @@ def test_two_ddp_workers_reach_the_single_process_quality(tmp_path):
 
 def test_ddp_trains_the_network_and_loss_of_edgepilot_train(tmp_path, sample_logs, monkeypatch):
     """DDP (here one process, as without ``torchrun``) builds ``edgepilot train``'s default
-    network (exit heads included) and trains it with its loss at its shares, and says so in
-    the package's training record."""
+    network (exit heads included) and trains it with its loss at its shares, says so in the
+    package's training record, and builds calibration's threshold path on its training
+    frames, as ``train`` does, so that every validation block tests it."""
     import cloud_trainer.distributed as ddp
     from edgepilot.model.package import make_keys, read_manifest
     from edgepilot.model.train import TrainConfig, arch_of
@@ -139,6 +140,7 @@ def test_ddp_trains_the_network_and_loss_of_edgepilot_train(tmp_path, sample_log
     m = read_manifest(res["package"])
     assert m["arch"] == arch_of(want).to_dict() and m["arch"]["head1"] == want.head1
     assert (m["training"]["self_distill"], m["training"]["mutual"]) == (want.self_distill, want.mutual)
+    assert m["calibration"]["test"]["path_from"] == "training frames"
 
 
 @pytest.mark.parametrize("distill", [False, True])
