@@ -207,7 +207,11 @@ def test_a_warm_retraining_starts_both_models_from_the_current_ones(tmp_path, sa
     for mutual in (cfg.mutual, 0.2):
         assert cfg.mutual > 0 and _train_config(replace(cfg, mutual=mutual), "car", warm=True).mutual == mutual
         assert _train_config(replace(cfg, mutual=mutual), "car").mutual == mutual
-    # and calibrates its offload threshold to the profile's tolerance
+    # and calibrates its offload threshold to the profile's tolerance (by default the same
+    # as edgepilot train's: two literals, the profile's module imports no torch)
+    from edgepilot.model.calibrate import CalibrationTarget
+
+    assert RetrainConfig().offload_tol == CalibrationTarget().ok_tol
     for warm in (False, True):
         assert _train_config(replace(cfg, offload_tol=0.03), "car", warm=warm).target.ok_tol == 0.03
 
