@@ -267,9 +267,6 @@ class RetrainConfig:
             raise EdgepilotError(f"offload_tol: must be > 0, got {self.offload_tol!r}")
         if not 0 <= self.mutual <= 1:
             raise EdgepilotError(f"mutual: must be a share in [0, 1], got {self.mutual!r}")
-        after = getattr(super(), "__post_init__", None)  # CloudConfig: UploadLimits' checks
-        if after is not None:
-            after()
 
 
 @dataclass
@@ -301,6 +298,10 @@ class CloudConfig(RetrainConfig, UploadLimits):
     store: str = "var/cloud"
     retrain_min_frames: int = 2000
     announce_ttl_s: float = 7 * 24 * 3600.0  # model announcements expire; re-announced every quarter
+
+    def __post_init__(self) -> None:
+        RetrainConfig.__post_init__(self)
+        UploadLimits.__post_init__(self)
 
     def retrain(self) -> RetrainConfig:
         """The retraining knobs alone (what a run, or its isolated child, is given)."""

@@ -114,7 +114,7 @@ def save_federated(
             "calib_logs": [str(p) for p in calib_logs],
             "at": time.time(),
         },
-        target=CalibrationTarget() if ok_tol is None else CalibrationTarget(ok_tol=ok_tol),
+        target=None if ok_tol is None else CalibrationTarget(ok_tol=ok_tol),
     )
     return {
         "package": str(path),
