@@ -277,7 +277,10 @@ def calibrate(
             offload.append(None)
             continue
         t_ok = lowest_threshold(chosen_c[sel], ok[sel], target.ok_share)
-        t_cap = float(np.quantile(chosen_c[sel], target.max_offload))
+        # the k-th lowest confidence: at most k frames lie below it (an interpolated
+        # quantile let one frame more than max_offload through on a small split)
+        ranked = np.sort(chosen_c[sel])
+        t_cap = float(ranked[min(math.floor(target.max_offload * len(ranked)), len(ranked) - 1)])
         t = min(t_ok, t_cap) if math.isfinite(t_ok) else t_cap
         offload.append(round(float(t), 6))
         hard[sel] = chosen_c[sel] < t

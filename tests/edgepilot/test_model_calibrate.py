@@ -126,6 +126,18 @@ def test_offload_thresholds_cap_the_hard_share():
     assert len(cal["offload"]) == 2
 
 
+@pytest.mark.parametrize("n", [20, 30, 47, 61, 113])
+def test_the_offload_cap_holds_on_small_splits_to_the_frame(n):
+    """Every frame wrong, so only the cap limits offloading: at most floor(15% of n) frames
+    are hard (an interpolated quantile let one frame more through at n = 30 and 113)."""
+    rng = np.random.default_rng(n)
+    labels = rng.uniform(-1, 1, n)
+    conf = rng.uniform(0, 1, n)
+    cal = calibrate([labels + 0.5, labels + 0.5], [conf, conf], labels, CalibrationTarget())
+    hard = round(cal["val_offload_rate"] * n)
+    assert hard == math.floor(0.15 * n), (hard, n)
+
+
 def test_exit_that_is_never_right_is_never_taken():
     rng = np.random.default_rng(2)
     n = 500
