@@ -196,3 +196,49 @@ def test_the_federated_model_is_calibrated_to_the_profiles_offload_tolerance(tmp
         assert cal["target"]["ok_tol"] == tol
         rates[tol] = cal["val_offload_rate"]
     assert rates[10.0] < rates[1e-4] <= CalibrationTarget().max_offload + 1e-9, rates
+
+
+def test_an_exits_round_trains_only_the_early_exits_heads_and_sends_only_them(sample_logs):
+    """The server's last round (``FlConfig.exit_rounds``) tells the cars to train only the
+    early exits' heads: exit 1's head moves; the bodies, the final head, exit 0's head (its
+    loss weight is 0) and every batch-norm statistic come back bit for bit; the car sends
+    the head whole and each held tensor in a few bytes, and keeps the full rounds' residual
+    for itself; the net is trainable again afterwards."""
+    import json
+
+    import torch
+
+    import edgepilot.fl.local as local
+    from cloud_trainer.fl import FlConfig
+    from edgepilot.fl.client import CarTrainer
+    from edgepilot.fl.codec import decode
+    from edgepilot.fl.options import ClientOptions
+    from edgepilot.fl.weights import template_of
+    from edgepilot.model.nets import ArchSpec, build_net
+    from edgepilot.model.preprocess import DEFAULT_SPEC
+
+    cfg = FlConfig(rounds=2, exit_rounds=1)
+    arch = ArchSpec("early-exit", [4, 4, 8, 8, 8, 8])
+    sent = [cfg.fit_config(r, json.dumps(arch.to_dict()), json.dumps(DEFAULT_SPEC.to_dict())) for r in (1, 2, 3)]
+    assert cfg.total_rounds == 3 and [s["scope"] for s in sent] == ["all", "all", "exits"]
+    assert (sent[2]["ratio"], sent[2]["epochs"]) == (1.0, 1) and sent[1]["ratio"] == cfg.ratio
+
+    torch.manual_seed(0)
+    net = build_net(arch, DEFAULT_SPEC)
+    tpl = template_of(net, DEFAULT_SPEC)
+    start = [v.detach().numpy().copy() for v in net.state_dict().values() if v.is_floating_point()]
+    car = CarTrainer(ClientOptions("car-a", sample_logs[:1]), local.car_samples(sample_logs[:1], 64))
+    car.encoder.residual = [np.full(s, 0.5, np.float32) for s in tpl.shapes]  # left by full rounds
+    blob, _, _ = car.fit(start, {**sent[2], "nonce": "n"})
+    _, update = decode(blob, tpl.shapes)
+    moved = {k for k, u in zip(tpl.keys, update, strict=True) if np.abs(u).max() > 0}
+    assert moved and all(k.startswith("stages.1.head.") for k in moved), moved
+    assert {k for k in tpl.keys if k.startswith("stages.1.head.")} == moved
+    held = sum(u.size for k, u in zip(tpl.keys, update, strict=True) if k not in moved)
+    assert len(blob) < sum(u.size for k, u in zip(tpl.keys, update, strict=True) if k in moved) + held // 10
+    assert all(float(r.max()) == 0.5 for r in car.encoder.residual)  # untouched
+    assert all(p.requires_grad for p in car.net.parameters())
+    with pytest.raises(EdgepilotError, match="unknown round scope"):
+        local.LocalConfig.from_config({"scope": "bodies"})
+    with pytest.raises(EdgepilotError, match="exit_rounds"):
+        FlConfig(exit_rounds=-1)
