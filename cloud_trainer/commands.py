@@ -55,13 +55,6 @@ def _fl_server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", nargs="+", metavar="LOG", help="the server's own logs: exit calibration, int8, gate")
     # defaults: the settings `edgepilot bench fl` measured (docs/benchmarks.md)
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument(
-        "--exit-rounds",
-        type=int,
-        default=1,
-        help="rounds after --rounds in which the cars train only the early exits' heads, from the final "
-        "head (more frames leave early; docs/federated.md)",
-    )
     p.add_argument("--cars", type=int, default=2, help="cars a round waits for (up to --wait s)")
     p.add_argument("--min-cars", type=int, help="fewest cars a round goes on with (default: --cars)")
     p.add_argument("--wait", type=float, default=120.0, help="seconds a round waits for --cars to connect")

@@ -80,9 +80,6 @@ class FlConfig:
     # from exit 1); the server's command takes mutual from the profile's [cloud] mutual
     self_distill: float = TrainConfig.self_distill
     mutual: float = TrainConfig.mutual
-    # rounds after ``rounds`` that train only the early exits' heads, from the final head
-    # (edgepilot.fl.local): the full rounds leave exit 1 behind the final head
-    exit_rounds: int = 1
     limits: UpdateLimits = field(default_factory=UpdateLimits)
 
     def __post_init__(self) -> None:
@@ -93,33 +90,18 @@ class FlConfig:
         CodecConfig(self.compress, self.ratio)  # refuse a bad mode before a car trains
         check_share("self_distill", self.self_distill)
         check_share("mutual", self.mutual)
-        if self.rounds < 1 or self.exit_rounds < 0:
-            raise EdgepilotError(
-                f"rounds must be >= 1 and exit_rounds >= 0, got {self.rounds} and {self.exit_rounds}"
-            )
-
-    @property
-    def total_rounds(self) -> int:
-        return self.rounds + self.exit_rounds
-
-    def scope(self, rnd: int) -> str:
-        """What round ``rnd`` trains (``edgepilot.fl.local.SCOPES``)."""
-        return "exits" if rnd > self.rounds else "all"
 
     def fit_config(self, rnd: int, arch: str, spec: str) -> dict[str, Any]:
         """What every car is told for round ``rnd`` (Flower config: scalars only)."""
-        heads = self.scope(rnd) == "exits"
         return {
             "round": rnd,
-            "scope": self.scope(rnd),
-            # the heads are small: one pass at half the starting rate, sent whole
-            "epochs": 1 if heads else self.epochs,
+            "epochs": self.epochs,
             "batch": self.batch,
             # cosine over the rounds, as central training decays over its epochs
-            "lr": self.lr * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / self.rounds)) if not heads else self.lr * 0.5,
+            "lr": self.lr * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / max(self.rounds, 1))),
             "mu": self.mu if self.strategy == "fedprox" else 0.0,
             "compress": self.compress,
-            "ratio": 1.0 if heads else self.ratio,
+            "ratio": self.ratio,
             "seed": self.seed,
             "self_distill": self.self_distill,
             "mutual": self.mutual,
@@ -132,7 +114,6 @@ class FlConfig:
 @dataclass
 class RoundLog:
     round: int
-    scope: str = "all"  # what the cars trained: every weight, or the early exits' heads
     cars: list[str] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
@@ -176,7 +157,7 @@ def _strategy_class() -> type:
             # the first round waits for the whole expected fleet; later ones go on with
             # whoever is still connected (a car that dropped out is not waited for again)
             want = self.cfg.cars if server_round == 1 else self.cfg.min_cars
-            rl = RoundLog(server_round, self.cfg.scope(server_round))
+            rl = RoundLog(server_round)
             self.rounds.append(rl)
             if self.trust is None:
                 client_manager.wait_for(want, timeout=int(self.cfg.wait_s))
@@ -429,12 +410,12 @@ def run_rounds(
         link.address,
         "TLS" if link.certificates else "plaintext",
         "challenged cars, signed updates only" if link.trust else "cars not authenticated",
-        cfg.total_rounds,
+        cfg.rounds,
         cfg.strategy,
         cfg.compress,
     )
     try:
-        server.fit(num_rounds=cfg.total_rounds, timeout=cfg.round_timeout_s)
+        server.fit(num_rounds=cfg.rounds, timeout=cfg.round_timeout_s)
         server.disconnect_all_clients(timeout=10.0)
     finally:
         grpc_server.stop(grace=1)
@@ -637,7 +618,6 @@ def cli(args: Any) -> dict[str, Any]:
     rcfg = prof.cloud.retrain()
     cfg = FlConfig(
         rounds=args.rounds,
-        exit_rounds=args.exit_rounds,
         cars=args.cars,
         min_cars=args.min_cars or args.cars,
         wait_s=args.wait,

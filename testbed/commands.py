@@ -89,9 +89,6 @@ def _bench_fl(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cars", type=int, default=4, help="simulated cars, each on its own track (non-IID)")
     p.add_argument("--laps", type=int, default=2, help="expert laps each car records")
     p.add_argument("--rounds", type=int, default=12, help="federated rounds")
-    p.add_argument(
-        "--exit-rounds", type=int, default=1, help="rounds after them that train only the early exits' heads"
-    )
     p.add_argument("--local-epochs", type=int, default=2, help="local epochs per round")
     p.add_argument("--epochs", type=int, default=8, help="central retraining epochs")
     p.add_argument("--strategies", default="fedavg,fedprox", help="federated strategies to compare")

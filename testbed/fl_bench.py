@@ -50,7 +50,6 @@ class BenchConfig:
     cars: int = 4
     laps: int = 2
     rounds: int = 12
-    exit_rounds: int = 1
     local_epochs: int = 2
     central_epochs: int = 8
     strategies: tuple[str, ...] = ("fedavg", "fedprox")
@@ -158,7 +157,7 @@ def federated(
     chaos = [("garbage", "nan", "0"), ("dropout", "drop", "1")]
     sup.edgepilot(
         f"fl-server-{strategy}", "fl", "server", "--store", str(store), "--listen", addr,
-        "--reference", *data["reference"], *data["gate"], "--rounds", str(cfg.rounds), "--exit-rounds", str(cfg.exit_rounds), "--cars", str(cfg.cars + len(chaos)),
+        "--reference", *data["reference"], *data["gate"], "--rounds", str(cfg.rounds), "--cars", str(cfg.cars + len(chaos)),
         "--min-cars", str(cfg.cars), "--wait", "600", "--round-timeout", "1800", "--strategy", strategy,
         "--mu", str(cfg.mu), "--lr", str(cfg.lr), "--local-epochs", str(cfg.local_epochs), "--compress", cfg.compress,
         "--topk", str(cfg.topk), "--eval-tracks", "", "--workdir", str(work), "--no-push", "--json",
@@ -229,12 +228,7 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.fresh:
         shutil.rmtree(work, ignore_errors=True)
     t_start = time.time()
-    out: dict[str, Any] = {
-        "cars": cfg.cars,
-        "rounds": cfg.rounds,
-        "exit_rounds": cfg.exit_rounds,
-        "local_epochs": cfg.local_epochs,
-    }
+    out: dict[str, Any] = {"cars": cfg.cars, "rounds": cfg.rounds, "local_epochs": cfg.local_epochs}
     out.update(lr=cfg.lr, mu=cfg.mu)
     with Supervisor(work / "proc") as sup:
         data = record_all(cfg, sup, work / "data")
@@ -318,7 +312,6 @@ def run(args: Any) -> dict[str, Any]:
         cars=args.cars,
         laps=args.laps,
         rounds=args.rounds,
-        exit_rounds=args.exit_rounds,
         local_epochs=args.local_epochs,
         central_epochs=args.epochs,
         strategies=tuple(args.strategies.split(",")),

@@ -115,15 +115,12 @@ class CarTrainer:
             return self._last
         net, tpl = self._model(config)
         set_arrays(net, tpl, parameters)
-        codec = CodecConfig(str(config.get("compress", "topk-int8")), float(config.get("ratio", 0.05)))
-        local = LocalConfig.from_config(config)
-        # an exits round sends what it trained and nothing else: the residual carried from the
-        # full rounds would move the held weights; the tensors it held are all zero (codec)
-        encoder = self.encoder if local.scope == "all" else Encoder(codec)
-        encoder.cfg = codec
-        res = local_train(net, tpl.spec, self.samples, local, rnd)
+        self.encoder.cfg = CodecConfig(
+            str(config.get("compress", "topk-int8")), float(config.get("ratio", 0.05))
+        )
+        res = local_train(net, tpl.spec, self.samples, LocalConfig.from_config(config), rnd)
         update = [a - g for a, g in zip(get_arrays(net, tpl), parameters, strict=True)]
-        blob = self._faulty(update, rnd, fault, float(config.get("deadline_s", 0)), encoder)
+        blob = self._faulty(update, rnd, fault, float(config.get("deadline_s", 0)))
         self.stats.rounds += 1
         self.stats.bytes_sent += len(blob)
         self.stats.bytes_received += int(sum(p.nbytes for p in parameters))
@@ -175,9 +172,7 @@ class CarTrainer:
     def _fault(self, rnd: int) -> str | None:
         return self.opts.fault if self.opts.fault_round in (0, rnd) else None
 
-    def _faulty(
-        self, update: list[np.ndarray], rnd: int, fault: str | None, deadline_s: float, encoder: Encoder
-    ) -> bytes:
+    def _faulty(self, update: list[np.ndarray], rnd: int, fault: str | None, deadline_s: float) -> bytes:
         if fault == "drop":
             log.warning("fault: dying mid-round %d", rnd)
             os._exit(3)
@@ -187,10 +182,10 @@ class CarTrainer:
             update[0].flat[0] = np.nan
             return Encoder(CodecConfig("none")).encode(update)
         if fault == "huge":  # a fresh encoder: the garbage must not linger in the residual
-            return Encoder(encoder.cfg).encode([u * 1e6 for u in update])
+            return Encoder(self.encoder.cfg).encode([u * 1e6 for u in update])
         if fault == "shape":
-            return Encoder(encoder.cfg).encode(update[:-1])
-        return encoder.encode(update)
+            return Encoder(self.encoder.cfg).encode(update[:-1])
+        return self.encoder.encode(update)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -11,8 +11,7 @@ weights it started from, one array per tensor of the ``weights.Template``. Modes
 
 Indices take 2 bytes in tensors of at most 65536 values, else 4 (the receiver knows the
 shapes, so the width needs no flag); a tensor sent whole (``k == size``: every tensor of
-at most ``DENSE_MAX`` values) has none. Top-k never sends more values than a tensor has that
-are not zero (at least one), so a tensor a round did not train costs under 20 bytes. Error feedback (``Encoder``): what compression
+at most ``DENSE_MAX`` values) has none. Error feedback (``Encoder``): what compression
 dropped or rounded away this round is added to the next round's update, so nothing a
 car learned is lost for good, only delayed (Seide et al. 2014; Stich et al. 2018).
 
@@ -73,8 +72,7 @@ def _pack_tensor(x: np.ndarray, cfg: CodecConfig) -> tuple[bytes, np.ndarray]:
     if cfg.mode == "int8":
         scale, q = _int8(x)
         return struct.pack("<f", scale) + q.tobytes(), q.astype(np.float32) * np.float32(scale)
-    # never more values than are not zero: a tensor a round held costs a few bytes
-    k = n if n <= DENSE_MAX else min(n, max(1, math.ceil(cfg.ratio * n)), max(1, np.count_nonzero(x)))
+    k = n if n <= DENSE_MAX else min(n, max(1, math.ceil(cfg.ratio * n)))
     idx = np.sort(np.argpartition(np.abs(x), n - k)[n - k :]) if k < n else np.arange(n)
     vals = x[idx]
     out = np.zeros(n, np.float32)

@@ -6,12 +6,6 @@ so a federated model learns what ``edgepilot train`` teaches: without the mutual
 round's fine-tune pulls the heads apart and calibration sends fewer frames out early
 (docs/model.md, "Mutual distillation"). FedProx (``mu > 0``) adds ``mu / 2 * ||w - w_global||^2``: it keeps a car whose
 frames all come from one track from walking the shared model too far towards that track.
-
-A round of scope ``exits`` (the server's last, ``FlConfig.exit_rounds``) trains only the
-early exits' heads, from the final head, with every other weight and the batch-norm
-statistics held: federated rounds leave exit 1 behind the final head (its answers 8-11%
-less accurate, so calibration lets few frames out early), and a head round closes most of
-that gap without moving the final head (docs/federated.md).
 """
 
 from __future__ import annotations
@@ -23,7 +17,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from edgepilot import EdgepilotError
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.data import FrameDataset, Sample, load_samples
 from edgepilot.model.nets import StagedNet
@@ -37,8 +30,6 @@ from edgepilot.model.train import (
     stage_weights,
 )
 from edgepilot.schema.log import TRAINING_LABELS
-
-SCOPES = ("all", "exits")  # what a round trains: every weight, or only the early exits' heads
 
 
 @dataclass
@@ -54,13 +45,10 @@ class LocalConfig:
     # a server that sends neither (older than these keys) gets edgepilot train's loss
     self_distill: float = TrainConfig.self_distill
     mutual: float = TrainConfig.mutual
-    scope: str = "all"
 
     def __post_init__(self) -> None:
         check_share("self_distill", self.self_distill)
         check_share("mutual", self.mutual)
-        if self.scope not in SCOPES:
-            raise EdgepilotError(f"unknown round scope {self.scope!r}; one of {', '.join(SCOPES)}")
 
     @classmethod
     def from_config(cls, cfg: dict) -> LocalConfig:
@@ -72,7 +60,6 @@ class LocalConfig:
             seed=int(cfg.get("seed", cls.seed)),
             self_distill=float(cfg.get("self_distill", cls.self_distill)),
             mutual=float(cfg.get("mutual", cls.mutual)),
-            scope=str(cfg.get("scope", cls.scope)),
         )
 
 
@@ -106,44 +93,26 @@ def local_train(
         generator=torch.Generator().manual_seed(cfg.seed + rnd),
         drop_last=len(samples) > cfg.batch,
     )
-    weights = stage_weights(EXIT_WEIGHTS, len(net.stages))
-    params = _trained_params(net, cfg.scope, weights)
+    params = [p for p in net.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if cfg.mu > 0 else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    if cfg.scope == "exits":
-        weights[-1] = 0.0  # the final head is held: only what it teaches the exits counts
+    weights = stage_weights(EXIT_WEIGHTS, len(net.stages))
     total, n = 0.0, 0
-    try:
-        for epoch in range(cfg.epochs):
-            ds.set_epoch(epoch)
-            net.train(cfg.scope == "all")  # an exits round holds the batch-norm statistics too
-            for x, s, th in loader:
-                s, th = s.float(), th.float()
-                target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
-                loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill, net.arch.learned, cfg.mutual)
-                if anchor:
-                    loss = loss + 0.5 * cfg.mu * sum(
-                        ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True)
-                    )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.item()) * len(x)
-                n += len(x)
-    finally:
-        for p in net.parameters():
-            p.requires_grad_(True)
+    for epoch in range(cfg.epochs):
+        ds.set_epoch(epoch)
+        net.train()
+        for x, s, th in loader:
+            s, th = s.float(), th.float()
+            target = soft_targets(s, net.arch.bins, cfg.label_sigma_bins)
+            loss = joint_loss(net(x), target, s, th, weights, cfg.self_distill, net.arch.learned, cfg.mutual)
+            if anchor:
+                loss = loss + 0.5 * cfg.mu * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True)
+                )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.item()) * len(x)
+            n += len(x)
     net.eval()
     return LocalResult(len(samples), total / max(n, 1), time.perf_counter() - t0)
-
-
-def _trained_params(net: StagedNet, scope: str, weights: list[float]) -> list[torch.nn.Parameter]:
-    """The parameters a round of ``scope`` trains (the others get no gradient, and no
-    weight decay either: an exits round leaves them exactly as they came)."""
-    if scope == "exits":
-        for p in net.parameters():
-            p.requires_grad_(False)
-        for stage, w in zip(net.stages[:-1], weights, strict=False):
-            for p in stage.head.parameters():
-                p.requires_grad_(w > 0)  # an exit the loss does not weigh is not trained
-    return [p for p in net.parameters() if p.requires_grad]

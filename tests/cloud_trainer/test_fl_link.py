@@ -58,7 +58,7 @@ def _federate(
     from edgepilot.fl.link import server_link
 
     tpl, start = _net()
-    cfg = FlConfig(rounds=rounds, exit_rounds=0, cars=len(clients), min_cars=2, wait_s=wait_s, round_timeout_s=120)
+    cfg = FlConfig(rounds=rounds, cars=len(clients), min_cars=2, wait_s=wait_s, round_timeout_s=120)
     cfg.epochs, cfg.batch = 1, 8
     out: dict[str, object] = {}
 
