@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from edgepilot.cli import Command, add_broker
+from edgepilot.config import RetrainConfig
 
 
 def _demo(p: argparse.ArgumentParser) -> None:
@@ -90,7 +91,9 @@ def _bench_fl(p: argparse.ArgumentParser) -> None:
     p.add_argument("--laps", type=int, default=2, help="expert laps each car records")
     p.add_argument("--rounds", type=int, default=12, help="federated rounds")
     p.add_argument("--local-epochs", type=int, default=2, help="local epochs per round")
-    p.add_argument("--epochs", type=int, default=8, help="central retraining epochs")
+    p.add_argument(
+        "--epochs", type=int, default=RetrainConfig.epochs, help="central retraining epochs (the cloud's)"
+    )
     p.add_argument("--strategies", default="fedavg,fedprox", help="federated strategies to compare")
     p.add_argument("--lr", type=float, default=2e-3, help="local learning rate (cosine over the rounds)")
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal strength")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepilot import EdgepilotError
+from edgepilot.config import RetrainConfig
 from edgepilot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class BenchConfig:
     laps: int = 2
     rounds: int = 12
     local_epochs: int = 2
-    central_epochs: int = 8
+    central_epochs: int = RetrainConfig.epochs  # as the cloud's (cold) car runs
     strategies: tuple[str, ...] = ("fedavg", "fedprox")
     mu: float = 0.01
     lr: float = 2e-3

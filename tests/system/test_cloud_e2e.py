@@ -74,6 +74,7 @@ def test_drive_upload_retrain_gate_push_swap_tamper_rollback(broker, tmp_path, m
 
     cfg = RetrainConfig(
         epochs=1,
+        edge_epochs=1,
         max_frames=200,
         eval_frames=100,
         eval_seconds=4,

@@ -279,6 +279,7 @@ def test_cloud_killed_mid_training_registry_intact_and_a_restart_carries_on(brok
         store_dir,
         retrain_min_frames=10,
         epochs=1,
+        edge_epochs=1,
         max_frames=240,
         eval_tracks=[],
         margin_mae=1.0,
