@@ -208,9 +208,9 @@ class EdgeConfig:
 class RetrainConfig:
     """One retraining run of the cloud trainer (``cloud_trainer.retrain``) and its gate."""
 
-    # the car model trains as long as `edgepilot train` does: on bench fl's five sessions, 20
-    # epochs against 8 cut the held-out steering MAE 16% for 2.3x the training time
-    # (docs/benchmarks.md#model, twelfth round)
+    # the car model's cold runs: on bench fl's five sessions, seeds 0-2 side by side, 20
+    # epochs cut the held-out steering MAE 16% against 8 (12: 7%) for 2.4x the training
+    # time (docs/benchmarks.md#model, twelfth round)
     epochs: int = 20
     edge_epochs: int | None = 8  # None: epochs
     edge_max_frames: int | None = None  # default: max_frames
