@@ -75,6 +75,9 @@ class FlConfig:
     lr: float = 2e-3
     compress: str = "topk-int8"
     ratio: float = 0.04
+    # top-k share of the trained early exits' heads: at ``ratio`` exit 1 fell behind the
+    # final head and few frames left early (edgepilot.fl.local.tensor_ratios)
+    exit_ratio: float = 0.12
     seed: int = 0
     # the cars' loss: the shares of edgepilot train (exits learn from the final head, it
     # from exit 1); the server's command takes mutual from the profile's [cloud] mutual
@@ -87,7 +90,7 @@ class FlConfig:
             raise EdgepilotError(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
         if not 1 <= self.min_cars <= max(self.cars, 1):
             raise EdgepilotError(f"min_cars must be between 1 and cars ({self.cars}), got {self.min_cars}")
-        CodecConfig(self.compress, self.ratio)  # refuse a bad mode before a car trains
+        CodecConfig(self.compress, self.ratio, (self.exit_ratio,))  # refuse a bad mode before a car trains
         check_share("self_distill", self.self_distill)
         check_share("mutual", self.mutual)
 
@@ -102,6 +105,7 @@ class FlConfig:
             "mu": self.mu if self.strategy == "fedprox" else 0.0,
             "compress": self.compress,
             "ratio": self.ratio,
+            "exit_ratio": self.exit_ratio,
             "seed": self.seed,
             "self_distill": self.self_distill,
             "mutual": self.mutual,
@@ -581,7 +585,9 @@ def _summary(cfg: FlConfig, rounds: list[RoundLog], parent: str | None, link: Se
     """The run in one flat dict (the report's ``federated`` line)."""
     return {
         "strategy": cfg.strategy,
-        "compress": cfg.compress if not cfg.compress.startswith("topk") else f"{cfg.compress}@{cfg.ratio:g}",
+        "compress": cfg.compress
+        if not cfg.compress.startswith("topk")
+        else f"{cfg.compress}@{cfg.ratio:g}/{cfg.exit_ratio:g}",
         "rounds": len(rounds),
         "rounds_applied": sum(r.applied for r in rounds),
         "cars": len({c for r in rounds for c in r.cars}),
@@ -628,6 +634,7 @@ def cli(args: Any) -> dict[str, Any]:
         lr=args.lr,
         compress=args.compress,
         ratio=args.topk,
+        exit_ratio=args.exit_topk,
         mutual=rcfg.mutual,
         limits=UpdateLimits(max_norm=args.max_norm),
     )

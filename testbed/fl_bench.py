@@ -58,6 +58,7 @@ class BenchConfig:
     lr: float = 2e-3
     compress: str = "topk-int8"
     topk: float = 0.04
+    exit_topk: float = 0.12
     eval_seconds: float = 30.0
     workdir: str = "var/bench-fl"
     fresh: bool = False
@@ -161,7 +162,7 @@ def federated(
         "--reference", *data["reference"], *data["gate"], "--rounds", str(cfg.rounds), "--cars", str(cfg.cars + len(chaos)),
         "--min-cars", str(cfg.cars), "--wait", "600", "--round-timeout", "1800", "--strategy", strategy,
         "--mu", str(cfg.mu), "--lr", str(cfg.lr), "--local-epochs", str(cfg.local_epochs), "--compress", cfg.compress,
-        "--topk", str(cfg.topk), "--eval-tracks", "", "--workdir", str(work), "--no-push", "--json",
+        "--topk", str(cfg.topk), "--exit-topk", str(cfg.exit_topk), "--eval-tracks", "", "--workdir", str(work), "--no-push", "--json",
         expect_exit=True,
     )  # fmt: skip
     clients = []
@@ -298,7 +299,7 @@ def summarize(
             for s, r in runs.items()
         },
         frames={"cars": [_frames(p) for p in data["cars"]], "reference": _frames(data["reference"][0])},
-        compress=f"{cfg.compress}@{cfg.topk:g}",
+        compress=f"{cfg.compress}@{cfg.topk:g}/{cfg.exit_topk:g}",
         elapsed_s=round(elapsed, 1),
     )
     return out
@@ -320,6 +321,7 @@ def run(args: Any) -> dict[str, Any]:
         lr=args.lr,
         compress=args.compress,
         topk=args.topk,
+        exit_topk=args.exit_topk,
         eval_seconds=args.eval_seconds,
         workdir=args.workdir,
         fresh=args.fresh,

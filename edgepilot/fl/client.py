@@ -40,7 +40,7 @@ from edgepilot import EdgepilotError
 from edgepilot.fl.auth import Identity, load_identity
 from edgepilot.fl.codec import CodecConfig, Encoder
 from edgepilot.fl.link import client_root_certificates, probe
-from edgepilot.fl.local import LocalConfig, car_samples, local_train
+from edgepilot.fl.local import LocalConfig, car_samples, local_train, tensor_ratios
 from edgepilot.fl.options import FAULTS, ClientOptions
 from edgepilot.fl.weights import Template, get_arrays, set_arrays, template_of
 from edgepilot.model.data import Sample
@@ -115,8 +115,12 @@ class CarTrainer:
             return self._last
         net, tpl = self._model(config)
         set_arrays(net, tpl, parameters)
+        ratio = float(config.get("ratio", 0.05))
+        exit_ratio = float(config.get("exit_ratio", ratio))  # a server older than the key: one share
         self.encoder.cfg = CodecConfig(
-            str(config.get("compress", "topk-int8")), float(config.get("ratio", 0.05))
+            str(config.get("compress", "topk-int8")),
+            ratio,
+            tensor_ratios(tpl.keys, len(net.stages), ratio, exit_ratio),
         )
         res = local_train(net, tpl.spec, self.samples, LocalConfig.from_config(config), rnd)
         update = [a - g for a, g in zip(get_arrays(net, tpl), parameters, strict=True)]

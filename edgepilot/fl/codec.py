@@ -11,7 +11,8 @@ weights it started from, one array per tensor of the ``weights.Template``. Modes
 
 Indices take 2 bytes in tensors of at most 65536 values, else 4 (the receiver knows the
 shapes, so the width needs no flag); a tensor sent whole (``k == size``: every tensor of
-at most ``DENSE_MAX`` values) has none. Error feedback (``Encoder``): what compression
+at most ``DENSE_MAX`` values) has none. Top-k can give each tensor its own share
+(``CodecConfig.ratios``): the wire form carries each tensor's count anyway. Error feedback (``Encoder``): what compression
 dropped or rounded away this round is added to the next round's update, so nothing a
 car learned is lost for good, only delayed (Seide et al. 2014; Stich et al. 2018).
 
@@ -45,12 +46,19 @@ class UpdateError(EdgepilotError):
 class CodecConfig:
     mode: str = "topk-int8"
     ratio: float = 0.05  # top-k: the share of each tensor's values sent
+    # top-k: a share per tensor instead (one per tensor of the update, in order); empty: ``ratio``
+    ratios: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise EdgepilotError(f"unknown update compression {self.mode!r}; one of {', '.join(MODES)}")
-        if not 0.0 < self.ratio <= 1.0:
-            raise EdgepilotError(f"top-k ratio must be in (0, 1], got {self.ratio}")
+        for r in (self.ratio, *self.ratios):
+            if not 0.0 < r <= 1.0:
+                raise EdgepilotError(f"top-k ratio must be in (0, 1], got {r}")
+
+    def of(self, i: int) -> CodecConfig:
+        """The settings for tensor ``i`` alone."""
+        return CodecConfig(self.mode, self.ratios[i]) if self.ratios else self
 
 
 def _index_dtype(n: int) -> np.dtype:
@@ -95,10 +103,12 @@ class Encoder:
     def encode(self, update: list[np.ndarray]) -> bytes:
         if self.residual is None or [r.shape for r in self.residual] != [u.shape for u in update]:
             self.residual = [np.zeros(u.shape, np.float32) for u in update]
+        if self.cfg.ratios and len(self.cfg.ratios) != len(update):
+            raise EdgepilotError(f"{len(self.cfg.ratios)} top-k ratios for an update of {len(update)} tensors")
         parts = [MAGIC, struct.pack("<BI", MODES.index(self.cfg.mode), len(update))]
         for i, u in enumerate(update):
             acc = (np.asarray(u, np.float32) + self.residual[i]).ravel()
-            blob, sent = _pack_tensor(acc, self.cfg)
+            blob, sent = _pack_tensor(acc, self.cfg.of(i))
             parts.append(blob)
             self.residual[i] = (acc - sent).reshape(u.shape)
         return b"".join(parts)

@@ -70,6 +70,20 @@ class LocalResult:
     seconds: float
 
 
+def tensor_ratios(keys: list[str], n_stages: int, ratio: float, exit_ratio: float) -> tuple[float, ...]:
+    """Each tensor's top-k share (``codec.CodecConfig.ratios``): ``exit_ratio`` for the
+    heads of the early exits the loss trains, ``ratio`` for every other tensor. At one
+    share for all, exit 1's head learnt too little of each round (most of its update
+    waited in the residual) and exit 1 fell 6-11% behind the final head, so few frames
+    could leave there (docs/benchmarks.md#federated-fine-tuning-issue-17); () when the two
+    shares are the same."""
+    if exit_ratio == ratio:
+        return ()
+    weights = stage_weights(EXIT_WEIGHTS, n_stages)
+    heads = tuple(f"stages.{k}.head." for k in range(n_stages - 1) if weights[k] > 0)
+    return tuple(exit_ratio if key.startswith(heads) else ratio for key in keys)
+
+
 def car_samples(logs: list[str], max_frames: int | None = None) -> list[Sample]:
     """A car's training frames: human or expert labels only (``schema.log.TRAINING_LABELS``),
     evenly subsampled to ``max_frames``."""
