@@ -3,6 +3,7 @@ number of cars, the weighted average; and where the federated run starts from.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,3 +197,40 @@ def test_the_federated_model_is_calibrated_to_the_profiles_offload_tolerance(tmp
         assert cal["target"]["ok_tol"] == tol
         rates[tol] = cal["val_offload_rate"]
     assert rates[10.0] < rates[1e-4] <= CalibrationTarget().max_offload + 1e-9, rates
+
+
+def test_the_early_exits_heads_get_their_own_top_k_share(sample_logs):
+    """The server tells the cars a top-k share for the heads of the early exits the loss
+    trains (exit 1's; exit 0 is not trained); every other tensor, the final head
+    included, keeps the round's share; a server that does not send it gets one share."""
+    import json
+
+    import edgepilot.fl.local as local
+    from cloud_trainer.fl import FlConfig
+    from edgepilot.fl.client import CarTrainer
+    from edgepilot.fl.codec import decode
+    from edgepilot.fl.options import ClientOptions
+    from edgepilot.fl.weights import template_of
+    from edgepilot.model.nets import ArchSpec, build_net
+    from edgepilot.model.preprocess import DEFAULT_SPEC
+
+    cfg = FlConfig(compress="topk", ratio=0.04, exit_ratio=0.5)  # float values: none rounds to 0
+    arch = ArchSpec("early-exit", [8, 8, 16, 16, 16, 16])
+    sent = cfg.fit_config(1, json.dumps(arch.to_dict()), json.dumps(DEFAULT_SPEC.to_dict()))
+    assert (sent["ratio"], sent["exit_ratio"]) == (0.04, 0.5)
+    net = build_net(arch, DEFAULT_SPEC)
+    tpl = template_of(net, DEFAULT_SPEC)
+    start = [v.detach().numpy().copy() for v in net.state_dict().values() if v.is_floating_point()]
+    samples = local.car_samples(sample_logs[:1], 32)
+    for told, exit_share in ((sent, 0.5), ({k: v for k, v in sent.items() if k != "exit_ratio"}, 0.04)):
+        car = CarTrainer(ClientOptions("car-a", sample_logs[:1]), samples)
+        blob, _, _ = car.fit(start, {**told, "epochs": 1, "nonce": "n"})
+        _, update = decode(blob, tpl.shapes)
+        for key, u in zip(tpl.keys, update, strict=True):
+            if u.size <= 256:
+                continue  # sent whole whatever the share
+            want = exit_share if key.startswith("stages.1.head.") else 0.04
+            assert np.count_nonzero(u) == math.ceil(want * u.size), (key, told.get("exit_ratio"))
+    assert local.tensor_ratios(tpl.keys, 3, 0.04, 0.04) == ()
+    with pytest.raises(EdgepilotError, match="ratio"):
+        FlConfig(exit_ratio=0.0)

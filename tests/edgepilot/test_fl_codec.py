@@ -156,6 +156,25 @@ def test_bad_settings_are_clear_errors():
         CodecConfig("zip")
     with pytest.raises(EdgepilotError, match="ratio"):
         CodecConfig("topk", 0.0)
+    with pytest.raises(EdgepilotError, match="ratio"):
+        CodecConfig("topk", 0.04, (0.04, 1.5))
+    with pytest.raises(EdgepilotError, match="2 top-k ratios for an update of 4 tensors"):
+        Encoder(CodecConfig("topk-int8", 0.04, (0.04, 0.5))).encode(_update())
+
+
+@pytest.mark.parametrize("mode", ["topk", "topk-int8"])
+def test_each_tensor_can_have_its_own_top_k_share(mode):
+    """``ratios``: the 70000-value tensor sends half its values, the 900-value one 4%; what
+    one tensor holds back stays in its own residual."""
+    u = _update()
+    enc = Encoder(CodecConfig(mode, 0.04, (0.04, 0.04, 0.5, 0.04)))
+    _, arrays = decode(enc.encode(u), SHAPES)
+    assert np.count_nonzero(arrays[0]) == math.ceil(0.04 * 900)
+    assert np.count_nonzero(arrays[2]) == 35000
+    held = arrays[2] == 0
+    assert np.array_equal(enc.residual[2][held], u[2][held])  # what was not sent waits, whole
+    same = Encoder(CodecConfig(mode, 0.04)).encode(u)
+    assert len(same) < len(Encoder(CodecConfig(mode, 0.04, (0.04, 0.04, 0.5, 0.04))).encode(u))
 
 
 def test_fedprox_keeps_the_local_model_nearer_the_global_one(sample_logs):
