@@ -187,8 +187,8 @@ class CarTrainer:
             return Encoder(CodecConfig("none")).encode(update)
         if fault == "huge":  # a fresh encoder: the garbage must not linger in the residual
             return Encoder(self.encoder.cfg).encode([u * 1e6 for u in update])
-        if fault == "shape":
-            return Encoder(self.encoder.cfg).encode(update[:-1])
+        if fault == "shape":  # one share for all: per-tensor shares name the whole update
+            return Encoder(CodecConfig(self.encoder.cfg.mode, self.encoder.cfg.ratio)).encode(update[:-1])
         return self.encoder.encode(update)
 
     def summary(self) -> dict[str, Any]:

@@ -12,9 +12,10 @@ weights it started from, one array per tensor of the ``weights.Template``. Modes
 Indices take 2 bytes in tensors of at most 65536 values, else 4 (the receiver knows the
 shapes, so the width needs no flag); a tensor sent whole (``k == size``: every tensor of
 at most ``DENSE_MAX`` values) has none. Top-k can give each tensor its own share
-(``CodecConfig.ratios``): the wire form carries each tensor's count anyway. Error feedback (``Encoder``): what compression
-dropped or rounded away this round is added to the next round's update, so nothing a
-car learned is lost for good, only delayed (Seide et al. 2014; Stich et al. 2018).
+(``CodecConfig.ratios``): the wire form carries each tensor's count anyway. Error
+feedback (``Encoder``): what compression dropped or rounded away this round is added to
+the next round's update, so nothing a car learned is lost for good, only delayed (Seide
+et al. 2014; Stich et al. 2018).
 
 The wire form is one byte string: ``EPU1``, the mode (u8), the tensor count (u32), then
 each tensor as above, little endian. ``decode`` accepts nothing else: a wrong length, an

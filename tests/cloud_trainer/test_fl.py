@@ -208,7 +208,7 @@ def test_the_early_exits_heads_get_their_own_top_k_share(sample_logs):
     import edgepilot.fl.local as local
     from cloud_trainer.fl import FlConfig
     from edgepilot.fl.client import CarTrainer
-    from edgepilot.fl.codec import decode
+    from edgepilot.fl.codec import UpdateError, decode
     from edgepilot.fl.options import ClientOptions
     from edgepilot.fl.weights import template_of
     from edgepilot.model.nets import ArchSpec, build_net
@@ -234,3 +234,8 @@ def test_the_early_exits_heads_get_their_own_top_k_share(sample_logs):
     assert local.tensor_ratios(tpl.keys, 3, 0.04, 0.04) == ()
     with pytest.raises(EdgepilotError, match="ratio"):
         FlConfig(exit_ratio=0.0)
+    # the fault a test fleet injects still reaches the server as a wrong-shaped update
+    bad = CarTrainer(ClientOptions("car-b", sample_logs[:1], fault="shape", fault_round=0), samples)
+    blob, _, _ = bad.fit(start, {**sent, "epochs": 1, "nonce": "n"})
+    with pytest.raises(UpdateError, match="tensors"):
+        decode(blob, tpl.shapes)
