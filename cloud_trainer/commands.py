@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from edgepilot.cli import Command, add_broker
+from edgepilot.fl.options import EXIT_TOPK, TOPK
 
 
 def _cloud(p: argparse.ArgumentParser) -> None:
@@ -64,11 +65,11 @@ def _fl_server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3, help="local learning rate, cosine-decayed over the rounds")
     p.add_argument("--compress", choices=["none", "int8", "topk", "topk-int8"], default="topk-int8")
-    p.add_argument("--topk", type=float, default=0.04, help="share of each tensor's values a car sends (top-k)")
+    p.add_argument("--topk", type=float, default=TOPK, help="share of each tensor's values a car sends (top-k)")
     p.add_argument(
         "--exit-topk",
         type=float,
-        default=0.12,
+        default=EXIT_TOPK,
         help="... of the early exits' heads (less: exit 1 lags the final head, fewer frames leave early)",
     )
     p.add_argument("--max-norm", type=float, default=1000.0, help="refuse updates with a larger L2 norm")

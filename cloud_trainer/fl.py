@@ -46,6 +46,7 @@ from edgepilot.fl.auth import AuthError, Trust, new_nonce
 from edgepilot.fl.check import Update, UpdateLimits, screen, weighted_mean
 from edgepilot.fl.codec import CodecConfig
 from edgepilot.fl.link import ServerLink
+from edgepilot.fl.options import EXIT_TOPK, TOPK
 from edgepilot.fl.weights import Template, get_arrays, load_net, sanitize, save_federated, set_arrays
 from edgepilot.model.nets import StagedNet
 from edgepilot.model.train import TrainConfig, check_share
@@ -74,10 +75,8 @@ class FlConfig:
     batch: int = 32
     lr: float = 2e-3
     compress: str = "topk-int8"
-    ratio: float = 0.04
-    # top-k share of the trained early exits' heads: at ``ratio`` exit 1 fell behind the
-    # final head and few frames left early (edgepilot.fl.local.tensor_ratios)
-    exit_ratio: float = 0.12
+    ratio: float = TOPK
+    exit_ratio: float = EXIT_TOPK  # the trained early exits' heads (edgepilot.fl.local.tensor_ratios)
     seed: int = 0
     # the cars' loss: the shares of edgepilot train (exits learn from the final head, it
     # from exit 1); the server's command takes mutual from the profile's [cloud] mutual

@@ -6,6 +6,7 @@ import argparse
 
 from edgepilot.cli import Command, add_broker
 from edgepilot.config import RetrainConfig
+from edgepilot.fl.options import EXIT_TOPK, TOPK
 
 
 def _demo(p: argparse.ArgumentParser) -> None:
@@ -98,8 +99,8 @@ def _bench_fl(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="local learning rate (cosine over the rounds)")
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal strength")
     p.add_argument("--compress", choices=["none", "int8", "topk", "topk-int8"], default="topk-int8")
-    p.add_argument("--topk", type=float, default=0.04, help="share of each tensor's values a car sends")
-    p.add_argument("--exit-topk", type=float, default=0.12, help="... of the early exits' heads")
+    p.add_argument("--topk", type=float, default=TOPK, help="share of each tensor's values a car sends")
+    p.add_argument("--exit-topk", type=float, default=EXIT_TOPK, help="... of the early exits' heads")
     p.add_argument("--eval-seconds", type=float, default=30.0, help="simulated seconds per held-out track")
     p.add_argument("--workdir", default="var/bench-fl", help="logs, stores and packages (logs are reused)")
     p.add_argument("--fresh", action="store_true", help="re-record the logs")

@@ -36,6 +36,7 @@ from typing import Any
 
 from edgepilot import EdgepilotError
 from edgepilot.config import RetrainConfig
+from edgepilot.fl.options import EXIT_TOPK, TOPK
 from edgepilot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class BenchConfig:
     mu: float = 0.01
     lr: float = 2e-3
     compress: str = "topk-int8"
-    topk: float = 0.04
-    exit_topk: float = 0.12
+    topk: float = TOPK
+    exit_topk: float = EXIT_TOPK
     eval_seconds: float = 30.0
     workdir: str = "var/bench-fl"
     fresh: bool = False

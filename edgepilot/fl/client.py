@@ -31,7 +31,7 @@ import os
 import resource
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -188,7 +188,7 @@ class CarTrainer:
         if fault == "huge":  # a fresh encoder: the garbage must not linger in the residual
             return Encoder(self.encoder.cfg).encode([u * 1e6 for u in update])
         if fault == "shape":  # one share for all: per-tensor shares name the whole update
-            return Encoder(CodecConfig(self.encoder.cfg.mode, self.encoder.cfg.ratio)).encode(update[:-1])
+            return Encoder(replace(self.encoder.cfg, ratios=())).encode(update[:-1])
         return self.encoder.encode(update)
 
     def summary(self) -> dict[str, Any]:

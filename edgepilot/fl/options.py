@@ -14,6 +14,12 @@ from edgepilot.config import FlLinkConfig
 # signed answer again (both refused by a server with client keys)
 FAULTS = ("nan", "huge", "shape", "drop", "slow", "unsigned", "replay")
 
+# the update compression a server asks its cars for, as `edgepilot bench fl` measured it
+# (docs/benchmarks.md#federated-fine-tuning-issue-17): top-k share of each tensor, and of
+# the early exits' heads (at TOPK exit 1 fell behind the final head; fl.local.tensor_ratios)
+TOPK = 0.04
+EXIT_TOPK = 0.12
+
 
 @dataclass
 class ClientOptions:
