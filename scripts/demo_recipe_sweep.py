@@ -85,8 +85,8 @@ def curve(a: argparse.Namespace) -> None:
     net = T.load_teacher(a.package, m["arch"]["bins"])
     t = m["training"]
     s = load_samples(t["logs"] + t.get("val_logs", [])).samples  # the validation logs given apart too
-    s = [s[i] for i in np.linspace(0, len(s) - 1, min(8000, len(s))).astype(int)]  # the run's cap
     train_s, val = split_by_ids(s, t["val_sessions"])
+    train_s = [train_s[i] for i in np.linspace(0, len(train_s) - 1, min(8000, len(train_s))).astype(int)]  # the cap
     steer, conf, lab = T.predict_exits(net, DataLoader(FrameDataset(val, net.input_spec, None), batch_size=256))
     path = C.pareto_path(*T.path_frames(net, train_s, net.input_spec), off=tuple(m["calibration"]["test"]["off"]))
     err = [np.abs(x - lab) for x in steer]

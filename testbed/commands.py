@@ -13,7 +13,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--headless", action="store_true", help="no pygame window even when a display exists")
     add_broker(p)
     p.add_argument("--workdir", default="var/demo", help="where the demo keeps its logs, store and models")
-    p.add_argument("--laps", type=int, default=2, help="expert laps per training track")
+    p.add_argument("--laps", type=int, default=4, help="expert laps per training track")
     p.add_argument("--eval-laps", type=int, default=2, help="laps of the evaluation drives")
     p.add_argument("--epochs", type=int, default=6, help="training epochs per cloud run")
     p.add_argument(
@@ -29,12 +29,14 @@ def _demo(p: argparse.ArgumentParser) -> None:
         help="push the retrained car model whatever its quality checks say (latency is "
         "still checked): for tiny smoke runs, whose models drive at random",
     )
-    p.add_argument("--max-frames", type=int, default=8000, help="cap on training frames per run")
+    p.add_argument(
+        "--max-frames", type=int, default=8000, help="cap on training frames per run (validation frames are all kept)"
+    )
     p.add_argument(
         "--edge-max-frames",
         type=int,
         default=4500,
-        help="cap on the edge model's training and validation frames per run, evenly spaced "
+        help="cap on the edge model's training frames per run, evenly spaced "
         "(the edge model is the first run's long pole; the cloud's held-out session validates it, "
         "so all six other tracks train it: docs/benchmarks.md#demo)",
     )

@@ -102,7 +102,7 @@ class TrainConfig:
     # early-exit: "entropy" of each exit's distribution, or "learned" (nets.ArchSpec)
     confidence: str = "entropy"
     exit_weights: list[float] = field(default_factory=lambda: list(EXIT_WEIGHTS))
-    max_frames: int | None = None  # cap (evenly subsampled) for quick runs and tests
+    max_frames: int | None = None  # cap on training frames (evenly subsampled) for quick runs and tests
     labels: tuple[str, ...] = TRAINING_LABELS  # label sources to learn from (schema.log)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     target: CalibrationTarget = field(default_factory=CalibrationTarget)
@@ -332,6 +332,7 @@ def train(
         "offload_rate": cal["val_offload_rate"],
         "thresholds": manifest["thresholds"],
         # what calibration's test had to go on: few blocks can certify little (docs/training.md)
+        "train_frames": len(data.train),
         "val_frames": len(data.val),
         "calibration_test": cal["test"],
         "curve": str(curve),
@@ -353,20 +354,23 @@ class _Data:
 def _load_data(
     logs: list[str], cfg: TrainConfig, seen: Collection[str] = (), val_logs: Collection[str] = ()
 ) -> _Data:
-    """Load the labelled frames, cap them at ``cfg.max_frames`` (evenly spaced, so a quick
-    run still sees every session) and split them by session (``seen`` ones train only;
-    with ``val_logs``, theirs validate and every other one trains)."""
+    """Load the labelled frames, split them by session (``seen`` ones train only; with
+    ``val_logs``, theirs validate and every other one trains) and cap the *training* frames
+    at ``cfg.max_frames`` (evenly spaced, so a quick run still sees every session). The
+    cap bounds the training time; validation frames cost one forward pass each and
+    calibration's test needs every block of them, so they are all kept (capped together,
+    the demo's four-lap validation track lost half its blocks: docs/benchmarks.md#demo)."""
     loaded, val_ids = load_samples(logs, cfg.labels), set[str]()
     if val_logs:
         loaded, val_ids = _with_validation(loaded, load_samples(val_logs, cfg.labels), seen)
-    samples = loaded.samples
-    if cfg.max_frames and len(samples) > cfg.max_frames:
-        keep = np.linspace(0, len(samples) - 1, cfg.max_frames).astype(int)
-        samples = [samples[i] for i in keep]
     if val_ids:
-        return _Data(loaded, samples, *split_by_ids(samples, val_ids))
-    train_s, val_s = split_by_session(samples, cfg.val_fraction, cfg.seed, seen=seen)
-    return _Data(loaded, samples, train_s, val_s)
+        train_s, val_s = split_by_ids(loaded.samples, val_ids)
+    else:
+        train_s, val_s = split_by_session(loaded.samples, cfg.val_fraction, cfg.seed, seen=seen)
+    if cfg.max_frames and len(train_s) > cfg.max_frames:
+        keep = np.linspace(0, len(train_s) - 1, cfg.max_frames).astype(int)
+        train_s = [train_s[i] for i in keep]
+    return _Data(loaded, train_s + val_s, train_s, val_s)
 
 
 def _with_validation(loaded: Loaded, held: Loaded, seen: Collection[str]) -> tuple[Loaded, set[str]]:

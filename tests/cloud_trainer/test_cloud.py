@@ -170,7 +170,7 @@ def test_the_edge_and_car_models_train_side_by_side_or_the_car_from_the_edge(
         )
         edge = job.result()
     assert edge is not None and edge["arch"] == "edge" and car["arch"] == "early-exit"
-    assert edge["samples"] == 40 < car["samples"]  # the edge model capped by its own max_frames
+    assert edge["train_frames"] == 40 < car["train_frames"]  # the edge model capped by its own max_frames
     e, c = (load_package(r["package"], [str(pub)]).manifest for r in (edge, car))  # both verify
     assert c["training"]["teacher"] == (e["version"] if distill else None)
     assert c["training"]["exit_weights"] == [0.0, 4.0, 1.0] and c["thresholds"]["exits"][0] is None

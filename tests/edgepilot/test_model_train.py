@@ -88,6 +88,20 @@ def test_deterministic_under_a_seed(tmp_path, keys, synthetic_logs):
     assert read_manifest(tmp_path / "other.eppkg")["weights_sha256"] != shas[0]
 
 
+def test_the_frame_cap_thins_the_training_frames_and_keeps_every_validation_frame(tmp_path, keys, synthetic_logs):
+    """``max_frames`` bounds the training time; calibration's test needs every validation
+    block, so the cap never thins them (given apart, as the cloud does, or picked by seed)."""
+    priv, _ = keys
+    cfg = TrainConfig(epochs=1, batch=32, max_frames=100)
+    given = train(synthetic_logs[:3], tmp_path / "g.eppkg", cfg, key=str(priv), val_logs=synthetic_logs[3:])
+    picked = train(synthetic_logs, tmp_path / "p.eppkg", cfg, key=str(priv))
+    for r in (given, picked):
+        m = read_manifest(r["package"])
+        assert r["train_frames"] == m["metrics"]["train_frames"] == 100  # 240 training frames, capped
+        assert len(m["training"]["val_sessions"]) == 1 and r["val_frames"] == 80  # one whole session
+    assert read_manifest(given["package"])["training"]["val_logs"] == synthetic_logs[3:]
+
+
 def test_distillation_from_a_teacher(tmp_path, keys, synthetic_logs):
     priv, pub = keys
     teacher = tmp_path / "teacher.eppkg"
