@@ -10,6 +10,15 @@ depends on the sessions' random ids, so on every demo run)::
     python scripts/demo_recipe_sweep.py train /tmp/demo10/var/demo/logs --seed 0 \\
         --test datasets/recordings/test/* [--epochs 12] [--val-tracks s_bends triangle]
 
+``cloud`` trains both of the demo's car models as its cloud does now: the first on every
+expert log but the held-out track's, validated and calibrated on that one (6 epochs, the
+8000-frame cap on the training frames only, offload tolerance 0.03), then the second warm
+from it (3 epochs) with ``--drive`` (the car's log; an expert drive of the evaluation
+track stands in) added to training; each package's validation share and, per ``--test``
+log, its share early, its MAE over its full network's and its MAE::
+
+    python scripts/demo_recipe_sweep.py cloud LOGS --seed S --drive DRIVE --test T... --out DIR
+
 ``curve PKG`` walks calibration's threshold path on that package's validation frames and
 prints, per point, the share sent early, the mean of z (package error - 1.03 x final
 head error, in units of the final head's MAE) and its 95% upper bound: what the test
@@ -80,6 +89,24 @@ def train(a: argparse.Namespace) -> None:
     print(json.dumps(res, indent=1))
 
 
+def cloud(a: argparse.Namespace) -> None:
+    from edgepilot.model.calibrate import CalibrationTarget
+
+    logs = expert_logs(a.logs, a.held)
+    val = [str(p) for p in Path(a.logs).glob(f"expert-{a.held}")]
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    first, second = Path(a.out) / f"first-s{a.seed}.eppkg", Path(a.out) / f"second-s{a.seed}.eppkg"
+    for out, extra, epochs, init in ((first, [], 6, None), (second, a.drive, 3, first)):
+        cfg = T.TrainConfig(epochs=epochs, max_frames=8000, target=CalibrationTarget(ok_tol=0.03), seed=a.seed)
+        r = T.train(logs + list(extra), out, cfg, init=init, val_logs=val)
+        res = {"model": out.stem, "val_frames": r["val_frames"], "val_exit1": r["exit_rate"]["1"]}
+        ap = Autopilot.load(out)
+        for log in a.test:
+            ev = evaluate(ap, *load_frames([log]))
+            res[Path(log).name] = [round(ev[k], 4) for k in ("early_exit_rate", "mae_vs_final_head", "steering_mae")]
+        print(json.dumps(res), flush=True)
+
+
 def curve(a: argparse.Namespace) -> None:
     m = read_manifest(a.package)
     net = T.load_teacher(a.package, m["arch"]["bins"])
@@ -133,11 +160,18 @@ def main() -> None:
     tr.add_argument("--val-tracks", nargs="*", help="validate on these tracks (default: the seeded pick)")
     tr.add_argument("--test", nargs="*", help="held-out logs to evaluate the package on")
     tr.add_argument("--out", default="var/sweep.eppkg")
+    cl = sub.add_parser("cloud", help="the demo's first and second car models as its cloud trains them")
+    cl.add_argument("logs", help="a directory of expert-* logs")
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--held", default="random_7", help="the track the cloud holds out and calibrates on")
+    cl.add_argument("--drive", nargs="*", default=[], help="the car's drive log(s), trained on by the second model")
+    cl.add_argument("--test", nargs="+", required=True, help="held-out logs, each evaluated apart")
+    cl.add_argument("--out", default="var/sweep")
     cu = sub.add_parser("curve", help="calibration's test along the threshold path of a package")
     cu.add_argument("package")
     cu.add_argument("--every", type=int, default=2, help="print every Nth point")
     a = p.parse_args()
-    train(a) if a.cmd == "train" else curve(a)
+    {"train": train, "cloud": cloud, "curve": curve}[a.cmd](a)
 
 
 if __name__ == "__main__":
