@@ -158,7 +158,7 @@ def test_the_edge_and_car_models_train_side_by_side_or_the_car_from_the_edge(
 
     monkeypatch.chdir(tmp_path)  # the teacher is verified with keys/*.pub of the working directory
     priv, pub = make_keys(tmp_path / "keys")
-    cfg = RetrainConfig(epochs=1, edge_epochs=1, max_frames=120, edge_max_frames=40, threads=1, distill=distill)
+    cfg = RetrainConfig(epochs=1, edge_epochs=1, max_frames=120, edge_max_frames=20, threads=1, distill=distill)
     with EdgeJob(sample_logs, tmp_path, cfg, str(priv)) as job:
         assert (job._pool is None) == distill  # side by side: a worker process trains the edge model
         car = train(
@@ -170,7 +170,7 @@ def test_the_edge_and_car_models_train_side_by_side_or_the_car_from_the_edge(
         )
         edge = job.result()
     assert edge is not None and edge["arch"] == "edge" and car["arch"] == "early-exit"
-    assert edge["train_frames"] == 40 < car["train_frames"]  # the edge model capped by its own max_frames
+    assert edge["train_frames"] == 20 < car["train_frames"]  # the edge model capped by its own max_frames
     e, c = (load_package(r["package"], [str(pub)]).manifest for r in (edge, car))  # both verify
     assert c["training"]["teacher"] == (e["version"] if distill else None)
     assert c["training"]["exit_weights"] == [0.0, 4.0, 1.0] and c["thresholds"]["exits"][0] is None
