@@ -19,6 +19,12 @@ log, its share early, its MAE over its full network's and its MAE::
 
     python scripts/demo_recipe_sweep.py cloud LOGS --seed S --drive DRIVE --test T... --out DIR
 
+``ends PKG... --test T...`` calibrates each package again on its own training and
+validation frames with the threshold path ending at 100%, 96% (``calibrate.MAX_SHARE``)
+and 90% of the training frames, and prints the validation share and, on the ``--test``
+logs, the share early and the package's MAE over its full network's (each log weighted
+alike, and omega's alone when given): what the path's end does on unseen tracks.
+
 ``curve PKG`` walks calibration's threshold path on that package's validation frames and
 prints, per point, the share sent early, the mean of z (package error - 1.03 x final
 head error, in units of the final head's MAE) and its 95% upper bound: what the test
@@ -107,6 +113,40 @@ def cloud(a: argparse.Namespace) -> None:
         print(json.dumps(res), flush=True)
 
 
+def ends(a: argparse.Namespace) -> None:
+    for pkg in a.packages:
+        m = read_manifest(pkg)
+        net, t = T.load_teacher(pkg, m["arch"]["bins"]), m["training"]
+        train_s, val = split_by_ids(load_samples(t["logs"] + t.get("val_logs", [])).samples, t["val_sessions"])
+        cap = np.linspace(0, len(train_s) - 1, min(a.max_frames, len(train_s))).astype(int)
+        path = T.path_frames(net, [train_s[i] for i in cap], net.input_spec)
+        v = _exits(net, val)
+        tests = {Path(log).name: _exits(net, load_samples([log]).samples) for log in a.test}
+        res: dict = {"package": Path(pkg).name}
+        for end in (1.0, 0.96, 0.90):
+            C.MAX_SHARE = end
+            th, _ = C.choose_exits(*v, C.CalibrationTarget(), path, off=tuple(m["calibration"]["test"]["off"]))
+            held = {k: _share_ratio(th, *x) for k, x in tests.items()}
+            res[str(end)] = {
+                "val_share": round(_share_ratio(th, *v)[0], 3),
+                "held_share": round(float(np.mean([h[0] for h in held.values()])), 3),
+                "held_ratio": round(sum(h[1] for h in held.values()) / sum(h[2] for h in held.values()), 3),
+                **{k: [round(h[0], 3), round(h[1] / h[2], 3)] for k, h in held.items() if "omega" in k},
+            }
+        print(json.dumps(res), flush=True)
+
+
+def _exits(net, samples: list) -> tuple:  # noqa: ANN001
+    return T.predict_exits(net, DataLoader(FrameDataset(samples, net.input_spec, None), batch_size=256))
+
+
+def _share_ratio(th: list[float], steer: list, conf: list, labels: np.ndarray) -> tuple[float, float, float]:
+    """(share early, package MAE, full network's MAE) under thresholds ``th``."""
+    taken = C.answering_exit(conf, th)
+    pkg = np.choose(taken, steer)
+    return float(np.mean(taken < len(steer) - 1)), float(np.abs(pkg - labels).mean()), float(np.abs(steer[-1] - labels).mean())
+
+
 def curve(a: argparse.Namespace) -> None:
     m = read_manifest(a.package)
     net = T.load_teacher(a.package, m["arch"]["bins"])
@@ -167,11 +207,15 @@ def main() -> None:
     cl.add_argument("--drive", nargs="*", default=[], help="the car's drive log(s), trained on by the second model")
     cl.add_argument("--test", nargs="+", required=True, help="held-out logs, each evaluated apart")
     cl.add_argument("--out", default="var/sweep")
+    en = sub.add_parser("ends", help="exit shares and held-out ratios with the path ending at 100/96/90%%")
+    en.add_argument("packages", nargs="+")
+    en.add_argument("--test", nargs="+", required=True, help="held-out logs, each weighted alike")
+    en.add_argument("--max-frames", type=int, default=8000, help="the training frames' cap, as the run's")
     cu = sub.add_parser("curve", help="calibration's test along the threshold path of a package")
     cu.add_argument("package")
     cu.add_argument("--every", type=int, default=2, help="print every Nth point")
     a = p.parse_args()
-    {"train": train, "cloud": cloud, "curve": curve}[a.cmd](a)
+    {"train": train, "cloud": cloud, "ends": ends, "curve": curve}[a.cmd](a)
 
 
 if __name__ == "__main__":
