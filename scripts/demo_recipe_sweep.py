@@ -104,7 +104,8 @@ def cloud(a: argparse.Namespace) -> None:
     first, second = Path(a.out) / f"first-s{a.seed}.eppkg", Path(a.out) / f"second-s{a.seed}.eppkg"
     for out, extra, epochs, init in ((first, [], 6, None), (second, a.drive, 3, first)):
         cfg = T.TrainConfig(epochs=epochs, max_frames=8000, target=CalibrationTarget(ok_tol=0.03), seed=a.seed)
-        cfg.mutual = a.warm_mutual if init is not None and a.warm_mutual is not None else cfg.mutual
+        if init is not None and a.warm_mutual is not None:
+            cfg.mutual = a.warm_mutual
         r = T.train(logs + list(extra), out, cfg, init=init, val_logs=val)
         res = {"model": out.stem, "val_frames": r["val_frames"], "val_exit1": r["exit_rate"]["1"]}
         ap = Autopilot.load(out)
@@ -115,6 +116,7 @@ def cloud(a: argparse.Namespace) -> None:
 
 
 def ends(a: argparse.Namespace) -> None:
+    default_end = C.MAX_SHARE
     for pkg in a.packages:
         m = read_manifest(pkg)
         net, t = T.load_teacher(pkg, m["arch"]["bins"]), m["training"]
@@ -125,7 +127,7 @@ def ends(a: argparse.Namespace) -> None:
         tests = {Path(log).name: _exits(net, load_samples([log]).samples) for log in a.test}
         res: dict = {"package": Path(pkg).name}
         for end in (1.0, 0.96, 0.90):
-            C.MAX_SHARE = end
+            C.MAX_SHARE = end  # read by pareto_path at each call; put back below
             th, _ = C.choose_exits(*v, C.CalibrationTarget(), path, off=tuple(m["calibration"]["test"]["off"]))
             held = {k: _share_ratio(th, *x) for k, x in tests.items()}
             res[str(end)] = {
@@ -134,6 +136,7 @@ def ends(a: argparse.Namespace) -> None:
                 "held_ratio": round(sum(h[1] for h in held.values()) / sum(h[2] for h in held.values()), 3),
                 **{k: [round(h[0], 3), round(h[1] / h[2], 3)] for k, h in held.items() if "omega" in k},
             }
+        C.MAX_SHARE = default_end
         print(json.dumps(res), flush=True)
 
 

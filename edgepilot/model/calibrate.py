@@ -161,8 +161,8 @@ def pareto_path(
     steer: list[np.ndarray], conf: list[np.ndarray], labels: np.ndarray, off: tuple[int, ...] = ()
 ) -> list[list[float]]:
     """Threshold vectors from "every exit off" down to "every exit takes MAX_SHARE of the
-    frames", each one exit one grid step lower than the last, greedily by least added error per
-    frame moved early (on the frames given: half A). Exits in ``off`` stay off."""
+    frames", each one exit one grid step lower than the last, greedily by least added error
+    per frame moved early (on the frames given). Exits in ``off`` stay off."""
     n_early = len(steer) - 1
     err = [np.abs(s - labels) for s in steer]
     shares = np.arange(GRID_STEP, MAX_SHARE + 1e-9, GRID_STEP)

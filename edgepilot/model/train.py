@@ -358,8 +358,7 @@ def _load_data(
     ``val_logs``, theirs validate and every other one trains) and cap the *training* frames
     at ``cfg.max_frames`` (evenly spaced, so a quick run still sees every session). The
     cap bounds the training time; validation frames cost one forward pass each and
-    calibration's test needs every block of them, so they are all kept (capped together,
-    the demo's four-lap validation track lost half its blocks: docs/benchmarks.md#demo)."""
+    calibration's test needs every block of them, so they are all kept."""
     loaded, val_ids = load_samples(logs, cfg.labels), set[str]()
     if val_logs:
         loaded, val_ids = _with_validation(loaded, load_samples(val_logs, cfg.labels), seen)

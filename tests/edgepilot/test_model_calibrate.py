@@ -123,8 +123,9 @@ def test_frames_less_sure_than_calibration_saw_go_on_to_the_final_head():
     labels = rng.uniform(-1, 1, n)
     final = labels + rng.normal(0, 0.02, n)
     conf = rng.uniform(0.4, 0.6, n)
-    path = ([final, final + rng.normal(0, 0.02, n), final], [conf] * 3, labels)
-    cal = calibrate([final, labels + rng.normal(0, 0.02, n), final], [conf] * 3, labels, CalibrationTarget(), path, off=(0,))
+    path = ([final, final + rng.normal(0, 0.02, n), final], [conf] * 3, labels)  # the training frames
+    steer = [final, labels + rng.normal(0, 0.02, n), final]
+    cal = calibrate(steer, [conf] * 3, labels, CalibrationTarget(), path, off=(0,))
     t = cal["exits"][1]
     assert t is not None and abs(t - np.quantile(conf, 1 - MAX_SHARE)) < 0.01  # not "every frame"
     assert 1 - MAX_SHARE - 0.02 < cal["val_exit_rate"]["2"] < 1 - MAX_SHARE + 0.02
