@@ -54,8 +54,9 @@ from edgepilot.model.package import read_manifest
 from edgepilot.model.runtime import Autopilot
 
 
-def expert_logs(root: str, held: str) -> list[str]:
-    return sorted(str(p) for p in Path(root).glob("expert-*") if not p.name.endswith(held))
+def expert_logs(root: str, held: str | list[str]) -> list[str]:
+    held = [held] if isinstance(held, str) else held
+    return sorted(str(p) for p in Path(root).glob("expert-*") if not p.name.endswith(tuple(held)))
 
 
 def track_of(log: str) -> dict[str, str]:
@@ -99,7 +100,7 @@ def cloud(a: argparse.Namespace) -> None:
     from edgepilot.model.calibrate import CalibrationTarget
 
     logs = expert_logs(a.logs, a.held)
-    val = [str(p) for p in Path(a.logs).glob(f"expert-{a.held}")]
+    val = sorted(str(p) for t in a.held for p in Path(a.logs).glob(f"expert-{t}"))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     first, second = Path(a.out) / f"first-s{a.seed}.eppkg", Path(a.out) / f"second-s{a.seed}.eppkg"
     for out, extra, epochs, init in ((first, [], 6, None), (second, a.drive, 3, first)):
@@ -207,7 +208,9 @@ def main() -> None:
     cl = sub.add_parser("cloud", help="the demo's first and second car models as its cloud trains them")
     cl.add_argument("logs", help="a directory of expert-* logs")
     cl.add_argument("--seed", type=int, default=0)
-    cl.add_argument("--held", default="random_7", help="the track the cloud holds out and calibrates on")
+    cl.add_argument(
+        "--held", nargs="+", default=["random_7"], help="the track(s) the cloud holds out and calibrates on"
+    )
     cl.add_argument("--drive", nargs="*", default=[], help="the car's drive log(s), trained on by the second model")
     cl.add_argument("--test", nargs="+", required=True, help="held-out logs, each evaluated apart")
     cl.add_argument("--warm-mutual", type=float, help="the second model's mutual share (default: the library's)")
