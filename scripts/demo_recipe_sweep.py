@@ -107,6 +107,8 @@ def cloud(a: argparse.Namespace) -> None:
         cfg = T.TrainConfig(epochs=epochs, max_frames=8000, target=CalibrationTarget(ok_tol=0.03), seed=a.seed)
         if init is not None and a.warm_mutual is not None:
             cfg.mutual = a.warm_mutual
+        if init is not None and a.warm_lr is not None:
+            cfg.lr = a.warm_lr
         r = T.train(logs + list(extra), out, cfg, init=init, val_logs=val)
         res = {"model": out.stem, "val_frames": r["val_frames"], "val_exit1": r["exit_rate"]["1"]}
         ap = Autopilot.load(out)
@@ -214,6 +216,7 @@ def main() -> None:
     cl.add_argument("--drive", nargs="*", default=[], help="the car's drive log(s), trained on by the second model")
     cl.add_argument("--test", nargs="+", required=True, help="held-out logs, each evaluated apart")
     cl.add_argument("--warm-mutual", type=float, help="the second model's mutual share (default: the library's)")
+    cl.add_argument("--warm-lr", type=float, help="the second model's learning rate (default: the library's)")
     cl.add_argument("--out", default="var/sweep")
     en = sub.add_parser("ends", help="exit shares and held-out ratios with the path ending at 100/96/90%%")
     en.add_argument("packages", nargs="+")
