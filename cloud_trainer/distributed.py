@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.data import FrameDataset, evenly, load_samples, split_by_session
 from edgepilot.model.nets import StagedNet, build_net
 from edgepilot.model.package import load_private_key
 from edgepilot.model.preprocess import spec_for
@@ -67,9 +67,7 @@ def train_ddp(
     np.random.seed(seed)
     t0 = time.time()
     signing_key = load_private_key(key, create=True) if rank == 0 else None
-    samples = load_samples(logs, cfg.labels).samples
-    if max_frames and len(samples) > max_frames:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
+    samples = evenly(load_samples(logs, cfg.labels).samples, max_frames)
     train_s, val_s = split_by_session(samples, cfg.val_fraction, seed)
     spec = spec_for(arch)
     net = build_net(arch_of(cfg), spec)  # same seed -> same initial weights on every rank

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 
 import edgepilot.model.train as T
 from edgepilot.model import calibrate as C
-from edgepilot.model.data import FrameDataset, load_samples, split_by_ids
+from edgepilot.model.data import FrameDataset, evenly, load_samples, split_by_ids
 from edgepilot.model.evaluate import evaluate, load_frames
 from edgepilot.model.package import read_manifest
 from edgepilot.model.runtime import Autopilot
@@ -122,10 +122,9 @@ def ends(a: argparse.Namespace) -> None:
     default_end = C.MAX_SHARE
     for pkg in a.packages:
         m = read_manifest(pkg)
-        net, t = T.load_teacher(pkg, m["arch"]["bins"]), m["training"]
-        train_s, val = split_by_ids(load_samples(t["logs"] + t.get("val_logs", [])).samples, t["val_sessions"])
-        cap = np.linspace(0, len(train_s) - 1, min(a.max_frames, len(train_s))).astype(int)
-        path = T.path_frames(net, [train_s[i] for i in cap], net.input_spec)
+        net = T.load_teacher(pkg, m["arch"]["bins"])
+        train_s, val = _split(m, a.max_frames)
+        path = T.path_frames(net, train_s, net.input_spec)
         v = _exits(net, val)
         tests = {Path(log).name: _exits(net, load_samples([log]).samples) for log in a.test}
         res: dict = {"package": Path(pkg).name}
@@ -143,6 +142,13 @@ def ends(a: argparse.Namespace) -> None:
         print(json.dumps(res), flush=True)
 
 
+def _split(m: dict, cap: int) -> tuple[list, list]:
+    """A package's training frames (capped as its run capped them) and validation frames."""
+    t = m["training"]
+    train_s, val = split_by_ids(load_samples(t["logs"] + t.get("val_logs", [])).samples, t["val_sessions"])
+    return evenly(train_s, cap), val
+
+
 def _exits(net, samples: list) -> tuple:  # noqa: ANN001
     return T.predict_exits(net, DataLoader(FrameDataset(samples, net.input_spec, None), batch_size=256))
 
@@ -157,11 +163,8 @@ def _share_ratio(th: list[float], steer: list, conf: list, labels: np.ndarray) -
 def curve(a: argparse.Namespace) -> None:
     m = read_manifest(a.package)
     net = T.load_teacher(a.package, m["arch"]["bins"])
-    t = m["training"]
-    s = load_samples(t["logs"] + t.get("val_logs", [])).samples  # the validation logs given apart too
-    train_s, val = split_by_ids(s, t["val_sessions"])
-    train_s = [train_s[i] for i in np.linspace(0, len(train_s) - 1, min(8000, len(train_s))).astype(int)]  # the cap
-    steer, conf, lab = T.predict_exits(net, DataLoader(FrameDataset(val, net.input_spec, None), batch_size=256))
+    train_s, val = _split(m, 8000)  # the demo's cap
+    steer, conf, lab = _exits(net, val)
     path = C.pareto_path(*T.path_frames(net, train_s, net.input_spec), off=tuple(m["calibration"]["test"]["off"]))
     err = [np.abs(x - lab) for x in steer]
     blocks, target, unit = np.arange(len(lab)) // 20, C.CalibrationTarget(), float(err[-1].mean())

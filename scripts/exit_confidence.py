@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from edgepilot.model.data import FrameDataset, load_samples, split_by_session
+from edgepilot.model.data import FrameDataset, evenly, load_samples, split_by_session
 from edgepilot.model.nets import ArchSpec, build_net
 from edgepilot.model.package import load_package
 from edgepilot.model.preprocess import InputSpec
@@ -92,9 +92,7 @@ def fitted_shares(p1: np.ndarray, e1: np.ndarray, ef: np.ndarray) -> dict[str, l
 
 
 def main(names: list[str]) -> None:
-    samples = load_samples([WORK / "logs" / f"expert-{t}" for t in TRACKS]).samples
-    if len(samples) > MAX_FRAMES:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, MAX_FRAMES).astype(int)]
+    samples = evenly(load_samples([WORK / "logs" / f"expert-{t}" for t in TRACKS]).samples, MAX_FRAMES)
     for name in names:
         p1, pf, labels, err, p0 = outputs(name, samples)
         centers = np.linspace(-1.0, 1.0, p1.shape[1])

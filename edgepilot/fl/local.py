@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from edgepilot.model.augment import AugmentConfig
-from edgepilot.model.data import FrameDataset, Sample, load_samples
+from edgepilot.model.data import FrameDataset, Sample, evenly, load_samples
 from edgepilot.model.nets import StagedNet
 from edgepilot.model.preprocess import InputSpec
 from edgepilot.model.train import (
@@ -28,6 +27,7 @@ from edgepilot.model.train import (
     joint_loss,
     soft_targets,
     stage_weights,
+    untrained_exits,
 )
 from edgepilot.schema.log import TRAINING_LABELS
 
@@ -79,18 +79,15 @@ def tensor_ratios(keys: list[str], n_stages: int, ratio: float, exit_ratio: floa
     shares are the same."""
     if exit_ratio == ratio:
         return ()
-    weights = stage_weights(EXIT_WEIGHTS, n_stages)
-    heads = tuple(f"stages.{k}.head." for k in range(n_stages - 1) if weights[k] > 0)
+    off = untrained_exits(stage_weights(EXIT_WEIGHTS, n_stages))
+    heads = tuple(f"stages.{k}.head." for k in range(n_stages - 1) if k not in off)
     return tuple(exit_ratio if key.startswith(heads) else ratio for key in keys)
 
 
 def car_samples(logs: list[str], max_frames: int | None = None) -> list[Sample]:
     """A car's training frames: human or expert labels only (``schema.log.TRAINING_LABELS``),
     evenly subsampled to ``max_frames``."""
-    samples = load_samples(logs, TRAINING_LABELS).samples
-    if max_frames and len(samples) > max_frames:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
-    return samples
+    return evenly(load_samples(logs, TRAINING_LABELS).samples, max_frames)
 
 
 def local_train(

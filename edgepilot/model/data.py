@@ -79,6 +79,14 @@ def load_samples(paths: Iterable[str | Path], labels: tuple[str, ...] = TRAINING
     return out
 
 
+def evenly(items: list, n: int | None) -> list:
+    """At most ``n`` of ``items``, evenly spaced (first and last kept), so a capped run
+    still sees every session; all of them when ``n`` is None or 0 or not smaller."""
+    if not n or len(items) <= n:
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).astype(int)]
+
+
 def split_by_ids(samples: list[Sample], val_ids: Collection[str]) -> tuple[list[Sample], list[Sample]]:
     """(train, val): the frames of the sessions ``val_ids`` validate, every other one trains."""
     ids = set(val_ids)

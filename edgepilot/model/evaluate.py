@@ -9,16 +9,14 @@ import numpy as np
 
 from edgepilot.imaging import backend
 from edgepilot.model.calibrate import CalibrationTarget, ratio_interval
-from edgepilot.model.data import decode, load_samples
+from edgepilot.model.data import decode, evenly, load_samples
 from edgepilot.model.runtime import Autopilot
 from edgepilot.progress import bar
 
 
 def load_frames(logs: list[str], limit: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Decoded frames and steering labels (evenly subsampled to ``limit``)."""
-    samples = load_samples(logs).samples
-    if limit and len(samples) > limit:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, limit).astype(int)]
+    samples = evenly(load_samples(logs).samples, limit)
     return [decode(s.jpeg) for s in samples], np.array([s.steering for s in samples])
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepilot import EdgepilotError
-from edgepilot.model.data import decode, load_samples, split_by_session
+from edgepilot.model.data import decode, evenly, load_samples, split_by_session
 from edgepilot.model.nets import conv
 from edgepilot.model.runtime import Autopilot, decode_np
 from edgepilot.model.train import exit_loss, soft_targets
@@ -202,9 +202,7 @@ def train_tails(
     validation frame, and over those the car marks hard (``Tail.hard_mae``)."""
     torch.manual_seed(seed)
     loaded = load_samples(logs)
-    samples = loaded.samples
-    if max_frames and len(samples) > max_frames:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_frames).astype(int)]
+    samples = evenly(loaded.samples, max_frames)
     train, val = split_by_session(samples, 0.2, seed)
     bins = int(car.manifest.get("arch", {}).get("bins", 21))
     ftr = car_features(car, [decode(s.jpeg) for s in train])

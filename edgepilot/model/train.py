@@ -54,7 +54,15 @@ from torch.utils.data import DataLoader
 from edgepilot import EdgepilotError, __version__
 from edgepilot.model.augment import AugmentConfig
 from edgepilot.model.calibrate import CalibrationTarget, calibrate
-from edgepilot.model.data import FrameDataset, Loaded, Sample, load_samples, split_by_ids, split_by_session
+from edgepilot.model.data import (
+    FrameDataset,
+    Loaded,
+    Sample,
+    evenly,
+    load_samples,
+    split_by_ids,
+    split_by_session,
+)
 from edgepilot.model.nets import ArchSpec, StagedNet, build_net, decode, split_out, stage_macs
 from edgepilot.model.package import load_package, load_private_key, save_package, verify_package
 from edgepilot.model.preprocess import InputSpec, adapt_input, check_adaptable, spec_for
@@ -366,9 +374,7 @@ def _load_data(
         train_s, val_s = split_by_ids(loaded.samples, val_ids)
     else:
         train_s, val_s = split_by_session(loaded.samples, cfg.val_fraction, cfg.seed, seen=seen)
-    if cfg.max_frames and len(train_s) > cfg.max_frames:
-        keep = np.linspace(0, len(train_s) - 1, cfg.max_frames).astype(int)
-        train_s = [train_s[i] for i in keep]
+    train_s = evenly(train_s, cfg.max_frames)
     return _Data(loaded, train_s + val_s, train_s, val_s)
 
 
