@@ -13,7 +13,7 @@ depends on the sessions' random ids, so on every demo run)::
 ``cloud`` trains both of the demo's car models as its cloud does now: the first on every
 expert log but the held-out track's, validated and calibrated on that one (6 epochs, the
 8000-frame cap on the training frames only, offload tolerance 0.03), then the second warm
-from it (3 epochs) with ``--drive`` (the car's log; an expert drive of the evaluation
+from it (``--warm-epochs``, the cloud's ``warm_epochs``: 5) with ``--drive`` (the car's log; an expert drive of the evaluation
 track stands in) added to training; each package's validation share and, per ``--test``
 log, its share early, its MAE over its full network's and its MAE::
 
@@ -47,6 +47,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 import edgepilot.model.train as T
+from edgepilot.config import RetrainConfig
 from edgepilot.model import calibrate as C
 from edgepilot.model.data import FrameDataset, evenly, load_samples, split_by_ids
 from edgepilot.model.evaluate import evaluate, load_frames
@@ -103,7 +104,7 @@ def cloud(a: argparse.Namespace) -> None:
     val = sorted(str(p) for t in a.held for p in Path(a.logs).glob(f"expert-{t}"))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     first, second = Path(a.out) / f"first-s{a.seed}.eppkg", Path(a.out) / f"second-s{a.seed}.eppkg"
-    for out, extra, epochs, init in ((first, [], 6, None), (second, a.drive, 3, first)):
+    for out, extra, epochs, init in ((first, [], a.epochs, None), (second, a.drive, a.warm_epochs, first)):
         cfg = T.TrainConfig(epochs=epochs, max_frames=8000, target=CalibrationTarget(ok_tol=0.03), seed=a.seed)
         if init is not None and a.warm_mutual is not None:
             cfg.mutual = a.warm_mutual
@@ -218,6 +219,10 @@ def main() -> None:
     )
     cl.add_argument("--drive", nargs="*", default=[], help="the car's drive log(s), trained on by the second model")
     cl.add_argument("--test", nargs="+", required=True, help="held-out logs, each evaluated apart")
+    cl.add_argument("--epochs", type=int, default=6, help="the first model's epochs (the demo's --epochs)")
+    cl.add_argument(
+        "--warm-epochs", type=int, default=RetrainConfig.warm_epochs, help="the second model's (the cloud's warm_epochs)"
+    )
     cl.add_argument("--warm-mutual", type=float, help="the second model's mutual share (default: the library's)")
     cl.add_argument("--warm-lr", type=float, help="the second model's learning rate (default: the library's)")
     cl.add_argument("--out", default="var/sweep")

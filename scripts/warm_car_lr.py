@@ -1,6 +1,6 @@
 """The demo's second car model again, offline: a warm recipe on a finished demo's store.
 
-Trains the car model as the demo's second cloud run does (3 epochs warm from the first
+Trains the car model as the demo's second cloud run does (``warm_epochs`` warm from the first
 run's fp32 package, the expert logs and the car's first drive, at most 8000 frames,
 validated on the held-out random_7) from a finished demo's store, and prints its
 calibrated exit share on validation, its validation MAEs (final head, package) and each
@@ -32,7 +32,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("demo", type=Path, help="a finished demo's clone")
     p.add_argument("lr", type=float)
-    p.add_argument("--epochs", type=int, default=3, help="the demo's warm run: 3")
+    p.add_argument(
+        "--epochs", type=int, default=RetrainConfig.warm_epochs, help="the demo's warm run: the cloud's warm_epochs"
+    )
     p.add_argument("--self-distill", type=float, default=TrainConfig().self_distill, help="beta (TrainConfig.self_distill)")
     p.add_argument("--mutual", type=float, default=RetrainConfig().mutual, help="gamma (TrainConfig.mutual)")
     p.add_argument("--exit-weights", default=",".join(f"{w:g}" for w in EXIT_WEIGHTS), help="TrainConfig.exit_weights, comma-separated")

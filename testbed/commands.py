@@ -44,7 +44,8 @@ def _demo(p: argparse.ArgumentParser) -> None:
         "--cold-retrain",
         action="store_true",
         help="the retraining phase trains both models from scratch (--epochs, --edge-epochs) instead of "
-        "starting from the first run's models for 3 car epochs and 1 edge epoch (docs/cloud.md, warm start)",
+        f"starting from the first run's models for {RetrainConfig.warm_epochs} car epochs (at most --epochs) "
+        "and 1 edge epoch (docs/cloud.md, warm start)",
     )
     p.add_argument("--scene-seed", type=int, default=3, help="the evaluation drives' scene (0: plain)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="actuator latency of the evaluation drives")

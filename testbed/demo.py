@@ -37,7 +37,7 @@ import paho.mqtt.client as paho
 
 from edgepilot import EdgepilotError
 from edgepilot.broker import listening, start_broker
-from edgepilot.config import BrokerConfig, load_profile
+from edgepilot.config import BrokerConfig, RetrainConfig, load_profile
 from edgepilot.mqtt import Connection, Handler
 from edgepilot.progress import bar, table
 from edgepilot.schema import fleet
@@ -63,8 +63,9 @@ epochs = {epochs}
 edge_epochs = {edge_epochs}
 edge_max_frames = {edge_max_frames}
 max_frames = {max_frames}
-# the retraining run starts from the first run's models (3 car epochs, 1 edge epoch)
+# the retraining run starts from the first run's models ({warm_epochs} car epochs, 1 edge epoch)
 warm_start = {warm}
+warm_epochs = {warm_epochs}
 # no split-mode tails (~20 s of each run): the demo's car offloads whole frames to the edge
 # model; split mode has its own tests and `edgepilot bench split`
 tails = false
@@ -306,6 +307,8 @@ class Demo:
                 edge_max_frames=min(self.args.edge_max_frames or self.args.max_frames, self.args.max_frames),
                 max_frames=self.args.max_frames,
                 warm="false" if getattr(self.args, "cold_retrain", False) else "true",
+                # the cloud's warm car epochs, never more than a cold run's (tiny smoke runs)
+                warm_epochs=min(RetrainConfig.warm_epochs, self.args.epochs),
                 gate_tracks=json.dumps(list(GATE_TRACKS)),
                 margin_mae=margins[0],
                 margin_autonomy=margins[1],
