@@ -47,6 +47,12 @@ def _train(p: argparse.ArgumentParser) -> None:
         "5,13,64 makes exit 0 about as accurate as exit 1, docs/benchmarks.md#model)",
     )
     p.add_argument(
+        "--head1",
+        metavar="ROWS,COLS,HIDDEN",
+        help="early-exit: exit 1's head, pooled grid and hidden units (default 3,7,64; the "
+        "variants measured against it: docs/benchmarks.md#model, fourteenth round)",
+    )
+    p.add_argument(
         "--labels",
         default="human,expert",
         metavar="SRC,SRC",

@@ -74,12 +74,14 @@ def train(args: argparse.Namespace) -> dict:
         raise EdgepilotError("--epochs must be at least 1")
     widths = _ints(args, "widths", "channel widths")
     head0 = _ints(args, "head0", "ROWS,COLS,HIDDEN", count=3)
+    head1 = _ints(args, "head1", "ROWS,COLS,HIDDEN", count=3) or TrainConfig().head1
     cfg = TrainConfig(
         arch=args.arch,
         epochs=epochs,
         seed=args.seed,
         widths=widths,
         head0=head0,
+        head1=head1,
         labels=_labels(args),
         confidence=getattr(args, "confidence", "entropy"),
         mutual=_mutual(args),

@@ -397,3 +397,20 @@ def test_edgepilot_train_learns_mutually_as_the_cloud_does(tmp_path, synthetic_l
         assert read_manifest(pkg)["training"]["mutual"] == RetrainConfig().mutual > 0
     assert read_manifest(plain)["training"]["mutual"] == 0.0
     assert main(["train", *base, "--out", str(tmp_path / "x.eppkg"), "--mutual", "1.5"]) != 0
+
+
+def test_edgepilot_train_builds_the_exit_heads_it_is_given(tmp_path, synthetic_logs, capsys):
+    """``--head0``/``--head1`` set the early exits' heads (the manifest keeps them, so the
+    runtime rebuilds the same net); without them exit 1 keeps TrainConfig's head; a head
+    that is not three positive integers is refused with the flag's name."""
+    from edgepilot.cli import main
+
+    base = [*synthetic_logs, "--epochs", "1"]
+    wide, plain = tmp_path / "wide.eppkg", tmp_path / "plain.eppkg"
+    assert main(["train", *base, "--out", str(wide), "--head0", "2,4,16", "--head1", "3,7,128"]) == 0
+    assert main(["train", *base, "--out", str(plain)]) == 0
+    assert (read_manifest(wide)["arch"]["head0"], read_manifest(wide)["arch"]["head1"]) == ([2, 4, 16], [3, 7, 128])
+    assert read_manifest(plain)["arch"]["head1"] == TrainConfig().head1
+    capsys.readouterr()
+    assert main(["train", *base, "--out", str(tmp_path / "x.eppkg"), "--head1", "3,7"]) != 0
+    assert "--head1 must be 3 positive integers" in capsys.readouterr().err
