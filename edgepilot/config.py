@@ -247,8 +247,8 @@ class RetrainConfig:
     threads: int = 1
     # warm start: both models start from the current ones' fp32 weights (when there are
     # current ones) and train this many epochs instead of ``epochs`` / ``edge_epochs``.
-    # Five car epochs, not three: the car model drives 6% more accurately on unseen tracks
-    # and certifies >= 50% of frames early in every seed measured (docs/benchmarks.md#model)
+    # Five car epochs, not three: the retrained car model is 6.5% more accurate on unseen
+    # tracks and certifies >= 50% of frames early in every seed measured (docs/benchmarks.md#model)
     warm_start: bool = False
     warm_epochs: int = 5
     warm_edge_epochs: int = 1

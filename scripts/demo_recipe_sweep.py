@@ -11,11 +11,12 @@ depends on the sessions' random ids, so on every demo run)::
         --test datasets/recordings/test/* [--epochs 12] [--val-tracks s_bends triangle]
 
 ``cloud`` trains both of the demo's car models as its cloud does now: the first on every
-expert log but the held-out track's, validated and calibrated on that one (6 epochs, the
-8000-frame cap on the training frames only, offload tolerance 0.03), then the second warm
-from it (``--warm-epochs``, the cloud's ``warm_epochs``: 5) with ``--drive`` (the car's log; an expert drive of the evaluation
-track stands in) added to training; each package's validation share and, per ``--test``
-log, its share early, its MAE over its full network's and its MAE::
+expert log but the held-out track's, validated and calibrated on that one (``--epochs``,
+the demo's 6; the 8000-frame cap on the training frames only, offload tolerance 0.03),
+then the second warm from it (``--warm-epochs``, the cloud's ``warm_epochs``) with
+``--drive`` (the car's log; an expert drive of the evaluation track stands in) added to
+training; each package's validation share and, per ``--test`` log, its share early, its
+MAE over its full network's and its MAE::
 
     python scripts/demo_recipe_sweep.py cloud LOGS --seed S --drive DRIVE --test T... --out DIR
 
