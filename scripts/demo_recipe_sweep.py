@@ -108,6 +108,8 @@ def cloud(a: argparse.Namespace) -> None:
     for out, extra, epochs, init in ((first, [], a.epochs, None), (second, a.drive, a.warm_epochs, first)):
         cfg = T.TrainConfig(epochs=epochs, max_frames=8000, target=CalibrationTarget(ok_tol=0.03), seed=a.seed)
         cfg.head1 = a.head1 or cfg.head1
+        if init is None and a.mutual is not None:
+            cfg.mutual = a.mutual
         if init is not None and a.warm_mutual is not None:
             cfg.mutual = a.warm_mutual
         if init is not None and a.warm_lr is not None:
@@ -226,6 +228,7 @@ def main() -> None:
         "--warm-epochs", type=int, default=RetrainConfig.warm_epochs, help="the second model's (the cloud's warm_epochs)"
     )
     cl.add_argument("--head1", type=int, nargs=3, metavar=("ROWS", "COLS", "HIDDEN"), help="exit 1's head")
+    cl.add_argument("--mutual", type=float, help="the first model's mutual share (default: the library's)")
     cl.add_argument("--warm-mutual", type=float, help="the second model's mutual share (default: the library's)")
     cl.add_argument("--warm-lr", type=float, help="the second model's learning rate (default: the library's)")
     cl.add_argument("--out", default="var/sweep")
