@@ -56,8 +56,7 @@ from edgepilot.model.package import read_manifest
 from edgepilot.model.runtime import Autopilot
 
 
-def expert_logs(root: str, held: str | list[str]) -> list[str]:
-    held = [held] if isinstance(held, str) else held
+def expert_logs(root: str, held: list[str]) -> list[str]:
     return sorted(str(p) for p in Path(root).glob("expert-*") if not p.name.endswith(tuple(held)))
 
 
@@ -105,15 +104,13 @@ def cloud(a: argparse.Namespace) -> None:
     val = sorted(str(p) for t in a.held for p in Path(a.logs).glob(f"expert-{t}"))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     first, second = Path(a.out) / f"first-s{a.seed}.eppkg", Path(a.out) / f"second-s{a.seed}.eppkg"
-    for out, extra, epochs, init in ((first, [], a.epochs, None), (second, a.drive, a.warm_epochs, first)):
-        cfg = T.TrainConfig(epochs=epochs, max_frames=8000, target=CalibrationTarget(ok_tol=0.03), seed=a.seed)
-        cfg.head1 = a.head1 or cfg.head1
-        if init is None and a.mutual is not None:
-            cfg.mutual = a.mutual
-        if init is not None and a.warm_mutual is not None:
-            cfg.mutual = a.warm_mutual
-        if init is not None and a.warm_lr is not None:
-            cfg.lr = a.warm_lr
+    runs = (
+        (first, [], None, {"epochs": a.epochs, "mutual": a.mutual}),
+        (second, a.drive, first, {"epochs": a.warm_epochs, "mutual": a.warm_mutual, "lr": a.warm_lr}),
+    )
+    for out, extra, init, options in runs:
+        given = {k: v for k, v in {**options, "head1": a.head1}.items() if v is not None}  # else the library's
+        cfg = T.TrainConfig(max_frames=8000, target=CalibrationTarget(ok_tol=0.03), seed=a.seed, **given)
         r = T.train(logs + list(extra), out, cfg, init=init, val_logs=val)
         res = {"model": out.stem, "val_frames": r["val_frames"], "val_exit1": r["exit_rate"]["1"]}
         ap = Autopilot.load(out)
@@ -211,7 +208,7 @@ def main() -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--epochs", type=int, default=6, help="the demo's first run: 6")
     tr.add_argument("--max-frames", type=int, default=8000, help="the demo's cap on a run's frames")
-    tr.add_argument("--held", default="random_7", help="the track the cloud holds out")
+    tr.add_argument("--held", nargs="+", default=["random_7"], help="the track(s) the cloud holds out")
     tr.add_argument("--val-tracks", nargs="*", help="validate on these tracks (default: the seeded pick)")
     tr.add_argument("--test", nargs="*", help="held-out logs to evaluate the package on")
     tr.add_argument("--out", default="var/sweep.eppkg")
