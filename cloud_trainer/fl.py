@@ -79,7 +79,7 @@ class FlConfig:
     exit_ratio: float = EXIT_TOPK  # the trained early exits' heads (edgepilot.fl.local.tensor_ratios)
     seed: int = 0
     # the cars' loss: the shares of edgepilot train (exits learn from the final head, it
-    # from exit 1); the server's command takes mutual from the profile's [cloud] mutual
+    # from exit 1); the server's command takes mutual from the profile's [cloud] warm_mutual
     self_distill: float = TrainConfig.self_distill
     mutual: float = TrainConfig.mutual
     limits: UpdateLimits = field(default_factory=UpdateLimits)
@@ -634,7 +634,7 @@ def cli(args: Any) -> dict[str, Any]:
         compress=args.compress,
         ratio=args.topk,
         exit_ratio=args.exit_topk,
-        mutual=rcfg.mutual,
+        mutual=rcfg.warm_mutual,  # the cars fine-tune the current model: a warm run
         limits=UpdateLimits(max_norm=args.max_norm),
     )
     if args.eval_tracks is not None:

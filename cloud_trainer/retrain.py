@@ -417,7 +417,7 @@ def _train_config(cfg: RetrainConfig, target: str, warm: bool = False) -> Any:
         arch="early-exit",
         epochs=epochs,
         max_frames=cfg.max_frames,
-        mutual=cfg.mutual,
+        mutual=cfg.warm_mutual if warm else cfg.mutual,
         target=CalibrationTarget(ok_tol=cfg.offload_tol),
         **base,
     )

@@ -256,10 +256,13 @@ class RetrainConfig:
     # frames where it is not (at most 15% of an exit's) to the edge (CalibrationTarget.ok_tol):
     # smaller keeps a strong edge node busier
     offload_tol: float = 0.05
-    # the car model's final head learns this share from exit 1, warm and cold runs alike
-    # (TrainConfig.mutual): the heads otherwise drift apart and calibration certifies few
-    # frames early
-    mutual: float = 0.5
+    # the car model's final head learns this share from exit 1 (TrainConfig.mutual): the
+    # heads otherwise drift apart and calibration certifies few frames early. Cold runs learn
+    # more from it than `edgepilot train` (0.5): on a small fleet's first 4500 frames 0.5 left
+    # exit 1 under half of unseen tracks' frames in 5 of 12 seeds (docs/benchmarks.md#model);
+    # warm runs start from heads already close
+    mutual: float = 0.7
+    warm_mutual: float = 0.5  # edgepilot train's (TrainConfig.mutual)
     # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick
     tails: bool = True
     tail_epochs: int = 3
@@ -270,8 +273,9 @@ class RetrainConfig:
         # refused when the profile is read, not when a retraining run fails hours later
         if not self.offload_tol > 0:
             raise EdgepilotError(f"offload_tol: must be > 0, got {self.offload_tol!r}")
-        if not 0 <= self.mutual <= 1:
-            raise EdgepilotError(f"mutual: must be a share in [0, 1], got {self.mutual!r}")
+        for name in ("mutual", "warm_mutual"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise EdgepilotError(f"{name}: must be a share in [0, 1], got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -202,11 +202,12 @@ def test_a_warm_retraining_starts_both_models_from_the_current_ones(tmp_path, sa
         edge = job.result()
     assert edge is not None and edge["epochs"] == 1
     assert read_manifest(edge["package"])["training"]["init"]["version"] == edge0["version"]
-    # the car model's final head learns from exit 1 (TrainConfig.mutual), warm or cold, at
-    # the profile's share
-    for mutual in (cfg.mutual, 0.2):
-        assert cfg.mutual > 0 and _train_config(replace(cfg, mutual=mutual), "car", warm=True).mutual == mutual
-        assert _train_config(replace(cfg, mutual=mutual), "car").mutual == mutual
+    # the car model's final head learns from exit 1 (TrainConfig.mutual) at the profile's
+    # shares: more in cold runs than warm ones, which start from heads already close
+    assert cfg.mutual > cfg.warm_mutual == TrainConfig.mutual > 0
+    for cold, warm in ((cfg.mutual, cfg.warm_mutual), (0.2, 0.9)):
+        run = replace(cfg, mutual=cold, warm_mutual=warm)
+        assert (_train_config(run, "car").mutual, _train_config(run, "car", warm=True).mutual) == (cold, warm)
     # and calibrates its offload threshold to the profile's tolerance (by default the same
     # as edgepilot train's: two literals, the profile's module imports no torch)
     from edgepilot.model.calibrate import CalibrationTarget

@@ -141,7 +141,7 @@ def test_a_car_without_torch_is_told_to_use_an_edge_node(capsys, monkeypatch):
 
 def test_a_round_is_trained_with_the_servers_distillation_shares(monkeypatch, sample_logs):
     """The server tells the cars its loss shares (``edgepilot train``'s, the mutual one
-    from the profile's ``[cloud] mutual``); a car trains with ``joint_loss`` at the shares
+    from the profile's ``[cloud] warm_mutual``: the cars fine-tune the current model); a car trains with ``joint_loss`` at the shares
     it is told, and at the same defaults when an older server sends none; a share outside
     [0, 1] is refused on either side before a car trains."""
     import edgepilot.fl.local as local
@@ -159,7 +159,7 @@ def test_a_round_is_trained_with_the_servers_distillation_shares(monkeypatch, sa
 
     monkeypatch.setattr(local, "joint_loss", spy)
     sent = FlConfig().fit_config(1, "early-exit", "default")
-    warm = (TrainConfig().self_distill, RetrainConfig().mutual)
+    warm = (TrainConfig().self_distill, RetrainConfig().warm_mutual)
     assert (sent["self_distill"], sent["mutual"]) == warm and warm[1] > 0
     samples = local.car_samples(sample_logs[:1])
     for told, want in ((sent, warm), ({**sent, "self_distill": 0.2, "mutual": 0.0}, (0.2, 0.0)), ({}, warm)):

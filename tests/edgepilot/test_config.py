@@ -38,7 +38,7 @@ def test_all_profile_files_are_tested():
         ("[model]\ntrusted_keys = 'k.pub'\n", "model.trusted_keys", "expected a list"),
         ("[cloud]\noffload_tol = 0\n", "cloud.offload_tol", "must be > 0"),
         ("[cloud]\nmutual = 2\n", "cloud.mutual", "must be a share in [0, 1]"),
-        ("[cloud]\nwarm_mutual = 0.5\n", "cloud.warm_mutual", "unknown key"),
+        ("[cloud]\nwarm_mutual = -0.1\n", "cloud.warm_mutual", "must be a share in [0, 1]"),
     ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path, text, key, expected):
