@@ -21,8 +21,9 @@ One run (``edgepilot fl server``):
    as it was for that round;
 4. the sample-weighted mean update moves the global model (FedAvg; FedProx is FedAvg
    with the proximal term on the cars);
-5. after the last round: calibrate exits on the server's reference logs (the cloud's own
-   data, never a car's frames), compress to int8, evaluate against the current model,
+5. after the last round: calibrate exits on the server's held-out reference sessions, the
+   threshold path built on its other ones (the cloud's own data, never a car's frames), as a
+   central run calibrates on its held-out sessions; compress to int8, evaluate against the current model,
    gate, register, promote and push (``cloud_trainer.retrain``'s steps).
 """
 
@@ -448,8 +449,10 @@ def start_package(registry: Registry, init: str | None) -> Path:
 
 
 def reference_sets(registry: Registry, reference: list[str] | None) -> tuple[list[str], list[str]]:
-    """(calibration logs, held-out logs) from the server's own data: ``reference`` or every
-    log in the store; whole sessions held out as the central run does."""
+    """(other logs, held-out logs) from the server's own data: ``reference`` or every log in
+    the store; whole sessions held out as the central run does. Exits are calibrated on the
+    held-out ones (as a central run's with ``car_val_heldout``); the others build the threshold
+    path and int8's ranges."""
     from edgepilot.drivelog import find_logs
 
     if reference:
@@ -463,8 +466,7 @@ def reference_sets(registry: Registry, reference: list[str] | None) -> tuple[lis
     if len(dirs) < 2:
         log.warning("one reference log: exits are calibrated and gated on the same frames")
         return dirs, dirs
-    calib, held = split_sessions(sorted(dirs), RetrainConfig.heldout_every)
-    return calib, held
+    return split_sessions(sorted(dirs), RetrainConfig.heldout_every)
 
 
 def federated_run(
@@ -486,7 +488,7 @@ def federated_run(
     work.mkdir(parents=True, exist_ok=True)
     start = start_package(registry, init)
     net, tpl, manifest = load_net(start, registry.trusted_keys)
-    calib, held = reference_sets(registry, reference)
+    others, held = reference_sets(registry, reference)
     final, rounds = run_rounds(cfg, tpl, get_arrays(net, tpl), link)
     cars = sorted({c for r in rounds for c in r.accepted})
     results: dict[str, Any] = {
@@ -505,8 +507,8 @@ def federated_run(
         log.error("federated run %s: %s", run_id, results["error"])
         return results
     set_arrays(net, tpl, final)
-    fp = _save_global(net, tpl, work, calib, key, manifest.get("version"), cars, cfg, rcfg.offload_tol)
-    car_pkg, report = _gate(registry, results, work, fp["package"], calib, held, rcfg, key)
+    fp = _save_global(net, tpl, work, (held, others), key, manifest.get("version"), cars, cfg, rcfg.offload_tol)
+    car_pkg, report = _gate(registry, results, work, fp["package"], others, held, rcfg, key)
     results.update(
         report=report, package=str(car_pkg), fp32=fp["package"], elapsed_s=round(time.time() - t0, 1)
     )
@@ -517,7 +519,7 @@ def _save_global(
     net: StagedNet,
     tpl: Template,
     work: Path,
-    calib: list[str],
+    logs: tuple[list[str], list[str]],
     key: str | None,
     parent: str | None,
     cars: list[str],
@@ -525,8 +527,9 @@ def _save_global(
     ok_tol: float,
 ) -> dict[str, Any]:
     """The final global model as a signed fp32 car package in ``work``, its exits
-    calibrated on the server's ``calib`` logs (offload tolerance ``ok_tol``, the profile's
-    ``offload_tol``, as a central run's); its training record names the parent, the
+    calibrated on the server's ``logs`` (held-out, others: ``reference_sets``; the others
+    build the threshold path unless they are the same logs) for the offload tolerance
+    ``ok_tol`` (the profile's ``offload_tol``, as a central run's); its training record names the parent, the
     cars whose updates were averaged and the run's settings (the limits are the server's
     own policy, not how the model was trained)."""
     training = {
@@ -534,15 +537,17 @@ def _save_global(
         "cars": cars,
         "fl": {k: v for k, v in asdict(cfg).items() if k != "limits"},
     }
+    held, others = logs
     return save_federated(
         net,
         tpl.spec,
         work / "car-fp32.eppkg",
-        calib,
+        held,
         key=key,
         parent=parent,
         training=training,
         ok_tol=ok_tol,
+        path_logs=None if others == held else others,
     )
 
 

@@ -90,16 +90,20 @@ def save_federated(
     parent: str | None,
     training: dict[str, Any],
     ok_tol: float | None = None,
+    path_logs: list[str] | None = None,
 ) -> dict[str, Any]:
     """The federated model as a signed fp32 package, its exits calibrated on ``calib_logs``
     (data the server holds: the cars' frames never left them), like ``edgepilot train``'s;
-    ``ok_tol``: the offload tolerance (``CalibrationTarget.ok_tol``; None: its default)."""
+    ``ok_tol``: the offload tolerance (``CalibrationTarget.ok_tol``; None: its default).
+    ``path_logs``: other frames to build the threshold path on, as train builds it on its
+    training frames, so that every block of ``calib_logs`` tests it (None: half of them build it)."""
     from edgepilot.model.calibrate import CalibrationTarget
     from edgepilot.model.data import load_samples
     from edgepilot.model.package import load_private_key
     from edgepilot.model.train import save_calibrated
 
     samples = load_samples(calib_logs).samples
+    path_samples = load_samples(path_logs).samples if path_logs else None
     path, manifest, cal = save_calibrated(
         net,
         spec,
@@ -112,9 +116,11 @@ def save_federated(
             **training,
             "federated": True,
             "calib_logs": [str(p) for p in calib_logs],
+            "path_logs": [str(p) for p in path_logs or []],
             "at": time.time(),
         },
         target=None if ok_tol is None else CalibrationTarget(ok_tol=ok_tol),
+        train_samples=path_samples,
     )
     return {
         "package": str(path),

@@ -199,6 +199,42 @@ def test_the_federated_model_is_calibrated_to_the_profiles_offload_tolerance(tmp
     assert rates[10.0] < rates[1e-4] <= CalibrationTarget().max_offload + 1e-9, rates
 
 
+def test_the_federated_model_is_calibrated_on_the_held_out_reference_sessions(tmp_path, sample_logs):
+    """As a central run: exits are tested on the server's held-out reference sessions, every
+    block of them, against a threshold path built on its other sessions; with one reference
+    log (nothing else to build it on) half of its blocks build the path, none test twice."""
+    import torch
+
+    from cloud_trainer.fl import FlConfig, _save_global
+    from edgepilot.fl.weights import template_of
+    from edgepilot.model.data import load_samples
+    from edgepilot.model.nets import ArchSpec, build_net
+    from edgepilot.model.package import make_keys, read_manifest
+    from edgepilot.model.preprocess import DEFAULT_SPEC
+
+    priv, _ = make_keys(tmp_path / "keys")
+    torch.manual_seed(0)
+    net = build_net(ArchSpec("early-exit", [4, 4, 8, 8, 8, 8]), DEFAULT_SPEC)
+    tpl = template_of(net, DEFAULT_SPEC)
+    held, others = sample_logs[:1], sample_logs[1:]
+    assert others, "the sample logs have more than one session"
+    n_held = len(load_samples(held).samples)
+    for name, logs, path_from, tested in (
+        ("split", (held, others), "training frames", n_held),
+        ("one", (held, held), "validation half A", None),
+    ):
+        res = _save_global(net, tpl, tmp_path / name, logs, str(priv), None, ["car0"], FlConfig(), 0.05)
+        m = read_manifest(res["package"])
+        test = m["calibration"]["test"]
+        assert test["path_from"] == path_from, test
+        assert m["training"]["calib_logs"] == held
+        assert m["training"]["path_logs"] == ([] if logs[1] == held else others)
+        if tested is not None:  # whole blocks of the held-out frames, none kept back to build the path
+            assert n_held - test["block"] < test["test_frames"] <= n_held, (test, n_held)
+        else:
+            assert test["test_frames"] <= n_held // 2 + test["block"], (test, n_held)
+
+
 def test_the_early_exits_heads_get_their_own_top_k_share(sample_logs):
     """The server tells the cars a top-k share for the heads of the early exits the loss
     trains (exit 1's; exit 0 is not trained); every other tensor, the final head
