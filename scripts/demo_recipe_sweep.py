@@ -225,8 +225,12 @@ def main() -> None:
         "--warm-epochs", type=int, default=RetrainConfig.warm_epochs, help="the second model's (the cloud's warm_epochs)"
     )
     cl.add_argument("--head1", type=int, nargs=3, metavar=("ROWS", "COLS", "HIDDEN"), help="exit 1's head")
-    cl.add_argument("--mutual", type=float, help="the first model's mutual share (default: the library's)")
-    cl.add_argument("--warm-mutual", type=float, help="the second model's mutual share (default: the library's)")
+    cl.add_argument(
+        "--mutual", type=float, default=RetrainConfig.mutual, help="the first model's mutual share (the cloud's cold runs')"
+    )
+    cl.add_argument(
+        "--warm-mutual", type=float, default=RetrainConfig.warm_mutual, help="the second model's (the cloud's warm_mutual)"
+    )
     cl.add_argument("--warm-lr", type=float, help="the second model's learning rate (default: the library's)")
     cl.add_argument("--out", default="var/sweep")
     en = sub.add_parser("ends", help="exit shares and held-out ratios with the path ending at 100/96/90%%")

@@ -5,7 +5,7 @@ run's fp32 package, the expert logs and the car's first drive, at most 8000 fram
 validated on the held-out random_7) from a finished demo's store, and prints its
 calibrated exit share on validation, its validation MAEs (final head, package) and each
 epoch's validation MAE per exit. The learning rate is given; the other knobs default to
-the cloud's (``--mutual``: ``RetrainConfig.mutual``)::
+the cloud's (``--mutual``: ``RetrainConfig.warm_mutual``, with ``--first-run`` ``mutual``)::
 
     python scripts/warm_car_lr.py /tmp/demo16 2e-3                  # the demo's own recipe
     python scripts/warm_car_lr.py /tmp/demo16 2e-3 --mutual 0       # as before the tenth round
@@ -36,7 +36,7 @@ def main() -> None:
         "--epochs", type=int, default=RetrainConfig.warm_epochs, help="the demo's warm run: the cloud's warm_epochs"
     )
     p.add_argument("--self-distill", type=float, default=TrainConfig().self_distill, help="beta (TrainConfig.self_distill)")
-    p.add_argument("--mutual", type=float, default=RetrainConfig().mutual, help="gamma (TrainConfig.mutual)")
+    p.add_argument("--mutual", type=float, help="gamma (default: the cloud's warm_mutual, or mutual with --first-run)")
     p.add_argument("--exit-weights", default=",".join(f"{w:g}" for w in EXIT_WEIGHTS), help="TrainConfig.exit_weights, comma-separated")
     p.add_argument("--seed", type=int, default=0, help="the training seed (the cloud's: 0)")
     p.add_argument("--first", help="the first car model's version (default: the oldest in the store)")
@@ -44,9 +44,11 @@ def main() -> None:
         "--first-run",
         action="store_true",
         help="train as the demo's first run does instead: from scratch, on the expert logs alone "
-        "(give --epochs 6 and --mutual as wanted)",
+        "(give --epochs 6)",
     )
     a = p.parse_args()
+    if a.mutual is None:
+        a.mutual = RetrainConfig.mutual if a.first_run else RetrainConfig.warm_mutual
     demo = a.demo.resolve()
     os.chdir(demo)
     logs_dir = demo / "var/demo/store/logs/sim-1"
