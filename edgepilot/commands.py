@@ -32,7 +32,8 @@ def _train(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="GAMMA",
         help="share the final head learns from exit 1's answers (default 0.5: without it the two heads "
-        "drift apart and fewer frames leave early; 0: it learns from the labels alone; docs/model.md)",
+        "drift apart and fewer frames leave early; 0.7, the cloud's cold runs: more frames early on small "
+        "logs; 0: it learns from the labels alone; docs/model.md)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -383,10 +383,12 @@ def test_the_final_head_learns_from_exit_1_by_the_mutual_share(gamma):
 
 
 def test_edgepilot_train_learns_mutually_as_the_cloud_does(tmp_path, synthetic_logs):
-    """``edgepilot train``, cold or warm (``--init``), trains with the cloud's mutual share
-    unless told otherwise; the manifest says which; a share outside [0, 1] is refused."""
+    """``edgepilot train``, cold or warm (``--init``), trains with the cloud's warm mutual
+    share unless told otherwise (the cloud's cold runs learn more from exit 1: its small
+    first fleets); the manifest says which; a share outside [0, 1] is refused."""
     from edgepilot.cli import main
     from edgepilot.config import RetrainConfig
+    from edgepilot.model.train import TrainConfig
 
     cold, warm, plain = tmp_path / "cold.eppkg", tmp_path / "warm.eppkg", tmp_path / "plain.eppkg"
     base = [*synthetic_logs, "--epochs", "1"]  # the repo's key, which --init trusts
@@ -394,7 +396,7 @@ def test_edgepilot_train_learns_mutually_as_the_cloud_does(tmp_path, synthetic_l
     assert main(["train", *base, "--out", str(warm), "--init", str(cold)]) == 0
     assert main(["train", *base, "--out", str(plain), "--mutual", "0"]) == 0
     for pkg in (cold, warm):
-        assert read_manifest(pkg)["training"]["mutual"] == RetrainConfig().mutual > 0
+        assert read_manifest(pkg)["training"]["mutual"] == TrainConfig().mutual == RetrainConfig().warm_mutual > 0
     assert read_manifest(plain)["training"]["mutual"] == 0.0
     assert main(["train", *base, "--out", str(tmp_path / "x.eppkg"), "--mutual", "1.5"]) != 0
 
