@@ -22,9 +22,9 @@ One run (``edgepilot fl server``):
 4. the sample-weighted mean update moves the global model (FedAvg; FedProx is FedAvg
    with the proximal term on the cars);
 5. after the last round: calibrate exits on the server's held-out reference sessions, the
-   threshold path built on its other ones (the cloud's own data, never a car's frames), as a
-   central run calibrates on its held-out sessions; compress to int8, evaluate against the current model,
-   gate, register, promote and push (``cloud_trainer.retrain``'s steps).
+   threshold path built on its other ones (the cloud's own data, never a car's frames), as
+   a central run calibrates on its held-out sessions; compress to int8, evaluate against
+   the current model, gate, register, promote and push (``cloud_trainer.retrain``'s steps).
 """
 
 from __future__ import annotations
@@ -529,9 +529,9 @@ def _save_global(
     """The final global model as a signed fp32 car package in ``work``, its exits
     calibrated on the server's ``logs`` (held-out, others: ``reference_sets``; the others
     build the threshold path unless they are the same logs) for the offload tolerance
-    ``ok_tol`` (the profile's ``offload_tol``, as a central run's); its training record names the parent, the
-    cars whose updates were averaged and the run's settings (the limits are the server's
-    own policy, not how the model was trained)."""
+    ``ok_tol`` (the profile's ``offload_tol``, as a central run's); its training record
+    names the parent, the cars whose updates were averaged and the run's settings (the
+    limits are the server's own policy, not how the model was trained)."""
     training = {
         "parent": parent,
         "cars": cars,

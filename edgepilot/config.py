@@ -259,8 +259,8 @@ class RetrainConfig:
     # the car model's final head learns this share from exit 1 (TrainConfig.mutual): the
     # heads otherwise drift apart and calibration certifies few frames early. Cold runs learn
     # more from it than `edgepilot train` (0.5): on a small fleet's first 4500 frames 0.5 left
-    # exit 1 under half of unseen tracks' frames in 5 of 12 seeds (docs/benchmarks.md#model);
-    # warm runs start from heads already close
+    # exit 1 under half of unseen tracks' frames in 3-5 of 12 seeds, 0.7 in none of twelve
+    # (docs/benchmarks.md#model); warm runs start from heads already close
     mutual: float = 0.7
     warm_mutual: float = 0.5  # edgepilot train's (TrainConfig.mutual)
     # split-mode tails of a promoted car model (edgepilot.model.tail): small and quick

@@ -141,9 +141,10 @@ def test_a_car_without_torch_is_told_to_use_an_edge_node(capsys, monkeypatch):
 
 def test_a_round_is_trained_with_the_servers_distillation_shares(monkeypatch, sample_logs):
     """The server tells the cars its loss shares (``edgepilot train``'s, the mutual one
-    from the profile's ``[cloud] warm_mutual``: the cars fine-tune the current model); a car trains with ``joint_loss`` at the shares
-    it is told, and at the same defaults when an older server sends none; a share outside
-    [0, 1] is refused on either side before a car trains."""
+    from the profile's ``[cloud] warm_mutual``: the cars fine-tune the current model); a car
+    trains with ``joint_loss`` at the shares it is told, and at the same defaults when an
+    older server sends none; a share outside [0, 1] is refused on either side before a car
+    trains."""
     import edgepilot.fl.local as local
     from cloud_trainer.fl import FlConfig
     from edgepilot.config import RetrainConfig
