@@ -528,7 +528,7 @@ def _save_global(
 ) -> dict[str, Any]:
     """The final global model as a signed fp32 car package in ``work``, its exits
     calibrated on the server's ``logs`` (held-out, others: ``reference_sets``; the others
-    build the threshold path unless they are the same logs) for the offload tolerance
+    build the threshold path) for the offload tolerance
     ``ok_tol`` (the profile's ``offload_tol``, as a central run's); its training record
     names the parent, the cars whose updates were averaged and the run's settings (the
     limits are the server's own policy, not how the model was trained)."""
@@ -547,7 +547,7 @@ def _save_global(
         parent=parent,
         training=training,
         ok_tol=ok_tol,
-        path_logs=None if others == held else others,
+        path_logs=others,
     )
 
 

@@ -123,16 +123,16 @@ def central(logs: list[str], out: Path, epochs: int) -> dict[str, Any]:
     from edgepilot.model.compress import compress_package
     from edgepilot.model.train import TrainConfig, train
 
-    key = {"logs": logs, "epochs": epochs, "mutual": RetrainConfig.mutual}  # as the cloud's cold runs
+    recipe = {"logs": logs, "epochs": epochs, "mutual": RetrainConfig.mutual}  # as the cloud's cold runs
     done = out / "result.json"
     if done.exists():
         prev = json.loads(done.read_text())
-        if all(prev.get(k) == v for k, v in key.items()) and Path(prev["package"]).exists():
+        if all(prev.get(k) == v for k, v in recipe.items()) and Path(prev["package"]).exists():
             return {**prev, "cached": True}
     t0 = time.time()
-    res = train(logs, out / "car-fp32.eppkg", TrainConfig(arch="early-exit", epochs=epochs, mutual=RetrainConfig.mutual))
+    res = train(logs, out / "car-fp32.eppkg", TrainConfig(arch="early-exit", epochs=epochs, mutual=recipe["mutual"]))
     comp = compress_package(res["package"], str(out / "car.eppkg"), logs)
-    result = {**key, "fp32": res["package"], "package": comp["package"]}
+    result = {**recipe, "fp32": res["package"], "package": comp["package"]}
     result["train_s"] = round(time.time() - t0, 1)
     done.write_text(json.dumps(result))
     return result

@@ -96,12 +96,15 @@ def save_federated(
     (data the server holds: the cars' frames never left them), like ``edgepilot train``'s;
     ``ok_tol``: the offload tolerance (``CalibrationTarget.ok_tol``; None: its default).
     ``path_logs``: other frames to build the threshold path on, as train builds it on its
-    training frames, so that every block of ``calib_logs`` tests it (None: half of them build it)."""
+    training frames, so that every block of ``calib_logs`` tests it; a log among
+    ``calib_logs`` is left out (a path built on the frames that test it proves nothing).
+    None, or nothing left: half of the ``calib_logs`` blocks build it."""
     from edgepilot.model.calibrate import CalibrationTarget
     from edgepilot.model.data import load_samples
     from edgepilot.model.package import load_private_key
     from edgepilot.model.train import save_calibrated
 
+    path_logs = [p for p in path_logs or [] if p not in calib_logs]
     samples = load_samples(calib_logs).samples
     path_samples = load_samples(path_logs).samples if path_logs else None
     path, manifest, cal = save_calibrated(
@@ -116,7 +119,7 @@ def save_federated(
             **training,
             "federated": True,
             "calib_logs": [str(p) for p in calib_logs],
-            "path_logs": [str(p) for p in path_logs or []],
+            "path_logs": [str(p) for p in path_logs],
             "at": time.time(),
         },
         target=None if ok_tol is None else CalibrationTarget(ok_tol=ok_tol),
